@@ -1,0 +1,42 @@
+# linksvc — `make run` serves the service on 127.0.0.1:8000; `make test` runs the suite.
+# Both set everything up on a fresh machine: virtual environment, dependencies, database,
+# development key and demo client.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+export FLASK_APP := app
+
+.PHONY: run test serve init-db venv venv-test bench clean
+
+# Reinstall whenever a requirements file changes.
+$(VENV)/.runtime: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements-test.txt requirements.txt $(VENV)/.runtime
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+venv-test: $(VENV)/.test
+
+init-db: venv
+	$(BIN)/flask --app app init-db
+
+run: init-db
+	@$(BIN)/flask --app app demo --port $(PORT)
+	@echo "serving linksvc on http://127.0.0.1:$(PORT)  (Ctrl-C to stop)"
+	$(BIN)/gunicorn -c gunicorn.conf.py --workers 2 --bind 127.0.0.1:$(PORT) app:app
+
+# The production shape: several workers, redacted access log, graceful reload on HUP.
+serve: init-db
+	$(BIN)/gunicorn -c gunicorn.conf.py app:app
+
+test: venv-test init-db
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

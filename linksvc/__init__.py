@@ -1,0 +1,101 @@
+"""linksvc: single-use, short-lived signed links."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from . import config as config_mod
+from . import db, errors, logs
+from .http import problem, security_headers
+from .keys import KeyRing
+from .service import LinkService
+
+log = logging.getLogger("linksvc.app")
+
+
+def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) -> Flask:
+    """Build the application.
+
+    ``config`` is a :class:`~linksvc.config.Settings`, a mapping of ``LINKSVC_*``
+    variables (used *instead of* the environment, for tests), or ``None`` to read the
+    environment. An invalid setting raises :class:`~linksvc.config.ConfigError`.
+    """
+    if isinstance(config, config_mod.Settings):
+        settings = config
+    else:
+        settings = config_mod.load(config)
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+
+    app = Flask(__name__, instance_path=str(settings.instance_path), template_folder="../templates",
+                static_folder="../static")
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    app.config["LINKSVC"] = settings
+    logs.configure(settings.log_level)
+
+    engine = db.make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                            statement_timeout_ms=settings.db_statement_timeout_ms,
+                            connect_timeout=settings.db_connect_timeout)
+    max_lifetime = max(settings.max_ttl.values()) + settings.leeway
+    keyring = KeyRing(engine, settings.key_encryption_key, refresh_seconds=settings.key_refresh_seconds,
+                      max_lifetime=max_lifetime)
+    app.extensions["linksvc"] = LinkService(settings, engine, keyring)
+
+    from . import api, cli, ops
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(api.bp)
+    _optional_modules(app)
+    cli.init_app(app)
+
+    @app.before_request
+    def _request_id() -> None:
+        rid = request.headers.get("X-Request-Id", "")
+        g.request_id = rid if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable() else secrets.token_hex(8)
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        return security_headers(resp)
+
+    @app.errorhandler(404)
+    def _not_found(exc: Exception) -> Any:
+        return problem(404, "not_found", "No such resource.")
+
+    @app.errorhandler(405)
+    def _method(exc: Exception) -> Any:
+        return problem(405, "method_not_allowed", "Method not allowed.")
+
+    @app.errorhandler(errors.ServiceUnavailable)
+    def _unavailable(exc: errors.ServiceUnavailable) -> Any:
+        resp = problem(503, "unavailable", exc.detail)
+        resp.headers["Retry-After"] = "5"
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        from werkzeug.exceptions import HTTPException
+        if isinstance(exc, HTTPException):
+            return problem(exc.code or 500, "http_error", exc.description or "")
+        # Never a stack trace to the client; the log has the type, not the request body.
+        log.error("unhandled error", extra={"error": type(exc).__name__, "path_kind": request.path.split("/")[1]})
+        return problem(500, "internal_error", "Something went wrong on our side.")
+
+    return app
+
+
+def _optional_modules(app: Flask) -> None:
+    """Blueprints and services added by later capabilities register themselves here."""
+    import importlib
+    for name in ("pages", "downloads", "mail", "ratelimit", "metrics", "openapi"):
+        try:
+            module = importlib.import_module(f"linksvc.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"linksvc.{name}":
+                raise
+            continue
+        module.init_app(app)

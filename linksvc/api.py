@@ -1,0 +1,264 @@
+"""The internal JSON API under ``/api/v1``: parse, call the link service, answer.
+
+Errors are ``application/problem+json`` with a stable ``code``, mapped in one place
+(:func:`_handle`). The token is never echoed, logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import errors
+from .clients import Client
+from .config import PURPOSES
+from .http import KIND_STATUS, link_error_problem, problem
+from .service import LinkService
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def service() -> LinkService:
+    return current_app.extensions["linksvc"]
+
+
+def iso(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- request parsing ----------------------------------------------------------------
+
+class BadRequest(Exception):
+    def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.field = status, code, detail, field
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"duplicate member {k!r}")
+        obj[k] = v
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_body(required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413/415 BadRequest."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.") from None
+    if not raw.strip():
+        if required:
+            raise BadRequest(400, "body_required", "A JSON object body is required.")
+        return {}
+    if request.mimetype != "application/json":
+        raise BadRequest(415, "unsupported_media_type", "The body must be application/json.")
+    try:
+        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadRequest(400, "invalid_json", "The body is not valid UTF-8 JSON (duplicate members are refused).") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "invalid_body", "The body must be a JSON object.")
+    return body
+
+
+def _type_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and kind is not bool and (kind == int or (isinstance(kind, tuple) and bool not in kind)):
+        return False
+    return isinstance(value, kind)
+
+
+def fields(body: Mapping[str, Any], spec: Mapping[str, tuple[type | tuple[type, ...], bool]]) -> dict[str, Any]:
+    """Check ``body`` against ``spec`` (name → (type, required)); unknown or mistyped → 422."""
+    for name in body:
+        if name not in spec:
+            raise BadRequest(422, "unknown_field", f"Unknown field {name!r}.", field=name)
+    out: dict[str, Any] = {}
+    for name, (kind, required) in spec.items():
+        if name not in body or body[name] is None:
+            if required:
+                raise BadRequest(422, "missing_field", f"Field {name!r} is required.", field=name)
+            out[name] = None
+            continue
+        if kind is Any:
+            out[name] = body[name]
+            continue
+        if not _type_ok(body[name], kind):
+            tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            tname = {"str": "string", "int": "integer", "dict": "object", "bool": "boolean", "list": "array"}.get(tname, tname)
+            raise BadRequest(422, "invalid_field", f"Field {name!r} must be a {tname}.", field=name)
+        out[name] = body[name]
+    return out
+
+
+def purpose_field(value: str) -> str:
+    if value not in PURPOSES:
+        raise BadRequest(422, "invalid_field", f"purpose must be one of {', '.join(PURPOSES)}.", field="purpose")
+    return value
+
+
+# -- authentication -------------------------------------------------------------------
+
+@bp.before_request
+def authenticate() -> Response | None:
+    if request.endpoint == "api.openapi":
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return problem(401, "unauthorized", "Send your API key as 'Authorization: Bearer <key>'.")
+    try:
+        client = service().client_by_key(key.strip())
+    except errors.ServiceUnavailable as exc:
+        return problem(503, "unavailable", exc.detail)
+    if client is None:
+        return problem(401, "unauthorized", "The API key is not valid.")
+    g.client = client
+    return None
+
+
+def current_client() -> Client:
+    return g.client
+
+
+# -- error mapping: the one place ----------------------------------------------------
+
+@bp.errorhandler(BadRequest)
+def _bad_request(exc: BadRequest) -> Response:
+    return problem(exc.status, exc.code, exc.detail, field=exc.field)
+
+
+@bp.errorhandler(errors.LinkError)
+def _link_error(exc: errors.LinkError) -> Response:
+    return link_error_problem(exc)
+
+
+@bp.errorhandler(errors.RequestRefused)
+def _refused(exc: errors.RequestRefused) -> Response:
+    return problem(KIND_STATUS.get(exc.kind, 422), exc.code, exc.detail, field=exc.field)
+
+
+@bp.errorhandler(errors.ServiceUnavailable)
+def _unavailable(exc: errors.ServiceUnavailable) -> Response:
+    resp = problem(503, "unavailable", exc.detail)
+    resp.headers["Retry-After"] = "5"
+    return resp
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type",
+            400: "bad_request"}.get(exc.code or 500, "error")
+    return problem(exc.code or 500, code, exc.description or "")
+
+
+# -- the calls -----------------------------------------------------------------------
+
+def _link_json(minted_url: str | None, rec: Any) -> dict[str, Any]:
+    return {"jti": rec.jti, "purpose": rec.purpose, "subject": rec.subject, "state": rec.state,
+            "issued_at": iso(rec.iat), "expires_at": iso(rec.exp)}
+
+
+MINT_SPEC: dict[str, tuple[Any, bool]] = {
+    "purpose": (str, True), "subject": (str, True), "ttl": (int, False), "redirect_uri": (str, False),
+    "download": (dict, False), "data": (Any, False), "email": (str, False), "confirm": (bool, False),
+}
+
+#: Hook for mail delivery: ``send(client, minted, address) -> None``; raises RequestRefused.
+MailHook = Callable[[Client, Any, str], None]
+
+
+@bp.post("/links")
+def mint() -> tuple[Response, int]:
+    f = fields(json_body(), MINT_SPEC)
+    client = current_client()
+    purpose_field(f["purpose"])
+    mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
+    if f["email"] is not None and mailer is None:
+        raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
+    minted = service().mint(client, purpose=f["purpose"], subject=f["subject"], ttl=f["ttl"],
+                            redirect_uri=f["redirect_uri"], download=f["download"], data=f["data"],
+                            confirm=bool(f["confirm"]))
+    if f["email"] is not None and mailer is not None:
+        mailer(client, minted, f["email"])
+    rec = minted.record
+    body = {"url": minted.url, "token": minted.token, "jti": rec.jti, "purpose": rec.purpose,
+            "subject": rec.subject, "issued_at": iso(rec.iat), "expires_at": iso(rec.exp),
+            "superseded": minted.superseded}
+    if f["email"] is not None:
+        body["emailed"] = True
+    return jsonify(body), 201
+
+
+TOKEN_SPEC: dict[str, tuple[Any, bool]] = {"token": (str, True), "purpose": (str, True)}
+
+
+@bp.post("/links/verify")
+def verify() -> Response:
+    f = fields(json_body(), TOKEN_SPEC)
+    purpose_field(f["purpose"])
+    v = service().verify(f["token"], purposes=[f["purpose"]], audience=current_client().id)
+    c = v.claims
+    return jsonify({"valid": True, "jti": c.jti, "purpose": c.pur, "subject": c.sub, "state": v.record.state,
+                    "issued_at": iso(c.iat), "expires_at": iso(c.exp), "claims": c.as_dict()})
+
+
+@bp.post("/links/redeem")
+def redeem() -> Response:
+    f = fields(json_body(), TOKEN_SPEC)
+    purpose_field(f["purpose"])
+    v = service().redeem(f["token"], purposes=[f["purpose"]], audience=current_client().id)
+    rec = v.record
+    return jsonify({"subject": rec.subject, "purpose": rec.purpose, "jti": rec.jti, "data": rec.data,
+                    "redeemed_at": iso(rec.state_at)})
+
+
+def _check_jti(jti: str) -> str:
+    if len(jti) > 64:
+        raise errors.UnknownLink()
+    return jti
+
+
+@bp.get("/links/<jti>")
+def status(jti: str) -> Response:
+    rec, events = service().status(current_client(), _check_jti(jti))
+    return jsonify({
+        "jti": rec.jti, "purpose": rec.purpose, "subject": rec.subject, "state": rec.state,
+        "issued_at": iso(rec.iat), "expires_at": iso(rec.exp),
+        "state_changed_at": iso(rec.state_at), "state_via": rec.state_via,
+        "events": [{"at": iso(e.at), "event": e.event, "reason": e.reason, "via": e.via} for e in events],
+    })
+
+
+@bp.delete("/links/<jti>")
+def revoke(jti: str) -> Response:
+    rec, n = service().revoke(current_client(), _check_jti(jti))
+    return jsonify({"jti": rec.jti, "state": rec.state, "revoked": n})
+
+
+@bp.post("/subjects/<subject>/revoke")
+def revoke_subject(subject: str) -> Response:
+    f = fields(json_body(required=False), {"purposes": (list, False)})
+    purposes = f["purposes"]
+    if purposes is not None:
+        if not purposes or not all(isinstance(p, str) and p in PURPOSES for p in purposes):
+            raise BadRequest(422, "invalid_field", f"purposes must be a non-empty list of {', '.join(PURPOSES)}.",
+                             field="purposes")
+    n = service().revoke_subject(current_client(), subject, purposes)
+    return jsonify({"subject": subject, "revoked": n})

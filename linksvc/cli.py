@@ -1,0 +1,343 @@
+"""Command line: ``flask --app app init-db | clients … | keys … | mint | purge | demo``.
+
+Thin commands over the plain functions of the domain modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from . import clients as clients_mod
+from . import db, errors, keys as keys_mod, ledger, migrate
+from .config import PURPOSES, Settings
+from .service import LinkService
+
+
+def _svc() -> LinkService:
+    return current_app.extensions["linksvc"]
+
+
+def _settings() -> Settings:
+    return current_app.config["LINKSVC"]
+
+
+def _iso(ts: int | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _write_secret(path: Path) -> bytes:
+    """Create a 32-byte secret file readable by its owner only."""
+    value = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(base64.urlsafe_b64encode(value).decode().rstrip("=") + "\n")
+    return value
+
+
+def _kek() -> bytes:
+    kek = _settings().key_encryption_key
+    if kek is None:
+        raise click.ClickException("no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY")
+    return kek
+
+
+@click.command("init-db")
+def init_db() -> None:
+    """Bring the database to the current schema; create development secrets and keys."""
+    s = _settings()
+    svc = _svc()
+    try:
+        migrate.upgrade(svc.engine)
+    except Exception as exc:  # noqa: BLE001 - report, do not dump a traceback at operators
+        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from exc
+    click.echo(f"database at schema {migrate.current(svc.engine)}")
+    kek = s.key_encryption_key
+    if kek is None:
+        kek = _write_secret(s.instance_path / "kek.key")
+        click.echo(f"created development key-encryption key {s.instance_path / 'kek.key'} (mode 0600)")
+    if s.secret_key is None:
+        _write_secret(s.instance_path / "secret.key")
+        click.echo(f"created development secret {s.instance_path / 'secret.key'} (mode 0600)")
+    with db.write(svc.engine) as conn:
+        created = keys_mod.ensure_keys(conn, kek, int(time.time()))
+    for k in created:
+        click.echo(f"created {k.state} signing key {k.kid} ({k.alg})")
+
+
+# -- clients ------------------------------------------------------------------------
+
+clients_cli = AppGroup("clients", help="Manage client applications.")
+
+
+def _client_json(c: clients_mod.Client) -> dict[str, object]:
+    return {"client_id": c.id, "name": c.name, "display_name": c.display_name, "purposes": list(c.purposes),
+            "redirect_uris": list(c.redirect_uris), "download_prefixes": list(c.download_prefixes),
+            "mint_limit": c.mint_limit, "subject_limit": c.subject_limit,
+            "allow_pii_subject": c.allow_pii_subject, "disabled": c.disabled}
+
+
+@clients_cli.command("create")
+@click.argument("name")
+@click.option("--purposes", default="magic_link,password_reset,download", show_default=True,
+              help="Comma-separated purposes the client may mint.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Allowed redirect URI (exact match). Repeatable.")
+@click.option("--download-prefix", "download_prefixes", multiple=True,
+              help="Allowed download key prefix ('bucket:prefix' or 'prefix'). Repeatable.")
+@click.option("--display-name", help="Name shown to end users (default: NAME).")
+@click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
+@click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
+@click.option("--allow-pii-subject", is_flag=True, help="Allow subjects that look like e-mail addresses.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with client_id and api_key.")
+def clients_create(name: str, purposes: str, redirect_uris: tuple[str, ...], download_prefixes: tuple[str, ...],
+                   display_name: str | None, mint_limit: str | None, subject_limit: str | None,
+                   allow_pii_subject: bool, as_json: bool) -> None:
+    """Register a client and print its API key (shown once)."""
+    try:
+        with db.write(_svc().engine) as conn:
+            client, api_key = clients_mod.create(
+                conn, name, purposes=purposes.split(","), redirect_uris=redirect_uris,
+                download_prefixes=download_prefixes, display_name=display_name, mint_limit=mint_limit,
+                subject_limit=subject_limit, allow_pii_subject=allow_pii_subject,
+                allow_http_redirects=not _settings().is_production, now=int(time.time()))
+    except clients_mod.ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**_client_json(client), "api_key": api_key}))
+    else:
+        click.echo(f"client_id: {client.id}\napi_key:   {api_key}\n(the API key is shown only now; store it safely)")
+
+
+@clients_cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def clients_list(as_json: bool) -> None:
+    """List clients (never their keys)."""
+    with db.read(_svc().engine) as conn:
+        all_clients = clients_mod.list_all(conn)
+    if as_json:
+        click.echo(json.dumps([_client_json(c) for c in all_clients]))
+        return
+    for c in all_clients:
+        state = "disabled" if c.disabled else "enabled"
+        click.echo(f"{c.id}  {c.name:<20} {state:<8} purposes={','.join(c.purposes)} "
+                   f"redirects={len(c.redirect_uris)} mint_limit={c.mint_limit or '-'} subject_limit={c.subject_limit or '-'}")
+
+
+def _find_client(conn: object, ident: str) -> clients_mod.Client:
+    client = clients_mod.find(conn, ident)  # type: ignore[arg-type]
+    if client is None:
+        raise click.ClickException(f"no client {ident!r}")
+    return client
+
+
+@clients_cli.command("disable")
+@click.argument("client")
+def clients_disable(client: str) -> None:
+    """Disable a client: its API key stops working at once."""
+    with db.write(_svc().engine) as conn:
+        c = _find_client(conn, client)
+        clients_mod.update(conn, c.id, disabled=True)
+    click.echo(f"disabled {c.id} ({c.name})")
+
+
+@clients_cli.command("enable")
+@click.argument("client")
+def clients_enable(client: str) -> None:
+    """Enable a disabled client again."""
+    with db.write(_svc().engine) as conn:
+        c = _find_client(conn, client)
+        clients_mod.update(conn, c.id, disabled=False)
+    click.echo(f"enabled {c.id} ({c.name})")
+
+
+@clients_cli.command("update")
+@click.argument("client")
+@click.option("--mint-limit")
+@click.option("--subject-limit")
+@click.option("--display-name")
+def clients_update(client: str, mint_limit: str | None, subject_limit: str | None, display_name: str | None) -> None:
+    """Change a client's limits or display name."""
+    changes = {k: v for k, v in (("mint_limit", mint_limit), ("subject_limit", subject_limit),
+                                 ("display_name", display_name)) if v is not None}
+    try:
+        with db.write(_svc().engine) as conn:
+            c = _find_client(conn, client)
+            clients_mod.update(conn, c.id, **changes)
+    except clients_mod.ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"updated {c.id} ({c.name})")
+
+
+@clients_cli.command("rotate-key")
+@click.argument("client")
+@click.option("--json", "as_json", is_flag=True)
+def clients_rotate_key(client: str, as_json: bool) -> None:
+    """Give a client a new API key (shown once); the old one stops working at once."""
+    api_key = clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
+    with db.write(_svc().engine) as conn:
+        c = _find_client(conn, client)
+        conn.execute(db.clients.update().where(db.clients.c.id == c.id)
+                     .values(api_key_hash=clients_mod.hash_api_key(api_key)))
+    if as_json:
+        click.echo(json.dumps({"client_id": c.id, "api_key": api_key}))
+    else:
+        click.echo(f"client_id: {c.id}\napi_key:   {api_key}")
+
+
+# -- keys -------------------------------------------------------------------------------
+
+keys_cli = AppGroup("keys", help="Manage the signing key ring.")
+
+
+@keys_cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(as_json: bool) -> None:
+    """Each key's state, algorithm and dates."""
+    with db.read(_svc().engine) as conn:
+        infos = keys_mod.list_keys(conn)
+    if as_json:
+        click.echo(json.dumps([{"kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at,
+                                "activated_at": k.activated_at, "retired_at": k.retired_at,
+                                "removed_at": k.removed_at} for k in infos]))
+        return
+    click.echo(f"{'kid':<32} {'alg':<6} {'state':<8} {'created':<21} {'activated':<21} {'retired':<21} removed")
+    for k in infos:
+        click.echo(f"{k.kid:<32} {k.alg:<6} {k.state:<8} {_iso(k.created_at):<21} {_iso(k.activated_at):<21} "
+                   f"{_iso(k.retired_at):<21} {_iso(k.removed_at)}")
+
+
+@keys_cli.command("generate")
+@click.option("--alg", type=click.Choice(keys_mod.SUPPORTED_ALGS), default="ES256", show_default=True)
+def keys_generate(alg: str) -> None:
+    """Create a new key. It becomes the ``next`` key (replacing an unused next key),
+    or the active key if there is none."""
+    now = int(time.time())
+    t = db.signing_keys
+    with db.write(_svc().engine) as conn:
+        infos = keys_mod.list_keys(conn)
+        has_active = any(k.state == "active" for k in infos)
+        # A next key has never signed anything: replacing it cannot break a link.
+        for k in infos:
+            if k.state == "next" and has_active:
+                conn.execute(t.update().where(t.c.kid == k.kid).values(state="removed", removed_at=now))
+        info = keys_mod.create_key(conn, _kek(), alg, "next" if has_active else "active", now)
+    click.echo(f"created {info.state} key {info.kid} ({info.alg})")
+
+
+@keys_cli.command("rotate")
+@click.option("--alg", type=click.Choice(keys_mod.SUPPORTED_ALGS), default=None,
+              help="Algorithm of the new next key (default: same as the key being activated).")
+def keys_rotate(alg: str | None) -> None:
+    """Activate the next key, retire the active one, and publish a new next key."""
+    with db.write(_svc().engine) as conn:
+        old, active, nxt = keys_mod.rotate(conn, _kek(), int(time.time()), alg)
+    click.echo(f"retired {old or '-'}; active {active}; next {nxt}")
+
+
+@keys_cli.command("retire")
+def keys_retire() -> None:
+    """Remove retired keys whose tokens have all expired (safe to run from cron)."""
+    s = _settings()
+    with db.write(_svc().engine) as conn:
+        done = keys_mod.retire_expired(conn, int(time.time()), max(s.max_ttl.values()) + s.leeway)
+    click.echo(f"removed {len(done)} retired key(s){': ' + ', '.join(done) if done else ''}")
+
+
+@keys_cli.command("revoke")
+@click.argument("kid")
+@click.confirmation_option(prompt="Links signed by this key stop working at once. Continue?")
+def keys_revoke(kid: str) -> None:
+    """Emergency: remove a key now. Its links fail with unknown_key."""
+    try:
+        with db.write(_svc().engine) as conn:
+            info = keys_mod.revoke(conn, kid, int(time.time()))
+    except KeyError:
+        raise click.ClickException(f"no key {kid!r}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"revoked {info.kid}; workers stop accepting it within {_settings().key_refresh_seconds} s")
+
+
+# -- links --------------------------------------------------------------------------------
+
+@click.command("mint")
+@click.argument("client")
+@click.option("--purpose", type=click.Choice(PURPOSES), required=True)
+@click.option("--subject", required=True)
+@click.option("--ttl", type=int)
+@click.option("--redirect-uri")
+@click.option("--download-key")
+@click.option("--filename")
+def mint_cmd(client: str, purpose: str, subject: str, ttl: int | None, redirect_uri: str | None,
+             download_key: str | None, filename: str | None) -> None:
+    """Mint a link by hand and print its URL."""
+    svc = _svc()
+    with db.read(svc.engine) as conn:
+        c = _find_client(conn, client)
+    download = None
+    if download_key:
+        download = {"key": download_key, **({"filename": filename} if filename else {})}
+    try:
+        minted = svc.mint(c, purpose=purpose, subject=subject, ttl=ttl, redirect_uri=redirect_uri, download=download)
+    except errors.RequestRefused as exc:
+        raise click.ClickException(f"{exc.code}: {exc.detail}") from None
+    except errors.ServiceUnavailable as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(minted.url)
+    click.echo(f"jti {minted.record.jti}, expires {_iso(minted.record.exp)}", err=True)
+
+
+@click.command("purge")
+@click.option("--batch-size", default=1000, show_default=True)
+@click.option("--retention-days", type=int, help="Override LINKSVC_RETENTION_DAYS.")
+def purge_cmd(batch_size: int, retention_days: int | None) -> None:
+    """Delete ledger rows past exp plus the retention period, in batches."""
+    s = _settings()
+    days = retention_days if retention_days is not None else s.retention_days
+    removed = ledger.purge(_svc().engine, now=int(time.time()), retention_seconds=days * 86400, batch_size=batch_size)
+    click.echo(f"purged {removed['links']} link(s), {removed['events']} event(s), {removed['codes']} code(s) "
+               f"older than {days} day(s) past expiry")
+
+
+@click.command("demo")
+@click.option("--port", default=8000)
+def demo_cmd(port: int) -> None:
+    """Create (or re-key) the demo client and print a ready curl line. For `make run`."""
+    svc = _svc()
+    s = _settings()
+    with db.write(svc.engine) as conn:
+        existing = clients_mod.find(conn, "demo")
+        if existing is None:
+            client, api_key = clients_mod.create(
+                conn, "demo", display_name="Demo App", purposes=list(PURPOSES),
+                redirect_uris=["http://127.0.0.1:5001/callback"],
+                mint_limit="10000 per minute", subject_limit="1000 per minute", now=int(time.time()))
+        else:
+            # The key is stored only as a hash, so the demo gets a fresh one each start.
+            api_key = clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
+            conn.execute(db.clients.update().where(db.clients.c.id == existing.id)
+                         .values(api_key_hash=clients_mod.hash_api_key(api_key), disabled=False))
+            client = existing
+    base = s.base_url
+    click.echo(f"""
+linksvc demo client {client.id} ("Demo App")
+  API key (new each `make run`; shown only here): {api_key}
+
+  export KEY={api_key}
+  curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" \\
+       -H 'Content-Type: application/json' -d '{{"purpose":"magic_link","subject":"user-42"}}'
+""")
+
+
+def init_app(app: Flask) -> None:
+    for cmd in (init_db, clients_cli, keys_cli, mint_cmd, purge_cmd, demo_cmd):
+        app.cli.add_command(cmd)

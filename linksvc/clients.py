@@ -1,0 +1,158 @@
+"""The client registry: applications that mint and redeem links.
+
+API keys are 256-bit random strings shown once; only their SHA-256 is stored (a fast
+hash is right here: the key has full entropy, so there is nothing to brute-force).
+This module knows nothing of Flask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import db
+from .config import PURPOSES
+
+API_KEY_PREFIX = "lsk_"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
+_LIMIT_RE = re.compile(r"[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?(;[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?)*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Client:
+    id: str
+    name: str
+    display_name: str
+    purposes: tuple[str, ...]
+    redirect_uris: tuple[str, ...]
+    download_prefixes: tuple[str, ...]
+    mint_limit: str | None
+    subject_limit: str | None
+    allow_pii_subject: bool
+    disabled: bool
+    created_at: int
+
+
+class ClientError(ValueError):
+    """An invalid client definition; the message says which field."""
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def _row_to_client(row: sa.RowMapping) -> Client:
+    return Client(
+        id=row["id"], name=row["name"], display_name=row["display_name"],
+        purposes=tuple(json.loads(row["purposes"])), redirect_uris=tuple(json.loads(row["redirect_uris"])),
+        download_prefixes=tuple(json.loads(row["download_prefixes"])),
+        mint_limit=row["mint_limit"], subject_limit=row["subject_limit"],
+        allow_pii_subject=bool(row["allow_pii_subject"]), disabled=bool(row["disabled"]),
+        created_at=row["created_at"],
+    )
+
+
+def validate_redirect_uri(uri: str, *, allow_http: bool) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ClientError(f"redirect URI must be an absolute http(s) URL: {uri!r}")
+    if parts.fragment or parts.username or parts.password:
+        raise ClientError(f"redirect URI must not carry a fragment or credentials: {uri!r}")
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme == "http" and not (allow_http or local):
+        raise ClientError(f"redirect URI must use https: {uri!r}")
+    return uri
+
+
+def validate_limit(limit: str | None, what: str) -> str | None:
+    if limit is None:
+        return None
+    limit = limit.strip()
+    if not _LIMIT_RE.fullmatch(limit):
+        raise ClientError(f"{what} must look like '100 per minute', got {limit!r}")
+    return limit
+
+
+def create(
+    conn: Connection,
+    name: str,
+    *,
+    purposes: Sequence[str],
+    redirect_uris: Iterable[str] = (),
+    download_prefixes: Iterable[str] = (),
+    display_name: str | None = None,
+    mint_limit: str | None = None,
+    subject_limit: str | None = None,
+    allow_pii_subject: bool = False,
+    allow_http_redirects: bool = True,
+    now: int,
+) -> tuple[Client, str]:
+    """Register a client; returns it and its API key (which is not stored)."""
+    if not _NAME_RE.fullmatch(name):
+        raise ClientError("name must be 1-100 letters, digits, spaces, '.', '_' or '-'")
+    purposes = tuple(dict.fromkeys(p.strip() for p in purposes if p.strip()))
+    if not purposes or set(purposes) - set(PURPOSES):
+        raise ClientError(f"purposes must be some of {', '.join(PURPOSES)}")
+    uris = tuple(dict.fromkeys(validate_redirect_uri(u, allow_http=allow_http_redirects) for u in redirect_uris))
+    prefixes = tuple(dict.fromkeys(p.strip() for p in download_prefixes if p.strip()))
+    existing = conn.execute(sa.select(db.clients.c.id).where(db.clients.c.name == name)).first()
+    if existing is not None:
+        raise ClientError(f"a client named {name!r} already exists")
+    client_id = "cl_" + secrets.token_hex(8)
+    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    values = dict(
+        id=client_id, name=name, display_name=display_name or name,
+        api_key_hash=hash_api_key(api_key), purposes=json.dumps(purposes),
+        redirect_uris=json.dumps(uris), download_prefixes=json.dumps(prefixes),
+        mint_limit=validate_limit(mint_limit, "mint limit"),
+        subject_limit=validate_limit(subject_limit, "subject limit"),
+        allow_pii_subject=allow_pii_subject, disabled=False, created_at=now,
+    )
+    conn.execute(sa.insert(db.clients).values(**values))
+    return _row_to_client(values), api_key  # type: ignore[arg-type]
+
+
+def by_api_key(conn: Connection, api_key: str) -> Client | None:
+    """The enabled client holding ``api_key``, or ``None``."""
+    row = conn.execute(sa.select(db.clients).where(db.clients.c.api_key_hash == hash_api_key(api_key))).mappings().first()
+    if row is None or row["disabled"]:
+        return None
+    return _row_to_client(row)
+
+
+def get(conn: Connection, client_id: str) -> Client | None:
+    row = conn.execute(sa.select(db.clients).where(db.clients.c.id == client_id)).mappings().first()
+    return None if row is None else _row_to_client(row)
+
+
+def find(conn: Connection, id_or_name: str) -> Client | None:
+    c = db.clients.c
+    row = conn.execute(sa.select(db.clients).where(sa.or_(c.id == id_or_name, c.name == id_or_name))).mappings().first()
+    return None if row is None else _row_to_client(row)
+
+
+def list_all(conn: Connection) -> list[Client]:
+    return [_row_to_client(r) for r in conn.execute(sa.select(db.clients).order_by(db.clients.c.created_at)).mappings()]
+
+
+def update(conn: Connection, client_id: str, **values: object) -> None:
+    allowed = {"disabled", "mint_limit", "subject_limit", "allow_pii_subject", "display_name",
+               "redirect_uris", "download_prefixes", "purposes"}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ClientError(f"cannot update {', '.join(sorted(unknown))}")
+    for key in ("redirect_uris", "download_prefixes", "purposes"):
+        if key in values:
+            values[key] = json.dumps(list(values[key]))  # type: ignore[call-overload]
+    for key in ("mint_limit", "subject_limit"):
+        if key in values:
+            values[key] = validate_limit(values[key], key.replace("_", " "))  # type: ignore[arg-type]
+    conn.execute(sa.update(db.clients).where(db.clients.c.id == client_id).values(**values))

@@ -1,0 +1,192 @@
+"""The database: schema (SQLAlchemy Core), engines, and transactions.
+
+SQLite (WAL) is the embedded default and PostgreSQL the production database; the
+schema is built by the Alembic migrations in ``migrations/``, never by ``create_all``
+outside the check that the two agree. Times are stored as integer seconds since the
+epoch, the same on both databases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from . import errors
+
+metadata = sa.MetaData()
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+clients = sa.Table(
+    "clients",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    # SHA-256 of the API key; the key itself is shown once and never stored.
+    sa.Column("api_key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("purposes", sa.Text(), nullable=False),  # JSON list
+    sa.Column("redirect_uris", sa.Text(), nullable=False),  # JSON list
+    sa.Column("download_prefixes", sa.Text(), nullable=False),  # JSON list
+    sa.Column("mint_limit", sa.String(64), nullable=True),
+    sa.Column("subject_limit", sa.String(64), nullable=True),
+    sa.Column("allow_pii_subject", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+)
+
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("jti", sa.String(43), primary_key=True),
+    sa.Column("client_id", sa.String(40), nullable=False),
+    sa.Column("purpose", sa.String(20), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("kid", sa.String(64), nullable=False),
+    sa.Column("iat", sa.BigInteger(), nullable=False),
+    sa.Column("exp", sa.BigInteger(), nullable=False),
+    sa.Column("state", sa.String(12), nullable=False),
+    sa.Column("state_at", sa.BigInteger(), nullable=True),
+    sa.Column("state_via", sa.String(40), nullable=True),
+    sa.Column("state_detail", sa.String(64), nullable=True),
+    # Server-side data the link needs; never put in the token.
+    sa.Column("redirect_uri", sa.Text(), nullable=True),
+    sa.Column("download", sa.Text(), nullable=True),  # JSON object
+    sa.Column("data", sa.Text(), nullable=True),  # JSON, the caller's
+    sa.Column("confirm", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # Hash binding a completed redemption to the browser that did it (double-click safety).
+    sa.Column("completion_hash", sa.String(64), nullable=True),
+    sa.Index("ix_links_client_subject", "client_id", "subject", "purpose", "state"),
+    sa.Index("ix_links_exp", "exp"),
+)
+
+link_events = sa.Table(
+    "link_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("jti", sa.String(43), nullable=False),
+    sa.Column("at", sa.BigInteger(), nullable=False),
+    sa.Column("event", sa.String(20), nullable=False),
+    sa.Column("reason", sa.String(40), nullable=True),
+    sa.Column("via", sa.String(20), nullable=True),
+    # A keyed hash of the requester's address: enough to tell requests apart, not to name anyone.
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Index("ix_link_events_jti", "jti", "id"),
+)
+
+codes = sa.Table(
+    "codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("jti", sa.String(43), nullable=False),
+    sa.Column("client_id", sa.String(40), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("used_at", sa.BigInteger(), nullable=True),
+    sa.Index("ix_codes_expires_at", "expires_at"),
+)
+
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("alg", sa.String(10), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),  # next | active | retired | removed
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("activated_at", sa.BigInteger(), nullable=True),
+    sa.Column("retired_at", sa.BigInteger(), nullable=True),
+    sa.Column("removed_at", sa.BigInteger(), nullable=True),
+    sa.Column("public_jwk", sa.Text(), nullable=False),
+    # PKCS#8 private key, AES-256-GCM under the key-encryption key, nonce prepended.
+    sa.Column("private_key_enc", sa.LargeBinary(), nullable=False),
+)
+
+
+def make_engine(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000,
+                connect_timeout: int = 3) -> Engine:
+    """An engine tuned for the ledger on SQLite or PostgreSQL."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 15, "isolation_level": None, "check_same_thread": False},
+            pool_pre_ping=False,
+        )
+        _sqlite_setup(engine)
+        return engine
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=connect_timeout,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "connect_timeout": connect_timeout,
+            "options": f"-c statement_timeout={statement_timeout_ms}"
+                       f" -c idle_in_transaction_session_timeout={max(statement_timeout_ms * 2, 10000)}",
+        },
+    )
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # The driver's own transaction handling is switched off; _on_begin emits BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: the consumed state is on disk before the winner's response is sent.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=15000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A write transaction takes the write lock up front (BEGIN IMMEDIATE), so two
+        # workers racing for one link queue on the lock instead of failing with SQLITE_BUSY.
+        if conn.get_execution_options().get("sqlite_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+@contextlib.contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction, committed on success; database trouble becomes 503."""
+    try:
+        with engine.connect().execution_options(sqlite_immediate=True) as conn:
+            with conn.begin():
+                yield conn
+    except sa.exc.OperationalError as exc:
+        raise errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.") from exc
+    except sa.exc.InterfaceError as exc:
+        raise errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.") from exc
+
+
+@contextlib.contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read transaction; database trouble becomes 503."""
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.") from exc
+
+
+def ping(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except sa.exc.SQLAlchemyError:
+        return False

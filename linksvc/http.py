@@ -1,0 +1,67 @@
+"""HTTP helpers shared by the blueprints: problem+json and the security headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, json
+
+from . import errors
+
+PROBLEM_TYPE = "https://linksvc.dev/problems/"
+
+#: Status code of each link failure reason on the API and the pages.
+REASON_STATUS: dict[str, int] = {
+    "used": 409,
+    "expired": 410,
+    "revoked": 410,
+    "superseded": 410,
+    "unknown_link": 404,
+}
+
+KIND_STATUS = {"invalid": 422, "forbidden": 403, "not_found": 404, "bad_request": 400, "too_large": 413,
+               "bad_gateway": 502, "conflict": 409, "gone": 410}
+
+TITLES = {
+    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+    409: "Conflict", 410: "Gone", 413: "Payload too large", 415: "Unsupported media type",
+    422: "Unprocessable content", 429: "Too many requests", 500: "Internal error", 502: "Bad gateway",
+    503: "Service unavailable",
+}
+
+
+def link_error_status(exc: errors.LinkError) -> int:
+    return REASON_STATUS.get(exc.reason, 401)
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
+    """An RFC 9457 problem document with our stable ``code``."""
+    body = {"type": PROBLEM_TYPE + code, "title": TITLES.get(status, "Error"), "status": status,
+            "code": code, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    resp = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="linksvc"'
+    return resp
+
+
+def link_error_problem(exc: errors.LinkError) -> Response:
+    facts = {k: v for k, v in exc.facts.items() if isinstance(v, (int, str)) and k not in ("purpose",)}
+    return problem(link_error_status(exc), exc.reason, exc.detail, jti=exc.jti if exc.reason in REASON_STATUS else None,
+                   **facts)
+
+
+def security_headers(resp: Response) -> Response:
+    h = resp.headers
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("Cache-Control", "no-store")
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    h.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    h.setdefault(
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'",
+    )
+    return resp

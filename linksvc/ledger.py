@@ -1,0 +1,217 @@
+"""The ledger: every minted link, its state, and its history.
+
+Single use rests on one conditional UPDATE (``issued`` → ``consumed`` where the state is
+still ``issued``) whose row count decides the winner, committed before the caller
+answers. Keyed on ``jti``, never on the token string, which is never stored.
+This module knows nothing of Flask; ``now`` is always a parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from . import db, errors
+
+ISSUED, CONSUMED, REVOKED, SUPERSEDED = "issued", "consumed", "revoked", "superseded"
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkRecord:
+    jti: str
+    client_id: str
+    purpose: str
+    subject: str
+    kid: str
+    iat: int
+    exp: int
+    state: str = ISSUED
+    state_at: int | None = None
+    state_via: str | None = None
+    state_detail: str | None = None
+    redirect_uri: str | None = None
+    download: dict[str, Any] | None = None
+    data: Any = None
+    confirm: bool = False
+    completion_hash: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    at: int
+    event: str
+    reason: str | None
+    via: str | None
+
+
+def _record(row: sa.RowMapping) -> LinkRecord:
+    return LinkRecord(
+        jti=row["jti"], client_id=row["client_id"], purpose=row["purpose"], subject=row["subject"],
+        kid=row["kid"], iat=row["iat"], exp=row["exp"], state=row["state"], state_at=row["state_at"],
+        state_via=row["state_via"], state_detail=row["state_detail"], redirect_uri=row["redirect_uri"],
+        download=json.loads(row["download"]) if row["download"] else None,
+        data=json.loads(row["data"]) if row["data"] is not None else None,
+        confirm=bool(row["confirm"]), completion_hash=row["completion_hash"],
+    )
+
+
+def add_event(conn: Connection, jti: str, event: str, now: int, *, reason: str | None = None,
+              via: str | None = None, actor: str | None = None) -> None:
+    conn.execute(sa.insert(db.link_events).values(jti=jti, at=now, event=event, reason=reason, via=via, actor=actor))
+
+
+def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int) -> int:
+    """Insert ``rec``; with ``supersede``, first retire the same client's outstanding links
+    for this subject and purpose. Returns how many were superseded."""
+    superseded = 0
+    if supersede:
+        superseded = _change_outstanding(conn, SUPERSEDED, now, via="mint", detail=rec.jti,
+                                         client_id=rec.client_id, subject=rec.subject, purposes=[rec.purpose])
+    conn.execute(sa.insert(db.links).values(
+        jti=rec.jti, client_id=rec.client_id, purpose=rec.purpose, subject=rec.subject, kid=rec.kid,
+        iat=rec.iat, exp=rec.exp, state=ISSUED, redirect_uri=rec.redirect_uri,
+        download=json.dumps(rec.download) if rec.download is not None else None,
+        data=json.dumps(rec.data) if rec.data is not None else None, confirm=rec.confirm,
+    ))
+    add_event(conn, rec.jti, "minted", now, via="api")
+    return superseded
+
+
+def get(conn: Connection, jti: str) -> LinkRecord | None:
+    row = conn.execute(sa.select(db.links).where(db.links.c.jti == jti)).mappings().first()
+    return None if row is None else _record(row)
+
+
+def events(conn: Connection, jti: str, limit: int = 50) -> list[Event]:
+    e = db.link_events.c
+    rows = conn.execute(sa.select(e.at, e.event, e.reason, e.via).where(e.jti == jti).order_by(e.id).limit(limit))
+    return [Event(*r) for r in rows]
+
+
+def check_outstanding(rec: LinkRecord | None, *, jti: str, client_id: str, purpose: str, subject: str) -> LinkRecord:
+    """Step 4 of verification: the link is ours, matches its token, and is still ``issued``."""
+    if rec is None or rec.client_id != client_id or rec.purpose != purpose or rec.subject != subject:
+        # A well-signed token with no matching row is not one we recorded: treat as unknown.
+        raise errors.UnknownLink(jti=jti)
+    if rec.state != ISSUED:
+        raise errors.state_error(rec.state, jti, rec.state_at)
+    return rec
+
+
+def consume(engine: Engine, *, jti: str, client_id: str, purpose: str, subject: str, now: int,
+            via: str, actor: str | None = None, completion_hash: str | None = None) -> LinkRecord:
+    """Consume a link once: exactly one caller racing for ``jti`` gets its record back;
+    every other gets :class:`~linksvc.errors.Used` (or the state it is in)."""
+    t = db.links
+    failure: errors.LinkError | None = None
+    with db.write(engine) as conn:
+        result = conn.execute(
+            sa.update(t)
+            .where(t.c.jti == jti, t.c.state == ISSUED, t.c.client_id == client_id,
+                   t.c.purpose == purpose, t.c.subject == subject)
+            .values(state=CONSUMED, state_at=now, state_via=via, completion_hash=completion_hash)
+        )
+        rec = get(conn, jti)
+        if result.rowcount == 1 and rec is not None:
+            add_event(conn, jti, "consumed", now, via=via, actor=actor)
+            return rec
+        try:
+            check_outstanding(rec, jti=jti, client_id=client_id, purpose=purpose, subject=subject)
+            failure = errors.Used(jti=jti)  # pragma: no cover - nothing matched, yet the row looks issued
+        except errors.LinkError as exc:
+            failure = exc
+        if rec is not None and rec.client_id == client_id:
+            # Committed with the transaction: the history shows the replay attempt.
+            add_event(conn, jti, "rejected", now, reason=failure.reason, via=via, actor=actor)
+    raise failure
+
+
+def record_rejection(engine: Engine, jti: str, client_id: str | None, reason: str, now: int, *, via: str,
+                     actor: str | None = None) -> None:
+    """Note a refused attempt against a link we know, in its history. Best effort."""
+    try:
+        with db.write(engine) as conn:
+            rec = get(conn, jti)
+            if rec is not None and (client_id is None or rec.client_id == client_id):
+                add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
+    except errors.ServiceUnavailable:
+        pass
+
+
+def _change_outstanding(conn: Connection, state: str, now: int, *, via: str, detail: str | None = None,
+                        client_id: str, subject: str | None = None, purposes: Collection[str] | None = None,
+                        jti: str | None = None) -> int:
+    t = db.links
+    cond = [t.c.client_id == client_id, t.c.state == ISSUED, t.c.exp >= now]
+    if subject is not None:
+        cond.append(t.c.subject == subject)
+    if purposes:
+        cond.append(t.c.purpose.in_(list(purposes)))
+    if jti is not None:
+        cond.append(t.c.jti == jti)
+    jtis = [r[0] for r in conn.execute(sa.select(t.c.jti).where(*cond))]
+    if not jtis:
+        return 0
+    # Re-check the state in the UPDATE itself: a link consumed meanwhile stays consumed.
+    changed = conn.execute(
+        sa.update(t).where(t.c.jti.in_(jtis), t.c.state == ISSUED)
+        .values(state=state, state_at=now, state_via=via, state_detail=detail)
+        .returning(t.c.jti)
+    ).scalars().all()
+    event = "revoked" if state == REVOKED else "superseded"
+    for j in changed:
+        add_event(conn, j, event, now, via=via)
+    return len(changed)
+
+
+def revoke(engine: Engine, *, jti: str, client_id: str, now: int) -> tuple[LinkRecord, int]:
+    """Revoke one link of ``client_id``. Returns its record and 1, or 0 if it had already
+    left ``issued`` by revocation or supersession (idempotent). Raises UnknownLink / Used."""
+    with db.write(engine) as conn:
+        rec = get(conn, jti)
+        if rec is None or rec.client_id != client_id:
+            raise errors.UnknownLink(jti=jti)
+        if rec.state == CONSUMED:
+            raise errors.Used(jti=jti, at=rec.state_at)
+        n = _change_outstanding(conn, REVOKED, now, via="api", client_id=client_id, jti=jti)
+        rec2 = get(conn, jti)
+        assert rec2 is not None
+        return rec2, n
+
+
+def revoke_subject(engine: Engine, *, client_id: str, subject: str, purposes: Collection[str] | None,
+                   now: int) -> int:
+    """Revoke every outstanding link of ``subject`` (optionally of ``purposes``)."""
+    with db.write(engine) as conn:
+        return _change_outstanding(conn, REVOKED, now, via="subject", client_id=client_id,
+                                   subject=subject, purposes=purposes)
+
+
+def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int = 1000,
+          max_batches: int | None = None) -> dict[str, int]:
+    """Delete links (and their events) whose ``exp`` is older than the retention period,
+    and spent codes, in bounded batches so it can run beside live traffic.
+
+    A link past ``exp`` fails verification as ``expired`` before the ledger is asked, so
+    removing its row can never re-open a replay.
+    """
+    t, e, c = db.links, db.link_events, db.codes
+    cutoff = now - retention_seconds
+    removed = {"links": 0, "events": 0, "codes": 0}
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        with db.write(engine) as conn:
+            jtis = [r[0] for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))]
+            if not jtis:
+                break
+            removed["events"] += conn.execute(sa.delete(e).where(e.c.jti.in_(jtis))).rowcount
+            removed["links"] += conn.execute(sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff)).rowcount
+        batches += 1
+    with db.write(engine) as conn:
+        removed["codes"] = conn.execute(sa.delete(c).where(c.c.expires_at < cutoff)).rowcount
+    return removed

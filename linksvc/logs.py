@@ -1,0 +1,48 @@
+"""Structured JSON logs. Records carry ``jti``, client and outcome — never a token or key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+# Attributes every LogRecord has; anything else was passed in ``extra`` and is logged.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+# Belt and braces: a compact JWS or an API key that slips into a message is masked.
+_SECRET_RE = re.compile(r"(eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*|lsk_[A-Za-z0-9_-]{8,})")
+
+
+def redact(text: str) -> str:
+    return _SECRET_RE.sub("[redacted]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
+                out[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(out, default=str)
+
+
+def configure(level: str = "info") -> None:
+    """Send linksvc's logs to stderr as JSON lines (idempotent)."""
+    logger = logging.getLogger("linksvc")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_linksvc", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._linksvc = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False

@@ -1,0 +1,39 @@
+"""Operational endpoints: liveness, readiness and the public keys."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from . import errors
+from .http import problem
+
+bp = Blueprint("ops", __name__)
+
+#: Verifiers may cache the JWKS this long. A ``next`` key is published for at least a
+#: full rotation period (hours to days), far longer than this, so a cached JWKS always
+#: knows a key before it signs.
+JWKS_MAX_AGE = 300
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    if not current_app.extensions["linksvc"].ready():
+        return problem(503, "database_unavailable", "The database is not answering.")
+    return jsonify({"status": "ready"})
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> Response:
+    try:
+        body = current_app.extensions["linksvc"].keyring.jwks()
+    except errors.ServiceUnavailable as exc:
+        return problem(503, "unavailable", exc.detail)
+    resp = jsonify(body)
+    resp.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    return resp

@@ -1,0 +1,276 @@
+"""The internal API: the happy path, and bad input to every call answered with 4xx problem+json."""
+
+import json
+
+import pytest
+
+from .conftest import REDIRECT
+
+
+def test_mint_redeem_replay_status(api):
+    resp = api.mint("magic_link", "user-42", data={"next": "/inbox"})
+    assert resp.status_code == 201
+    link = resp.get_json()
+    assert set(link) >= {"url", "token", "jti", "purpose", "expires_at"}
+    assert link["url"] == f"http://127.0.0.1:8000/l/{link['token']}"
+    assert link["purpose"] == "magic_link"
+
+    first = api.redeem(link["token"])
+    assert first.status_code == 200
+    assert first.get_json() | {"redeemed_at": None} == {
+        "subject": "user-42", "purpose": "magic_link", "jti": link["jti"], "data": {"next": "/inbox"},
+        "redeemed_at": None}
+
+    second = api.redeem(link["token"])
+    assert second.status_code == 409
+    assert second.get_json()["code"] == "used"
+
+    status = api.status(link["jti"]).get_json()
+    assert status["state"] == "consumed"
+    assert status["state_changed_at"] == first.get_json()["redeemed_at"]
+    assert [e["event"] for e in status["events"]] == ["minted", "consumed", "rejected"]
+    assert status["events"][-1]["reason"] == "used"
+
+
+def test_download_url_shape_and_ttl(api):
+    link = api.minted("password_reset", ttl=120)
+    assert "/l/" in link["url"]
+    status = api.status(link["jti"]).get_json()
+    from datetime import datetime
+    issued = datetime.fromisoformat(status["issued_at"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(status["expires_at"].replace("Z", "+00:00"))
+    assert (expires - issued).total_seconds() == 120
+
+
+def test_verify_does_not_consume(api):
+    link = api.minted()
+    for _ in range(3):
+        resp = api.verify(link["token"])
+        assert resp.status_code == 200
+        assert resp.get_json()["state"] == "issued"
+        assert resp.get_json()["claims"]["sub"] == "user-42"
+    assert api.redeem(link["token"]).status_code == 200
+
+
+def test_client_sees_only_its_own_links(api, other_api):
+    link = api.minted()
+    assert other_api.status(link["jti"]).status_code == 404
+    assert other_api.http.delete(f"/api/v1/links/{link['jti']}", headers=other_api.headers).status_code == 404
+    assert api.status(link["jti"]).get_json()["state"] == "issued"
+
+
+def test_revoke_one_is_idempotent_and_refuses_consumed(api):
+    link = api.minted()
+    url = f"/api/v1/links/{link['jti']}"
+    assert api.http.delete(url, headers=api.headers).get_json() == {"jti": link["jti"], "state": "revoked", "revoked": 1}
+    assert api.http.delete(url, headers=api.headers).get_json()["revoked"] == 0
+    used = api.minted()
+    api.redeem(used["token"])
+    resp = api.http.delete(f"/api/v1/links/{used['jti']}", headers=api.headers)
+    assert resp.status_code == 409 and resp.get_json()["code"] == "used"
+
+
+def test_revoke_subject(api):
+    a = api.minted("magic_link", "user-7")
+    b = api.minted("password_reset", "user-7")
+    other = api.minted("magic_link", "user-8")
+    resp = api.http.post("/api/v1/subjects/user-7/revoke", json={"purposes": ["magic_link"]}, headers=api.headers)
+    assert resp.get_json()["revoked"] == 1
+    resp = api.http.post("/api/v1/subjects/user-7/revoke", headers=api.headers)
+    assert resp.get_json()["revoked"] == 1
+    assert api.redeem(a["token"]).get_json()["code"] == "revoked"
+    assert api.redeem(b["token"], "password_reset").get_json()["code"] == "revoked"
+    assert api.redeem(other["token"]).status_code == 200
+
+
+def test_mint_rules(api):
+    assert api.mint(ttl=301).get_json()["code"] == "ttl_out_of_range"
+    assert api.mint(ttl=0).get_json()["code"] == "ttl_out_of_range"
+    resp = api.mint(redirect_uri="https://evil.example/cb")
+    assert resp.status_code == 403 and resp.get_json()["code"] == "redirect_uri_not_allowed"
+    resp = api.mint(redirect_uri=REDIRECT + "/../x")
+    assert resp.status_code == 403
+    assert api.mint(subject="alice@example.com").get_json()["code"] == "subject_looks_like_pii"
+    assert api.mint(subject="").status_code == 422
+    assert api.mint(subject="x" * 256).status_code == 422
+    assert api.mint(data={"x": "y" * 5000}).get_json()["code"] == "data_too_large"
+    assert api.mint("download", download={"key": "x"}, redirect_uri=REDIRECT).status_code == 422
+
+
+def test_purpose_not_allowed(app):
+    from .conftest import make_api_user
+    limited = make_api_user(app, "limited", purposes=["magic_link"])
+    resp = limited.mint("password_reset")
+    assert resp.status_code == 403 and resp.get_json()["code"] == "purpose_not_allowed"
+
+
+def test_disabled_client_is_locked_out(app, api, runner):
+    link = api.minted()
+    result = runner.invoke(args=["clients", "disable", "acme"])
+    assert result.exit_code == 0, result.output
+    assert api.redeem(link["token"]).status_code == 401
+
+
+# -- bad input: every call, never a 5xx ---------------------------------------------------
+
+CALLS = [
+    ("post", "/api/v1/links"),
+    ("post", "/api/v1/links/verify"),
+    ("post", "/api/v1/links/redeem"),
+    ("get", "/api/v1/links/abc"),
+    ("delete", "/api/v1/links/abc"),
+    ("post", "/api/v1/subjects/user-1/revoke"),
+]
+BODY_CALLS = [c for c in CALLS if c[0] == "post" and "subjects" not in c[1]]
+
+
+def _problem(resp, status, code=None):
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["status"] == status and isinstance(body["code"], str) and body["title"]
+    if code:
+        assert body["code"] == code
+    return body
+
+
+@pytest.mark.parametrize("method,path", CALLS)
+@pytest.mark.parametrize("auth", [None, "Bearer", "Bearer lsk_wrong", "Basic abc", "bearer  "])
+def test_missing_or_bad_api_key(client, api, method, path, auth):
+    headers = {"Authorization": auth} if auth else {}
+    resp = getattr(client, method)(path, json={}, headers=headers)
+    _problem(resp, 401, "unauthorized")
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS)
+def test_no_body(api, method, path):
+    _problem(getattr(api.http, method)(path, headers=api.headers), 400, "body_required")
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS)
+def test_not_json(api, method, path):
+    resp = getattr(api.http, method)(path, data="{nope", headers={**api.headers, "Content-Type": "application/json"})
+    _problem(resp, 400, "invalid_json")
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS)
+@pytest.mark.parametrize("body", ["[]", '"x"', "1", "null"])
+def test_body_not_an_object(api, method, path, body):
+    resp = getattr(api.http, method)(path, data=body, headers={**api.headers, "Content-Type": "application/json"})
+    _problem(resp, 400)
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS)
+def test_duplicate_members_and_invalid_utf8(api, method, path):
+    h = {**api.headers, "Content-Type": "application/json"}
+    _problem(getattr(api.http, method)(path, data='{"purpose":"magic_link","purpose":"download"}', headers=h), 400,
+             "invalid_json")
+    _problem(getattr(api.http, method)(path, data=b'{"subject":"\xff"}', headers=h), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS)
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_wrong_content_type(api, method, path, ctype):
+    resp = getattr(api.http, method)(path, data='{"a":1}', headers={**api.headers, "Content-Type": ctype})
+    _problem(resp, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS + [("post", "/api/v1/subjects/u/revoke")])
+def test_ten_mebibyte_body(api, method, path):
+    big = b'{"x":"' + b"a" * (10 * 1024 * 1024) + b'"}'
+    resp = getattr(api.http, method)(path, data=big, headers={**api.headers, "Content-Type": "application/json"})
+    _problem(resp, 413, "body_too_large")
+
+
+@pytest.mark.parametrize("method,path", BODY_CALLS)
+def test_unknown_field(api, method, path):
+    known = {"purpose": "magic_link", "subject": "u"} if path.endswith("/links") else {"purpose": "magic_link", "token": "t"}
+    resp = getattr(api.http, method)(path, json={**known, "admin": True}, headers=api.headers)
+    body = _problem(resp, 422, "unknown_field")
+    assert body["field"] == "admin"
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"purpose": 1, "subject": "u"}, "purpose"),
+        ({"purpose": "magic_link", "subject": 5}, "subject"),
+        ({"purpose": "magic_link", "subject": "u", "ttl": "60"}, "ttl"),
+        ({"purpose": "magic_link", "subject": "u", "ttl": 60.5}, "ttl"),
+        ({"purpose": "magic_link", "subject": "u", "ttl": True}, "ttl"),
+        ({"purpose": "magic_link", "subject": "u", "redirect_uri": ["x"]}, "redirect_uri"),
+        ({"purpose": "download", "subject": "u", "download": "key"}, "download"),
+        ({"purpose": "magic_link", "subject": "u", "confirm": "yes"}, "confirm"),
+        ({"purpose": "sudo", "subject": "u"}, "purpose"),
+        ({"subject": "u"}, "purpose"),
+        ({"purpose": "magic_link"}, "subject"),
+    ],
+)
+def test_mint_mistyped_fields(api, body, field):
+    resp = api.http.post("/api/v1/links", json=body, headers=api.headers)
+    assert _problem(resp, 422)["field"] == field
+
+
+@pytest.mark.parametrize("path", ["/api/v1/links/verify", "/api/v1/links/redeem"])
+@pytest.mark.parametrize("body", [{"token": 5, "purpose": "magic_link"}, {"token": "x"}, {"purpose": "magic_link"},
+                                  {"token": "x", "purpose": "root"}, {"token": None, "purpose": "magic_link"}])
+def test_token_call_mistyped_fields(api, path, body):
+    _problem(api.http.post(path, json=body, headers=api.headers), 422)
+
+
+@pytest.mark.parametrize("body", ['{"purposes": "magic_link"}', '{"purposes": ["bogus"]}', '{"purposes": []}',
+                                  '{"everything": true}'])
+def test_revoke_subject_bad_body(api, body):
+    resp = api.http.post("/api/v1/subjects/u/revoke", data=body, headers={**api.headers, "Content-Type": "application/json"})
+    _problem(resp, 422)
+
+
+def test_unknown_link_and_route(api):
+    _problem(api.status("A" * 22), 404, "unknown_link")
+    _problem(api.status("x" * 500), 404, "unknown_link")
+    _problem(api.http.get("/api/v1/nothing", headers=api.headers), 404)
+    _problem(api.http.put("/api/v1/links", headers=api.headers), 405)
+
+
+def test_every_api_answer_has_security_headers(api):
+    for resp in (api.mint(), api.redeem("x"), api.http.get("/api/v1/links/x")):
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_health_and_jwks(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    jwks = client.get("/.well-known/jwks.json")
+    assert "max-age" in jwks.headers["Cache-Control"]
+    keys = jwks.get_json()["keys"]
+    assert len(keys) == 2 and all(k["use"] == "sig" and k["alg"] == "ES256" for k in keys)
+    for k in keys:
+        assert not set(k) & {"d", "p", "q", "dp", "dq", "qi", "k"}
+
+
+def test_readyz_fails_without_database(tmp_path):
+    from linksvc import create_app
+    from .support import base_env
+    app = create_app(base_env(tmp_path, database_url=f"sqlite:///{tmp_path}/missing/dir/../../nope/x.db"))
+    svc = app.extensions["linksvc"]
+    svc.engine.dispose()
+    import sqlalchemy as sa
+    svc.engine = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503 and resp.get_json()["code"] == "database_unavailable"
+
+
+def test_no_key_yet_is_503_not_500(tmp_path, migrated_sqlite):
+    import shutil
+    from linksvc import create_app
+    from .support import base_env
+    from .conftest import make_api_user
+    shutil.copy(migrated_sqlite, tmp_path / "linksvc.db")
+    app = create_app(base_env(tmp_path))
+    user = make_api_user(app)
+    resp = user.mint()
+    assert resp.status_code == 503 and "init-db" in resp.get_json()["detail"]
+    json.dumps(resp.get_json())
