@@ -1,54 +1,90 @@
-"""gunicorn settings for linksvc: `gunicorn -c gunicorn.conf.py app:app`.
+"""gunicorn settings for linksvc: `gunicorn -c gunicorn.conf.py app:app` (what `make serve` runs).
 
-Link paths (/l/<token>, /d/<token>, /dl/<grant>) carry bearer credentials, so the access log
-replaces them before anything is written. Override any setting on the command line.
+Link paths (/l/<token>, /d/<token>, /dl/<grant>) carry bearer credentials, so every line of
+the access and error logs is redacted before it is written: link paths, anything shaped like a
+link token or an API key, and the values of query parameters. Override any setting on the
+command line (`--workers 8`, `--bind 0.0.0.0:8000`).
+
+Graceful reload: `kill -HUP <master pid>` re-reads this file and the code, starts new workers
+and lets the old ones finish their requests (up to ``graceful_timeout``) before they exit; no
+request is dropped. `kill -TERM` is a graceful stop, `kill -USR1` reopens the log files.
 """
 
+import logging
+import multiprocessing
 import os
 import re
+import traceback
 
 from gunicorn.glogging import Logger
 
 bind = os.environ.get("LINKSVC_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("LINKSVC_WORKERS", "2"))
+# Sync workers: one request at a time per process, so a slow database stalls one worker, not
+# all of them; the classic 2 × cores + 1.
+workers = int(os.environ.get("LINKSVC_WORKERS", str(multiprocessing.cpu_count() * 2 + 1)))
 worker_class = "sync"
+# gunicorn 27 opens a control socket at one fixed path per user; several masters on one host
+# (two nodes, tests) would fight over it, and nothing here uses it.
+control_socket_disable = True
+# Each worker builds its own app and connection pool after the fork: a pool inherited from
+# the master would share sockets between processes.
+preload_app = False
+# A request is bounded by the database timeouts (connect 3 s, statement 5 s) well below this;
+# a worker stuck past it is killed and replaced by the master.
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
+# Heartbeat files in memory, not on a possibly slow disk (containers).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# Room for an oversized token to reach linksvc's own "malformed" answer instead of a bare 400.
+limit_request_line = 8190
 max_requests = 0
 accesslog = "-"
 errorlog = "-"
-access_log_format = '{"remote":"%(h)s","request":"%(r)s","status":%(s)s,"bytes":"%(b)s","ms":%(M)s,"request_id":"%({x-request-id}o)s"}'
+access_log_format = ('{"remote":"%(h)s","request":"%(r)s","status":%(s)s,"bytes":"%(b)s","ms":%(M)s,'
+                     '"request_id":"%({x-request-id}o)s"}')
 
-_SECRET_PATH = re.compile(r"/(l|d|dl)/[^\s?\"/]+")
-_TOKENISH = re.compile(r"(eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*|lsk_[A-Za-z0-9_-]{8,})")
+_SECRET_PATH = re.compile(r"/(l|d|dl)/[^\s?#\"/]+", re.IGNORECASE)
+# A compact JWS (dots possibly percent-encoded) or an API key, wherever it appears.
+_TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]*"
+                       r"|lsk_[A-Za-z0-9_-]{8,}")
+# Query values: linksvc takes no secrets in query strings, but a caller may put one there.
+_QUERY_VALUE = re.compile(r"([?&][^=&\s\"#?]*=)[^&\s\"#]+")
 
 
-def _redact(text: str) -> str:
-    return _TOKENISH.sub("[redacted]", _SECRET_PATH.sub(r"/\1/[redacted]", text))
+def redact(text: str) -> str:
+    text = _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/[redacted]", text)
+    text = _QUERY_VALUE.sub(r"\1[redacted]", text)
+    return _TOKENISH.sub("[redacted]", text)
+
+
+class _RedactFilter(logging.Filter):
+    """Formats the message, redacts it, and redacts a traceback's text too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        return True
 
 
 class RedactingLogger(Logger):
-    """Access and error logs with link tokens and API keys removed from every line."""
+    """gunicorn's logger with link tokens, API keys and query values removed from every line."""
+
+    def setup(self, cfg):  # type: ignore[no-untyped-def]
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            if not any(isinstance(f, _RedactFilter) for f in log.filters):
+                log.addFilter(_RedactFilter())
 
     def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+        # Also redact the atoms, for a custom access_log_format that logs them one by one.
         atoms = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "U", "q", "{raw_uri}e", "f"):
-            if key in atoms and isinstance(atoms[key], str):
-                atoms[key] = _redact(atoms[key])
+        for key, value in list(atoms.items()):
+            if isinstance(value, str) and key not in ("h", "t", "s", "m", "H"):
+                atoms[key] = redact(value)
         return atoms
-
-    def error(self, msg, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().error(_redact(str(msg)), *args, **kwargs)
-
-    def warning(self, msg, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().warning(_redact(str(msg)), *args, **kwargs)
-
-    def info(self, msg, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().info(_redact(str(msg)), *args, **kwargs)
-
-    def exception(self, msg, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super().exception(_redact(str(msg)), *args, **kwargs)
 
 
 logger_class = RedactingLogger
