@@ -192,6 +192,12 @@ def mint() -> tuple[Response, int]:
     mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
     if f["email"] is not None and mailer is None:
         raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
+    if f["email"] is not None and hasattr(mailer, "check_address"):
+        mailer.check_address(f["email"])  # type: ignore[union-attr]  # refuse before anything is minted
+    # Rate limits (linksvc.ratelimit): raise RateLimited before the mint changes anything.
+    guard: Callable[[Client, str, str], None] | None = current_app.extensions.get("linksvc.mint_guard")
+    if guard is not None:
+        guard(client, f["subject"], f["purpose"])
     minted = service().mint(client, purpose=f["purpose"], subject=f["subject"], ttl=f["ttl"],
                             redirect_uri=f["redirect_uri"], download=f["download"], data=f["data"],
                             confirm=bool(f["confirm"]))
@@ -262,3 +268,22 @@ def revoke_subject(subject: str) -> Response:
                              field="purposes")
     n = service().revoke_subject(current_client(), subject, purposes)
     return jsonify({"subject": subject, "revoked": n})
+
+
+# -- one-time codes from the hosted pages (linksvc.codes) -----------------------------
+
+@bp.post("/codes/exchange")
+def exchange_code() -> Response:
+    """Spend the ``code`` a hosted sign-in or reset sent to the redirect URI, once.
+
+    ``invalid_code`` (404) for an unknown code or another client's (which is not spent),
+    ``code_used`` (409), ``code_expired`` (410).
+    """
+    from . import codes
+    f = fields(json_body(), {"code": (str, True)})
+    svc = service()
+    try:
+        done = codes.exchange(svc.engine, f["code"], client_id=current_client().id, now=svc.now())
+    except codes.CodeError as exc:
+        return problem(exc.status, exc.reason, exc.detail)
+    return jsonify({"subject": done.subject, "purpose": done.purpose, "jti": done.jti, "data": done.data})

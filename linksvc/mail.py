@@ -1,0 +1,208 @@
+"""Mail delivery: when a mint carries ``email``, send the link to that address.
+
+The message is rendered from ``templates/email/{purpose}.txt`` and ``.html`` (the link, the
+application's display name, when it expires) and handed to one of two transports, chosen by
+configuration: SMTP (``LINKSVC_SMTP_URL``: ``smtp://``, ``smtp+starttls://`` or
+``smtps://``, credentials in the URL) or, with nothing configured, an outbox folder of
+``.eml`` files (``LINKSVC_MAIL_OUTBOX``, default ``instance/outbox``).
+
+The address is used to send and nowhere else: it is not stored in the ledger and never
+logged (log lines carry the ``jti`` and a keyed hash of the address, enough to answer "was
+it sent to this address?" for someone who has it). If sending fails, the link just minted
+is revoked — nobody received it, and a link nobody received should not stay valid — and the
+API answers ``502``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import smtplib
+import ssl
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from flask import Flask, current_app, render_template
+
+from . import errors
+from .clients import Client
+from .config import ConfigError, Settings
+from .service import LinkService, Minted
+
+log = logging.getLogger("linksvc.mail")
+
+SUBJECTS = {
+    "magic_link": "Your sign-in link for {app}",
+    "password_reset": "Reset your password for {app}",
+    "download": "Your download from {app}",
+}
+
+# Deliberately plain: one local part, one domain with a dot, no spaces, quotes, angle
+# brackets or control characters (nothing that could smuggle a header or a second recipient).
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class Transport(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SmtpTransport:
+    """SMTP per ``smtp://``, ``smtp+starttls://`` (STARTTLS) or ``smtps://`` (implicit TLS)."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    timeout: float = 10.0
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpTransport:
+        parts = urlsplit(url)
+        default_port = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}[parts.scheme]
+        return cls(scheme=parts.scheme, host=parts.hostname or "localhost", port=parts.port or default_port,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None)
+
+    def describe(self) -> str:
+        # Never the password.
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def send(self, message: EmailMessage) -> None:
+        context = ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if self.scheme == "smtps":
+            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        with smtp:
+            smtp.ehlo()
+            if self.scheme == "smtp+starttls":
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if self.username is not None:
+                smtp.login(self.username, self.password or "")
+            smtp.send_message(message)
+
+
+@dataclass(frozen=True)
+class OutboxTransport:
+    """Write each message to ``directory`` as an ``.eml`` file (development; or a pickup folder)."""
+
+    directory: Path
+
+    def describe(self) -> str:
+        return str(self.directory)
+
+    def send(self, message: EmailMessage) -> None:
+        # The message holds a live link: owner-only folder and files.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{message['X-Linksvc-Jti']}.eml"
+        tmp = self.directory / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(message.as_bytes())
+        # Readers of the folder never see a half-written message.
+        os.replace(tmp, self.directory / name)
+
+
+def transport_for(settings: Settings) -> Transport:
+    if settings.smtp_url:
+        t = SmtpTransport.from_url(settings.smtp_url)
+        if settings.is_production and t.username is not None and t.scheme == "smtp":
+            raise ConfigError("LINKSVC_SMTP_URL", "credentials need smtps:// or smtp+starttls://, not plain smtp://")
+        return t
+    return OutboxTransport(settings.mail_outbox)
+
+
+def _header_text(value: str) -> str:
+    return _CONTROL_RE.sub(" ", value).strip()
+
+
+class Mailer:
+    """The mint API's mail hook: ``mailer(client, minted, address)``."""
+
+    def __init__(self, settings: Settings, transport: Transport) -> None:
+        self.settings = settings
+        self.transport = transport
+
+    def check_address(self, address: str) -> None:
+        """Refuse an address we would not send to — before any link is minted for it."""
+        if len(address) > 254 or not _ADDRESS_RE.fullmatch(address):
+            raise errors.RequestRefused("invalid_field", "email must be a plain e-mail address (name@example.com).",
+                                        field="email")
+
+    def address_hash(self, address: str) -> str | None:
+        """A keyed hash of the address for log lines: matchable by someone who has the address, not reversible."""
+        key = self.settings.secret_key
+        if key is None:
+            return None
+        return hmac.new(key, b"mail-address\0" + address.strip().lower().encode(), hashlib.sha256).hexdigest()[:16]
+
+    def render(self, client: Client, minted: Minted, address: str) -> EmailMessage:
+        rec = minted.record
+        app_name = _header_text(client.display_name or client.name)
+        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec.exp))
+        context: dict[str, Any] = {
+            "link": minted.url, "app_name": app_name, "purpose": rec.purpose, "expires_at": expires,
+            "minutes": max(1, round((rec.exp - rec.iat) / 60)),
+        }
+        msg = EmailMessage()
+        msg["Subject"] = SUBJECTS[rec.purpose].format(app=app_name)
+        msg["From"] = self.settings.mail_from
+        msg["To"] = address
+        msg["Date"] = formatdate(rec.iat, usegmt=True)
+        domain = parseaddr(self.settings.mail_from)[1].rpartition("@")[2] or "localhost"
+        msg["Message-ID"] = make_msgid(domain=domain)
+        msg["X-Linksvc-Jti"] = rec.jti
+        # A one-time link must not be followed by an auto-responder or archived by a list.
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(render_template(f"email/{rec.purpose}.txt", **context))
+        msg.add_alternative(render_template(f"email/{rec.purpose}.html", **context), subtype="html")
+        return msg
+
+    def __call__(self, client: Client, minted: Minted, address: str) -> None:
+        self.check_address(address)
+        jti = minted.record.jti
+        extra = {"jti": jti, "client": client.id, "transport": type(self.transport).__name__,
+                 "to_hash": self.address_hash(address)}
+        try:
+            self.transport.send(self.render(client, minted, address))
+        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+            # The exception text can quote the recipient; log only its type and SMTP code.
+            log.warning("mail not sent; link revoked", extra={**extra, "outcome": "mail_failed",
+                                                              "error": type(exc).__name__,
+                                                              "smtp_code": getattr(exc, "smtp_code", None)})
+            self._revoke(client, jti)
+            raise errors.RequestRefused("mail_failed", "The link could not be sent by mail, so it was revoked; "
+                                        "try again later.", kind="bad_gateway", field="email") from None
+        log.info("mail sent", extra={**extra, "outcome": "mailed"})
+
+    def _revoke(self, client: Client, jti: str) -> None:
+        svc: LinkService = current_app.extensions["linksvc"]
+        try:
+            svc.revoke(client, jti)
+        except (errors.LinkError, errors.ServiceUnavailable) as exc:  # pragma: no cover - database trouble
+            log.error("could not revoke unsent link", extra={"jti": jti, "client": client.id,
+                                                             "error": type(exc).__name__})
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.config["LINKSVC"]
+    transport = transport_for(settings)
+    if settings.is_production and isinstance(transport, OutboxTransport):
+        log.warning("LINKSVC_SMTP_URL is not set: mail goes to the outbox folder",
+                    extra={"outbox": str(transport.directory)})
+    app.extensions["linksvc.mailer"] = Mailer(settings, transport)

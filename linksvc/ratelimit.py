@@ -1,0 +1,161 @@
+"""Rate limits: per client and per (client, subject, purpose) on minting, per IP on the pages.
+
+Counters live in the store named by ``LINKSVC_RATELIMIT_STORAGE_URL`` (``memory://`` by
+default, one counter per worker process; ``redis://…`` in production, shared by every
+worker and node). Flask-Limiter builds the store and the moving-window strategy; the
+limits themselves are checked here because they depend on the authenticated client and on
+the parsed mint body, which the API view hands to :meth:`RateLimits.check_mint`.
+
+A limited request gets ``429`` with ``Retry-After``: problem+json on the API, an HTML page
+on the end-user pages. The answer to a limited mint is the same whatever the subject, so it
+tells nobody whether links were ever minted for it, and the limited mint changes nothing
+(no link, no supersede, no mail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from flask import Flask, Response, g, request
+from flask_limiter import Limiter
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter, RateLimiter
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .clients import Client
+from .config import Settings
+from .http import problem
+
+log = logging.getLogger("linksvc.ratelimit")
+
+#: Limits for clients created without their own (``clients create --mint-limit/--subject-limit``).
+DEFAULT_MINT_LIMIT = "60 per minute"
+DEFAULT_SUBJECT_LIMIT = "5 per 15 minutes"
+
+#: Paths of the end-user pages, limited per IP. Not /dl/: a download in progress makes
+#: many Range requests against one short-lived grant.
+PAGE_PREFIXES = ("/l/", "/d/")
+
+LIMITED_DETAIL = "Too many requests; try again later."
+
+
+class RateLimited(Exception):
+    """A limit was reached. ``retry_after`` is in whole seconds (≥ 1)."""
+
+    def __init__(self, scope: str, retry_after: int) -> None:
+        super().__init__(f"rate limited ({scope})")
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+class RateLimits:
+    """Hit named limits against the configured store.
+
+    If the shared store (Redis) stops answering, counting continues in this process's
+    memory rather than failing every mint and page: limits get looser (per worker), the
+    service stays up, and the log says so.
+    """
+
+    def __init__(self, limiter: Limiter, *, prefix: str = "linksvc") -> None:
+        self._limiter = limiter
+        self._fallback: RateLimiter = MovingWindowRateLimiter(MemoryStorage())
+        #: First part of every key; tests give each run its own so parallel runs never share counters.
+        self.prefix = prefix
+
+    @property
+    def strategy(self) -> RateLimiter:
+        return self._limiter.limiter
+
+    def hit(self, scope: str, limits: str, *keys: str) -> None:
+        """Count one request against every limit in ``limits`` (``"5 per minute;100 per day"``)
+        for ``keys``; raise :class:`RateLimited` if any is exhausted."""
+        items = parse_many(limits)
+        ident = (self.prefix, scope, *keys)
+        try:
+            self._hit(self.strategy, items, ident, scope)
+        except RateLimited:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any storage failure (redis.*, OSError)
+            log.warning("rate limit storage unavailable; counting in memory",
+                        extra={"error": type(exc).__name__, "scope": scope})
+            self._hit(self._fallback, items, ident, scope)
+
+    def _hit(self, strategy: RateLimiter, items: Sequence[RateLimitItem], ident: tuple[str, ...], scope: str) -> None:
+        breached = [item for item in items if not strategy.hit(item, *ident)]
+        if breached:
+            now = time.time()
+            reset = max(strategy.get_window_stats(item, *ident).reset_time for item in breached)
+            raise RateLimited(scope, max(1, math.ceil(reset - now)))
+
+    def check_mint(self, client: Client, subject: str, purpose: str) -> None:
+        """The mint limits: the client's overall rate, then its rate for one subject and purpose."""
+        self.hit("mint", client.mint_limit or DEFAULT_MINT_LIMIT, client.id)
+        # The subject is an opaque id, but hashed all the same: keys stay short and carry
+        # nothing an operator browsing the store could read.
+        subject_key = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        self.hit("subject", client.subject_limit or DEFAULT_SUBJECT_LIMIT, client.id, purpose, subject_key)
+
+
+def _storage_options(url: str) -> dict[str, float]:
+    # A Redis that does not answer must not hold a request for long; the in-memory
+    # fallback takes over instead.
+    if url.startswith(("redis://", "rediss://", "redis+")):
+        return {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
+    return {}
+
+
+def _too_many_api(exc: RateLimited) -> Response:
+    resp = problem(429, "rate_limited", LIMITED_DETAIL, retry_after=exc.retry_after)
+    resp.headers["Retry-After"] = str(exc.retry_after)
+    return resp
+
+
+def _too_many_page(exc: RateLimited) -> Response:
+    from .html import render_failure
+    resp = render_failure("rate_limited", 429)
+    resp.headers["Retry-After"] = str(exc.retry_after)
+    return resp
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.config["LINKSVC"]
+    if settings.trusted_proxies > 0 and not isinstance(app.wsgi_app, ProxyFix):
+        # Only behind proxies we were told about: otherwise anyone could pick their own
+        # address with X-Forwarded-For and walk around the per-IP limit.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+
+    url = settings.ratelimit_storage_url
+    limiter = Limiter(key_func=lambda: request.remote_addr or "-", storage_uri=url,
+                      storage_options=_storage_options(url), strategy="moving-window",
+                      headers_enabled=False, key_prefix="linksvc")
+    limiter.init_app(app)
+    limits = RateLimits(limiter)
+    app.extensions["linksvc.ratelimit"] = limits
+    # The mint view calls this with the parsed body (one parse, no second read of the body).
+    app.extensions["linksvc.mint_guard"] = limits.check_mint
+
+    @app.before_request
+    def _page_limit() -> Response | None:
+        if not request.path.startswith(PAGE_PREFIXES):
+            return None
+        try:
+            limits.hit("page", settings.page_rate_limit, request.remote_addr or "-")
+        except RateLimited as exc:
+            log.info("rate limited", extra={"scope": "page", "outcome": "rate_limited"})
+            return _too_many_page(exc)
+        return None
+
+    @app.errorhandler(RateLimited)
+    def _limited(exc: RateLimited) -> Response:
+        client = g.get("client")
+        log.info("rate limited", extra={"scope": exc.scope, "outcome": "rate_limited",
+                                        "client": client.id if client is not None else None})
+        if request.path.startswith(PAGE_PREFIXES):
+            return _too_many_page(exc)
+        return _too_many_api(exc)

@@ -1,0 +1,315 @@
+"""Mail delivery against a real SMTP server (aiosmtpd) started by the test, and the outbox.
+
+The received message has a text and an HTML part, its link works exactly once, and the
+recipient's address appears in no log line and no database table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+import io
+import logging
+import re
+import ssl
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from flask import Flask
+
+from linksvc import create_app, db
+from linksvc.logs import JsonFormatter
+
+from .conftest import _prepare, make_api_user
+from .support import free_port
+
+ADDRESS = "victim.q7zx3@mail-test.example"
+
+
+class Collect:
+    def __init__(self, refuse: bool = False) -> None:
+        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
+        self.refuse = refuse
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+        if self.refuse:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((list(envelope.rcpt_tos), msg))
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Collect, int]]:
+    handler = Collect()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def make_app(env: dict[str, str], **extra: str) -> Flask:
+    app = create_app({**env, **extra})
+    _prepare(app)
+    return app
+
+
+@pytest.fixture
+def logbuf() -> Iterator[io.StringIO]:
+    """Every log record of every logger (linksvc's, Flask's, the libraries'), as JSON lines —
+    except the test SMTP server's own (aiosmtpd logs each message it receives, as a mail server would)."""
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    handler.addFilter(lambda record: not record.name.startswith("mail.log"))
+    loggers = [logging.getLogger(), logging.getLogger("linksvc")]
+    old = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    yield buf
+    for lg, level in old:
+        lg.removeHandler(handler)
+        lg.setLevel(level)
+
+
+def parts(msg: email.message.EmailMessage) -> tuple[str, str]:
+    text = msg.get_body(preferencelist=("plain",))
+    html = msg.get_body(preferencelist=("html",))
+    assert text is not None and html is not None
+    return text.get_content(), html.get_content()
+
+
+def link_in(text: str) -> str:
+    m = re.search(r"http://127\.0\.0\.1:8000/l/([A-Za-z0-9_.-]+)", text)
+    assert m, text
+    return m.group(1)
+
+
+def test_smtp_message_has_both_parts_and_its_link_works_once(env, smtp, logbuf, capfd):
+    handler, port = smtp
+    app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}", LINKSVC_MAIL_FROM="Acme <login@acme.example>")
+    api = make_api_user(app, "acme", display_name="Acme & <Co>")
+    resp = api.mint("magic_link", "user-42", email=ADDRESS, ttl=240)
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert body["emailed"] is True
+
+    assert len(handler.messages) == 1
+    rcpts, msg = handler.messages[0]
+    assert rcpts == [ADDRESS]
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg["To"] == ADDRESS and "login@acme.example" in msg["From"]
+    assert msg["Subject"] == "Your sign-in link for Acme & <Co>"
+    text, html = parts(msg)
+    token = link_in(text)
+    assert token == link_in(html) == body["token"]
+    # The application's name (escaped in HTML) and the expiry time are in both parts.
+    expires = datetime.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M UTC")
+    assert "Acme & <Co>" in text and "Acme &amp; &lt;Co&gt;" in html and "<Co>" not in html
+    assert expires in text and expires in html
+    assert "4 minutes" in text
+
+    # The link in the mail works once.
+    assert api.redeem(token).status_code == 200
+    again = api.redeem(token)
+    assert again.status_code == 409 and again.get_json()["code"] == "used"
+
+    # The address is in no log line (ours, Flask's, smtplib's, printed to stderr) ...
+    out, err = capfd.readouterr()
+    logs = logbuf.getvalue() + out + err
+    assert body["jti"] in logs  # the logs did capture the mint and the send
+    assert '"outcome": "mailed"' in logs
+    local = ADDRESS.split("@")[0]
+    assert ADDRESS not in logs and local not in logs
+    # ... and in no table, nor anywhere in the database file.
+    assert_nowhere_in_database(app, [ADDRESS, local])
+    app.extensions["linksvc"].engine.dispose()
+
+
+def assert_nowhere_in_database(app: Flask, needles: list[str]) -> None:
+    engine = app.extensions["linksvc"].engine
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    assert "links" in meta.tables and "link_events" in meta.tables
+    with engine.connect() as conn:
+        for table in meta.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                flat = " ".join(str(v) for v in row)
+                for needle in needles:
+                    assert needle not in flat, f"{needle!r} stored in table {table.name}"
+    engine.dispose()
+    path = Path(engine.url.database)
+    for f in path.parent.glob(path.name + "*"):  # the file, and any -wal / -journal
+        raw = f.read_bytes()
+        for needle in needles:
+            assert needle.encode() not in raw, f"{needle!r} in {f.name}"
+
+
+def test_send_failure_answers_502_and_revokes_the_link(env, logbuf):
+    handler = Collect(refuse=True)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}")
+        api = make_api_user(app)
+        old = api.minted("password_reset", "user-9")
+        resp = api.mint("password_reset", "user-9", email=ADDRESS)
+    finally:
+        controller.stop()
+    assert resp.status_code == 502
+    assert resp.mimetype == "application/problem+json"
+    problem = resp.get_json()
+    assert problem["code"] == "mail_failed"
+    assert "token" not in problem and "eyJ" not in resp.get_data(as_text=True)
+    assert handler.messages == []
+    # The link that was minted for the failed mail is revoked, not left usable.
+    svc = app.extensions["linksvc"]
+    with db.read(svc.engine) as conn:
+        rows = conn.execute(sa.select(db.links.c.jti, db.links.c.state).where(db.links.c.subject == "user-9")
+                            .where(db.links.c.jti != old["jti"])).all()
+    assert len(rows) == 1 and rows[0].state == "revoked"
+    events = [e["event"] for e in api.status(rows[0].jti).get_json()["events"]]
+    assert events == ["minted", "revoked"]
+    logs = logbuf.getvalue()
+    assert '"outcome": "mail_failed"' in logs and rows[0].jti in logs
+    assert ADDRESS not in logs and ADDRESS.split("@")[0] not in logs  # SMTP errors quote the recipient
+    svc.engine.dispose()
+
+
+def test_unreachable_smtp_server_answers_502(env):
+    app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
+    api = make_api_user(app)
+    resp = api.mint("magic_link", "user-1", email=ADDRESS)
+    assert resp.status_code == 502 and resp.get_json()["code"] == "mail_failed"
+    app.extensions["linksvc"].engine.dispose()
+
+
+@pytest.mark.parametrize("address", [
+    "not-an-address", "a@b", "two@@example.com", "Name <a@example.com>", "a@example.com, b@example.com",
+    "a@example.com\r\nBcc: evil@example.com", "a b@example.com", "x" * 250 + "@example.com", "",
+])
+def test_bad_address_refused_before_anything_is_minted(app, api, address):
+    before = api.minted("password_reset", "user-3")
+    resp = api.mint("password_reset", "user-3", email=address)
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["code"] == "invalid_field" and resp.get_json()["field"] == "email"
+    # Nothing was minted, so nothing was superseded.
+    assert api.verify(before["token"], "password_reset").get_json()["state"] == "issued"
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    assert not outbox.exists() or not list(outbox.iterdir())
+
+
+def test_outbox_without_smtp(app, api):
+    """No LINKSVC_SMTP_URL: each message is an owner-only .eml file in instance/outbox."""
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    assert outbox == Path(app.instance_path) / "outbox"
+    link = api.minted("password_reset", "user-4", email=ADDRESS)
+    files = list(outbox.glob("*.eml"))
+    assert len(files) == 1 and link["jti"] in files[0].name
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o700
+    msg = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert msg["To"] == ADDRESS and msg["Subject"] == "Reset your password for Acme"
+    text, html = parts(msg)
+    assert link_in(text) == link_in(html) == link["token"]
+    assert "Only the most recent reset link works" in text
+
+
+def test_download_and_reset_templates_render(app, api):
+    """Every purpose has both templates (a download link mints only with storage set up)."""
+    for purpose in ("magic_link", "password_reset", "download"):
+        for ext in ("txt", "html"):
+            assert (Path(app.root_path).parent / "templates" / "email" / f"{purpose}.{ext}").is_file()
+
+
+def test_limited_mint_sends_no_mail(env, smtp):
+    handler, port = smtp
+    app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}")
+    api = make_api_user(app, subject_limit="1 per minute")
+    assert api.mint("password_reset", "user-5", email=ADDRESS).status_code == 201
+    assert api.mint("password_reset", "user-5", email=ADDRESS).status_code == 429
+    assert len(handler.messages) == 1
+    app.extensions["linksvc"].engine.dispose()
+
+
+# -- TLS and authentication -------------------------------------------------------------
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (the client trusts it via SSL_CERT_FILE)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class Authenticator:
+    def __init__(self) -> None:
+        self.logins: list[str] = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):  # noqa: ANN001
+        ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"mailer" and auth_data.password == b"s3cr:t/pw"
+        if ok:
+            self.logins.append(auth_data.login.decode())
+        return AuthResult(success=ok)
+
+
+@pytest.mark.parametrize("scheme", ["smtp+starttls", "smtps"])
+def test_tls_and_authentication(env, tls_files, monkeypatch, scheme):
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handler, auth = Collect(), Authenticator()
+    port = free_port()
+    # (aiosmtpd does not see implicit TLS as TLS for auth_require_tls; the client's side is checked below.)
+    kwargs = ({"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+              if scheme == "smtp+starttls" else {"ssl_context": context, "auth_require_tls": False})
+    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=auth, **kwargs)
+    controller.start()
+    try:
+        # The client verifies the server's certificate against the system store; point it at ours.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        app = make_app(env, LINKSVC_SMTP_URL=f"{scheme}://mailer:s3cr%3At%2Fpw@127.0.0.1:{port}")
+        api = make_api_user(app)
+        resp = api.mint("magic_link", "user-1", email=ADDRESS)
+        assert resp.status_code == 201, resp.get_json()
+        assert auth.logins == ["mailer"] and len(handler.messages) == 1
+        # Without trusting the certificate, the send fails (no silent downgrade), and the link is revoked.
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.setenv("SSL_CERT_FILE", str(Path(cert).parent / "nothing.pem"))
+        bad = api.mint("magic_link", "user-2", email=ADDRESS)
+        assert bad.status_code == 502 and bad.get_json()["code"] == "mail_failed"
+        app.extensions["linksvc"].engine.dispose()
+    finally:
+        controller.stop()

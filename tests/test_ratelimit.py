@@ -1,0 +1,236 @@
+"""Rate limits: per client and per (client, subject, purpose) on minting, per IP on the pages,
+in memory and in the machine's real Redis (two app instances sharing one limit)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from linksvc import create_app
+
+from .conftest import _prepare, make_api_user
+from .support import REDIS_URL, free_port, missing
+
+
+def unique_prefix(app: Flask) -> str:
+    prefix = f"linksvc-test-{secrets.token_hex(6)}"
+    app.extensions["linksvc.ratelimit"].prefix = prefix
+    return prefix
+
+
+def assert_limited_problem(resp, window: int) -> dict:
+    assert resp.status_code == 429
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["code"] == "rate_limited"
+    retry = int(resp.headers["Retry-After"])
+    assert 1 <= retry <= window
+    assert body["retry_after"] == retry
+    return body
+
+
+def comparable(resp) -> tuple:
+    """Everything a caller can see in an answer, minus the per-request id."""
+    headers = sorted((k, v) for k, v in resp.headers.items() if k not in ("X-Request-Id", "Retry-After"))
+    return resp.status_code, headers, resp.get_data()
+
+
+# -- in memory ------------------------------------------------------------------------
+
+def test_client_mint_limit_is_per_client(app):
+    unique_prefix(app)
+    small = make_api_user(app, "small", mint_limit="3 per minute")
+    big = make_api_user(app, "big")
+    for i in range(3):
+        assert small.mint(subject=f"u{i}").status_code == 201
+    assert_limited_problem(small.mint(subject="u9"), 60)
+    # Another client is not throttled by this one's traffic.
+    assert big.mint(subject="u9").status_code == 201
+
+
+def test_subject_limit_default_five_per_fifteen_minutes(app):
+    unique_prefix(app)
+    api = make_api_user(app, "defaults", subject_limit=None)
+    for _ in range(5):
+        assert api.mint("magic_link", "user-1").status_code == 201
+    assert_limited_problem(api.mint("magic_link", "user-1"), 15 * 60)
+    # The key is (client, subject, purpose): another subject or purpose is still free.
+    assert api.mint("magic_link", "user-2").status_code == 201
+    assert api.mint("password_reset", "user-1").status_code == 201
+
+
+def test_limited_mint_reveals_nothing_about_the_subject(app):
+    """An attacker hammering 'reset my password' for many users learns nothing from the 429:
+    the answer is the same byte for byte for a subject with links and one never seen."""
+    unique_prefix(app)
+    api = make_api_user(app, "app", mint_limit="2 per minute")
+    assert api.mint("password_reset", "known-user").status_code == 201
+    assert api.mint("password_reset", "known-user").status_code == 201
+    known = api.mint("password_reset", "known-user")
+    unknown = api.mint("password_reset", "never-seen-user")
+    assert_limited_problem(known, 60)
+    assert_limited_problem(unknown, 60)
+    assert comparable(known) == comparable(unknown)
+    assert b"known-user" not in known.get_data() and b"never-seen" not in unknown.get_data()
+
+    # The per-subject limit answers exactly like the per-client one.
+    api2 = make_api_user(app, "app2", subject_limit="1 per minute")
+    assert api2.mint("password_reset", "known-user").status_code == 201
+    by_subject = api2.mint("password_reset", "known-user")
+    assert_limited_problem(by_subject, 60)
+    assert comparable(by_subject) == comparable(known)
+
+
+def test_limited_mint_changes_nothing(app):
+    """A refused mint must not supersede the user's outstanding reset link or mint a new one."""
+    unique_prefix(app)
+    api = make_api_user(app, "app", subject_limit="1 per minute")
+    first = api.minted("password_reset", "user-5")
+    assert api.mint("password_reset", "user-5").status_code == 429
+    assert api.verify(first["token"], "password_reset").get_json()["state"] == "issued"
+    assert [e["event"] for e in api.status(first["jti"]).get_json()["events"]] == ["minted"]
+    svc = app.extensions["linksvc"]
+    import sqlalchemy as sa
+
+    from linksvc import db
+    with db.read(svc.engine) as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(db.links).where(db.links.c.subject == "user-5")).scalar()
+    assert n == 1
+    assert api.redeem(first["token"], "password_reset").status_code == 200
+
+
+def test_limits_changed_later_apply(app):
+    """`clients update --mint-limit`: the new limit applies once the client is read again."""
+    unique_prefix(app)
+    api = make_api_user(app, "app", mint_limit="1 per minute")
+    assert api.mint(subject="a").status_code == 201
+    assert api.mint(subject="b").status_code == 429
+    from linksvc import clients, db
+    with db.write(app.extensions["linksvc"].engine) as conn:
+        clients.update(conn, api.client.id, mint_limit="100 per minute")
+    cache = getattr(app.extensions["linksvc"], "client_cache", None)
+    if cache is not None:  # workers cache clients for a few seconds
+        cache.clear()
+    assert api.mint(subject="c").status_code == 201
+
+
+@pytest.fixture
+def page_app(env) -> Iterator[Flask]:
+    app = create_app({**env, "LINKSVC_PAGE_RATE_LIMIT": "3 per minute"})
+    _prepare(app)
+    unique_prefix(app)
+    yield app
+    app.extensions["linksvc"].engine.dispose()
+
+
+def test_pages_limited_per_ip_with_html_429(page_app):
+    http = page_app.test_client()
+    for path in ("/l/not-a-token", "/d/not-a-token", "/l/another"):
+        assert http.get(path).status_code != 429
+    resp = http.get("/l/not-a-token")
+    assert resp.status_code == 429
+    assert resp.mimetype == "text/html"
+    assert "Too many attempts" in resp.get_data(as_text=True)
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert resp.headers["Cache-Control"] == "no-store"
+    # Another address has its own budget; the API and health checks are not page-limited.
+    assert http.get("/l/x", environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code != 429
+    assert http.get("/healthz").status_code == 200
+    assert http.post("/api/v1/links", json={}).status_code == 401
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(page_app):
+    """With LINKSVC_TRUSTED_PROXIES=0 a client cannot pick a fresh address per request."""
+    http = page_app.test_client()
+    codes = [http.get("/l/x", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(5)]
+    assert codes[3:] == [429, 429]
+
+
+def test_forwarded_for_honoured_behind_one_trusted_proxy(env):
+    app = create_app({**env, "LINKSVC_PAGE_RATE_LIMIT": "2 per minute", "LINKSVC_TRUSTED_PROXIES": "1"})
+    _prepare(app)
+    unique_prefix(app)
+    http = app.test_client()
+    # Behind one proxy, the proxy's own (right-most) entry is the client; the left one is made up.
+    for _ in range(2):
+        assert http.get("/l/x", headers={"X-Forwarded-For": "1.2.3.4, 203.0.113.1"}).status_code != 429
+    assert http.get("/l/x", headers={"X-Forwarded-For": "9.9.9.9, 203.0.113.1"}).status_code == 429
+    assert http.get("/l/x", headers={"X-Forwarded-For": "203.0.113.2"}).status_code != 429
+    app.extensions["linksvc"].engine.dispose()
+
+
+def test_unreachable_store_falls_back_to_memory(env):
+    """A Redis that is down must not take minting down: limits keep working per process."""
+    app = create_app({**env, "LINKSVC_RATELIMIT_STORAGE_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    _prepare(app)
+    unique_prefix(app)
+    api = make_api_user(app, "app", mint_limit="2 per minute")
+    assert [api.mint(subject=f"s{i}").status_code for i in range(3)] == [201, 201, 429]
+    app.extensions["linksvc"].engine.dispose()
+
+
+# -- real Redis: two app instances, one limit ------------------------------------------
+
+def redis_client():
+    import redis
+    r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        missing(f"Redis at {REDIS_URL}", f"{type(exc).__name__}: {exc}")
+    return r
+
+
+@pytest.fixture
+def redis_pair(env) -> Iterator[tuple[Flask, Flask, str]]:
+    """Two independent app instances (two workers, or two nodes) on one database and one Redis."""
+    r = redis_client()
+    shared = {**env, "LINKSVC_RATELIMIT_STORAGE_URL": REDIS_URL, "LINKSVC_PAGE_RATE_LIMIT": "4 per minute"}
+    a, b = create_app(shared), create_app(shared)
+    _prepare(a)
+    prefix = unique_prefix(a)
+    b.extensions["linksvc.ratelimit"].prefix = prefix
+    yield a, b, prefix
+    for key in r.scan_iter(match=f"*{prefix}*"):
+        r.delete(key)
+    for app in (a, b):
+        app.extensions["linksvc"].engine.dispose()
+
+
+def test_redis_mint_limit_shared_by_two_instances(redis_pair):
+    a, b, prefix = redis_pair
+    user_a = make_api_user(a, "shared", mint_limit="4 per minute")
+    user_b = type(user_a)(b.test_client(), user_a.client, user_a.api_key)
+    assert [user_a.mint(subject=f"s{i}").status_code for i in range(2)] == [201, 201]
+    assert [user_b.mint(subject=f"t{i}").status_code for i in range(2)] == [201, 201]
+    # Each instance alone has seen two mints; together they have used the limit.
+    assert_limited_problem(user_b.mint(subject="x"), 60)
+    assert_limited_problem(user_a.mint(subject="y"), 60)
+    # The counters really are in Redis, under this test's prefix.
+    keys = [k.decode() for k in redis_client().scan_iter(match=f"*{prefix}*")]
+    assert any("/mint/" in k and user_a.client.id in k for k in keys), keys
+
+
+def test_redis_subject_limit_shared_by_two_instances(redis_pair):
+    a, b, prefix = redis_pair
+    user_a = make_api_user(a, "shared", subject_limit="2 per minute")
+    user_b = type(user_a)(b.test_client(), user_a.client, user_a.api_key)
+    assert user_a.mint("password_reset", "user-1").status_code == 201
+    assert user_b.mint("password_reset", "user-1").status_code == 201
+    assert_limited_problem(user_a.mint("password_reset", "user-1"), 60)
+    assert user_b.mint("password_reset", "user-2").status_code == 201
+    # The subject is not readable in the store's keys.
+    keys = [k.decode() for k in redis_client().scan_iter(match=f"*{prefix}*")]
+    assert keys and not any("user-1" in k for k in keys)
+
+
+def test_redis_page_limit_shared_by_two_instances(redis_pair):
+    a, b, _ = redis_pair
+    ha, hb = a.test_client(), b.test_client()
+    assert [c.get("/l/x").status_code != 429 for c in (ha, hb, ha, hb)] == [True] * 4
+    resp = hb.get("/l/x")
+    assert resp.status_code == 429 and "Too many attempts" in resp.get_data(as_text=True)
+    assert int(resp.headers["Retry-After"]) >= 1
