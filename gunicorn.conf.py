@@ -88,3 +88,36 @@ class RedactingLogger(Logger):
 
 
 logger_class = RedactingLogger
+
+
+# -- Prometheus metrics shared by the workers (linksvc.metrics) -----------------------------
+# Each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR and a scrape sums them.
+# Unless the operator names a directory, each master gets a fresh one (in memory when it can),
+# set here, before any worker imports prometheus_client, and removed when the master exits.
+_METRICS_PREFIX = "linksvc-metrics-"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix=_METRICS_PREFIX, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    # Counters left by an earlier run in an operator-named directory would be summed in.
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    # A dead worker's counters still count; its live gauges must not.
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    import shutil
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(path).startswith(_METRICS_PREFIX):
+        shutil.rmtree(path, ignore_errors=True)

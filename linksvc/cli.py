@@ -142,10 +142,11 @@ def _find_client(conn: object, ident: str) -> clients_mod.Client:
 @clients_cli.command("disable")
 @click.argument("client")
 def clients_disable(client: str) -> None:
-    """Disable a client: its API key stops working at once."""
+    """Disable a client: its API key stops working within 5 seconds (workers cache keys that long)."""
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
         clients_mod.update(conn, c.id, disabled=True)
+    _svc().client_cache.clear()
     click.echo(f"disabled {c.id} ({c.name})")
 
 
@@ -181,12 +182,13 @@ def clients_update(client: str, mint_limit: str | None, subject_limit: str | Non
 @click.argument("client")
 @click.option("--json", "as_json", is_flag=True)
 def clients_rotate_key(client: str, as_json: bool) -> None:
-    """Give a client a new API key (shown once); the old one stops working at once."""
+    """Give a client a new API key (shown once); the old one stops working within 5 seconds."""
     api_key = clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
         conn.execute(db.clients.update().where(db.clients.c.id == c.id)
                      .values(api_key_hash=clients_mod.hash_api_key(api_key)))
+    _svc().client_cache.clear()
     if as_json:
         click.echo(json.dumps({"client_id": c.id, "api_key": api_key}))
     else:

@@ -12,7 +12,8 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -122,10 +123,52 @@ def create(
 
 def by_api_key(conn: Connection, api_key: str) -> Client | None:
     """The enabled client holding ``api_key``, or ``None``."""
-    row = conn.execute(sa.select(db.clients).where(db.clients.c.api_key_hash == hash_api_key(api_key))).mappings().first()
+    return by_api_key_hash(conn, hash_api_key(api_key))
+
+
+def by_api_key_hash(conn: Connection, key_hash: str) -> Client | None:
+    """The enabled client whose API key hashes to ``key_hash``, or ``None``."""
+    row = conn.execute(sa.select(db.clients).where(db.clients.c.api_key_hash == key_hash)).mappings().first()
     if row is None or row["disabled"]:
         return None
     return _row_to_client(row)
+
+
+class ClientCache:
+    """API-key hash → enabled client, kept ``seconds`` (monotonic clock) in one process.
+
+    Every API request authenticates; asking the database each time costs a round trip on
+    the hot path. The price is staleness: a disabled client, or a rotated-out key, keeps
+    working in a worker that cached it for at most ``seconds``. Only hits are cached, and
+    at most ``max_entries`` of them, so made-up keys can neither fill memory nor be
+    remembered as absent.
+    """
+
+    def __init__(self, seconds: float = 5.0, max_entries: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[float, Client]] = {}
+
+    def get(self, key_hash: str) -> Client | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if self.clock() >= entry[0]:
+            self._entries.pop(key_hash, None)
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, client: Client) -> None:
+        if self.seconds <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = (self.clock() + self.seconds, client)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def get(conn: Connection, client_id: str) -> Client | None:

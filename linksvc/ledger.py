@@ -110,16 +110,18 @@ def consume(engine: Engine, *, jti: str, client_id: str, purpose: str, subject: 
     t = db.links
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
-        result = conn.execute(
+        # RETURNING hands the winner its row in the same statement: no second read.
+        row = conn.execute(
             sa.update(t)
             .where(t.c.jti == jti, t.c.state == ISSUED, t.c.client_id == client_id,
                    t.c.purpose == purpose, t.c.subject == subject)
             .values(state=CONSUMED, state_at=now, state_via=via, completion_hash=completion_hash)
-        )
-        rec = get(conn, jti)
-        if result.rowcount == 1 and rec is not None:
+            .returning(*t.c)
+        ).mappings().first()
+        if row is not None:
             add_event(conn, jti, "consumed", now, via=via, actor=actor)
-            return rec
+            return _record(row)
+        rec = get(conn, jti)
         try:
             check_outstanding(rec, jti=jti, client_id=client_id, purpose=purpose, subject=subject)
             failure = errors.Used(jti=jti)  # pragma: no cover - nothing matched, yet the row looks issued

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from flask import g, has_request_context
+
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -36,6 +38,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (the app's ``g.request_id``, echoed as ``X-Request-Id``) to
+    every record logged while a request is being handled, so an operator can join a log
+    line to the access log and to the caller's own logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None and has_request_context():
+            record.request_id = g.get("request_id")
+        return True
+
+
 def configure(level: str = "info") -> None:
     """Send linksvc's logs to stderr as JSON lines (idempotent)."""
     logger = logging.getLogger("linksvc")
@@ -43,6 +56,7 @@ def configure(level: str = "info") -> None:
     if not any(getattr(h, "_linksvc", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
+        handler.addFilter(RequestIdFilter())
         handler._linksvc = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False

@@ -52,6 +52,11 @@ class LinkService:
         self.clock = clock
         #: Hook for the download storage backend: ``check(client, download) -> download``.
         self.download_checker: Callable[[Client, dict[str, Any]], dict[str, Any]] | None = None
+        #: Called as ``fn(action, outcome, purposes, client_id)`` after every mint, verify and
+        #: redeem, success or not (linksvc.metrics counts them). Must be cheap and never raise.
+        self.observers: list[Callable[[str, str, Collection[str], str | None], None]] = []
+        #: API key → client, for a few seconds (see :class:`clients.ClientCache`).
+        self.client_cache = clients.ClientCache()
 
     def now(self) -> int:
         return int(self.clock())
@@ -122,6 +127,8 @@ class LinkService:
         path = "d" if purpose == "download" else "l"
         log.info("link minted", extra={"jti": rec.jti, "client": client.id, "purpose": purpose,
                                        "outcome": "minted", "superseded": superseded})
+        for fn in self.observers:
+            fn("mint", "minted", (purpose,), client.id)
         return Minted(token=token, url=f"{s.base_url}/{path}/{token}", record=rec, superseded=superseded)
 
     # -- verifying and redeeming -------------------------------------------------------
@@ -143,8 +150,10 @@ class LinkService:
             rec = ledger.check_outstanding(rec, jti=claims.jti, client_id=claims.aud, purpose=claims.pur,
                                            subject=claims.sub)
         except errors.LinkError as exc:
-            self._rejected(exc, audience, now, via=via, action="verify")
+            self._rejected(exc, audience, now, via=via, action="verify", purposes=purposes)
             raise
+        for fn in self.observers:
+            fn("verify", "valid", (rec.purpose,), rec.client_id)
         return Verified(claims, rec)
 
     def redeem(self, token: Any, *, purposes: Collection[str], audience: str | None, now: int | None = None,
@@ -157,16 +166,20 @@ class LinkService:
                                  subject=claims.sub, now=now, via=via, actor=actor, completion_hash=completion_hash)
         except errors.LinkError as exc:
             self._rejected(exc, audience, now, via=via, action="redeem", recorded=isinstance(exc, errors.Used)
-                           or isinstance(exc, (errors.Revoked, errors.Superseded)))
+                           or isinstance(exc, (errors.Revoked, errors.Superseded)), purposes=purposes)
             raise
         log.info("link redeemed", extra={"jti": rec.jti, "client": rec.client_id, "purpose": rec.purpose,
                                          "outcome": "consumed", "via": via})
+        for fn in self.observers:
+            fn("redeem", "consumed", (rec.purpose,), rec.client_id)
         return Verified(claims, rec)
 
     def _rejected(self, exc: errors.LinkError, audience: str | None, now: int, *, via: str, action: str,
-                  recorded: bool = False) -> None:
+                  recorded: bool = False, purposes: Collection[str] = ()) -> None:
         log.info("link rejected", extra={"jti": exc.jti, "client": audience, "outcome": "rejected",
                                          "reason": exc.reason, "action": action, "via": via})
+        for fn in self.observers:
+            fn(action, exc.reason, purposes, audience)
         # Only a token that passed the signature check names a jti; note the attempt in its history.
         if exc.jti is not None and not recorded and action == "redeem" and not isinstance(exc, errors.UnknownLink):
             ledger.record_rejection(self.engine, exc.jti, audience, exc.reason, now, via=via)
@@ -194,8 +207,16 @@ class LinkService:
         return n
 
     def client_by_key(self, api_key: str) -> Client | None:
-        with db.read(self.engine) as conn:
-            return clients.by_api_key(conn, api_key)
+        """The enabled client holding ``api_key``; a found client is cached for a few seconds,
+        so disabling a client or rotating its key takes effect within that bound."""
+        key_hash = clients.hash_api_key(api_key)
+        client = self.client_cache.get(key_hash)
+        if client is None:
+            with db.read(self.engine) as conn:
+                client = clients.by_api_key_hash(conn, key_hash)
+            if client is not None:
+                self.client_cache.put(key_hash, client)
+        return client
 
     def client(self, client_id: str) -> Client | None:
         with db.read(self.engine) as conn:

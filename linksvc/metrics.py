@@ -1,0 +1,160 @@
+"""Prometheus metrics: ``GET /metrics``.
+
+What is counted: links minted (by purpose and client), verifications and redemptions (by
+purpose and outcome — ``consumed``/``valid`` or the rejection's reason code), request
+latency by endpoint, responses by endpoint and status, and the signing keys' ages.
+
+Under gunicorn every worker is its own process, so the counters live in files under
+``PROMETHEUS_MULTIPROC_DIR`` (set up, emptied and cleaned by ``gunicorn.conf.py``) and a
+scrape sums every worker's, dead ones included, whichever worker answers. Without that
+directory (``flask run``, tests) the process's own registry is used.
+
+The link counters are fed by :attr:`linksvc.service.LinkService.observers`, so the pages and
+the API are counted alike. Metric names carry no token, API key or subject; the client
+label is the client's public id.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import errors
+from .config import PURPOSES
+
+#: prometheus_client itself chooses file-backed values when this is set at import time.
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+# The ``_created`` series double the output and say nothing a scrape needs.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+MINTED = Counter("linksvc_links_minted", "Links minted.", ["purpose", "client"], registry=REGISTRY)
+REDEMPTIONS = Counter("linksvc_redemptions", "Redemption attempts by outcome: consumed, or the reason code.",
+                      ["purpose", "outcome"], registry=REGISTRY)
+VERIFICATIONS = Counter("linksvc_verifications", "Verification attempts by outcome: valid, or the reason code.",
+                        ["purpose", "outcome"], registry=REGISTRY)
+LATENCY = Histogram("linksvc_request_duration_seconds", "Time from request start to response, by endpoint.",
+                    ["endpoint"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+RESPONSES = Counter("linksvc_http_responses", "Responses by endpoint and status code.", ["endpoint", "status"],
+                    registry=REGISTRY)
+
+
+def reason_codes() -> list[str]:
+    """Every reason code a link failure can carry (from :mod:`linksvc.errors`)."""
+    seen: dict[str, None] = {}
+    stack: list[type[errors.LinkError]] = [errors.LinkError]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls is not errors.LinkError:
+            seen[cls.reason] = None
+    return sorted(seen)
+
+
+def _purpose_label(purposes: Collection[str]) -> str:
+    # One purpose per API call; a page accepting several (sign-in or reset) is "any".
+    return next(iter(purposes)) if len(purposes) == 1 else "any"
+
+
+def observe(action: str, outcome: str, purposes: Collection[str], client: str | None) -> None:
+    """A :attr:`LinkService.observers` callback: count one mint, verification or redemption."""
+    if action == "mint":
+        MINTED.labels(_purpose_label(purposes), client or "none").inc()
+    elif action == "redeem":
+        REDEMPTIONS.labels(_purpose_label(purposes), outcome).inc()
+    elif action == "verify":
+        VERIFICATIONS.labels(_purpose_label(purposes), outcome).inc()
+
+
+def _preinitialise() -> None:
+    # Every series exists from the start at 0, so rate() and alerts see the first failure.
+    for purpose in (*PURPOSES, "any"):
+        for outcome in ("consumed", *reason_codes()):
+            REDEMPTIONS.labels(purpose, outcome)
+        for outcome in ("valid", *reason_codes()):
+            VERIFICATIONS.labels(purpose, outcome)
+
+
+class KeyAgeCollector(Collector):
+    """The published signing keys' ages, read from the app's key ring at scrape time."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        age = GaugeMetricFamily("linksvc_signing_key_age_seconds", "Seconds since each published key was created.",
+                                labels=["kid", "alg", "state"])
+        in_state = GaugeMetricFamily("linksvc_signing_key_state_age_seconds",
+                                     "Seconds since each published key entered its state (activated, retired).",
+                                     labels=["kid", "alg", "state"])
+        svc = self.app.extensions["linksvc"]
+        now = svc.now()
+        try:
+            published = svc.keyring.published()
+        except errors.ServiceUnavailable:
+            published = []  # the database is down; /readyz says so, the gauges just go absent
+        for k in published:
+            since = {"active": k.activated_at, "retired": k.retired_at}.get(k.state) or k.created_at
+            age.add_metric([k.kid, k.alg, k.state], now - k.created_at)
+            in_state.add_metric([k.kid, k.alg, k.state], now - since)
+        yield age
+        yield in_state
+
+
+def scrape(app: Flask) -> bytes:
+    """The metrics text: every worker's counters (multiprocess mode) or this process's."""
+    registry = CollectorRegistry(auto_describe=False)
+    if MULTIPROCESS_DIR:
+        from prometheus_client import multiprocess
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)
+    else:
+        registry.register(_Forward(REGISTRY))
+    registry.register(KeyAgeCollector(app))
+    return generate_latest(registry)
+
+
+class _Forward(Collector):
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.source.collect())
+
+
+def _start_timer() -> None:
+    g._metrics_t0 = time.perf_counter()
+
+
+def _stop_timer(resp: Response) -> Response:
+    t0 = g.get("_metrics_t0")
+    if t0 is not None:
+        endpoint = request.endpoint or "none"
+        LATENCY.labels(endpoint).observe(time.perf_counter() - t0)
+        RESPONSES.labels(endpoint, str(resp.status_code)).inc()
+    return resp
+
+
+def metrics_view() -> Response:
+    return Response(scrape(current_app._get_current_object()), mimetype=None,  # type: ignore[attr-defined]
+                    content_type=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    _preinitialise()
+    svc = app.extensions["linksvc"]
+    if observe not in svc.observers:
+        svc.observers.append(observe)
+    app.before_request(_start_timer)
+    app.after_request(_stop_timer)
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

@@ -1,0 +1,276 @@
+"""Metrics (/metrics), request ids in the logs, and the API-key cache.
+
+The gunicorn test is the one that matters: two workers, counters written by both, and every
+scrape — whichever worker answers it — sums all of them, a killed worker's included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from linksvc import clients as clients_mod
+from linksvc import db, errors, logs, metrics
+
+from .conftest import ApiUser
+from .support import base_env, prepare_instance, start_gunicorn
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
+
+
+def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text → {(name, labels): value}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, line
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+# -- in-process ----------------------------------------------------------------------------
+
+def test_mint_redeem_replay_are_counted_under_their_labels(api: ApiUser) -> None:
+    before = parse(api.http.get("/metrics").get_data(as_text=True))
+    link = api.minted("magic_link")
+    assert api.verify(link["token"]).status_code == 200
+    assert api.redeem(link["token"]).status_code == 200
+    assert api.redeem(link["token"]).status_code == 409
+    assert api.redeem(link["token"], purpose="password_reset").status_code == 401
+    resp = api.http.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    after = parse(resp.get_data(as_text=True))
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    cid = api.client.id
+    assert delta("linksvc_links_minted_total", purpose="magic_link", client=cid) == 1
+    assert delta("linksvc_verifications_total", purpose="magic_link", outcome="valid") == 1
+    assert delta("linksvc_redemptions_total", purpose="magic_link", outcome="consumed") == 1
+    assert delta("linksvc_redemptions_total", purpose="magic_link", outcome="used") == 1
+    assert delta("linksvc_redemptions_total", purpose="password_reset", outcome="wrong_purpose") == 1
+    assert delta("linksvc_request_duration_seconds_count", endpoint="api.redeem") == 3
+    assert delta("linksvc_http_responses_total", endpoint="api.redeem", status="409") == 1
+    # No token, key or subject ever appears in the metrics.
+    text = resp.get_data(as_text=True)
+    assert link["token"] not in text and api.api_key not in text and "user-42" not in text
+
+
+def test_every_reason_code_has_a_series_from_the_start(api: ApiUser) -> None:
+    samples = parse(api.http.get("/metrics").get_data(as_text=True))
+    reasons = metrics.reason_codes()
+    assert {"malformed", "bad_signature", "unknown_key", "wrong_purpose", "wrong_audience", "expired",
+            "not_yet_valid", "used", "revoked", "superseded", "unknown_link"} <= set(reasons)
+    for purpose in ("magic_link", "password_reset", "download"):
+        for outcome in ("consumed", *reasons):
+            assert ("linksvc_redemptions_total",
+                    frozenset({("purpose", purpose), ("outcome", outcome)})) in samples, (purpose, outcome)
+
+
+def test_rejections_before_the_signature_are_counted_too(api: ApiUser) -> None:
+    before = parse(api.http.get("/metrics").get_data(as_text=True))
+    assert api.redeem("not.a.token").status_code == 401
+    link = api.minted("magic_link")
+    head, body, sig = link["token"].split(".")
+    forged = f"{head}.{body}.{'A' * len(sig)}"
+    assert api.redeem(forged).status_code == 401
+    after = parse(api.http.get("/metrics").get_data(as_text=True))
+    for reason in ("malformed", "bad_signature"):
+        assert (value(after, "linksvc_redemptions_total", purpose="magic_link", outcome=reason)
+                - value(before, "linksvc_redemptions_total", purpose="magic_link", outcome=reason)) == 1
+
+
+def test_key_ages_follow_the_clock(app, api: ApiUser) -> None:
+    svc = app.extensions["linksvc"]
+    active = next(k for k in svc.keyring.published() if k.state == "active")
+    svc.clock = lambda: active.created_at + 3600
+    samples = parse(api.http.get("/metrics").get_data(as_text=True))
+    assert value(samples, "linksvc_signing_key_age_seconds", kid=active.kid, alg=active.alg, state="active") == 3600
+    kids = {dict(labels)["kid"] for name, labels in samples if name == "linksvc_signing_key_age_seconds"}
+    assert kids == {k.kid for k in svc.keyring.published()}
+
+
+def test_log_records_carry_the_request_id(api: ApiUser) -> None:
+    handler = next(h for h in logging.getLogger("linksvc").handlers if getattr(h, "_linksvc", False))
+    assert any(isinstance(f, logs.RequestIdFilter) for f in handler.filters)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    keep.addFilter(logs.RequestIdFilter())
+    logging.getLogger("linksvc").addHandler(keep)
+    try:
+        resp = api.http.post("/api/v1/links", json={"purpose": "magic_link", "subject": "u-1"},
+                             headers={**api.headers, "X-Request-Id": "req-abc-123"})
+    finally:
+        logging.getLogger("linksvc").removeHandler(keep)
+    assert resp.headers["X-Request-Id"] == "req-abc-123"
+    minted = [r for r in seen if r.getMessage() == "link minted"]
+    assert minted and minted[0].request_id == "req-abc-123"
+    line = logs.JsonFormatter().format(minted[0])
+    assert '"request_id": "req-abc-123"' in line and resp.get_json()["token"] not in line
+
+
+def test_disabling_a_client_takes_effect_within_the_cache_bound(app, api: ApiUser) -> None:
+    svc = app.extensions["linksvc"]
+    t = [1000.0]
+    svc.client_cache.clock = lambda: t[0]
+    assert api.mint().status_code == 201  # cached now
+    with db.write(svc.engine) as conn:
+        clients_mod.update(conn, api.client.id, disabled=True)
+    t[0] += svc.client_cache.seconds - 0.5
+    assert api.mint().status_code == 201  # inside the documented bound
+    t[0] += 0.5
+    resp = api.mint()
+    assert resp.status_code == 401 and resp.get_json()["code"] == "unauthorized"
+
+
+def test_made_up_keys_are_never_cached(app, api: ApiUser) -> None:
+    svc = app.extensions["linksvc"]
+    for i in range(5):
+        resp = api.http.post("/api/v1/links", json={"purpose": "magic_link", "subject": "u"},
+                             headers={"Authorization": f"Bearer lsk_madeup{i:020d}"})
+        assert resp.status_code == 401
+    assert len(svc.client_cache._entries) <= 1
+    cache = clients_mod.ClientCache(seconds=5, max_entries=3)
+    for i in range(10):
+        cache.put(str(i), api.client)
+    assert len(cache._entries) <= 3
+
+
+def test_unavailable_key_store_drops_the_gauge_not_the_scrape(app, api: ApiUser, monkeypatch) -> None:
+    svc = app.extensions["linksvc"]
+
+    def down() -> list:
+        raise errors.ServiceUnavailable("database")
+
+    monkeypatch.setattr(svc.keyring, "published", down)
+    resp = api.http.get("/metrics")
+    assert resp.status_code == 200
+    assert "linksvc_signing_key_age_seconds{" not in resp.get_data(as_text=True)
+
+
+# -- two gunicorn workers ------------------------------------------------------------------
+
+def _worker_pids(prom_dir: Path) -> set[int]:
+    return {int(m.group(1)) for p in prom_dir.iterdir() if (m := re.match(r"counter_(\d+)\.db$", p.name))}
+
+
+@pytest.mark.slow
+def test_counts_add_up_across_two_gunicorn_workers(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    env = base_env(instance)
+    created = prepare_instance(env)
+    key, cid = created["api_key"], created["client_id"]
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    (prom_dir / "counter_999999.db").write_bytes(b"stale counts from an earlier run")
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+    server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    try:
+        assert not (prom_dir / "counter_999999.db").exists()  # emptied at start
+        h = {"Authorization": f"Bearer {key}"}
+        n = 24
+        tokens = []
+        for i in range(n):  # a fresh connection each time: both workers serve some
+            r = requests.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": f"u-{i}"},
+                              headers=h, timeout=10)
+            assert r.status_code == 201, r.text
+            tokens.append(r.json()["token"])
+        for t in tokens:
+            r = requests.post(server.url + "/api/v1/links/redeem", json={"purpose": "magic_link", "token": t},
+                              headers=h, timeout=10)
+            assert r.status_code == 200, r.text
+        for t in tokens[: n // 2]:
+            r = requests.post(server.url + "/api/v1/links/redeem", json={"purpose": "magic_link", "token": t},
+                              headers=h, timeout=10)
+            assert r.status_code == 409 and r.json()["code"] == "used"
+        pids = _worker_pids(prom_dir)
+        assert len(pids) == 2, f"both workers should have served requests: {pids}"
+
+        def check() -> None:
+            # Each scrape may land on either worker; every one sees the sum.
+            for _ in range(6):
+                s = parse(requests.get(server.url + "/metrics", timeout=10).text)
+                assert value(s, "linksvc_links_minted_total", purpose="magic_link", client=cid) == n
+                assert value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="consumed") == n
+                assert value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="used") == n // 2
+                assert value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="expired") == 0
+                assert value(s, "linksvc_request_duration_seconds_count", endpoint="api.redeem") == n + n // 2
+                assert value(s, "linksvc_http_responses_total", endpoint="api.mint", status="201") == n
+
+        check()
+        # A worker that dies is replaced; what it counted still counts.
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(server.url + "/healthz", timeout=2).status_code == 200 and \
+                        len(_worker_pids(prom_dir) - {victim}) >= 2:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        check()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+    for t in tokens:
+        assert t not in server.log()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_gunicorn_without_a_named_directory_makes_and_removes_its_own(tmp_path: Path) -> None:
+    env = base_env(tmp_path / "instance")
+    created = prepare_instance(env)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    try:
+        h = {"Authorization": f"Bearer {created['api_key']}"}
+        for i in range(6):
+            assert requests.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": f"u{i}"},
+                                 headers=h, timeout=10).status_code == 201
+        for _ in range(4):
+            s = parse(requests.get(server.url + "/metrics", timeout=10).text)
+            assert value(s, "linksvc_links_minted_total", purpose="magic_link", client=created["client_id"]) == 6
+        # The workers' counter files, found through their memory maps.
+        dirs = set()
+        for pid in _children(server.proc.pid):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            dirs |= {Path(m).parent for m in re.findall(r"(/\S*linksvc-metrics-[^/\s]+/counter_\d+\.db)", maps)}
+        assert len(dirs) == 1, dirs
+    finally:
+        server.stop()
+    assert not next(iter(dirs)).exists()  # removed when the master exits
