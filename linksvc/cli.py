@@ -69,6 +69,7 @@ def init_db() -> None:
         _write_secret(s.instance_path / "secret.key")
         click.echo(f"created development secret {s.instance_path / 'secret.key'} (mode 0600)")
     with db.write(svc.engine) as conn:
+        migrate.serialise_setup(conn)  # nodes running init-db at once create one key ring
         created = keys_mod.ensure_keys(conn, kek, int(time.time()))
     for k in created:
         click.echo(f"created {k.state} signing key {k.kid} ({k.alg})")
@@ -299,15 +300,25 @@ def mint_cmd(client: str, purpose: str, subject: str, ttl: int | None, redirect_
 
 
 @click.command("purge")
-@click.option("--batch-size", default=1000, show_default=True)
-@click.option("--retention-days", type=int, help="Override LINKSVC_RETENTION_DAYS.")
-def purge_cmd(batch_size: int, retention_days: int | None) -> None:
-    """Delete ledger rows past exp plus the retention period, in batches."""
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=1000, show_default=True,
+              help="Rows deleted per transaction; smaller batches hold locks for less time.")
+@click.option("--retention-days", type=click.IntRange(1, 3650), help="Override LINKSVC_RETENTION_DAYS.")
+@click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches per table (next run continues).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON (for monitoring).")
+def purge_cmd(batch_size: int, retention_days: int | None, max_batches: int | None, as_json: bool) -> None:
+    """Delete ledger rows past exp plus the retention period, in batches (safe beside traffic)."""
     s = _settings()
     days = retention_days if retention_days is not None else s.retention_days
-    removed = ledger.purge(_svc().engine, now=int(time.time()), retention_seconds=days * 86400, batch_size=batch_size)
-    click.echo(f"purged {removed['links']} link(s), {removed['events']} event(s), {removed['codes']} code(s) "
-               f"older than {days} day(s) past expiry")
+    try:
+        removed = ledger.purge(_svc().engine, now=int(time.time()), retention_seconds=days * 86400,
+                               batch_size=batch_size, max_batches=max_batches)
+    except errors.ServiceUnavailable as exc:
+        raise click.ClickException(exc.detail) from None
+    if as_json:
+        click.echo(json.dumps({**removed, "retention_days": days}))
+    else:
+        click.echo(f"purged {removed['links']} link(s), {removed['events']} event(s), {removed['codes']} code(s) "
+                   f"older than {days} day(s) past expiry")
 
 
 @click.command("demo")

@@ -109,7 +109,15 @@ signing_keys = sa.Table(
 
 def make_engine(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000,
                 connect_timeout: int = 3) -> Engine:
-    """An engine tuned for the ledger on SQLite or PostgreSQL."""
+    """An engine tuned for the ledger on SQLite or PostgreSQL.
+
+    On PostgreSQL every way the database can go missing ends within seconds, never at the
+    gunicorn worker timeout: ``connect_timeout`` bounds a new connection, ``pool_pre_ping``
+    replaces a connection the server closed (restart, failover) before it is used, the
+    server's ``statement_timeout`` bounds a query, ``tcp_user_timeout`` and keepalives bound
+    a connection whose peer vanished from the network, and ``pool_timeout`` bounds the wait
+    for a free connection.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -121,6 +129,7 @@ def make_engine(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 500
         )
         _sqlite_setup(engine)
         return engine
+    network_ms = statement_timeout_ms + connect_timeout * 1000
     return sa.create_engine(
         url,
         pool_size=pool_size,
@@ -130,7 +139,15 @@ def make_engine(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 500
         pool_recycle=1800,
         connect_args={
             "connect_timeout": connect_timeout,
+            "application_name": "linksvc",
+            # Unacknowledged data for this long means the server is gone (network partition).
+            "tcp_user_timeout": network_ms,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
             "options": f"-c statement_timeout={statement_timeout_ms}"
+                       f" -c lock_timeout={statement_timeout_ms}"
                        f" -c idle_in_transaction_session_timeout={max(statement_timeout_ms * 2, 10000)}",
         },
     )
@@ -159,17 +176,29 @@ def _sqlite_setup(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+#: What "the database is not answering" looks like through SQLAlchemy: a lost or refused
+#: connection, a statement or lock timeout (psycopg's QueryCanceled is an OperationalError),
+#: or no free connection in the pool in time.
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def _unavailable(exc: Exception) -> errors.ServiceUnavailable:
+    return errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.")
+
+
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
-    """A write transaction, committed on success; database trouble becomes 503."""
+    """A write transaction, committed on success; database trouble becomes 503.
+
+    The commit happens before this block exits, so a caller that answers after it answers
+    about a durable change; a commit that fails (the connection dropped) raises instead.
+    """
     try:
         with engine.connect().execution_options(sqlite_immediate=True) as conn:
             with conn.begin():
                 yield conn
-    except sa.exc.OperationalError as exc:
-        raise errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.") from exc
-    except sa.exc.InterfaceError as exc:
-        raise errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.") from exc
+    except UNAVAILABLE as exc:
+        raise _unavailable(exc) from exc
 
 
 @contextlib.contextmanager
@@ -179,11 +208,12 @@ def read(engine: Engine) -> Iterator[Connection]:
         with engine.connect() as conn:
             with conn.begin():
                 yield conn
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.") from exc
+    except UNAVAILABLE as exc:
+        raise _unavailable(exc) from exc
 
 
 def ping(engine: Engine) -> bool:
+    """True when the database answers a query now (``/readyz``)."""
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

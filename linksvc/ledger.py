@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import db, errors
+from .config import HARD_MAX_LEEWAY, HARD_MAX_TTL
 
 ISSUED, CONSUMED, REVOKED, SUPERSEDED = "issued", "consumed", "revoked", "superseded"
 
@@ -194,26 +195,68 @@ def revoke_subject(engine: Engine, *, client_id: str, subject: str, purposes: Co
                                    subject=subject, purposes=purposes)
 
 
+#: The shortest retention ``purge`` accepts. A purged link must fail as ``expired`` before
+#: the ledger is asked (verification checks ``exp`` first), so its row may go only once no
+#: node could still accept its token: past ``exp`` plus the largest leeway (60 s), with
+#: ample room for the clock of the host running the purge to differ from the nodes'.
+MIN_RETENTION_SECONDS = 3600
+
+
 def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int = 1000,
           max_batches: int | None = None) -> dict[str, int]:
-    """Delete links (and their events) whose ``exp`` is older than the retention period,
-    and spent codes, in bounded batches so it can run beside live traffic.
+    """Delete links whose ``exp`` is more than ``retention_seconds`` ago, with their events,
+    and codes expired as long ago, in transactions of at most ``batch_size`` rows each so it
+    can run beside live traffic. Returns how many links, events and codes it removed.
 
-    A link past ``exp`` fails verification as ``expired`` before the ledger is asked, so
-    removing its row can never re-open a replay.
+    Rows of links that could still be redeemed, and of used, revoked or superseded links
+    within retention, are never touched: they are what answers a replay with ``used``.
+    ``max_batches`` bounds the work of one run per table (the next run continues).
     """
+    if retention_seconds < MIN_RETENTION_SECONDS:
+        raise ValueError(f"retention must be at least {MIN_RETENTION_SECONDS} seconds")
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
     t, e, c = db.links, db.link_events, db.codes
     cutoff = now - retention_seconds
-    removed = {"links": 0, "events": 0, "codes": 0}
-    batches = 0
-    while max_batches is None or batches < max_batches:
+    removed = {"links": 0, "events": 0, "codes": 0, "batches": 0}
+
+    def batches() -> Iterator[int]:
+        n = 0
+        while max_batches is None or n < max_batches:
+            removed["batches"] += 1
+            yield n
+            n += 1
+
+    for _ in batches():
         with db.write(engine) as conn:
             jtis = [r[0] for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))]
             if not jtis:
                 break
-            removed["events"] += conn.execute(sa.delete(e).where(e.c.jti.in_(jtis))).rowcount
-            removed["links"] += conn.execute(sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff)).rowcount
-        batches += 1
-    with db.write(engine) as conn:
-        removed["codes"] = conn.execute(sa.delete(c).where(c.c.expires_at < cutoff)).rowcount
+            # The condition again in the DELETE: only what is past the cutoff, whatever was read.
+            gone = conn.execute(sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti))
+            gone_jtis = gone.scalars().all()
+            removed["links"] += len(gone_jtis)
+            if gone_jtis:
+                removed["events"] += conn.execute(sa.delete(e).where(e.c.jti.in_(gone_jtis))).rowcount
+
+    # An attempt noted in a link's history while the link was being purged leaves an event
+    # behind. An event older than the cutoff minus the longest lifetime and leeway can only
+    # belong to a purged link; such events are the oldest ids, found through the primary key.
+    event_cutoff = cutoff - HARD_MAX_TTL - HARD_MAX_LEEWAY
+    for _ in batches():
+        with db.write(engine) as conn:
+            rows = conn.execute(sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)).all()
+            ids = [i for i, at in rows if at < event_cutoff]
+            if not ids:
+                break
+            removed["events"] += conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
+
+    for _ in batches():
+        with db.write(engine) as conn:
+            hashes = [r[0] for r in conn.execute(sa.select(c.c.code_hash).where(c.c.expires_at < cutoff)
+                                                 .limit(batch_size))]
+            if not hashes:
+                break
+            removed["codes"] += conn.execute(sa.delete(c).where(c.c.code_hash.in_(hashes),
+                                                                c.c.expires_at < cutoff)).rowcount
     return removed

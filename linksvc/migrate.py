@@ -1,4 +1,8 @@
-"""Schema migrations (Alembic), run by ``flask --app app init-db`` and by the tests."""
+"""Schema migrations (Alembic), run by ``flask --app app init-db`` and by the tests.
+
+Every schema change is a new file in ``migrations/versions/``; ``diff`` (empty in the tests)
+proves the models and the migrations agree.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+#: PostgreSQL advisory lock that serialises set-up across nodes: every node may run
+#: ``init-db`` at deploy time; one at a time migrates and creates the first keys, the others
+#: then find the schema at head and the keys in place.
+SETUP_LOCK = 7_252_018_001
+
+
+def serialise_setup(conn: Connection) -> None:
+    """Hold the set-up lock until ``conn``'s transaction ends (PostgreSQL; SQLite's write
+    transaction is already exclusive)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SETUP_LOCK})
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -33,3 +50,15 @@ def current(engine: Engine) -> str | None:
 
 def head() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def diff(engine: Engine) -> list:
+    """Differences between the models (``linksvc.db.metadata``) and the database's schema,
+    as Alembic's autogenerate sees them. Empty when every model change has its migration."""
+    from alembic.autogenerate import compare_metadata
+
+    from .db import metadata
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        return list(compare_metadata(ctx, metadata))
