@@ -63,11 +63,17 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         return security_headers(resp)
 
     @app.errorhandler(404)
-    def _not_found(exc: Exception) -> Any:
+    def _not_found(exc: Any) -> Any:
+        page = app.extensions.get("linksvc.html_http_error")  # linksvc.pages: HTML for browser paths
+        if page is not None and not request.path.startswith(("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")):
+            return page(exc)
         return problem(404, "not_found", "No such resource.")
 
     @app.errorhandler(405)
-    def _method(exc: Exception) -> Any:
+    def _method(exc: Any) -> Any:
+        page = app.extensions.get("linksvc.html_http_error")
+        if page is not None and not request.path.startswith(("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")):
+            return page(exc)
         return problem(405, "method_not_allowed", "Method not allowed.")
 
     @app.errorhandler(errors.ServiceUnavailable)

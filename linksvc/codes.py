@@ -1,0 +1,208 @@
+"""One-time codes: how a hosted sign-in or reset hands its result to the application.
+
+When the user presses the button on a confirmation page, the link is consumed and the
+browser is sent to the application's registered redirect URI with ``?code=…``. The
+application exchanges the code once, over the authenticated API, for the subject,
+purpose, jti and data of the link. A code:
+
+- is derived, not stored: ``HMAC(secret, jti | browser nonce)``; only its SHA-256 is in
+  the ``codes`` table, so a database dump holds nothing a browser could use;
+- lives ``settings.code_ttl`` seconds (60 by default) and is bound to the link's client;
+- is spent by one conditional UPDATE whose row count picks the single winner.
+
+Because the code is a function of the link and of the nonce cookie of the browser that
+pressed the button, a second press from the same browser (a double click, a resubmitted
+form) can re-create the very same code and reach the same completion, while any other
+browser cannot. This module knows nothing of Flask; ``now`` is always a parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import db, errors, ledger
+from .service import PAGE_PURPOSES, LinkService
+
+log = logging.getLogger("linksvc.codes")
+
+#: A second press from the same browser this soon after the first reaches the same completion.
+DOUBLE_SUBMIT_WINDOW = 10
+#: Longest string accepted as a code before any lookup.
+MAX_CODE_LENGTH = 128
+
+
+class CodeError(Exception):
+    """A code was refused; ``reason`` is the stable code of the API answer."""
+
+    reason = "invalid_code"
+    status = 404
+    default_detail = "No such code for this client."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.default_detail)
+        self.detail = detail or self.default_detail
+
+
+class InvalidCode(CodeError):
+    pass
+
+
+class CodeUsed(CodeError):
+    reason = "code_used"
+    status = 409
+    default_detail = "The code has already been exchanged."
+
+
+class CodeExpired(CodeError):
+    reason = "code_expired"
+    status = 410
+    default_detail = "The code has expired; the user must request a new link."
+
+
+@dataclasses.dataclass(frozen=True)
+class Exchanged:
+    subject: str
+    purpose: str
+    jti: str
+    data: Any
+    client_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """The outcome of a button press.
+
+    ``code`` is ``None`` when there is nothing (more) to hand over: the link has no
+    redirect URI, or a repeated press came after the code was exchanged or expired.
+    """
+
+    record: ledger.LinkRecord
+    code: str | None
+    repeated: bool
+
+
+def completion_hash(nonce: str) -> str:
+    """What ``links.completion_hash`` holds: the SHA-256 of the browser's nonce."""
+    return hashlib.sha256(b"linksvc.nonce\x00" + nonce.encode("utf-8")).hexdigest()
+
+
+def derive(secret: bytes, jti: str, nonce: str) -> str:
+    """The code for ``jti`` pressed by the browser holding ``nonce`` (256 bits, base64url)."""
+    key = hmac.new(secret, b"linksvc.code-key", hashlib.sha256).digest()  # domain-separated from other uses
+    mac = hmac.new(key, f"{jti}|{nonce}".encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def hash_code(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
+    """Record ``code`` (by its hash) unless it is already recorded: a repeated press, or
+    two presses racing, leave one row with the first press's expiry."""
+    h = hash_code(code)
+    try:
+        with db.write(engine) as conn:
+            exists = conn.execute(sa.select(db.codes.c.code_hash).where(db.codes.c.code_hash == h)).first()
+            if exists is None:
+                conn.execute(sa.insert(db.codes).values(code_hash=h, jti=jti, client_id=client_id, created_at=now,
+                                                        expires_at=now + ttl, used_at=None))
+    except sa.exc.IntegrityError:
+        pass  # the racing press inserted the same row first
+
+
+def _state(engine: Engine, code: str, now: int) -> str:
+    """``usable``, ``used``, ``expired`` or ``missing`` for a code (no client check)."""
+    with db.read(engine) as conn:
+        row = conn.execute(sa.select(db.codes).where(db.codes.c.code_hash == hash_code(code))).mappings().first()
+    if row is None:
+        return "missing"
+    if row["used_at"] is not None:
+        return "used"
+    return "expired" if row["expires_at"] <= now else "usable"
+
+
+def exchange(engine: Engine, code: Any, *, client_id: str, now: int) -> Exchanged:
+    """Spend ``code`` for ``client_id``, once. Raises :class:`CodeError`.
+
+    Another client's attempt is refused as ``invalid_code`` and does **not** spend the
+    code: the condition on ``client_id`` is part of the UPDATE, so a code that leaked to
+    another registered application cannot be used by it, nor burnt to lock out the user.
+    """
+    if not isinstance(code, str) or not code or len(code) > MAX_CODE_LENGTH or not code.isascii():
+        raise InvalidCode()
+    h = hash_code(code)
+    c = db.codes
+    failure: CodeError
+    with db.write(engine) as conn:
+        result = conn.execute(
+            sa.update(c)
+            .where(c.c.code_hash == h, c.c.client_id == client_id, c.c.used_at.is_(None), c.c.expires_at > now)
+            .values(used_at=now)
+        )
+        row = conn.execute(sa.select(c).where(c.c.code_hash == h)).mappings().first()
+        if result.rowcount == 1 and row is not None:
+            rec = ledger.get(conn, row["jti"])
+            if rec is None:  # purged under us: cannot happen within a code's lifetime
+                raise InvalidCode()
+            ledger.add_event(conn, rec.jti, "exchanged", now, via="code")
+            return Exchanged(subject=rec.subject, purpose=rec.purpose, jti=rec.jti, data=rec.data,
+                             client_id=rec.client_id)
+        if row is None or row["client_id"] != client_id:
+            if row is not None:
+                log.warning("code presented by another client", extra={"jti": row["jti"], "client": client_id,
+                                                                        "outcome": "rejected", "reason": "invalid_code"})
+            failure = InvalidCode()
+        elif row["used_at"] is not None:
+            failure = CodeUsed()
+        else:
+            failure = CodeExpired()
+        log.info("code rejected", extra={"jti": row["jti"] if row is not None else None, "client": client_id,
+                                         "outcome": "rejected", "reason": failure.reason})
+    raise failure
+
+
+def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str = "page",
+             actor: str | None = None) -> Completion:
+    """Consume a sign-in or reset link for the browser holding ``nonce`` and make its code.
+
+    A press that loses to an earlier press *from the same browser* (same nonce, within
+    :data:`DOUBLE_SUBMIT_WINDOW` seconds) gets the same completion instead of ``used``.
+    Raises :class:`~linksvc.errors.LinkError` otherwise.
+    """
+    secret = service.settings.secret_key
+    if secret is None:
+        raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+    ch = completion_hash(nonce)
+    repeated = False
+    try:
+        rec = service.redeem(token, purposes=PAGE_PURPOSES, audience=None, now=now, via=via, actor=actor,
+                             completion_hash=ch).record
+    except errors.Used as exc:
+        with db.read(service.engine) as conn:
+            rec_or_none = ledger.get(conn, exc.jti) if exc.jti else None
+        if not _same_press(rec_or_none, ch, now):
+            raise
+        assert rec_or_none is not None
+        rec, repeated = rec_or_none, True
+    if rec.redirect_uri is None:
+        return Completion(rec, None, repeated)
+    code = derive(secret, rec.jti, nonce)
+    store(service.engine, code, jti=rec.jti, client_id=rec.client_id, now=now, ttl=service.settings.code_ttl)
+    if repeated and _state(service.engine, code, now) != "usable":
+        return Completion(rec, None, repeated)
+    return Completion(rec, code, repeated)
+
+
+def _same_press(rec: ledger.LinkRecord | None, ch: str, now: int) -> bool:
+    return (rec is not None and rec.state == ledger.CONSUMED and rec.state_via == "page"
+            and rec.completion_hash is not None and hmac.compare_digest(rec.completion_hash, ch)
+            and rec.state_at is not None and 0 <= now - rec.state_at <= DOUBLE_SUBMIT_WINDOW)
