@@ -223,35 +223,50 @@ def keys_list(as_json: bool) -> None:
 def keys_generate(alg: str) -> None:
     """Create a new key. It becomes the ``next`` key (replacing an unused next key),
     or the active key if there is none."""
-    now = int(time.time())
-    t = db.signing_keys
-    with db.write(_svc().engine) as conn:
-        infos = keys_mod.list_keys(conn)
-        has_active = any(k.state == "active" for k in infos)
-        # A next key has never signed anything: replacing it cannot break a link.
-        for k in infos:
-            if k.state == "next" and has_active:
-                conn.execute(t.update().where(t.c.kid == k.kid).values(state="removed", removed_at=now))
-        info = keys_mod.create_key(conn, _kek(), alg, "next" if has_active else "active", now)
-    click.echo(f"created {info.state} key {info.kid} ({info.alg})")
+    try:
+        with db.write(_svc().engine) as conn:
+            info, replaced = keys_mod.generate(conn, _kek(), alg, int(time.time()))
+    except keys_mod.KeyRingError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {info.state} key {info.kid} ({info.alg})" + (f"; removed unused next key {replaced}"
+                                                                       if replaced else ""))
+    if info.state == "next":
+        click.echo(f"rotate to it after {_min_next_age()} s: `flask --app app keys rotate`")
+
+
+def _min_next_age() -> int:
+    return keys_mod.min_next_age(_settings().key_refresh_seconds)
+
+
+def _retired_window() -> int:
+    s = _settings()
+    return keys_mod.retired_window(max(s.max_ttl.values()) + s.leeway, s.key_refresh_seconds)
 
 
 @keys_cli.command("rotate")
 @click.option("--alg", type=click.Choice(keys_mod.SUPPORTED_ALGS), default=None,
               help="Algorithm of the new next key (default: same as the key being activated).")
-def keys_rotate(alg: str | None) -> None:
+@click.option("--force", is_flag=True,
+              help="Activate the next key even if verifiers caching the JWKS may not know it yet (emergencies).")
+def keys_rotate(alg: str | None, force: bool) -> None:
     """Activate the next key, retire the active one, and publish a new next key."""
-    with db.write(_svc().engine) as conn:
-        old, active, nxt = keys_mod.rotate(conn, _kek(), int(time.time()), alg)
+    try:
+        with db.write(_svc().engine) as conn:
+            old, active, nxt = keys_mod.rotate(conn, _kek(), int(time.time()), alg,
+                                               min_age=0 if force else _min_next_age())
+    except keys_mod.KeyRingError as exc:
+        raise click.ClickException(str(exc)) from None
+    s = _settings()
     click.echo(f"retired {old or '-'}; active {active}; next {nxt}")
+    click.echo(f"every worker signs with {active} within {s.key_refresh_seconds} s; "
+               f"{old or 'the old key'} verifies for {_retired_window()} s more")
 
 
 @keys_cli.command("retire")
 def keys_retire() -> None:
     """Remove retired keys whose tokens have all expired (safe to run from cron)."""
-    s = _settings()
     with db.write(_svc().engine) as conn:
-        done = keys_mod.retire_expired(conn, int(time.time()), max(s.max_ttl.values()) + s.leeway)
+        done = keys_mod.retire_expired(conn, int(time.time()), _retired_window())
     click.echo(f"removed {len(done)} retired key(s){': ' + ', '.join(done) if done else ''}")
 
 
@@ -262,12 +277,11 @@ def keys_revoke(kid: str) -> None:
     """Emergency: remove a key now. Its links fail with unknown_key."""
     try:
         with db.write(_svc().engine) as conn:
-            info = keys_mod.revoke(conn, kid, int(time.time()))
-    except KeyError:
-        raise click.ClickException(f"no key {kid!r}") from None
-    except ValueError as exc:
+            info, notes = keys_mod.revoke(conn, _kek(), kid, int(time.time()))
+    except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"revoked {info.kid}; workers stop accepting it within {_settings().key_refresh_seconds} s")
+    click.echo(f"revoked {info.kid}{'; ' + '; '.join(notes) if notes else ''}")
+    click.echo(f"workers stop accepting it within {_settings().key_refresh_seconds} s")
 
 
 # -- links --------------------------------------------------------------------------------
@@ -349,6 +363,11 @@ linksvc demo client {client.id} ("Demo App")
   curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" \\
        -H 'Content-Type: application/json' -d '{{"purpose":"magic_link","subject":"user-42"}}'
 """)
+    mailer = current_app.extensions.get("linksvc.mailer")
+    if mailer is not None:
+        # Add "email":"you@example.com" to the mint body to have the link mailed.
+        where = ("SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) ") + mailer.transport.describe()
+        click.echo(f"  Mail (\"email\" in the mint body) goes to: {where}\n")
 
 
 def init_app(app: Flask) -> None:

@@ -313,3 +313,10 @@ def test_tls_and_authentication(env, tls_files, monkeypatch, scheme):
         app.extensions["linksvc"].engine.dispose()
     finally:
         controller.stop()
+
+
+def test_make_run_says_where_mail_goes(app, runner):
+    """`make run` runs `flask demo`, which names the outbox folder."""
+    with app.app_context():
+        out = runner.invoke(args=["demo"]).output
+    assert str(app.config["LINKSVC"].mail_outbox) in out and "outbox" in out

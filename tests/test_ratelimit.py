@@ -234,3 +234,13 @@ def test_redis_page_limit_shared_by_two_instances(redis_pair):
     resp = hb.get("/l/x")
     assert resp.status_code == 429 and "Too many attempts" in resp.get_data(as_text=True)
     assert int(resp.headers["Retry-After"]) >= 1
+
+
+def test_combined_windows(app):
+    """`--mint-limit "100 per minute;2 per hour"`: the tightest window decides, and says when."""
+    unique_prefix(app)
+    api = make_api_user(app, "app", mint_limit="100 per minute;2 per hour")
+    assert [api.mint(subject=f"s{i}").status_code for i in range(2)] == [201, 201]
+    resp = api.mint(subject="s3")
+    assert_limited_problem(resp, 3600)
+    assert int(resp.headers["Retry-After"]) > 60
