@@ -244,3 +244,38 @@ def test_combined_windows(app):
     resp = api.mint(subject="s3")
     assert_limited_problem(resp, 3600)
     assert int(resp.headers["Retry-After"]) > 60
+
+
+def test_redis_limit_holds_under_a_race_across_gunicorn_workers(env, tmp_path):
+    """Real HTTP, two worker processes, twenty mints fired at once: exactly the limit get through."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from .support import start_gunicorn
+    redis_client()
+    env = {**env, "LINKSVC_RATELIMIT_STORAGE_URL": REDIS_URL}
+    setup = create_app(env)
+    _prepare(setup)
+    # A fresh client id per run keys the counter, so parallel runs never share it.
+    racer = make_api_user(setup, "racer", mint_limit="6 per minute")
+    setup.extensions["linksvc"].engine.dispose()
+    server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    try:
+        n = 20
+        barrier = threading.Barrier(n)
+        headers = racer.headers
+
+        def one(i: int) -> int:
+            with requests.Session() as s:
+                barrier.wait()
+                return s.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": f"u{i}"},
+                              headers=headers, timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            codes = list(pool.map(one, range(n)))
+        assert sorted(codes) == [201] * 6 + [429] * 14, codes
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
