@@ -41,6 +41,9 @@ DEFAULT_SUBJECT_LIMIT = "5 per 15 minutes"
 #: many Range requests against one short-lived grant.
 PAGE_PREFIXES = ("/l/", "/d/")
 
+#: After the shared store fails, count in memory this long before trying it again.
+STORE_RETRY_SECONDS = 5.0
+
 LIMITED_DETAIL = "Too many requests; try again later."
 
 
@@ -64,6 +67,7 @@ class RateLimits:
     def __init__(self, limiter: Limiter, *, prefix: str = "linksvc") -> None:
         self._limiter = limiter
         self._fallback: RateLimiter = MovingWindowRateLimiter(MemoryStorage())
+        self._store_down_until = 0.0
         #: First part of every key; tests give each run its own so parallel runs never share counters.
         self.prefix = prefix
 
@@ -76,13 +80,19 @@ class RateLimits:
         for ``keys``; raise :class:`RateLimited` if any is exhausted."""
         items = parse_many(limits)
         ident = (self.prefix, scope, *keys)
+        if time.monotonic() < self._store_down_until:
+            self._hit(self._fallback, items, ident, scope)
+            return
         try:
             self._hit(self.strategy, items, ident, scope)
         except RateLimited:
             raise
         except Exception as exc:  # noqa: BLE001 - any storage failure (redis.*, OSError)
+            # Try the store again only after a pause, so an unreachable Redis costs one
+            # connect timeout per pause, not one per request.
+            self._store_down_until = time.monotonic() + STORE_RETRY_SECONDS
             log.warning("rate limit storage unavailable; counting in memory",
-                        extra={"error": type(exc).__name__, "scope": scope})
+                        extra={"error": type(exc).__name__, "scope": scope, "retry_in": STORE_RETRY_SECONDS})
             self._hit(self._fallback, items, ident, scope)
 
     def _hit(self, strategy: RateLimiter, items: Sequence[RateLimitItem], ident: tuple[str, ...], scope: str) -> None:

@@ -320,3 +320,13 @@ def test_make_run_says_where_mail_goes(app, runner):
     with app.app_context():
         out = runner.invoke(args=["demo"]).output
     assert str(app.config["LINKSVC"].mail_outbox) in out and "outbox" in out
+
+
+def test_production_refuses_smtp_credentials_in_clear(env):
+    from linksvc.config import ConfigError
+    prod = {**env, "LINKSVC_ENV": "production", "LINKSVC_SMTP_URL": "smtp://user:pw@127.0.0.1:25"}
+    with pytest.raises(ConfigError) as info:
+        create_app(prod)
+    assert info.value.name == "LINKSVC_SMTP_URL" and "pw" not in str(info.value)
+    app = create_app({**prod, "LINKSVC_SMTP_URL": "smtp+starttls://user:pw@127.0.0.1:587"})
+    app.extensions["linksvc"].engine.dispose()

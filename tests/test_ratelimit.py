@@ -168,7 +168,17 @@ def test_unreachable_store_falls_back_to_memory(env):
     _prepare(app)
     unique_prefix(app)
     api = make_api_user(app, "app", mint_limit="2 per minute")
-    assert [api.mint(subject=f"s{i}").status_code for i in range(3)] == [201, 201, 429]
+    import logging
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("linksvc.ratelimit").addHandler(handler)
+    try:
+        assert [api.mint(subject=f"s{i}").status_code for i in range(3)] == [201, 201, 429]
+    finally:
+        logging.getLogger("linksvc.ratelimit").removeHandler(handler)
+    # The dead store was tried once, then left alone for a pause (not once per request).
+    assert [r.getMessage() for r in records].count("rate limit storage unavailable; counting in memory") == 1
     app.extensions["linksvc"].engine.dispose()
 
 
