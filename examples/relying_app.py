@@ -1,0 +1,224 @@
+"""An example relying application: passwordless sign-in and password reset through linksvc.
+
+    LINKSVC_URL=http://127.0.0.1:8000 LINKSVC_API_KEY=lsk_... \\
+        .venv/bin/flask --app examples/relying_app run --port 5001
+
+It asks for a user id, mints a link through linksvc's API and shows it (standing in for
+the e-mail). The user's press on linksvc's confirmation page comes back to ``/callback``
+with a one-time ``code``; the app exchanges it over the API (server to server, with its
+API key) and then keeps *its own* server-side session: a random id in an HttpOnly,
+SameSite=Lax cookie (Secure outside local development), the data on the server. No JWT
+ever reaches browser storage, so script on a page cannot steal a session, and signing out
+really ends it.
+
+Settings (environment): ``LINKSVC_URL``, ``LINKSVC_API_KEY``, ``RELYING_APP_URL`` (this
+app's own public URL, default http://127.0.0.1:5001; its ``/callback`` must be a registered
+redirect URI of the client), ``RELYING_APP_ENV`` (``development`` allows a non-Secure
+cookie on http://).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from flask import Flask, Response, abort, g, redirect, render_template, request
+
+SESSION_COOKIE = "rp_session"
+SESSION_SECONDS = 8 * 3600
+RESET_SECONDS = 600
+USER_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass
+class Session:
+    subject: str
+    kind: str  # "signed_in" or "reset": a reset session may only set a new password
+    expires: float
+    csrf: str
+
+
+class SessionStore:
+    """Server-side sessions, in memory for the example (use your database or Redis)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, Session] = {}
+
+    def create(self, subject: str, kind: str, seconds: int) -> str:
+        sid = secrets.token_urlsafe(32)
+        with self._lock:
+            self._data[sid] = Session(subject, kind, time.time() + seconds, secrets.token_urlsafe(16))
+        return sid
+
+    def get(self, sid: str | None) -> Session | None:
+        if not sid:
+            return None
+        with self._lock:
+            s = self._data.get(sid)
+            if s is not None and s.expires < time.time():
+                del self._data[sid]
+                return None
+            return s
+
+    def drop(self, sid: str | None) -> None:
+        with self._lock:
+            self._data.pop(sid or "", None)
+
+
+class Linksvc:
+    """The two API calls the app needs."""
+
+    def __init__(self, url: str, api_key: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {api_key}"
+
+    def mint(self, purpose: str, subject: str, redirect_uri: str) -> dict[str, Any]:
+        resp = self.http.post(f"{self.url}/api/v1/links", timeout=10,
+                              json={"purpose": purpose, "subject": subject, "redirect_uri": redirect_uri})
+        body = resp.json()
+        if resp.status_code != 201:
+            raise LinksvcError(body.get("code", "error"), body.get("detail", ""))
+        return body
+
+    def exchange(self, code: str) -> dict[str, Any]:
+        resp = self.http.post(f"{self.url}/api/v1/codes/exchange", json={"code": code}, timeout=10)
+        body = resp.json()
+        if resp.status_code != 200:
+            raise LinksvcError(body.get("code", "error"), body.get("detail", ""))
+        return body
+
+
+class LinksvcError(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    env = dict(os.environ if config is None else config)
+    linksvc_url = env.get("LINKSVC_URL", "http://127.0.0.1:8000")
+    api_key = env.get("LINKSVC_API_KEY")
+    if not api_key:
+        raise SystemExit("relying_app: set LINKSVC_API_KEY (make run prints the demo client's key)")
+    own_url = env.get("RELYING_APP_URL", "http://127.0.0.1:5001").rstrip("/")
+    development = env.get("RELYING_APP_ENV", "development") == "development"
+    if not own_url.startswith("https://") and not development:
+        raise SystemExit("relying_app: RELYING_APP_URL must be https outside development")
+
+    app = Flask(__name__, template_folder="templates")
+    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024
+    sessions = SessionStore()
+    linksvc = Linksvc(linksvc_url, api_key)
+    app.extensions["relying_app.sessions"] = sessions
+    callback = f"{own_url}/callback"
+
+    def start_session(resp: Response, subject: str, kind: str, seconds: int) -> Response:
+        sessions.drop(request.cookies.get(SESSION_COOKIE))  # a fresh id on every sign-in (no fixation)
+        sid = sessions.create(subject, kind, seconds)
+        resp.set_cookie(SESSION_COOKIE, sid, max_age=seconds, httponly=True, samesite="Lax", path="/",
+                        secure=not development or own_url.startswith("https://"))
+        return resp
+
+    @app.before_request
+    def load_session() -> None:
+        g.session = sessions.get(request.cookies.get(SESSION_COOKIE))
+        if request.method == "POST" and request.endpoint in ("logout", "set_password"):
+            if g.session is None or not secrets.compare_digest(request.form.get("csrf", ""), g.session.csrf):
+                abort(400)
+
+    @app.after_request
+    def headers(resp: Response) -> Response:
+        resp.headers.setdefault("Content-Security-Policy",
+                                "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
+
+    def page(template: str, status: int = 200, **ctx: Any) -> tuple[str, int]:
+        return render_template(template, session=g.session, **ctx), status
+
+    @app.get("/")
+    def index() -> Any:
+        if g.session is not None and g.session.kind == "signed_in":
+            return page("home.html")
+        return page("index.html")
+
+    @app.post("/send")
+    def send() -> Any:
+        user_id = request.form.get("user_id", "").strip()
+        purpose = "password_reset" if request.form.get("purpose") == "password_reset" else "magic_link"
+        if not USER_ID_RE.fullmatch(user_id):
+            return page("index.html", 422, error="Enter a user id: letters, digits, '.', '_' or '-'.")
+        try:
+            link = linksvc.mint(purpose, user_id, callback)
+        except (LinksvcError, requests.RequestException, ValueError) as exc:
+            app.logger.warning("mint failed: %s", getattr(exc, "code", type(exc).__name__))
+            return page("index.html", 502, error="We could not send a link right now. Try again shortly.")
+        # A real application e-mails link["url"] (or asks linksvc to, with "email") and shows
+        # "check your inbox" — the same page whether or not the account exists.
+        return page("sent.html", url=link["url"], purpose=purpose)
+
+    @app.get("/callback")
+    def callback_view() -> Any:
+        code = request.args.get("code", "")
+        if not code or len(code) > 128:
+            return page("error.html", 400, reason="missing_code")
+        try:
+            result = linksvc.exchange(code)
+        except LinksvcError as exc:
+            return page("error.html", 400, reason=exc.code)
+        except (requests.RequestException, ValueError):
+            return page("error.html", 502, reason="linksvc_unavailable")
+        if result["purpose"] == "magic_link":
+            return start_session(redirect("/", code=303), result["subject"], "signed_in", SESSION_SECONDS)
+        if result["purpose"] == "password_reset":
+            # A short session that can do one thing: set a new password for this subject.
+            return start_session(redirect("/reset", code=303), result["subject"], "reset", RESET_SECONDS)
+        return page("error.html", 400, reason="unexpected_purpose")
+
+    @app.get("/reset")
+    def reset() -> Any:
+        if g.session is None or g.session.kind != "reset":
+            return page("error.html", 403, reason="no_reset_session")
+        return page("reset.html")
+
+    @app.post("/reset")
+    def set_password() -> Any:
+        if g.session is None or g.session.kind != "reset":
+            return page("error.html", 403, reason="no_reset_session")
+        if len(request.form.get("password", "")) < 8:
+            return page("reset.html", 422, error="Choose at least 8 characters.")
+        # (Store the new password hash here.) The reset session ends; the user signs in anew.
+        sessions.drop(request.cookies.get(SESSION_COOKIE))
+        resp = Response(render_template("reset_done.html", session=None))
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.post("/logout")
+    def logout() -> Any:
+        sessions.drop(request.cookies.get(SESSION_COOKIE))
+        resp = redirect("/", code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/style.css")
+    def style() -> Response:
+        return Response(CSS, mimetype="text/css")
+
+    return app
+
+
+CSS = """body{font:17px/1.5 system-ui,sans-serif;max-width:34rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
+input,button{font:inherit;padding:.5rem .7rem}label{display:block;margin:.75rem 0 .25rem}
+.link{word-break:break-all;background:#f4f5f7;padding:.5rem;border-radius:6px}
+.error{color:#9b1c1c}"""

@@ -1,0 +1,268 @@
+"""Real browser journeys: headless Chromium (Debian's, driven by Playwright) against linksvc under
+gunicorn and the example relying application, each on a free port.
+
+- sign-in through the example app ends signed in (server-side session cookie, nothing in storage);
+- password reset ends on the app's reset page with the subject;
+- a double click on the button still ends signed in;
+- mail scanners (GET, HEAD, prefetch, link preview, a GET following redirects) leave the link usable;
+- each failure page is shown with its status; a screenshot of each is saved under the test run's
+  temporary folder (``<basetemp>/screenshots``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from . import hostile
+from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@dataclass
+class Stack:
+    linksvc: str
+    app: str
+    api_key: str
+    env: dict[str, str]
+    shots: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def mint(self, purpose: str = "magic_link", subject: str = "user-42", **extra: Any) -> dict[str, Any]:
+        resp = requests.post(f"{self.linksvc}/api/v1/links", headers=self.headers, timeout=10,
+                             json={"purpose": purpose, "subject": subject, **extra})
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    def state(self, jti: str) -> dict[str, Any]:
+        return requests.get(f"{self.linksvc}/api/v1/links/{jti}", headers=self.headers, timeout=10).json()
+
+
+def _load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("relying_app", ROOT / "examples" / "relying_app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["relying_app"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not CHROMIUM.exists():
+        missing("Chromium at /usr/bin/chromium", "apt-get install chromium")
+    from werkzeug.serving import make_server
+
+    tmp = tmp_path_factory.mktemp("browser")
+    shots = tmp_path_factory.getbasetemp() / "screenshots"
+    shots.mkdir(exist_ok=True)
+    port, app_port = free_port(), free_port()
+    env = base_env(tmp / "instance", LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
+                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+    flask_cli(env, "init-db")
+    created = json.loads(flask_cli(env, "clients", "create", "acme", "--display-name", "Acme",
+                                   "--purposes", "magic_link,password_reset",
+                                   "--redirect-uri", f"http://127.0.0.1:{app_port}/callback",
+                                   "--mint-limit", "100000 per minute", "--subject-limit", "100000 per minute",
+                                   "--json").stdout)
+    server = start_gunicorn(env, workers=2, port=port, log_path=tmp / "gunicorn.log")
+    example = _load_example().create_app({"LINKSVC_URL": server.url, "LINKSVC_API_KEY": created["api_key"],
+                                          "RELYING_APP_URL": f"http://127.0.0.1:{app_port}"})
+    http = make_server("127.0.0.1", app_port, example, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Stack(server.url, f"http://127.0.0.1:{app_port}", created["api_key"], env, shots)
+    finally:
+        http.shutdown()
+        server.stop()
+        log = server.log()
+        assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def _request_link(page: Any, stack: Stack, subject: str, button: str) -> str:
+    page.goto(stack.app + "/")
+    page.get_by_label("User id").fill(subject)
+    page.click(button)
+    link = page.locator("#mailed-link")
+    return link.get_attribute("href")
+
+
+def _assert_session_cookie(page: Any, stack: Stack) -> None:
+    cookies = {c["name"]: c for c in page.context.cookies(stack.app)}
+    session = cookies["rp_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Lax"
+    # Nothing in browser storage: the session lives on the server.
+    assert page.evaluate("() => [localStorage.length, sessionStorage.length]") == [0, 0]
+
+
+def test_sign_in_journey(page, stack):
+    url = _request_link(page, stack, "user-42", "#send-sign-in")
+    assert url.startswith(stack.linksvc + "/l/")
+    page.click("#mailed-link")
+    assert page.locator("h1").inner_text() == "Sign in to Acme"
+    page.get_by_role("button", name="Sign in to Acme").click()
+    page.wait_for_url(stack.app + "/")
+    assert page.locator("#subject").inner_text() == "user-42"
+    _assert_session_cookie(page, stack)
+    # The pressed link is spent; the URL bar never held the code past the callback.
+    assert "code=" not in page.url
+    page.screenshot(path=str(stack.shots / "signed_in.png"))
+
+
+def test_reset_journey(page, stack):
+    url = _request_link(page, stack, "user-7", "#send-reset")
+    page.goto(url)
+    assert page.locator("h1").inner_text() == "Reset your Acme password"
+    page.get_by_role("button", name="Reset my password").click()
+    page.wait_for_url(stack.app + "/reset")
+    assert page.locator("#subject").inner_text() == "user-7"
+    page.screenshot(path=str(stack.shots / "reset_page.png"))
+    page.get_by_label("New password").fill("correct horse battery")
+    page.get_by_role("button", name="Set password").click()
+    assert page.locator("#reset-done").is_visible()
+
+
+def test_double_click_still_signs_in(page, stack):
+    url = _request_link(page, stack, "user-dbl", "#send-sign-in")
+    page.goto(url)
+    page.get_by_role("button", name="Sign in to Acme").dblclick()
+    page.wait_for_url(stack.app + "/")
+    assert page.locator("#subject").inner_text() == "user-dbl"
+
+
+def test_second_press_after_a_lost_first_response_still_signs_in(page, stack):
+    """The first press reached linksvc and consumed the link, but its answer never reached the
+    browser (a double click cancels it, a flaky network drops it): pressing again completes."""
+    link = stack.mint(subject="user-again")
+    page.goto(link["url"])
+    csrf = page.locator("input[name=csrf]").get_attribute("value")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies(link["url"])}
+    first = requests.post(link["url"], data={"csrf": csrf}, cookies=cookies, allow_redirects=False, timeout=10,
+                          headers={"Sec-Fetch-Site": "same-origin"})
+    assert first.status_code == 303
+    assert stack.state(link["jti"])["state"] == "consumed"
+    page.get_by_role("button", name="Sign in to Acme").click()
+    page.wait_for_url(stack.app + "/")
+    assert page.locator("#subject").inner_text() == "user-again"
+    events = [e["event"] for e in stack.state(link["jti"])["events"]]
+    assert events.count("consumed") == 1 and events.count("exchanged") == 1
+
+
+def test_scanners_leave_the_link_usable(page, stack):
+    link = stack.mint(subject="user-scanned")
+    url = link["url"]
+    assert requests.head(url, timeout=10).status_code == 200
+    for headers in ({}, {"Sec-Purpose": "prefetch"}, {"Purpose": "prefetch"},
+                    {"User-Agent": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"},
+                    {"User-Agent": "facebookexternalhit/1.1"}):
+        resp = requests.get(url, headers=headers, timeout=10, allow_redirects=True)
+        assert resp.status_code == 200 and "Sign in to Acme" in resp.text
+    # A browser-grade scanner that renders the page (but does not press the button).
+    page.goto(url)
+    page.context.clear_cookies()
+    assert stack.state(link["jti"])["state"] == "issued"
+    page.goto(url)
+    page.get_by_role("button", name="Sign in to Acme").click()
+    page.wait_for_url(stack.app + "/")
+    assert page.locator("#subject").inner_text() == "user-scanned"
+
+
+def _failure_cases(stack: Stack) -> list[tuple[str, str, int]]:
+    used = stack.mint(subject="u1")
+    assert requests.post(f"{stack.linksvc}/api/v1/links/redeem", headers=stack.headers, timeout=10,
+                         json={"token": used["token"], "purpose": "magic_link"}).status_code == 200
+    revoked = stack.mint(subject="u2")
+    assert requests.delete(f"{stack.linksvc}/api/v1/links/{revoked['jti']}", headers=stack.headers,
+                           timeout=10).status_code == 200
+    old = stack.mint("password_reset", subject="u3")
+    stack.mint("password_reset", subject="u3")
+    # An expired token, signed with the running service's real key (no waiting for a clock).
+    from linksvc import create_app
+    app = create_app(stack.env)
+    expired_case = next(c for c in hostile.CASES if c.name == "expired")
+    expired = expired_case.build(app, stack.mint(subject="u4")["token"])
+    app.extensions["linksvc"].engine.dispose()
+    return [("used", used["url"], 409), ("revoked", revoked["url"], 410), ("superseded", old["url"], 410),
+            ("expired", f"{stack.linksvc}/l/{expired}", 410), ("invalid", f"{stack.linksvc}/l/not-a-token", 400),
+            ("not_found", f"{stack.linksvc}/nothing-here", 404)]
+
+
+def test_failure_pages(page, stack):
+    for reason, url, status in _failure_cases(stack):
+        resp = page.goto(url)
+        assert resp.status == status, (reason, resp.status)
+        assert page.locator("#reason").inner_text() == reason
+        headers = resp.all_headers()
+        assert headers["cache-control"] == "no-store" and headers["referrer-policy"] == "no-referrer"
+        assert "default-src 'none'" in headers["content-security-policy"]
+        text = page.locator("main").inner_text()
+        assert "Traceback" not in text and "u1" not in text
+        if reason != "not_found":
+            assert "new link" in text
+        page.screenshot(path=str(stack.shots / f"failure_{reason}.png"), full_page=True)
+    assert len(list(stack.shots.glob("failure_*.png"))) == 6
+
+
+def test_phone_viewport_and_accessibility(browser, stack):
+    context = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    try:
+        pg = context.new_page()
+        pg.goto(stack.mint(subject="user-phone")["url"])
+        assert pg.evaluate("document.documentElement.lang") == "en"
+        button = pg.get_by_role("button", name="Sign in to Acme")
+        box = button.bounding_box()
+        assert box["width"] >= 300 and box["height"] >= 44  # a comfortable tap target
+        # No horizontal scrolling on a phone.
+        assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        pg.screenshot(path=str(stack.shots / "confirm_phone.png"))
+        # Works without JavaScript.
+        context_nojs = browser.new_context(java_script_enabled=False)
+        try:
+            p2 = context_nojs.new_page()
+            link = stack.mint(subject="user-nojs")
+            p2.goto(link["url"])
+            p2.get_by_role("button", name="Sign in to Acme").click()
+            p2.wait_for_url(stack.app + "/")
+            assert p2.locator("#subject").inner_text() == "user-nojs"
+        finally:
+            context_nojs.close()
+    finally:
+        context.close()
