@@ -150,8 +150,7 @@ def init_app(app: Flask) -> None:
     # The mint view calls this with the parsed body (one parse, no second read of the body).
     app.extensions["linksvc.mint_guard"] = limits.check_mint
 
-    @app.before_request
-    def _page_limit() -> Response | None:
+    def page_limit() -> Response | None:
         if not request.path.startswith(PAGE_PREFIXES):
             return None
         try:
@@ -160,6 +159,20 @@ def init_app(app: Flask) -> None:
             log.info("rate limited", extra={"scope": "page", "outcome": "rate_limited"})
             return _too_many_page(exc)
         return None
+
+    # An answer from a before_request skips the hooks after it (request id, metrics), so
+    # the check runs as a hook of the blueprints serving the pages — those run after every
+    # app-wide hook — and app-wide only for page paths no such blueprint serves.
+    page_blueprints = {rule.endpoint.rpartition(".")[0] for rule in app.url_map.iter_rules()
+                       if rule.rule.startswith(PAGE_PREFIXES) and "." in rule.endpoint}
+    for name in page_blueprints:
+        app.before_request_funcs.setdefault(name, []).append(page_limit)
+
+    @app.before_request
+    def _page_limit_elsewhere() -> Response | None:
+        if request.blueprint in page_blueprints:
+            return None
+        return page_limit()
 
     @app.errorhandler(RateLimited)
     def _limited(exc: RateLimited) -> Response:

@@ -289,3 +289,14 @@ def test_redis_limit_holds_under_a_race_across_gunicorn_workers(env, tmp_path):
     finally:
         server.stop()
     assert "Traceback" not in server.log()
+
+
+def test_limited_page_still_passes_through_the_app_hooks(page_app):
+    """The 429 page carries the request id like every other answer."""
+    http = page_app.test_client()
+    for _ in range(3):
+        http.get("/l/x")
+    resp = http.get("/l/x", headers={"X-Request-Id": "trace-123"})
+    assert resp.status_code == 429
+    assert resp.headers["X-Request-Id"] == "trace-123"
+    assert resp.headers["Content-Security-Policy"]
