@@ -368,6 +368,16 @@ linksvc demo client {client.id} ("Demo App")
         # Add "email":"you@example.com" to the mint body to have the link mailed.
         where = ("SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) ") + mailer.transport.describe()
         click.echo(f"  Mail (\"email\" in the mint body) goes to: {where}\n")
+    if s.storage == "local":
+        # A file to link to: `make run` shows a download link working out of the box.
+        sample = s.storage_dir / "samples" / "welcome.txt"
+        if not sample.exists():
+            sample.parent.mkdir(parents=True, exist_ok=True)
+            sample.write_text("Hello from linksvc. This file was delivered through a single-use download link.\n")
+        click.echo(f"""  Download link to the sample file {sample} (open its "url" once; the second time says used):
+  curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+       -d '{{"purpose":"download","subject":"user-42","download":{{"key":"samples/welcome.txt","filename":"welcome.txt"}}}}'
+""")
 
 
 def init_app(app: Flask) -> None:
