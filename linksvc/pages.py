@@ -24,13 +24,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, redirect, request
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
-from . import codes, errors, ledger
+from . import codes, db, errors, ledger
 from .clients import Client
-from .db import read, write
 from .html import csp, render_failure, render_link_error, render_page
 from .service import PAGE_PURPOSES, LinkService, Verified
 
@@ -137,15 +137,13 @@ def _nonce() -> tuple[str, bool]:
 def _note_view(svc: LinkService, jti: str, now: int) -> None:
     """Record a "viewed" event, for the first few views only. Best effort: a page still
     shows when the history cannot be written."""
-    import sqlalchemy as sa
-    from . import db
     e = db.link_events.c
     try:
-        with read(svc.engine) as conn:
+        with db.read(svc.engine) as conn:
             n = conn.execute(sa.select(sa.func.count()).select_from(db.link_events)
                              .where(e.jti == jti, e.event == "viewed")).scalar_one()
         if n < MAX_VIEW_EVENTS:
-            with write(svc.engine) as conn:
+            with db.write(svc.engine) as conn:
                 ledger.add_event(conn, jti, "viewed", now, via="page", actor=_actor(svc))
     except errors.ServiceUnavailable:
         pass
