@@ -2,8 +2,11 @@
 
 import sys
 
+import click
+
 from linksvc import create_app
 from linksvc.config import ConfigError
+from linksvc.keys import KeyRingError
 
 try:
     app = create_app()
@@ -11,3 +14,14 @@ except ConfigError as exc:
     # A bad setting stops start-up with a message naming it, not a traceback.
     print(f"linksvc: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
+
+# Production serves only with a key it can sign with (gunicorn, `import app`). The flask
+# CLI imports this module too, inside a click context, and must work without one so that
+# `init-db` and `keys generate` can create it.
+if app.config["LINKSVC"].is_production and click.get_current_context(silent=True) is None:
+    try:
+        app.extensions["linksvc"].keyring.check()
+    except KeyRingError as exc:
+        print(f"linksvc: cannot start: {exc}", file=sys.stderr)
+        # 4 is gunicorn's "app failed to load": the master stops instead of respawning workers.
+        raise SystemExit(4) from None

@@ -6,13 +6,11 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from . import errors
 from .http import problem
+# Verifiers may cache the JWKS this long; `keys rotate` refuses to activate a next key
+# published for less than this plus one refresh, so a cached JWKS knows a key before it signs.
+from .keys import JWKS_MAX_AGE
 
 bp = Blueprint("ops", __name__)
-
-#: Verifiers may cache the JWKS this long. A ``next`` key is published for at least a
-#: full rotation period (hours to days), far longer than this, so a cached JWKS always
-#: knows a key before it signs.
-JWKS_MAX_AGE = 300
 
 
 @bp.get("/healthz")
