@@ -372,6 +372,7 @@ def _import_app(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env={**_clean_environ(), **env}, text=True, capture_output=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_production_start_refuses_without_a_usable_key(tmp_path):
     instance = tmp_path / "instance"
     env = base_env(instance, LINKSVC_ENV="production")

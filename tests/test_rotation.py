@@ -24,6 +24,8 @@ import requests
 
 from .support import ROOT, base_env, flask_cli, free_port, pg_database, prepare_instance, start_gunicorn
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = ROOT / "scripts" / "verify_with_jwks.py"
 REFRESH = 1
 PICKUP_BOUND = 10.0  # the bound; the measured pickup is reported below it
