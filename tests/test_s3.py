@@ -84,7 +84,7 @@ def s3_client(endpoint: str) -> Any:
 def s3_env(instance: Path, endpoint: str, **extra: str) -> dict[str, str]:
     return base_env(instance, LINKSVC_STORAGE="s3", LINKSVC_S3_BUCKET=BUCKET, LINKSVC_S3_ENDPOINT_URL=endpoint,
                     LINKSVC_S3_REGION=REGION, LINKSVC_S3_ADDRESSING_STYLE="path",
-                    LINKSVC_DOWNLOAD_URL_SECONDS=str(URL_SECONDS), **extra)
+                    LINKSVC_DOWNLOAD_URL_SECONDS=str(URL_SECONDS), LINKSVC_PAGE_RATE_LIMIT="100000 per minute", **extra)
 
 
 @pytest.fixture(scope="module")
