@@ -61,9 +61,25 @@ def _record(row: sa.RowMapping) -> LinkRecord:
     )
 
 
+# The hot-path statements, built once: constructing a Core statement per call costs more
+# CPU than running it. Parameters are bound at execution; the compiled SQL is cached.
+_INSERT_EVENT = sa.insert(db.link_events)
+_INSERT_LINK = sa.insert(db.links)
+_GET = sa.select(db.links).where(db.links.c.jti == sa.bindparam("k_jti"))
+_CONSUME = (
+    sa.update(db.links)
+    .where(db.links.c.jti == sa.bindparam("k_jti"), db.links.c.state == ISSUED,
+           db.links.c.client_id == sa.bindparam("k_client"), db.links.c.purpose == sa.bindparam("k_purpose"),
+           db.links.c.subject == sa.bindparam("k_subject"))
+    .values(state=CONSUMED, state_at=sa.bindparam("k_now"), state_via=sa.bindparam("k_via"),
+            completion_hash=sa.bindparam("k_hash"))
+    .returning(*db.links.c)
+)
+
+
 def add_event(conn: Connection, jti: str, event: str, now: int, *, reason: str | None = None,
               via: str | None = None, actor: str | None = None) -> None:
-    conn.execute(sa.insert(db.link_events).values(jti=jti, at=now, event=event, reason=reason, via=via, actor=actor))
+    conn.execute(_INSERT_EVENT, {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor})
 
 
 def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int) -> int:
@@ -73,7 +89,7 @@ def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int)
     if supersede:
         superseded = _change_outstanding(conn, SUPERSEDED, now, via="mint", detail=rec.jti,
                                          client_id=rec.client_id, subject=rec.subject, purposes=[rec.purpose])
-    conn.execute(sa.insert(db.links).values(
+    conn.execute(_INSERT_LINK, dict(
         jti=rec.jti, client_id=rec.client_id, purpose=rec.purpose, subject=rec.subject, kid=rec.kid,
         iat=rec.iat, exp=rec.exp, state=ISSUED, redirect_uri=rec.redirect_uri,
         download=json.dumps(rec.download) if rec.download is not None else None,
@@ -84,7 +100,7 @@ def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int)
 
 
 def get(conn: Connection, jti: str) -> LinkRecord | None:
-    row = conn.execute(sa.select(db.links).where(db.links.c.jti == jti)).mappings().first()
+    row = conn.execute(_GET, {"k_jti": jti}).mappings().first()
     return None if row is None else _record(row)
 
 
@@ -108,17 +124,12 @@ def consume(engine: Engine, *, jti: str, client_id: str, purpose: str, subject: 
             via: str, actor: str | None = None, completion_hash: str | None = None) -> LinkRecord:
     """Consume a link once: exactly one caller racing for ``jti`` gets its record back;
     every other gets :class:`~linksvc.errors.Used` (or the state it is in)."""
-    t = db.links
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
         # RETURNING hands the winner its row in the same statement: no second read.
-        row = conn.execute(
-            sa.update(t)
-            .where(t.c.jti == jti, t.c.state == ISSUED, t.c.client_id == client_id,
-                   t.c.purpose == purpose, t.c.subject == subject)
-            .values(state=CONSUMED, state_at=now, state_via=via, completion_hash=completion_hash)
-            .returning(*t.c)
-        ).mappings().first()
+        row = conn.execute(_CONSUME, {"k_jti": jti, "k_client": client_id, "k_purpose": purpose,
+                                      "k_subject": subject, "k_now": now, "k_via": via,
+                                      "k_hash": completion_hash}).mappings().first()
         if row is not None:
             add_event(conn, jti, "consumed", now, via=via, actor=actor)
             return _record(row)
