@@ -31,7 +31,8 @@ run: init-db
 	@echo "serving linksvc on http://127.0.0.1:$(PORT)  (Ctrl-C to stop)"
 	$(BIN)/gunicorn -c gunicorn.conf.py --workers 2 --bind 127.0.0.1:$(PORT) app:app
 
-# The production shape: several workers, redacted access log, graceful reload on HUP.
+# The production shape: several workers (LINKSVC_WORKERS, default 2 x cores + 1) on LINKSVC_BIND,
+# redacted access log, graceful reload on HUP. See README "Production" and docs/deploy.md.
 serve: init-db
 	$(BIN)/gunicorn -c gunicorn.conf.py app:app
 
