@@ -47,11 +47,14 @@ class Live:
     app: Any                   # an in-process app on the same database: the server's real key
     pages: bool
     http: requests.Session
+    downloads: bool = False
 
     def headers(self, who: str = "acme") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
     def mint(self, purpose: str = "magic_link", subject: str = "user-42", who: str = "acme", **fields: Any) -> dict:
+        if purpose == "download":
+            fields.setdefault("download", {"key": "docs/report.pdf", "filename": "report.pdf"})
         resp = self.http.post(f"{self.url}/api/v1/links", json={"purpose": purpose, "subject": subject, **fields},
                               headers=self.headers(who), timeout=10)
         assert resp.status_code == 201, resp.text
@@ -61,8 +64,8 @@ class Live:
         return self.http.post(f"{self.url}/api/v1/links/{action}", json={"token": token, "purpose": purpose},
                               headers=self.headers(who), timeout=10)
 
-    def page(self, token: str, method: str = "GET") -> requests.Response:
-        return self.http.request(method, f"{self.url}/l/{urllib.parse.quote(token, safe='')}", timeout=10,
+    def page(self, token: str, method: str = "GET", prefix: str = "l") -> requests.Response:
+        return self.http.request(method, f"{self.url}/{prefix}/{urllib.parse.quote(token, safe='')}", timeout=10,
                                  allow_redirects=False)
 
     def jwks(self) -> list[dict[str, Any]]:
@@ -88,17 +91,29 @@ class Live:
                 tail = token.split(".")[-1][:40]
                 assert len(tail) < 16 or tail not in resp.text, "the signature was echoed"
         if page and self.pages and isinstance(token, str) and purpose in ("magic_link", "password_reset"):
-            for method in ("GET", "POST"):
-                resp = self.page(token, method)
-                assert 400 <= resp.status_code < 500, (method, resp.status_code)
-                assert "Traceback" not in resp.text
-                if len(token) > 8:
-                    assert token not in resp.text
+            self._page_refuses(token, "l", ("GET", "POST"))
+        if page and self.downloads and isinstance(token, str) and purpose == "download":
+            self._page_refuses(token, "d", ("GET", "HEAD", "POST"))
+
+    def _page_refuses(self, token: str, prefix: str, methods: tuple[str, ...]) -> None:
+        for method in methods:
+            resp = self.page(token, method, prefix)
+            assert 400 <= resp.status_code < 500, (prefix, method, resp.status_code)
+            assert "Location" not in resp.headers
+            assert "Traceback" not in resp.text
+            if len(token) > 8:
+                assert token not in resp.text
 
     def still_works(self, link: dict, purpose: str = "magic_link", who: str = "acme") -> None:
-        """The legitimate link is untouched: verifies as issued, then redeems once."""
+        """The legitimate link is untouched: verifies as issued, then redeems once
+        (a download link by the browser's way: /d/ redirects to the file)."""
         resp = self.api("verify", link["token"], purpose, who)
         assert resp.status_code == 200 and resp.json()["state"] == "issued", resp.text
+        if purpose == "download" and self.downloads:
+            resp = self.page(link["token"], "GET", "d")
+            assert resp.status_code == 303, resp.text[:300]
+            assert self.http.get(resp.headers["Location"], timeout=10).content.startswith(b"%PDF")
+            return
         resp = self.api("redeem", link["token"], purpose, who)
         assert resp.status_code == 200 and resp.json()["jti"] == link["jti"], resp.text
 
@@ -106,10 +121,13 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     base = tmp_path_factory.mktemp("attacks")
+    files = base / "files"
+    (files / "docs").mkdir(parents=True)
+    (files / "docs" / "report.pdf").write_bytes(b"%PDF-1.7 " + b"z" * 3000)
     port = free_port()
     # The attacks come from one address: lift the per-IP page limit (its own tests cover it).
     env = base_env(base / "instance", LINKSVC_BASE_URL=f"http://127.0.0.1:{port}", LINKSVC_KEY_REFRESH_SECONDS="1",
-                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute", LINKSVC_STORAGE_DIR=str(files))
     acme = prepare_instance(env, "acme")
     globex = json.loads(flask_cli(env, "clients", "create", "globex", "--redirect-uri", "http://127.0.0.1:5002/cb",
                                   "--mint-limit", "100000 per minute", "--subject-limit", "100000 per minute",
@@ -120,8 +138,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     app = create_app(env)
     session = requests.Session()
     pages = session.get(f"{server.url}/l/x", timeout=10).headers.get("Content-Type", "").startswith("text/html")
+    downloads = session.get(f"{server.url}/d/x", timeout=10).headers.get("Content-Type", "").startswith("text/html")
     try:
-        yield Live(server, server.url, {"acme": acme["api_key"], "globex": globex["api_key"]}, app, pages, session)
+        yield Live(server, server.url, {"acme": acme["api_key"], "globex": globex["api_key"]}, app, pages, session,
+                   downloads)
     finally:
         server.stop()
         app.extensions["linksvc"].engine.dispose()
@@ -586,6 +606,65 @@ def test_pages_ignore_redirect_parameters(live):
     assert resp.status_code == 303
     location = resp.headers["Location"]
     assert location.startswith(REDIRECT + "?code=") and "evil" not in location, location
+
+
+# -- the same families against download links (/d/) -------------------------------------
+
+DOWNLOAD_CASES = {
+    "alg_none_original_signature": _case(lambda lv, t: atk.alg_none(t, "none", "original"), "wrong_algorithm"),
+    "alg_NoNe_empty_signature": _case(lambda lv, t: atk.alg_none(t, "nOnE", ""), "malformed"),
+    "signature_stripped": _case(lambda lv, t: t.rsplit(".", 1)[0] + ".", "malformed"),
+    "hs256_with_published_pem": _case(lambda lv, t: atk.hmac_sign(
+        {**atk.parts(t)[0], "alg": "HS256"}, atk.parts(t)[1],
+        atk.key_secrets(next(k for k in lv.jwks() if k["kid"] == atk.parts(t)[0]["kid"]))["pem"]), "wrong_algorithm"),
+    "embedded_jwk": _case(lambda lv, t: atk.AttackerKey().sign({**atk.parts(t)[0], "jwk": {"kty": "EC"}},
+                                                               atk.parts(t)[1]), "bad_header"),
+    "kid_traversal": _case(_kid_case("../../../../dev/null"), "unknown_key"),
+    "ecdsa_r0_s0": _case(lambda lv, t: atk.with_es256_signature(t, 0, 0), "bad_signature"),
+    "high_s_twin": _case(lambda lv, t: atk.high_s_twin(t), "bad_signature"),
+    "duplicate_claims_with_our_key": _case(lambda lv, t: _dup_claims(lv, t, sign=True), "malformed"),
+    "padded_signature": _case(lambda lv, t: t + "=", "malformed"),
+    "oversized": _case(lambda lv, t: t + "A" * 5000, "malformed"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOAD_CASES))
+def test_download_links_resist_the_same_attacks(live, name):
+    if not live.downloads:
+        pytest.skip("download links (linksvc.downloads) are not installed in this build")
+    build, reason, _ = DOWNLOAD_CASES[name]
+    run_case(live, build, reason, "download")
+
+
+def test_cross_purpose_between_pages_and_downloads(live):
+    if not (live.pages and live.downloads):
+        pytest.skip("needs both the pages and the downloads")
+    dl = live.mint("download")
+    magic = live.mint("magic_link")
+    for token, prefix in ((dl["token"], "l"), (magic["token"], "d")):
+        for method in ("GET", "POST"):
+            resp = live.page(token, method, prefix)
+            assert 400 <= resp.status_code < 500 and "Location" not in resp.headers, (prefix, method, resp.status_code)
+    live.still_works(dl, "download")
+    live.still_works(magic)
+
+
+def test_download_replay_and_grant_forgery(live):
+    if not live.downloads:
+        pytest.skip("download links (linksvc.downloads) are not installed in this build")
+    dl = live.mint("download")
+    first = live.page(dl["token"], "GET", "d")
+    assert first.status_code == 303
+    again = live.page(dl["token"], "GET", "d")
+    assert again.status_code == 409 and "Location" not in again.headers
+    grant_url = first.headers["Location"]
+    path = urllib.parse.urlsplit(grant_url).path
+    if path.startswith("/dl/"):
+        grant = path.rsplit("/", 1)[1]
+        for forged in (grant[:-4] + ("AAAA" if grant[-4:] != "AAAA" else "BBBB"), grant + "x", "x", grant[::-1]):
+            resp = live.http.get(f"{live.url}/dl/{forged}", timeout=10)
+            assert resp.status_code in (403, 404, 410) and not resp.content.startswith(b"%PDF"), resp.status_code
+        assert live.http.get(grant_url, timeout=10).content.startswith(b"%PDF")
 
 
 # -- rotation: the confusion cases again with each algorithm active ---------------------------
