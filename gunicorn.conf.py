@@ -58,6 +58,15 @@ def redact(text: str) -> str:
     return _TOKENISH.sub("[redacted]", text)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _json_safe(value: str) -> str:
+    """Escape backslashes and control characters so that an atom inside the JSON access line
+    stays valid JSON whatever a client sent (gunicorn itself escapes the double quotes)."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", value.replace("\\", "\\\\"))
+
+
 class _RedactFilter(logging.Filter):
     """Formats the message, redacts it, and redacts a traceback's text too."""
 
@@ -82,8 +91,8 @@ class RedactingLogger(Logger):
         # Also redact the atoms, for a custom access_log_format that logs them one by one.
         atoms = super().atoms(resp, req, environ, request_time)
         for key, value in list(atoms.items()):
-            if isinstance(value, str) and key not in ("h", "t", "s", "m", "H"):
-                atoms[key] = redact(value)
+            if isinstance(value, str):
+                atoms[key] = _json_safe(redact(value))
         return atoms
 
 

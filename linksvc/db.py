@@ -187,7 +187,7 @@ def _sqlite_setup(engine: Engine) -> None:
 UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
-def _unavailable(exc: Exception) -> errors.ServiceUnavailable:
+def _unavailable() -> errors.ServiceUnavailable:
     return errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.")
 
 
@@ -203,7 +203,7 @@ def write(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
     except UNAVAILABLE as exc:
-        raise _unavailable(exc) from exc
+        raise _unavailable() from exc
 
 
 @contextlib.contextmanager
@@ -214,7 +214,7 @@ def read(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
     except UNAVAILABLE as exc:
-        raise _unavailable(exc) from exc
+        raise _unavailable() from exc
 
 
 def ping(engine: Engine) -> bool:

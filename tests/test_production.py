@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import select
@@ -413,10 +414,16 @@ def test_access_log_holds_no_token(sqlite_server) -> None:
         with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5) as s:
             s.sendall(f"GET /l/{token} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())
             s.recv(1024)
+        # A quote in a request line must not break the JSON of the access line.
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5) as s:
+            s.sendall(f'GET /quote"d?token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'.encode())
+            s.recv(1024)
     finally:
         time.sleep(0.5)  # the access log line is written after the response
     log = server.log()
     assert "/l/[redacted]" in log and "/dl/[redacted]" in log and "token=[redacted]" in log
+    access = [json.loads(line) for line in log.splitlines() if line.startswith('{"remote"')]
+    assert len(access) >= 2 * len(paths) and any('quote"d' in a["request"] for a in access)
     for secret in secrets:
         pieces = [secret, *secret.split(".")[1:]] if "." in secret else [secret, secret[6:]]
         for piece in pieces:
