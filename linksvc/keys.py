@@ -326,6 +326,7 @@ class KeyRing:
         # Parsed keys by kid: RSA parsing costs milliseconds, and a reload comes every second or so.
         self._public_cache: dict[str, VerificationKey] = {}
         self._private_cache: dict[str, SigningKey] = {}
+        self._reported: tuple[str, str] | None = None
 
     # loading
 
@@ -363,7 +364,9 @@ class KeyRing:
                     signing = self._private_cache[info.kid] = SigningKey(info.kid, info.alg, private)
                 except (KeyRingError, ValueError, TypeError) as exc:
                     problem = str(exc)
-                    log.error("active signing key unusable", extra={"kid": info.kid, "error": problem})
+                    if (info.kid, problem) != self._reported:  # once, not on every reload
+                        self._reported = (info.kid, problem)
+                        log.error("active signing key unusable", extra={"kid": info.kid, "error": problem})
         live = set(keys)
         for cache in (self._public_cache, self._private_cache):
             for kid in set(cache) - live:

@@ -256,6 +256,23 @@ def test_jwks_cache_lifetime_is_shorter_than_the_next_period(app, client):
         keys.rotate(conn, _kek(app), nxt.created_at + max_age, min_age=keys.min_next_age(refresh))
 
 
+def test_a_worker_keeps_its_last_keys_while_the_database_is_away(app, tmp_path):
+    clock = Clock(2_000_000_000)
+    ring = _ring(app, clock)
+    kid = ring.signing_key().kid
+    dead = sa.create_engine(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    ring._engine = dead
+    clock.t += 60
+    assert ring.signing_key().kid == kid and len(ring.jwks()["keys"]) == 2
+    assert ring.verification_key(kid).kid == kid
+    fresh = keys.KeyRing(dead, _kek(app), clock=clock)
+    with pytest.raises(errors.ServiceUnavailable):
+        fresh.jwks()
+    with pytest.raises(keys.KeyRingError, match="cannot read the signing keys"):
+        fresh.check()
+    dead.dispose()
+
+
 # -- storage at rest -------------------------------------------------------------------
 
 def test_private_keys_are_encrypted_and_bound_to_their_row(app):
