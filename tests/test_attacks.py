@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -134,7 +135,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                                   "--json").stdout)
     # A second algorithm in the JWKS: every published key is tried as an HMAC secret.
     flask_cli(env, "keys", "generate", "--alg", "RS256")
-    server = start_gunicorn(env, workers=2, port=port, log_path=base / "server.log")
+    # LINKSVC_ATTACK_WSGI points the suite at another build (module:app), e.g. one with a
+    # defence switched off, to watch the suite fail; see SECURITY.md.
+    server = start_gunicorn(env, workers=2, port=port, log_path=base / "server.log",
+                            wsgi=os.environ.get("LINKSVC_ATTACK_WSGI", "app:app"))
     app = create_app(env)
     session = requests.Session()
     pages = session.get(f"{server.url}/l/x", timeout=10).headers.get("Content-Type", "").startswith("text/html")
