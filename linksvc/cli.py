@@ -284,6 +284,27 @@ def keys_revoke(kid: str) -> None:
     click.echo(f"workers stop accepting it within {_settings().key_refresh_seconds} s")
 
 
+@keys_cli.command("rewrap")
+@click.option("--old-kek", prompt="Old LINKSVC_KEY_ENCRYPTION_KEY", hide_input=True,
+              help="The key-encryption key the keys are stored under now (prompted, or one line on stdin).")
+def keys_rewrap(old_kek: str) -> None:
+    """Re-encrypt the signing keys under the current LINKSVC_KEY_ENCRYPTION_KEY (KEK rotation)."""
+    raw = old_kek.strip()
+    try:
+        old = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (ValueError, TypeError):
+        raise click.ClickException("the old key-encryption key must be base64url") from None
+    if len(old) < 32:
+        raise click.ClickException("the old key-encryption key must decode to at least 32 bytes")
+    try:
+        with db.write(_svc().engine) as conn:
+            done = keys_mod.rewrap(conn, old, _kek())
+    except keys_mod.KeyRingError as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(f"re-encrypted {len(done)} key(s) under the current key-encryption key"
+               f"{': ' + ', '.join(done) if done else ''}")
+
+
 # -- links --------------------------------------------------------------------------------
 
 @click.command("mint")

@@ -58,6 +58,10 @@ PUBLIC_MEMBERS: Mapping[str, frozenset[str]] = {
 _KTY = {"ES256": "EC", "EdDSA": "OKP", "RS256": "RSA"}
 _JWK_ALGORITHM = {"ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "RS256": RSAAlgorithm}
 
+#: What a removed key's private key is overwritten with: it will never sign again, so
+#: nothing that leaks later (a backup, the KEK) can bring it back.
+ERASED = b""
+
 #: Verifiers may cache the JWKS this long (the ``Cache-Control: max-age`` of the endpoint).
 JWKS_MAX_AGE = 300
 
@@ -218,7 +222,7 @@ def generate(conn: Connection, kek: bytes, alg: str, now: int) -> tuple[KeyInfo,
         return create_key(conn, kek, alg, "active", now), None
     old_next = _one(conn, "next")
     if old_next is not None:
-        _set_state(conn, old_next.kid, "next", state="removed", removed_at=now)
+        _set_state(conn, old_next.kid, "next", state="removed", removed_at=now, private_key_enc=ERASED)
         replaced = old_next.kid
     return create_key(conn, kek, alg, "next", now), replaced
 
@@ -259,7 +263,7 @@ def retire_expired(conn: Connection, now: int, window: int) -> list[str]:
         t.c.state == "retired", t.c.retired_at + window < now))]
     if done:
         conn.execute(sa.update(t).where(t.c.kid.in_(done), t.c.state == "retired")
-                     .values(state="removed", removed_at=now))
+                     .values(state="removed", removed_at=now, private_key_enc=ERASED))
     return done
 
 
@@ -278,7 +282,7 @@ def revoke(conn: Connection, kek: bytes, kid: str, now: int) -> tuple[KeyInfo, l
     if info.state == "removed":
         raise KeyRingError(f"key {kid} is already removed")
     notes = []
-    _set_state(conn, kid, info.state, state="removed", removed_at=now)
+    _set_state(conn, kid, info.state, state="removed", removed_at=now, private_key_enc=ERASED)
     if info.state == "active":
         nxt = _one(conn, "next")
         if nxt is not None:
@@ -289,6 +293,31 @@ def revoke(conn: Connection, kek: bytes, kid: str, now: int) -> tuple[KeyInfo, l
     if info.state in ("active", "next"):
         notes.append(f"next {create_key(conn, kek, info.alg, 'next', now).kid}")
     return dataclasses.replace(info, state="removed", removed_at=now), notes
+
+
+def rewrap(conn: Connection, old_kek: bytes, new_kek: bytes) -> list[str]:
+    """Re-encrypt every stored private key from ``old_kek`` to ``new_kek`` (KEK rotation).
+
+    Keys already under ``new_kek`` are left alone, so running it twice is harmless. A key
+    that neither opens raises :class:`KeyRingError` and, in the caller's transaction,
+    changes nothing. Returns the kids re-encrypted.
+    """
+    t = db.signing_keys
+    done = []
+    rows = conn.execute(sa.select(t.c.kid, t.c.private_key_enc).where(t.c.state != "removed")).all()
+    for kid, blob in rows:
+        try:
+            _decrypt(new_kek, kid, blob)
+            continue
+        except KeyRingError:
+            pass
+        try:
+            pem = _decrypt(old_kek, kid, blob)
+        except KeyRingError:
+            raise KeyRingError(f"neither the old nor the current key-encryption key opens signing key {kid}") from None
+        conn.execute(sa.update(t).where(t.c.kid == kid).values(private_key_enc=_encrypt(new_kek, kid, pem)))
+        done.append(kid)
+    return done
 
 
 # -- the ring as a worker sees it ------------------------------------------------------

@@ -295,6 +295,39 @@ def test_private_keys_are_encrypted_and_bound_to_their_row(app):
         ring.signing_key()
 
 
+def test_removed_keys_lose_their_private_key(app):
+    t = db.signing_keys
+    with _write(app) as conn:
+        old, _, nxt = keys.rotate(conn, _kek(app), 2_000_000_000, min_age=0)
+        keys.generate(conn, _kek(app), "EdDSA", 2_000_000_000)  # removes the unused next key
+        keys.retire_expired(conn, 2_000_000_000 + 10_000, 310)
+        blobs = {r.kid: (r.state, r.private_key_enc) for r in conn.execute(sa.select(t))}
+    assert blobs[old] == ("removed", b"") and blobs[nxt] == ("removed", b"")
+    assert all(blob for state, blob in blobs.values() if state != "removed")
+
+
+def test_kek_rotation_rewraps_every_key(app, env):
+    old_kek = env["LINKSVC_KEY_ENCRYPTION_KEY"]
+    new_app = create_app({**env, "LINKSVC_KEY_ENCRYPTION_KEY": secret_b64()})
+    try:
+        with pytest.raises(keys.KeyRingError):
+            new_app.extensions["linksvc"].keyring.check()
+        runner = new_app.test_cli_runner()
+        wrong = runner.invoke(args=["keys", "rewrap"], input=secret_b64() + "\n")
+        assert wrong.exit_code != 0 and "nothing was changed" in wrong.output
+        assert "Traceback" not in wrong.output and old_kek not in wrong.output
+        done = runner.invoke(args=["keys", "rewrap"], input=old_kek + "\n")
+        assert done.exit_code == 0 and "re-encrypted 2 key(s)" in done.output, done.output
+        assert old_kek not in done.output
+        new_app.extensions["linksvc"].keyring.check()
+        with pytest.raises(keys.KeyRingError, match="cannot decrypt"):
+            _ring(app, Clock(2_000_000_000)).check()  # the old KEK no longer opens anything
+        again = runner.invoke(args=["keys", "rewrap"], input=old_kek + "\n")
+        assert again.exit_code == 0 and "re-encrypted 0 key(s)" in again.output
+    finally:
+        new_app.extensions["linksvc"].engine.dispose()
+
+
 def test_a_public_key_that_does_not_match_the_private_key_is_refused(app):
     t = db.signing_keys
     states = _by_state(app)
