@@ -39,5 +39,12 @@ serve: init-db
 test: venv-test init-db
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The side-by-side benchmark (bench/README.md): Flask hello-world vs linksvc on SQLite and
+# PostgreSQL under the same gunicorn, plus the in-process floor. Installs wrk if missing.
+# `make bench BENCH_ARGS=--quick` checks the bench itself in about two minutes.
+bench: venv-test
+	$(BIN)/pip install --disable-pip-version-check -q -r bench/requirements.txt
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
