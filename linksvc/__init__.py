@@ -74,7 +74,10 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         page = app.extensions.get("linksvc.html_http_error")
         if page is not None and not request.path.startswith(("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")):
             return page(exc)
-        return problem(405, "method_not_allowed", "Method not allowed.")
+        resp = problem(405, "method_not_allowed", "Method not allowed.")
+        if getattr(exc, "valid_methods", None):  # RFC 9110: a 405 names the methods that are allowed
+            resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return resp
 
     @app.errorhandler(errors.ServiceUnavailable)
     def _unavailable(exc: errors.ServiceUnavailable) -> Any:

@@ -309,3 +309,21 @@ def test_optional_operations_are_served_only_when_routed(app):
     assert ("/api/v1/codes/exchange" in full["paths"]) == _codes_routed(app)
     OpenAPIV31SpecValidator(bare).validate()
 
+
+
+def test_undocumented_methods_answer_405_with_allow(app, api, doc):
+    http = app.test_client()
+    adapter = app.url_map.bind("localhost")
+    for path, item in doc["paths"].items():
+        documented = {m.upper() for m in item if m in openapi.METHODS}
+        url = path.replace("{jti}", "A" * 22).replace("{subject}", "user-1")
+        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - documented):
+            try:  # /links/verify is also /links/{jti} with jti "verify": that route answers
+                adapter.match(url, method=method)
+                continue
+            except HTTPException:
+                pass
+            resp = http.open(url, method=method, headers=api.headers)
+            assert resp.status_code == 405, (method, path, resp.status_code)
+            assert resp.mimetype == "application/problem+json"
+            assert documented <= {m.strip() for m in resp.headers["Allow"].split(",")}, (method, path)
