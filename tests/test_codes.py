@@ -126,7 +126,25 @@ def test_exchange_race_postgresql(pg_url):
 
 
 def test_double_press_race_one_consumption(api, app):
-    """Two presses of one browser at the same instant: one consumes, both reach the same code."""
+    """Presses of one browser at the same instant: one consumes, all reach the same code."""
+    _double_press_race(api, app)
+
+
+def test_double_press_race_postgresql(pg_url, tmp_path):
+    from linksvc import create_app
+
+    from .conftest import _prepare, make_api_user
+    from .support import base_env
+    app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
+    migrate.upgrade(app.extensions["linksvc"].engine)
+    _prepare(app)
+    try:
+        _double_press_race(make_api_user(app), app)
+    finally:
+        app.extensions["linksvc"].engine.dispose()
+
+
+def _double_press_race(api: Any, app: Any) -> None:
     link = api.minted()
     browser = app.test_client()
     _, csrf = open_page(browser, link["token"])

@@ -379,3 +379,27 @@ def test_hostile_tokens_are_refused_and_real_link_survives(api, app, case):
     assert api.status(link["jti"]).get_json()["state"] == "issued"
     resp = press(browser, link["token"], csrf)
     assert resp.status_code == 303 and resp.headers["Location"].startswith(REDIRECT + "?code=")
+
+
+def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path):
+    from linksvc import create_app, migrate
+    from .conftest import _prepare
+    from .support import base_env
+    app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
+    migrate.upgrade(app.extensions["linksvc"].engine)
+    _prepare(app)
+    try:
+        api = make_api_user(app)
+        link = api.minted("password_reset", data={"k": "v"})
+        browser = app.test_client()
+        _, csrf = open_page(browser, link["token"])
+        first, second = press(browser, link["token"], csrf), press(browser, link["token"], csrf)
+        assert first.status_code == second.status_code == 303
+        assert first.headers["Location"] == second.headers["Location"]
+        code = code_of(first.headers["Location"])
+        out = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
+        assert out.status_code == 200 and out.get_json()["purpose"] == "password_reset"
+        assert api.http.post("/api/v1/codes/exchange", json={"code": code},
+                             headers=api.headers).get_json()["code"] == "code_used"
+    finally:
+        app.extensions["linksvc"].engine.dispose()
