@@ -13,7 +13,8 @@ try:
 except ConfigError as exc:
     # A bad setting stops start-up with a message naming it, not a traceback.
     print(f"linksvc: configuration error: {exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+    # 4 is gunicorn's "app failed to load": the master stops instead of respawning workers.
+    raise SystemExit(4) from None
 
 # Production serves only with a key it can sign with (gunicorn, `import app`). The flask
 # CLI imports this module too, inside a click context, and must work without one so that
