@@ -246,6 +246,8 @@ def test_no_secret_reaches_a_log_the_database_a_page_or_an_error(tmp_path):
         assert requests.get(first.headers["Location"], timeout=10).status_code == 200
         keep("used download", requests.get(dl["url"], allow_redirects=False, timeout=10))
         keep("forged grant", requests.get(f"{url}/dl/{grant[:-4]}AAAA", timeout=10))
+        keep("metrics", requests.get(f"{url}/metrics", timeout=10))
+        keep("jwks", requests.get(f"{url}/.well-known/jwks.json", timeout=10))
     finally:
         server.stop()
     log = server.log()
