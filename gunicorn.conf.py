@@ -106,8 +106,14 @@ logger_class = RedactingLogger
 _METRICS_PREFIX = "linksvc-metrics-"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     import tempfile
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-        prefix=_METRICS_PREFIX, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    _parent = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    # A master killed outright (SIGKILL) leaves its directory behind: remove those of dead masters.
+    for _old in os.listdir(_parent) if os.path.isdir("/proc/self") else ():
+        _pid = _old[len(_METRICS_PREFIX):].split("-", 1)[0]
+        if _old.startswith(_METRICS_PREFIX) and _pid.isdigit() and not os.path.exists(f"/proc/{_pid}"):
+            import shutil
+            shutil.rmtree(os.path.join(_parent, _old), ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=_parent)
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]

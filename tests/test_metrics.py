@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -256,7 +257,13 @@ def test_gunicorn_without_a_named_directory_makes_and_removes_its_own(tmp_path: 
     env = base_env(tmp_path / "instance")
     created = prepare_instance(env)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # What a master killed with SIGKILL leaves behind (pid 4194305 is above Linux's pid_max).
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    orphan = shm / "linksvc-metrics-4194305-orphan"
+    orphan.mkdir(exist_ok=True)
+    (orphan / "counter_1.db").write_bytes(b"")
     server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    assert not orphan.exists()
     try:
         h = {"Authorization": f"Bearer {created['api_key']}"}
         for i in range(6):
