@@ -205,4 +205,5 @@ def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str
 def _same_press(rec: ledger.LinkRecord | None, ch: str, now: int) -> bool:
     return (rec is not None and rec.state == ledger.CONSUMED and rec.state_via == "page"
             and rec.completion_hash is not None and hmac.compare_digest(rec.completion_hash, ch)
-            and rec.state_at is not None and 0 <= now - rec.state_at <= DOUBLE_SUBMIT_WINDOW)
+            # Either order: a press that read the clock just before the winner did is still the same press.
+            and rec.state_at is not None and abs(now - rec.state_at) <= DOUBLE_SUBMIT_WINDOW)
