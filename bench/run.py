@@ -480,7 +480,9 @@ def draw(result: dict[str, Any], path: Path) -> None:
     for label, goal in TARGETS.items():
         hello = result["medians"].get("hello/hello", {}).get("rps")
         if hello:
-            ax.axhline(hello * goal, ls="--", lw=0.8, color="#3a7bd5" if label == "sqlite" else "#e07a1f")
+            ax.axhline(hello * goal, ls="--", lw=0.8, color="#3a7bd5" if label == "sqlite" else "#e07a1f",
+                       label=f"target on {label}: {goal:.0%} of hello")
+    ax.legend(fontsize=8)
     ax.set_title("requests/s (median of rounds; % of hello-world)")
     ax.tick_params(axis="x", rotation=45)
     ax = axes[1]
