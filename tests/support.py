@@ -90,7 +90,9 @@ def pg_database() -> Iterator[str]:
     import psycopg
     name = f"linksvc_t_{os.getpid()}_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        # template0 accepts no connections, so concurrent CREATE DATABASE calls never trip
+        # over "source database is being accessed by other users".
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
