@@ -251,6 +251,7 @@ def serve(env: dict[str, str], wsgi: str, logdir: Path, name: str) -> Iterator[A
 
 def wrk(url: str, script: str, seconds: float, **env: str) -> dict[str, Any]:
     full = {**os.environ, "BENCH_LUA_DIR": str(BENCH / "lua"), "BENCH_THREADS": str(THREADS), **env}
+    seconds = max(1, round(seconds))  # wrk takes whole seconds only
     cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s",
            "-s", str(BENCH / "lua" / script), url]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -583,7 +584,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=6, help="measured seconds per scenario per round")
-    ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--warmup", type=float, default=2)
     ap.add_argument("--soak", type=int, default=60, help="seconds of the memory soak (0: none)")
     ap.add_argument("--no-postgresql", action="store_true")
     ap.add_argument("--durable-only", action="store_true", help="skip the SQLite-on-tmpfs runs")
