@@ -106,7 +106,8 @@ def test_fuzz_verify_and_redeem_with_mutated_real_tokens(app):
         assert resp.status_code in (401, 404, 409, 410), resp.get_json()
         assert response_problems(doc, f"/api/v1/links/{action}", "post", resp.status_code, resp.mimetype,
                                  resp.get_json()) == []
-        assert token not in resp.get_data(as_text=True)
+        if len(token) >= 16:  # a short mutant (even "") is a substring of any body
+            assert token not in resp.get_data(as_text=True)
 
     run()
     print(f"mutated tokens: statuses {dict(sorted(statuses.items()))}")

@@ -236,7 +236,9 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
                             workers=3, log_path=tmp_path / "server.log")
     workers_before = _workers(server)
     links = _mint(server, headers, 150)
-    tokens = iter(links)
+    # A link whose redemption met the outage goes back in the queue, as a client would retry
+    # it, so the load cannot run dry before the database returns.
+    queue = collections.deque(links)
     lock = threading.Lock()
     results: list[tuple[float, float, str, int, str, str]] = []  # start, end, jti, status, type, code
     stop = threading.Event()
@@ -245,9 +247,10 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
         s = requests.Session()
         while not stop.is_set():
             with lock:
-                link = next(tokens, None)
+                link = queue.popleft() if queue else None
             if link is None:
                 return
+            statuses = []
             for _ in range(2):  # the redemption, then a replay
                 start = time.monotonic()
                 try:
@@ -259,6 +262,10 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
                 body = r.json() if r.headers.get("Content-Type", "").startswith("application/") else {}
                 results.append((start, time.monotonic(), link["jti"], r.status_code,
                                 r.headers.get("Content-Type", ""), body.get("code", "")))
+                statuses.append(r.status_code)
+            if statuses and statuses[0] == 503:
+                with lock:
+                    queue.append(link)
             time.sleep(0.05)
 
     threads = [threading.Thread(target=load) for _ in range(2)]
