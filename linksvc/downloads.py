@@ -313,6 +313,12 @@ def grant(grant: str) -> Response:
             or not rec.download or rec.download.get("storage") != "local":
         return _problem_page(403, "invalid", "This download link is not valid",
                              "It may be incomplete or mistyped. Ask the sender for a new link.")
+    # The grant's own expiry is signed, but a grant can never outlive the window that began
+    # when the link was consumed: even a forged-with-a-leaked-secret grant cannot re-open a
+    # consumed file for hours.
+    if rec.state_at is None or svc.now() > rec.state_at + _settings().download_url_seconds:
+        return _problem_page(410, "expired", "This download link has expired",
+                             "Download links work for a few seconds only. Ask the sender for a new link.")
     d = rec.download
     path = storage.file_path_for_serving(store, d["key"])
     mimetype = d.get("content_type") or mimetypes.guess_type(d["filename"])[0] or "application/octet-stream"
@@ -324,5 +330,5 @@ def grant(grant: str) -> Response:
     resp.headers["Content-Disposition"] = storage.content_disposition(d["filename"])
     resp.headers["Cache-Control"] = "private, no-store"
     # The file is the client's, served from our origin: never let it run as a page here.
-    resp.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; sandbox; frame-ancestors 'none'"
     return resp

@@ -256,6 +256,25 @@ def test_grant_for_a_link_not_consumed_by_download_is_refused(dl_api: Any, dl_ap
     assert dl_app.test_client().get(_grant_path(url)).status_code == 403
 
 
+def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(dl_api: Any, dl_app: Any) -> None:
+    """Even a grant made with our own secret (say, a leaked one) and an expiry hours away
+    stops working when the window that began at consumption ends."""
+    svc = dl_app.extensions["linksvc"]
+    now = svc.now()
+    svc.clock = lambda: now
+    link = dl_api.minted("download", download={"key": "public/hello.txt"})
+    http = dl_app.test_client()
+    assert http.get(f"/d/{link['token']}").status_code == 303
+    store = dl_app.extensions["linksvc.storage"]
+    url = store.presigned_url(storage.ObjectInfo(None, "public/hello.txt", None, None), jti=link["jti"],
+                              expires_in=86400, disposition="attachment", content_type=None, now=now)
+    window = svc.settings.download_url_seconds
+    svc.clock = lambda: now + window
+    assert http.get(_grant_path(url)).status_code == 200
+    svc.clock = lambda: now + window + 1
+    assert http.get(_grant_path(url)).status_code == 410
+
+
 def test_head_never_consumes(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
