@@ -46,10 +46,13 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
                       max_lifetime=max_lifetime)
     app.extensions["linksvc"] = LinkService(settings, engine, keyring)
 
-    from . import api, cli, ops
+    from . import api, cli, downloads, mail, metrics, openapi, ops, pages, ratelimit
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
-    _optional_modules(app)
+    # Each concern registers its own blueprint, hooks and services; order matters only in
+    # that rate limits and metrics wrap the blueprints registered before them.
+    for module in (pages, downloads, mail, ratelimit, metrics, openapi):
+        module.init_app(app)
     cli.init_app(app)
 
     @app.before_request
@@ -96,15 +99,3 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     return app
 
-
-def _optional_modules(app: Flask) -> None:
-    """Blueprints and services added by later capabilities register themselves here."""
-    import importlib
-    for name in ("pages", "downloads", "mail", "ratelimit", "metrics", "openapi"):
-        try:
-            module = importlib.import_module(f"linksvc.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"linksvc.{name}":
-                raise
-            continue
-        module.init_app(app)
