@@ -1,9 +1,12 @@
 """linksvc without linksvc.metrics, for measuring what the metrics cost:
-`gunicorn -c gunicorn.conf.py bench.nometrics:app`. The app factory skips an optional
-module that cannot be imported; ``None`` in ``sys.modules`` makes it so."""
+`gunicorn -c gunicorn.conf.py bench.nometrics:app`. A stand-in module whose ``init_app``
+does nothing takes the real one's place before the app is built: no hooks, no counters."""
 
 import sys
+import types
 
-sys.modules["linksvc.metrics"] = None  # type: ignore[assignment]
+_stub = types.ModuleType("linksvc.metrics")
+_stub.init_app = lambda app: None  # type: ignore[attr-defined]
+sys.modules["linksvc.metrics"] = _stub
 
 from app import app  # noqa: E402,F401
