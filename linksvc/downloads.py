@@ -25,7 +25,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from . import db, errors, ledger, storage
 from .clients import Client
 from .config import Settings
-from .html import render_failure, render_link_error, render_page
+from .html import register_error_pages, render_page
 from .service import LinkService
 
 log = logging.getLogger("linksvc.downloads")
@@ -147,16 +147,7 @@ def _missing_page() -> Response:
                          "The link was not used up. Ask the sender for a new link.")
 
 
-@bp.errorhandler(errors.LinkError)
-def _link_error(exc: errors.LinkError) -> Response:
-    return render_link_error(exc)
-
-
-@bp.errorhandler(errors.ServiceUnavailable)
-def _unavailable(exc: errors.ServiceUnavailable) -> Response:
-    resp = render_failure("unavailable", 503)
-    resp.headers["Retry-After"] = "5"
-    return resp
+register_error_pages(bp)
 
 
 @bp.errorhandler(storage.ObjectMissing)

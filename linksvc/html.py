@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, render_template
+from flask import Blueprint, Response, render_template
 
 from . import errors
 from .http import REASON_STATUS
@@ -73,3 +73,15 @@ def render_failure(reason: str, status: int | None = None) -> Response:
 def render_link_error(exc: errors.LinkError) -> Response:
     reason = page_reason(exc)
     return render_failure(reason, REASON_STATUS.get(reason, 400))
+
+
+def _service_unavailable_page(exc: errors.ServiceUnavailable) -> Response:
+    resp = render_failure("unavailable", 503)
+    resp.headers["Retry-After"] = "5"
+    return resp
+
+
+def register_error_pages(bp: Blueprint) -> None:
+    """The one mapping from link failures and outages to pages, for every browser blueprint."""
+    bp.register_error_handler(errors.LinkError, render_link_error)
+    bp.register_error_handler(errors.ServiceUnavailable, _service_unavailable_page)

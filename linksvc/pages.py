@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import codes, db, errors, ledger
 from .clients import Client
-from .html import csp, render_failure, render_link_error, render_page
+from .html import csp, register_error_pages, render_failure, render_page
 from .service import PAGE_PURPOSES, LinkService, Verified
 
 log = logging.getLogger("linksvc.pages")
@@ -253,16 +253,7 @@ def _done(client: Client, rec: ledger.LinkRecord, *, repeated: bool) -> Response
 
 # -- errors: one template family ----------------------------------------------------
 
-@bp.errorhandler(errors.LinkError)
-def _link_error(exc: errors.LinkError) -> Response:
-    return render_link_error(exc)
-
-
-@bp.errorhandler(errors.ServiceUnavailable)
-def _unavailable(exc: errors.ServiceUnavailable) -> Response:
-    resp = render_failure("unavailable", 503)
-    resp.headers["Retry-After"] = "5"
-    return resp
+register_error_pages(bp)
 
 
 @bp.errorhandler(HTTPException)

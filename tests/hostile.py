@@ -54,7 +54,7 @@ def _alg_none_no_kid(app: Any, token: str) -> str:
 
 
 def _flip_signature(app: Any, token: str) -> str:
-    head, body, sig = token.rsplit(".", 2)[0], token.split(".")[1], token.split(".")[2]
+    body, sig = token.split(".")[1], token.split(".")[2]
     raw = bytearray(forge.base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
     raw[5] ^= 0x01
     return f"{token.split('.')[0]}.{body}.{forge.b64(bytes(raw))}"

@@ -170,3 +170,16 @@ def race(url: str, n: int, payload: dict, headers: dict[str, str]) -> list[int]:
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(one, range(n)))
+
+
+def dump_database(url: str) -> str:
+    """Every row of every table, as text: for asserting that a secret was never stored."""
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    parts = []
+    with engine.connect() as conn:
+        for table in sa.inspect(engine).get_table_names():
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
+                parts.append(repr(tuple(row)))
+    engine.dispose()
+    return "\n".join(parts)

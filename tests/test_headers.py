@@ -23,12 +23,11 @@ from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
 from flask import Flask
 
 from . import forge
 from .conftest import _prepare, make_api_user
-from .support import base_env, free_port, prepare_instance, start_gunicorn
+from .support import base_env, dump_database, free_port, prepare_instance, start_gunicorn
 
 #: Routes allowed to be cached, and what their Cache-Control must still say.
 CACHEABLE = {"ops.jwks": "public", "static": ""}
@@ -167,15 +166,6 @@ def test_jwks_is_cacheable_but_short(client):
 
 # -- leaks -----------------------------------------------------------------------------
 
-def _dump_database(url: str) -> str:
-    engine = sa.create_engine(url)
-    parts = []
-    with engine.connect() as conn:
-        for table in sa.inspect(engine).get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                parts.append(repr(tuple(row)))
-    engine.dispose()
-    return "\n".join(parts)
 
 
 @pytest.mark.slow
@@ -251,7 +241,7 @@ def test_no_secret_reaches_a_log_the_database_a_page_or_an_error(tmp_path):
     finally:
         server.stop()
     log = server.log()
-    stored = _dump_database(env["LINKSVC_DATABASE_URL"])
+    stored = dump_database(env["LINKSVC_DATABASE_URL"])
     assert '"jti"' in log
     for name, secret in secrets_seen.items():
         needles = {secret}

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 import requests
-import sqlalchemy as sa
 
-from .support import base_env, prepare_instance, start_gunicorn
+from .support import base_env, dump_database, prepare_instance, start_gunicorn
 
 pytestmark = pytest.mark.slow
 
 
-def _dump_database(url: str) -> str:
-    engine = sa.create_engine(url)
-    parts = []
-    with engine.connect() as conn:
-        for table in sa.inspect(engine).get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                parts.append(repr(tuple(row)))
-    engine.dispose()
-    return "\n".join(parts)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -53,7 +43,7 @@ def test_no_secret_in_logs_or_database(tmp_path, request, backend):
         server.stop()
     log = server.log()
     assert '"jti"' in log, "the structured log should name the jti"
-    stored = _dump_database(env["LINKSVC_DATABASE_URL"])
+    stored = dump_database(env["LINKSVC_DATABASE_URL"])
     for secret in secrets:
         for needle in (secret, secret.split(".")[-1] if "." in secret else secret[4:]):
             assert needle not in log

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from linksvc import openapi
 
-from .conftest import REDIRECT, ApiUser, make_api_user
+from .conftest import REDIRECT, ApiUser
 
 # -- the checkers ---------------------------------------------------------------------
 
