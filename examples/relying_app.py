@@ -176,6 +176,10 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         try:
             result = linksvc.exchange(code)
         except LinksvcError as exc:
+            if exc.code == "code_used" and g.session is not None:
+                # A double click: the browser's first press already signed it in here, and
+                # linksvc sent the second press back with the same (spent) code.
+                return redirect("/reset" if g.session.kind == "reset" else "/", code=303)
             return page("error.html", 400, reason=exc.code)
         except (requests.RequestException, ValueError):
             return page("error.html", 502, reason="linksvc_unavailable")

@@ -80,8 +80,7 @@ class Exchanged:
 class Completion:
     """The outcome of a button press.
 
-    ``code`` is ``None`` when there is nothing (more) to hand over: the link has no
-    redirect URI, or a repeated press came after the code was exchanged or expired.
+    ``code`` is ``None`` when there is nothing to hand over: the link has no redirect URI.
     """
 
     record: ledger.LinkRecord
@@ -117,17 +116,6 @@ def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl:
                                                         expires_at=now + ttl, used_at=None))
     except sa.exc.IntegrityError:
         pass  # the racing press inserted the same row first
-
-
-def _state(engine: Engine, code: str, now: int) -> str:
-    """``usable``, ``used``, ``expired`` or ``missing`` for a code (no client check)."""
-    with db.read(engine) as conn:
-        row = conn.execute(sa.select(db.codes).where(db.codes.c.code_hash == hash_code(code))).mappings().first()
-    if row is None:
-        return "missing"
-    if row["used_at"] is not None:
-        return "used"
-    return "expired" if row["expires_at"] <= now else "usable"
 
 
 def exchange(engine: Engine, code: Any, *, client_id: str, now: int) -> Exchanged:
@@ -197,8 +185,11 @@ def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str
         return Completion(rec, None, repeated)
     code = derive(secret, rec.jti, nonce)
     store(service.engine, code, jti=rec.jti, client_id=rec.client_id, now=now, ttl=service.settings.code_ttl)
-    if repeated and _state(service.engine, code, now) != "usable":
-        return Completion(rec, None, repeated)
+    # A repeated press goes back to the application with the same code even when the
+    # application has already exchanged it: in a double click the browser may show the
+    # second answer, not the first, and the application (which set its session in this very
+    # browser while handling the first) recognises the signed-in browser. Re-sending a
+    # spent code grants nothing: it cannot be exchanged twice.
     return Completion(rec, code, repeated)
 
 

@@ -178,11 +178,14 @@ def test_double_press_same_browser_reaches_same_completion(api, app, client):
     second = press(client, link["token"], csrf)
     assert first.status_code == second.status_code == 303
     assert first.headers["Location"] == second.headers["Location"]
-    # Once the application has exchanged the code, a further press shows a "done" page, not a second code.
+    # Once the application has exchanged the code, a further press still goes back to the
+    # application (whose session is in this browser) with the same, now spent, code.
     code = code_of(first.headers["Location"])
     assert api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers).status_code == 200
     third = press(client, link["token"], csrf)
-    assert third.status_code == 200 and reason_of(third) == "completed"
+    assert third.status_code == 303 and third.headers["Location"] == first.headers["Location"]
+    resp = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
+    assert resp.status_code == 409 and resp.get_json()["code"] == "code_used"
 
 
 def test_double_press_window_closes(api, app, client):
