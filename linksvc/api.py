@@ -18,7 +18,8 @@ from . import errors
 from .clients import Client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
-from .service import LinkService
+from .service import SUBJECT_RE, LinkService
+from .tokens import JTI_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -236,7 +237,9 @@ def redeem() -> Response:
 
 
 def _check_jti(jti: str) -> str:
-    if len(jti) > 64:
+    # Only the minted form can name a link; anything else (a NUL byte, which PostgreSQL
+    # refuses in text, or a 10 kB string) is answered before it reaches the database.
+    if not JTI_RE.fullmatch(jti):
         raise errors.UnknownLink()
     return jti
 
@@ -266,6 +269,9 @@ def revoke_subject(subject: str) -> Response:
         if not purposes or not all(isinstance(p, str) and p in PURPOSES for p in purposes):
             raise BadRequest(422, "invalid_field", f"purposes must be a non-empty list of {', '.join(PURPOSES)}.",
                              field="purposes")
+    if not SUBJECT_RE.fullmatch(subject):
+        raise BadRequest(422, "invalid_field", "subject must be 1-255 printable ASCII characters without spaces.",
+                         field="subject")
     n = service().revoke_subject(current_client(), subject, purposes)
     return jsonify({"subject": subject, "revoked": n})
 

@@ -24,7 +24,8 @@ log = logging.getLogger("linksvc.links")
 
 PAGE_PURPOSES = ("magic_link", "password_reset")
 _EMAILISH = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_SUBJECT_RE = re.compile(r"[\x21-\x7e]{1,255}")
+#: A subject as minted: opaque, printable ASCII, no spaces.
+SUBJECT_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ class LinkService:
         if purpose not in client.purposes:
             raise errors.RequestRefused("purpose_not_allowed", f"This client may not mint {purpose} links.", kind="forbidden",
                                         field="purpose")
-        if not _SUBJECT_RE.fullmatch(subject):
+        if not SUBJECT_RE.fullmatch(subject):
             raise errors.RequestRefused("invalid_field", "subject must be 1-255 printable ASCII characters without spaces.",
                                         field="subject")
         # Claims are readable by anyone who holds the link, so an e-mail address there leaks.

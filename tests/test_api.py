@@ -274,3 +274,28 @@ def test_no_key_yet_is_503_not_500(tmp_path, migrated_sqlite):
     resp = user.mint()
     assert resp.status_code == 503 and "init-db" in resp.get_json()["detail"]
     json.dumps(resp.get_json())
+
+
+def test_path_parameters_never_reach_postgresql_malformed(pg_url, tmp_path):
+    """A NUL byte in a jti or subject path parameter is refused before the database, which
+    would otherwise raise (PostgreSQL text cannot hold NUL) — on the real server."""
+    from linksvc import create_app, db, keys, migrate
+    from .conftest import make_api_user
+    from .support import base_env
+    app = create_app(base_env(tmp_path, pg_url))
+    svc = app.extensions["linksvc"]
+    migrate.upgrade(svc.engine)
+    with db.write(svc.engine) as conn:
+        keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, svc.now())
+    user = make_api_user(app)
+    try:
+        link = user.minted()
+        for jti in ("%00", "a%00b", "x" * 300, "%E2%98%83"):
+            assert user.http.get(f"/api/v1/links/{jti}", headers=user.headers).get_json()["code"] == "unknown_link"
+            assert user.http.delete(f"/api/v1/links/{jti}", headers=user.headers).status_code == 404
+        for subject in ("%00", "a%20b", "x" * 300):
+            resp = user.http.post(f"/api/v1/subjects/{subject}/revoke", headers=user.headers)
+            assert resp.status_code == 422 and resp.get_json()["field"] == "subject"
+        assert user.status(link["jti"]).get_json()["state"] == "issued"
+    finally:
+        svc.engine.dispose()
