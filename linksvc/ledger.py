@@ -82,6 +82,20 @@ def add_event(conn: Connection, jti: str, event: str, now: int, *, reason: str |
     conn.execute(_INSERT_EVENT, {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor})
 
 
+#: A leaked link replayed in a loop must not grow its history without bound.
+MAX_REJECTION_EVENTS = 20
+
+
+def add_rejection(conn: Connection, jti: str, now: int, *, reason: str, via: str | None = None,
+                  actor: str | None = None) -> None:
+    """Note a refused attempt in the link's history, up to :data:`MAX_REJECTION_EVENTS`."""
+    e = db.link_events.c
+    seen = conn.execute(sa.select(sa.func.count()).select_from(db.link_events)
+                        .where(e.jti == jti, e.event == "rejected")).scalar_one()
+    if seen < MAX_REJECTION_EVENTS:
+        add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
+
+
 def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int) -> int:
     """Insert ``rec``; with ``supersede``, first retire the same client's outstanding links
     for this subject and purpose. Returns how many were superseded."""
@@ -141,7 +155,7 @@ def consume(engine: Engine, *, jti: str, client_id: str, purpose: str, subject: 
             failure = exc
         if rec is not None and rec.client_id == client_id:
             # Committed with the transaction: the history shows the replay attempt.
-            add_event(conn, jti, "rejected", now, reason=failure.reason, via=via, actor=actor)
+            add_rejection(conn, jti, now, reason=failure.reason, via=via, actor=actor)
     raise failure
 
 
@@ -152,7 +166,7 @@ def record_rejection(engine: Engine, jti: str, client_id: str | None, reason: st
         with db.write(engine) as conn:
             rec = get(conn, jti)
             if rec is not None and (client_id is None or rec.client_id == client_id):
-                add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
+                add_rejection(conn, jti, now, reason=reason, via=via, actor=actor)
     except errors.ServiceUnavailable:
         pass
 
@@ -161,7 +175,9 @@ def _change_outstanding(conn: Connection, state: str, now: int, *, via: str, det
                         client_id: str, subject: str | None = None, purposes: Collection[str] | None = None,
                         jti: str | None = None) -> int:
     t = db.links
-    cond = [t.c.client_id == client_id, t.c.state == ISSUED, t.c.exp >= now]
+    # A token still verifies up to the clock-skew leeway past its exp, so a link in that
+    # window must still be revocable (and supersedable); the largest leeway allowed covers it.
+    cond = [t.c.client_id == client_id, t.c.state == ISSUED, t.c.exp >= now - HARD_MAX_LEEWAY]
     if subject is not None:
         cond.append(t.c.subject == subject)
     if purposes:

@@ -28,6 +28,22 @@ _EMAILISH = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SUBJECT_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
+MAX_DATA_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (so any input is safe to measure)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_DATA_DEPTH:
+                return level
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 @dataclasses.dataclass(frozen=True)
 class Minted:
     token: str
@@ -112,6 +128,11 @@ class LinkService:
             if self.download_checker is None:
                 raise errors.ServiceUnavailable("storage", "Download storage is not configured.")
             download = self.download_checker(client, download)
+        if data is not None and _depth(data) > MAX_DATA_DEPTH:
+            # Deep nesting parses, but re-serialising it deeper in the stack at redemption
+            # could exhaust the recursion limit after the link is consumed.
+            raise errors.RequestRefused("data_too_deep", f"data may nest at most {MAX_DATA_DEPTH} levels.",
+                                        field="data")
         if data is not None and len(json.dumps(data, separators=(",", ":"))) > s.max_data_bytes:
             raise errors.RequestRefused("data_too_large", f"data must serialise to at most {s.max_data_bytes} bytes.",
                                         field="data")
@@ -135,10 +156,20 @@ class LinkService:
     # -- verifying and redeeming -------------------------------------------------------
 
     def check_token(self, token: Any, *, purposes: Collection[str], audience: str | None, now: int) -> tokens.Claims:
-        """Steps 1-3 of verification (no ledger). Raises LinkError."""
+        """Steps 1-3 of verification (no ledger). Raises LinkError.
+
+        With ``audience=None`` (the end-user pages and downloads, where no client is
+        authenticated) the token's client must exist and be enabled: a disabled
+        application's links stop working everywhere, as its API key does.
+        """
         s = self.settings
-        return tokens.verify(token, keys=self.keyring, issuer=s.issuer, purposes=purposes, audience=audience,
-                             now=now, leeway=s.leeway, ceilings=s.max_ttl).claims
+        claims = tokens.verify(token, keys=self.keyring, issuer=s.issuer, purposes=purposes, audience=audience,
+                               now=now, leeway=s.leeway, ceilings=s.max_ttl).claims
+        if audience is None:
+            client = self.client(claims.aud)
+            if client is None or client.disabled:
+                raise errors.UnknownLink(jti=claims.jti)
+        return claims
 
     def verify(self, token: Any, *, purposes: Collection[str], audience: str | None, now: int | None = None,
                via: str = "api") -> Verified:
