@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(ROOT))
 
-from tests.support import PG_ADMIN_URL, base_env, flask_cli, pg_available, start_gunicorn  # noqa: E402
+from tests.support import PG_ADMIN_URL, base_env, flask_cli, fresh_pg_database, pg_available, start_gunicorn  # noqa: E402
 
 WORKERS = 2
 CONNECTIONS = 8
@@ -171,15 +170,8 @@ def pg_bench_database() -> Iterator[str]:
     ok, why = pg_available()
     if not ok:
         raise SystemExit(f"PostgreSQL at {PG_ADMIN_URL} is not available: {why}")
-    import psycopg
-    name = f"linksvc_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("linksvc_bench") as url:
+        yield url
 
 
 class Instance:

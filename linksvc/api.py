@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import errors
+from . import codes, errors
 from .clients import Client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
@@ -285,7 +285,6 @@ def exchange_code() -> Response:
     ``invalid_code`` (404) for an unknown code or another client's (which is not spent),
     ``code_used`` (409), ``code_expired`` (410).
     """
-    from . import codes
     f = fields(json_body(), {"code": (str, True)})
     svc = service()
     try:

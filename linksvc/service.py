@@ -197,8 +197,9 @@ class LinkService:
             rec = ledger.consume(self.engine, jti=claims.jti, client_id=claims.aud, purpose=claims.pur,
                                  subject=claims.sub, now=now, via=via, actor=actor, completion_hash=completion_hash)
         except errors.LinkError as exc:
-            self._rejected(exc, audience, now, via=via, action="redeem", recorded=isinstance(exc, errors.Used)
-                           or isinstance(exc, (errors.Revoked, errors.Superseded)), purposes=purposes)
+            # consume() has already written the history of a link that left ``issued``.
+            self._rejected(exc, audience, now, via=via, action="redeem", purposes=purposes,
+                           recorded=isinstance(exc, (errors.Used, errors.Revoked, errors.Superseded)))
             raise
         log.info("link redeemed", extra={"jti": rec.jti, "client": rec.client_id, "purpose": rec.purpose,
                                          "outcome": "consumed", "via": via})

@@ -82,13 +82,21 @@ def pg_available() -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the machine's server; dropped afterwards."""
+def pg_database(prefix: str = "linksvc_t") -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the machine's server; dropped afterwards.
+    Where the server is absent: skipped, or a failure in CI (see :func:`missing`)."""
     ok, why = pg_available()
     if not ok:
         missing("PostgreSQL at 127.0.0.1:5432", why)
+    with fresh_pg_database(prefix) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """Create a uniquely named database (``prefix_…``) and drop it afterwards."""
     import psycopg
-    name = f"linksvc_t_{os.getpid()}_{secrets.token_hex(4)}"
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         # template0 accepts no connections, so concurrent CREATE DATABASE calls never trip
         # over "source database is being accessed by other users".
@@ -183,3 +191,11 @@ def dump_database(url: str) -> str:
                 parts.append(repr(tuple(row)))
     engine.dispose()
     return "\n".join(parts)
+
+
+def mint_download(url: str, headers: dict[str, str], subject: str, **download: object) -> dict:
+    """Mint a download link over HTTP (``download`` as the API takes it); asserts 201."""
+    resp = requests.post(f"{url}/api/v1/links", json={"purpose": "download", "subject": subject,
+                                                       "download": download}, headers=headers, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()

@@ -20,11 +20,12 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from linksvc import create_app, storage
+from linksvc import clients as clients_mod
+from linksvc import create_app, db, ledger, storage
 
 from . import forge, hostile
 from .conftest import _prepare, make_api_user
-from .support import base_env, missing, prepare_instance, start_gunicorn
+from .support import base_env, mint_download, missing, prepare_instance, start_gunicorn
 
 #: File names every backend must deliver exactly (issue 5, "What it must show" 3).
 NAMES = ["résumé 2026.pdf", "报告.pdf", 'a"b;c.txt', ("x" * 96 + "-é-" + "y" * 97 + ".bin")[:196] + ".bin"]
@@ -275,6 +276,19 @@ def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(dl_api: Any,
     assert http.get(_grant_path(url)).status_code == 410
 
 
+def test_disabled_clients_download_links_stop_working(dl_api: Any, dl_app: Any) -> None:
+    link = dl_api.minted("download", download={"key": "public/hello.txt"})
+    svc = dl_app.extensions["linksvc"]
+    with db.write(svc.engine) as conn:
+        clients_mod.update(conn, dl_api.client.id, disabled=True)
+    http = dl_app.test_client()
+    for method in ("head", "get"):
+        resp = getattr(http, method)(f"/d/{link['token']}")
+        assert resp.status_code == 400, resp.status_code
+    with db.read(svc.engine) as conn:
+        assert ledger.get(conn, link["jti"]).state == "issued"
+
+
 def test_head_never_consumes(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
@@ -397,10 +411,7 @@ def _put_local(files: Path, data: bytes) -> str:
 
 
 def _mint(srv: dict[str, Any], **download: Any) -> dict[str, Any]:
-    resp = requests.post(f"{srv['url']}/api/v1/links", json={"purpose": "download", "subject": "user-7",
-                                                              "download": download}, headers=srv["headers"], timeout=10)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+    return mint_download(srv["url"], srv["headers"], "user-7", **download)
 
 
 def test_local_end_to_end_exact_bytes_then_used(local_server: dict[str, Any]) -> None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from linksvc import clients as clients_mod
-from linksvc import db, ledger
-
-from .test_downloads import dl_api, dl_app, files  # noqa: F401 - fixtures
+from linksvc import ledger
 
 
 def _at(app, t):
@@ -30,19 +27,6 @@ def test_revoke_and_supersede_reach_links_inside_the_leeway_after_exp(app, api):
     resp = api.http.post("/api/v1/subjects/user-8/revoke", headers=api.headers)
     assert resp.get_json()["revoked"] == 1
     assert api.redeem(by_subject["token"]).get_json()["code"] == "revoked"
-
-
-def test_disabled_clients_download_links_stop_working(dl_app, dl_api):  # noqa: F811
-    link = dl_api.minted("download", download={"key": "public/hello.txt"})
-    svc = dl_app.extensions["linksvc"]
-    with db.write(svc.engine) as conn:
-        clients_mod.update(conn, dl_api.client.id, disabled=True)
-    http = dl_app.test_client()
-    for method in ("head", "get"):
-        resp = getattr(http, method)(f"/d/{link['token']}")
-        assert resp.status_code == 400, resp.status_code
-    with db.read(svc.engine) as conn:
-        assert ledger.get(conn, link["jti"]).state == "issued"
 
 
 def test_deeply_nested_data_is_refused_at_mint(api):

@@ -24,7 +24,7 @@ from linksvc.downloads import check_download
 from linksvc.storage import S3Storage
 
 from .conftest import _prepare, make_api_user
-from .support import ROOT, base_env, free_port, missing, prepare_instance, start_gunicorn
+from .support import ROOT, base_env, free_port, mint_download, missing, prepare_instance, start_gunicorn
 from .test_downloads import NAMES, browser_downloads, check_disposition, link_state
 
 S3RVER_DIR = ROOT / "tests" / "s3rver"
@@ -109,10 +109,7 @@ def _put(srv: dict[str, Any], data: bytes, bucket: str = BUCKET) -> str:
 
 
 def _mint(srv: dict[str, Any], **download: Any) -> dict[str, Any]:
-    resp = requests.post(f"{srv['url']}/api/v1/links", json={"purpose": "download", "subject": "user-9",
-                                                              "download": download}, headers=srv["headers"], timeout=10)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+    return mint_download(srv["url"], srv["headers"], "user-9", **download)
 
 
 def _click(url: str) -> str:
