@@ -36,7 +36,14 @@ run: init-db
 serve: init-db
 	$(BIN)/gunicorn -c gunicorn.conf.py app:app
 
-test: venv-test init-db
+# s3rver, the real S3-API server of the download tests, from the committed lock file. Without
+# npm the S3 tests skip and say why (in CI, where CI=true, they fail instead).
+S3RVER := tests/s3rver/node_modules/.bin/s3rver
+$(S3RVER): tests/s3rver/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/s3rver && npm ci --no-audit --no-fund && touch node_modules/.bin/s3rver; \
+	 else echo "npm not found: the S3 download tests will skip"; fi
+
+test: venv-test init-db $(S3RVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The side-by-side benchmark (bench/README.md): Flask hello-world vs linksvc on SQLite and
