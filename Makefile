@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 export FLASK_APP := app
 
-.PHONY: run test serve init-db venv venv-test bench clean
+.PHONY: run test lint serve init-db venv venv-test bench clean
 
 # Reinstall whenever a requirements file changes.
 $(VENV)/.runtime: requirements.txt
@@ -42,6 +42,12 @@ S3RVER := tests/s3rver/node_modules/.bin/s3rver
 $(S3RVER): tests/s3rver/package-lock.json
 	@if command -v npm >/dev/null; then cd tests/s3rver && npm ci --no-audit --no-fund && touch node_modules/.bin/s3rver; \
 	 else echo "npm not found: the S3 download tests will skip"; fi
+
+# ruff (lint and format check) and mypy (strict on linksvc/); configuration in pyproject.toml.
+lint: venv-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy linksvc app.py
 
 test: venv-test init-db $(S3RVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -41,13 +41,17 @@ limit_request_line = 8190
 max_requests = 0
 accesslog = "-"
 errorlog = "-"
-access_log_format = ('{"remote":"%(h)s","request":"%(r)s","status":%(s)s,"bytes":"%(b)s","ms":%(M)s,'
-                     '"request_id":"%({x-request-id}o)s"}')
+access_log_format = (
+    '{"remote":"%(h)s","request":"%(r)s","status":%(s)s,"bytes":"%(b)s","ms":%(M)s,'
+    '"request_id":"%({x-request-id}o)s"}'
+)
 
 _SECRET_PATH = re.compile(r"/(l|d|dl)/[^\s?#\"/]+", re.IGNORECASE)
 # A compact JWS (dots possibly percent-encoded) or an API key, wherever it appears.
-_TOKENISH = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]*"
-                       r"|lsk_[A-Za-z0-9_-]{8,}")
+_TOKENISH = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]*"
+    r"|lsk_[A-Za-z0-9_-]{8,}"
+)
 # Query values: linksvc takes no secrets in query strings, but a caller may put one there.
 _QUERY_VALUE = re.compile(r"([?&][^=&\s\"#?]*=)[^&\s\"#]+")
 
@@ -74,7 +78,9 @@ class _RedactFilter(logging.Filter):
         record.msg = redact(record.getMessage())
         record.args = None
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+            record.exc_text = redact(
+                "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            )
         return True
 
 
@@ -106,14 +112,22 @@ logger_class = RedactingLogger
 _METRICS_PREFIX = "linksvc-metrics-"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     import tempfile
+
     _parent = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     # A master killed outright (SIGKILL) leaves its directory behind: remove those of dead masters.
     for _old in os.listdir(_parent) if os.path.isdir("/proc/self") else ():
-        _pid = _old[len(_METRICS_PREFIX):].split("-", 1)[0]
-        if _old.startswith(_METRICS_PREFIX) and _pid.isdigit() and not os.path.exists(f"/proc/{_pid}"):
+        _pid = _old[len(_METRICS_PREFIX) :].split("-", 1)[0]
+        if (
+            _old.startswith(_METRICS_PREFIX)
+            and _pid.isdigit()
+            and not os.path.exists(f"/proc/{_pid}")
+        ):
             import shutil
+
             shutil.rmtree(os.path.join(_parent, _old), ignore_errors=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=_parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=_parent
+    )
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
@@ -128,11 +142,13 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     # A dead worker's counters still count; its live gauges must not.
     from prometheus_client import multiprocess
+
     multiprocess.mark_process_dead(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
     import shutil
+
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if os.path.basename(path).startswith(_METRICS_PREFIX):
         shutil.rmtree(path, ignore_errors=True)

@@ -6,7 +6,7 @@ import sys
 import types
 
 _stub = types.ModuleType("linksvc.metrics")
-_stub.init_app = lambda app: None  # type: ignore[attr-defined]
+_stub.init_app = lambda _app: None  # type: ignore[attr-defined]
 sys.modules["linksvc.metrics"] = _stub
 
 from app import app  # noqa: E402,F401

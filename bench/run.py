@@ -40,7 +40,14 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(ROOT))
 
-from tests.support import PG_ADMIN_URL, base_env, flask_cli, fresh_pg_database, pg_available, start_gunicorn  # noqa: E402
+from tests.support import (  # noqa: E402
+    PG_ADMIN_URL,
+    base_env,
+    flask_cli,
+    fresh_pg_database,
+    pg_available,
+    start_gunicorn,
+)
 
 WORKERS = 2
 CONNECTIONS = 8
@@ -56,16 +63,35 @@ def log(msg: str) -> None:
 
 # -- the machine ---------------------------------------------------------------------------
 
+
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")))
-    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "wrk": (wrk_version[0] if wrk_version else "wrk").split(" [")[0],
-            "loadavg_at_start": os.getloadavg()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    )
+    wrk_version = subprocess.run(
+        ["wrk", "--version"], capture_output=True, text=True
+    ).stdout.splitlines()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": (wrk_version[0] if wrk_version else "wrk").split(" [")[0],
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def ensure_wrk() -> None:
@@ -79,6 +105,7 @@ def ensure_wrk() -> None:
 
 
 # -- the floor, in-process -------------------------------------------------------------------
+
 
 def per_op_us(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
     """Best of ``repeats`` of the mean time of ``n`` calls, in microseconds (timeit's rule:
@@ -102,18 +129,34 @@ def crypto_floor(n: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     now = int(time.time())
-    for alg, private in (("ES256", ec.generate_private_key(ec.SECP256R1())),
-                         ("EdDSA", ed25519.Ed25519PrivateKey.generate()),
-                         ("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))):
+    for alg, private in (
+        ("ES256", ec.generate_private_key(ec.SECP256R1())),
+        ("EdDSA", ed25519.Ed25519PrivateKey.generate()),
+        ("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+    ):
         public = private.public_key()
-        claims = {"iss": "http://bench", "aud": "cl_bench", "sub": "user-42", "pur": "magic_link",
-                  "jti": tokens.new_jti(), "iat": now, "nbf": now, "exp": now + 300}
+        claims = {
+            "iss": "http://bench",
+            "aud": "cl_bench",
+            "sub": "user-42",
+            "pur": "magic_link",
+            "jti": tokens.new_jti(),
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+        }
         headers = {"kid": "k1", "typ": "link+jwt"}
         token = jwt.encode(claims, private, algorithm=alg, headers=headers)
         row: dict[str, float] = {
-            "pyjwt_sign_us": per_op_us(lambda: jwt.encode(claims, private, algorithm=alg, headers=headers), n),
-            "pyjwt_verify_us": per_op_us(lambda: jwt.decode(token, public, algorithms=[alg], audience="cl_bench",
-                                                            issuer="http://bench"), n),
+            "pyjwt_sign_us": per_op_us(
+                lambda: jwt.encode(claims, private, algorithm=alg, headers=headers), n
+            ),
+            "pyjwt_verify_us": per_op_us(
+                lambda: jwt.decode(
+                    token, public, algorithms=[alg], audience="cl_bench", issuer="http://bench"
+                ),
+                n,
+            ),
         }
 
         # linksvc's own path over the same primitive: strict parsing and every claim check.
@@ -127,9 +170,19 @@ def crypto_floor(n: int) -> dict[str, Any]:
         c = tokens.Claims(**claims)
         ours = tokens.sign(c, Keys().signing_key())
         row["linksvc_sign_us"] = per_op_us(lambda: tokens.sign(c, Keys().signing_key()), n)
-        row["linksvc_verify_us"] = per_op_us(lambda: tokens.verify(
-            ours, keys=Keys(), issuer="http://bench", purposes=["magic_link"], audience="cl_bench", now=now,
-            leeway=5, ceilings={"magic_link": 300, "password_reset": 300, "download": 300}), n)
+        row["linksvc_verify_us"] = per_op_us(
+            lambda: tokens.verify(
+                ours,
+                keys=Keys(),
+                issuer="http://bench",
+                purposes=["magic_link"],
+                audience="cl_bench",
+                now=now,
+                leeway=5,
+                ceilings={"magic_link": 300, "password_reset": 300, "download": 300},
+            ),
+            n,
+        )
         out[alg] = row
         log(f"  floor {alg}: {row}")
     return out
@@ -146,15 +199,29 @@ def ledger_floor(database_url: str, n: int) -> dict[str, float]:
     jtis: list[str] = []
 
     def insert() -> None:
-        rec = ledger.LinkRecord(jti=tokens.new_jti(), client_id="cl_floor", purpose="magic_link",
-                                subject="user-42", kid="k1", iat=now, exp=now + 300)
+        rec = ledger.LinkRecord(
+            jti=tokens.new_jti(),
+            client_id="cl_floor",
+            purpose="magic_link",
+            subject="user-42",
+            kid="k1",
+            iat=now,
+            exp=now + 300,
+        )
         with db.write(engine) as conn:
             ledger.record_mint(conn, rec, supersede=False, now=now)
         jtis.append(rec.jti)
 
     def update() -> None:
-        ledger.consume(engine, jti=jtis.pop(), client_id="cl_floor", purpose="magic_link", subject="user-42",
-                       now=now, via="api")
+        ledger.consume(
+            engine,
+            jti=jtis.pop(),
+            client_id="cl_floor",
+            purpose="magic_link",
+            subject="user-42",
+            now=now,
+            via="api",
+        )
 
     out = {"insert_tx_us": per_op_us(insert, n, repeats=3)}
     out["update_tx_us"] = per_op_us(update, n, repeats=3)
@@ -164,6 +231,7 @@ def ledger_floor(database_url: str, n: int) -> dict[str, float]:
 
 
 # -- servers ---------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def pg_bench_database() -> Iterator[str]:
@@ -177,15 +245,31 @@ def pg_bench_database() -> Iterator[str]:
 class Instance:
     """A linksvc instance (settings, database, bench client) that servers are started on."""
 
-    def __init__(self, label: str, workdir: Path, database_url: str | None, wsgi: str = "app:app") -> None:
+    def __init__(
+        self, label: str, workdir: Path, database_url: str | None, wsgi: str = "app:app"
+    ) -> None:
         self.label = label
         self.wsgi = wsgi
         instance = workdir / f"instance-{label}"
-        self.env = base_env(instance, database_url, LINKSVC_MAX_TTL_MAGIC_LINK="900", LINKSVC_LOG_LEVEL="info")
+        self.env = base_env(
+            instance, database_url, LINKSVC_MAX_TTL_MAGIC_LINK="900", LINKSVC_LOG_LEVEL="info"
+        )
         flask_cli(self.env, "init-db")
-        out = flask_cli(self.env, "clients", "create", "bench", "--purposes", "magic_link",
-                        "--redirect-uri", "http://127.0.0.1:5001/callback",
-                        "--mint-limit", "1000000 per minute", "--subject-limit", "1000000 per minute", "--json")
+        out = flask_cli(
+            self.env,
+            "clients",
+            "create",
+            "bench",
+            "--purposes",
+            "magic_link",
+            "--redirect-uri",
+            "http://127.0.0.1:5001/callback",
+            "--mint-limit",
+            "1000000 per minute",
+            "--subject-limit",
+            "1000000 per minute",
+            "--json",
+        )
         created = json.loads(out.stdout)
         self.api_key, self.client_id = created["api_key"], created["client_id"]
         self.workdir = workdir
@@ -193,6 +277,7 @@ class Instance:
     def premint(self, n: int) -> Path:
         """Sign ``n`` tokens and record them in the ledger in one transaction, as a mint would."""
         from linksvc import create_app, db, ledger, tokens
+
         app = create_app(self.env)
         svc = app.extensions["linksvc"]
         s = svc.settings
@@ -202,12 +287,32 @@ class Instance:
         lines = []
         with db.write(svc.engine) as conn:
             for i in range(n):
-                claims = tokens.Claims(iss=s.issuer, aud=self.client_id, sub=f"pre-{i}", pur="magic_link",
-                                       jti=tokens.new_jti(), iat=now, nbf=now, exp=now + 900)
+                claims = tokens.Claims(
+                    iss=s.issuer,
+                    aud=self.client_id,
+                    sub=f"pre-{i}",
+                    pur="magic_link",
+                    jti=tokens.new_jti(),
+                    iat=now,
+                    nbf=now,
+                    exp=now + 900,
+                )
                 lines.append(tokens.sign(claims, key))
-                ledger.record_mint(conn, ledger.LinkRecord(
-                    jti=claims.jti, client_id=self.client_id, purpose="magic_link", subject=claims.sub, kid=key.kid,
-                    iat=now, exp=claims.exp, redirect_uri="http://127.0.0.1:5001/callback"), supersede=False, now=now)
+                ledger.record_mint(
+                    conn,
+                    ledger.LinkRecord(
+                        jti=claims.jti,
+                        client_id=self.client_id,
+                        purpose="magic_link",
+                        subject=claims.sub,
+                        kid=key.kid,
+                        iat=now,
+                        exp=claims.exp,
+                        redirect_uri="http://127.0.0.1:5001/callback",
+                    ),
+                    supersede=False,
+                    now=now,
+                )
         svc.engine.dispose()
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -244,21 +349,33 @@ def serve(env: dict[str, str], wsgi: str, logdir: Path, name: str) -> Iterator[A
 def wrk(url: str, script: str, seconds: float, **env: str) -> dict[str, Any]:
     full = {**os.environ, "BENCH_LUA_DIR": str(BENCH / "lua"), "BENCH_THREADS": str(THREADS), **env}
     seconds = max(1, round(seconds))  # wrk takes whole seconds only
-    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s",
-           "-s", str(BENCH / "lua" / script), url]
+    cmd = [
+        "wrk",
+        f"-t{THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH / "lua" / script),
+        url,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, env=full, timeout=seconds + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
-    res = json.loads(line[len("WRKJSON "):])
+    res = json.loads(line[len("WRKJSON ") :])
     # The load generator's own CPU, in cores: evidence that it is not what limits a run.
-    res["wrk_cpu_cores"] = round((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds, 2)
+    res["wrk_cpu_cores"] = round(
+        (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds, 2
+    )
     return res
 
 
 # -- the rounds ------------------------------------------------------------------------------
+
 
 def _tmpfs() -> str | None:
     return "/dev/shm" if Path("/dev/shm").is_dir() else None
@@ -273,20 +390,30 @@ def run_hello(workdir: Path, seconds: float, warmup: float) -> dict[str, Any]:
     return {"hello": res}
 
 
-def run_linksvc(inst: Instance, workdir: Path, seconds: float, warmup: float,
-                expected_rps: float) -> dict[str, Any]:
+def run_linksvc(
+    inst: Instance, workdir: Path, seconds: float, warmup: float, expected_rps: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # Enough first-use tokens for the fastest plausible redeem run, and then some.
     tokens_file = inst.premint(int(max(expected_rps, 800) * 2.5 * (seconds + warmup)))
     auth = {"BENCH_API_KEY": inst.api_key}
-    with serve({**inst.env, "PYTHONPATH": str(ROOT)}, inst.wsgi, workdir, f"linksvc-{inst.label}") as server:
+    with serve(
+        {**inst.env, "PYTHONPATH": str(ROOT)}, inst.wsgi, workdir, f"linksvc-{inst.label}"
+    ) as server:
         wrk(server.url, "mint.lua", warmup, **auth)
         out["mint"] = wrk(server.url, "mint.lua", seconds, **auth)
         import requests
-        token = requests.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": "verify-me"},
-                              headers={"Authorization": f"Bearer {inst.api_key}"}, timeout=10).json()["token"]
+
+        token = requests.post(
+            server.url + "/api/v1/links",
+            json={"purpose": "magic_link", "subject": "verify-me"},
+            headers={"Authorization": f"Bearer {inst.api_key}"},
+            timeout=10,
+        ).json()["token"]
         out["verify"] = wrk(server.url, "verify.lua", seconds, BENCH_TOKEN=token, **auth)
-        out["redeem"] = wrk(server.url, "redeem.lua", seconds, BENCH_TOKENS_FILE=str(tokens_file), **auth)
+        out["redeem"] = wrk(
+            server.url, "redeem.lua", seconds, BENCH_TOKENS_FILE=str(tokens_file), **auth
+        )
         rss = [rss_mb(p) for p in worker_pids(server.proc.pid)]
         for scenario in SCENARIOS:
             out[scenario]["rss_mb"] = rss
@@ -305,13 +432,28 @@ def soak(inst: Instance, workdir: Path, seconds: int, step: int = 10) -> dict[st
         samples.append({"t": 0.0, "rss_mb": {str(p): rss_mb(p) for p in pids}, "rps": None})
         while time.monotonic() - t0 < seconds - 0.5:
             res = wrk(server.url, "mint.lua", step, **auth)
-            samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": {str(p): rss_mb(p) for p in pids},
-                            "rps": res["rps"], "p99_ms": res["p99_ms"], "non2xx": res["non2xx"]})
+            samples.append(
+                {
+                    "t": round(time.monotonic() - t0, 1),
+                    "rss_mb": {str(p): rss_mb(p) for p in pids},
+                    "rps": res["rps"],
+                    "p99_ms": res["p99_ms"],
+                    "non2xx": res["non2xx"],
+                }
+            )
             log(f"  soak t={samples[-1]['t']}s rps={res['rps']:.0f} rss={samples[-1]['rss_mb']}")
         same_workers = worker_pids(server.proc.pid) == pids
-    growth = {p: round(samples[-1]["rss_mb"][p] - samples[1]["rss_mb"][p], 1) for p in samples[0]["rss_mb"]}
-    return {"seconds": seconds, "database": inst.label, "samples": samples, "same_workers": same_workers,
-            "growth_mb_after_first_step": growth}
+    growth = {
+        p: round(samples[-1]["rss_mb"][p] - samples[1]["rss_mb"][p], 1)
+        for p in samples[0]["rss_mb"]
+    }
+    return {
+        "seconds": seconds,
+        "database": inst.label,
+        "samples": samples,
+        "same_workers": same_workers,
+        "growth_mb_after_first_step": growth,
+    }
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -323,9 +465,13 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for target, scenario in sorted(keys):
         runs = [r[target][scenario] for r in rounds if target in r]
         summary[f"{target}/{scenario}"] = {
-            "rps": med([x["rps"] for x in runs]), "p50_ms": med([x["p50_ms"] for x in runs]),
-            "p99_ms": med([x["p99_ms"] for x in runs]), "non2xx": sum(x["non2xx"] for x in runs),
-            "socket_errors": sum(x["connect_errors"] + x["read_errors"] + x["timeouts"] for x in runs),
+            "rps": med([x["rps"] for x in runs]),
+            "p50_ms": med([x["p50_ms"] for x in runs]),
+            "p99_ms": med([x["p99_ms"] for x in runs]),
+            "non2xx": sum(x["non2xx"] for x in runs),
+            "socket_errors": sum(
+                x["connect_errors"] + x["read_errors"] + x["timeouts"] for x in runs
+            ),
             "rss_mb_per_worker": max(max(x["rss_mb"]) for x in runs),
             "wrk_cpu_cores": med([x["wrk_cpu_cores"] for x in runs]),
             "runs_rps": [round(x["rps"]) for x in runs],
@@ -335,15 +481,21 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     labels = sorted({k for r in rounds for k in r if k not in ("round", "hello")})
     for db_label in labels:
         for scenario in SCENARIOS:
-            per_round = [r[db_label][scenario]["rps"] / r["hello"]["hello"]["rps"] for r in rounds
-                         if db_label in r and "hello" in r]
+            per_round = [
+                r[db_label][scenario]["rps"] / r["hello"]["hello"]["rps"]
+                for r in rounds
+                if db_label in r and "hello" in r
+            ]
             if per_round:
                 ratios[f"{db_label}/{scenario}"] = round(statistics.median(per_round), 3)
     # What the metrics cost: the same instance shape with and without linksvc.metrics.
     overhead: dict[str, float] = {}
     for scenario in SCENARIOS:
-        per_round = [1 - r["sqlite-tmpfs"][scenario]["rps"] / r["sqlite-tmpfs-nometrics"][scenario]["rps"]
-                     for r in rounds if "sqlite-tmpfs" in r and "sqlite-tmpfs-nometrics" in r]
+        per_round = [
+            1 - r["sqlite-tmpfs"][scenario]["rps"] / r["sqlite-tmpfs-nometrics"][scenario]["rps"]
+            for r in rounds
+            if "sqlite-tmpfs" in r and "sqlite-tmpfs-nometrics" in r
+        ]
         if per_round:
             overhead[scenario] = round(statistics.median(per_round), 3)
     return {"medians": summary, "ratios": ratios, "metrics_cost": overhead}
@@ -355,37 +507,69 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         for scenario in ("mint", "redeem"):
             ratio = result["ratios"].get(f"{db_label}/{scenario}")
             if ratio is not None:
-                checks.append({"what": f"{scenario} rps / hello rps on {db_label}", "value": ratio, "goal": f">= {goal}",
-                               "met": ratio >= goal})
+                checks.append(
+                    {
+                        "what": f"{scenario} rps / hello rps on {db_label}",
+                        "value": ratio,
+                        "goal": f">= {goal}",
+                        "met": ratio >= goal,
+                    }
+                )
             m = result["medians"].get(f"{db_label}/{scenario}")
             if m is not None:
-                checks.append({"what": f"{scenario} p99 on {db_label} (ms)", "value": m["p99_ms"],
-                               "goal": f"<= {P99_TARGET_MS}", "met": m["p99_ms"] <= P99_TARGET_MS})
+                checks.append(
+                    {
+                        "what": f"{scenario} p99 on {db_label} (ms)",
+                        "value": m["p99_ms"],
+                        "goal": f"<= {P99_TARGET_MS}",
+                        "met": m["p99_ms"] <= P99_TARGET_MS,
+                    }
+                )
     for scenario, cost in result.get("metrics_cost", {}).items():
-        checks.append({"what": f"metrics cost on {scenario} (share of rps)", "value": cost, "goal": "<= 0.05",
-                       "met": cost <= 0.05})
+        checks.append(
+            {
+                "what": f"metrics cost on {scenario} (share of rps)",
+                "value": cost,
+                "goal": "<= 0.05",
+                "met": cost <= 0.05,
+            }
+        )
     if "soak" in result:
         growth = max(result["soak"]["growth_mb_after_first_step"].values())
-        checks.append({"what": f"RSS growth per worker over the {result['soak']['seconds']} s soak (MB)",
-                       "value": growth, "goal": "<= 5 (flat)", "met": growth <= 5})
+        checks.append(
+            {
+                "what": f"RSS growth per worker over the {result['soak']['seconds']} s soak (MB)",
+                "value": growth,
+                "goal": "<= 5 (flat)",
+                "met": growth <= 5,
+            }
+        )
     return checks
 
 
 def print_table(result: dict[str, Any]) -> None:
     print()
-    print(f"linksvc bench — {result['date']} — {result['machine']['nproc']} CPUs, {result['machine']['cpu']}, "
-          f"{result['machine']['ram_gib']} GiB; {WORKERS} gunicorn workers, wrk {CONNECTIONS} connections, "
-          f"{result['config']['rounds']} rounds × {result['config']['seconds']} s")
+    print(
+        f"linksvc bench — {result['date']} — {result['machine']['nproc']} CPUs, {result['machine']['cpu']}, "
+        f"{result['machine']['ram_gib']} GiB; {WORKERS} gunicorn workers, wrk {CONNECTIONS} connections, "
+        f"{result['config']['rounds']} rounds × {result['config']['seconds']} s"
+    )
     print()
     hello = result["medians"].get("hello/hello")
-    print(f"{'target':<22}{'rps':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'RSS MB':>8}  runs")
+    print(
+        f"{'target':<22}{'rps':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'RSS MB':>8}  runs"
+    )
     for name, m in result["medians"].items():
         ratio = result["ratios"].get(name, 1.0 if name == "hello/hello" else None)
-        print(f"{name:<22}{m['rps']:>9.0f}{(f'{ratio:.0%}' if ratio is not None else '-'):>8}{m['p50_ms']:>9.2f}"
-              f"{m['p99_ms']:>9.2f}{m['non2xx']:>9}{m['rss_mb_per_worker']:>8.1f}  {m['runs_rps']}")
+        print(
+            f"{name:<22}{m['rps']:>9.0f}{(f'{ratio:.0%}' if ratio is not None else '-'):>8}{m['p50_ms']:>9.2f}"
+            f"{m['p99_ms']:>9.2f}{m['non2xx']:>9}{m['rss_mb_per_worker']:>8.1f}  {m['runs_rps']}"
+        )
     if result.get("metrics_cost"):
-        print("metrics cost (1 - rps with / rps without linksvc.metrics, SQLite on tmpfs): "
-              + ", ".join(f"{k} {v:+.1%}" for k, v in result["metrics_cost"].items()))
+        print(
+            "metrics cost (1 - rps with / rps without linksvc.metrics, SQLite on tmpfs): "
+            + ", ".join(f"{k} {v:+.1%}" for k, v in result["metrics_cost"].items())
+        )
     if hello:
         print()
     print("floor (in-process, one core, µs per operation):")
@@ -397,11 +581,16 @@ def print_table(result: dict[str, Any]) -> None:
         s = result["soak"]
         print(f"soak: {s['seconds']} s of mints on {s['database']}; RSS per worker (MB) over time:")
         for sample in s["samples"]:
-            print(f"  t={sample['t']:>5}s  " + "  ".join(f"{v:.1f}" for v in sample["rss_mb"].values())
-                  + (f"  ({sample['rps']:.0f} rps)" if sample["rps"] else ""))
+            print(
+                f"  t={sample['t']:>5}s  "
+                + "  ".join(f"{v:.1f}" for v in sample["rss_mb"].values())
+                + (f"  ({sample['rps']:.0f} rps)" if sample["rps"] else "")
+            )
     print()
     for c in result["targets"]:
-        print(f"  [{'met' if c['met'] else 'NOT MET'}] {c['what']}: {c['value']} (goal {c['goal']})")
+        print(
+            f"  [{'met' if c['met'] else 'NOT MET'}] {c['what']}: {c['value']} (goal {c['goal']})"
+        )
     print()
 
 
@@ -409,43 +598,69 @@ def markdown(result: dict[str, Any]) -> str:
     """The table for the READMEs."""
     m = result["machine"]
     c = result["config"]
-    out = [f"Run {result['date']} on {m['nproc']} × {m['cpu']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
-           f"Python {m['python']}, {m['wrk']}; {c['workers']} gunicorn sync workers, wrk {c['connections']} "
-           f"connections, {c['rounds']} interleaved rounds × {c['seconds']} s per scenario (medians of the rounds; "
-           f"ratio = median of the per-round ratios to hello-world). Load average at start: "
-           f"{', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.", "",
-           "| target / scenario | req/s | % of hello | p50 ms | p99 ms | non-2xx | RSS/worker MB | wrk CPU (cores) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"Run {result['date']} on {m['nproc']} × {m['cpu']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}, {m['wrk']}; {c['workers']} gunicorn sync workers, wrk {c['connections']} "
+        f"connections, {c['rounds']} interleaved rounds × {c['seconds']} s per scenario (medians of the rounds; "
+        f"ratio = median of the per-round ratios to hello-world). Load average at start: "
+        f"{', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.",
+        "",
+        "| target / scenario | req/s | % of hello | p50 ms | p99 ms | non-2xx | RSS/worker MB | wrk CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, v in result["medians"].items():
         ratio = result["ratios"].get(name, 1.0 if name == "hello/hello" else None)
-        out.append(f"| {name} | {v['rps']:.0f} | {f'{ratio:.0%}' if ratio is not None else '-'} | {v['p50_ms']:.1f} "
-                   f"| {v['p99_ms']:.1f} | {v['non2xx']} | {v['rss_mb_per_worker']:.0f} | {v['wrk_cpu_cores']:.2f} |")
-    out += ["", "Floor, in-process, µs per operation (one thread, best of 5):", "",
-            "| | PyJWT sign | PyJWT verify | linksvc sign | linksvc strict verify |", "|---|---:|---:|---:|---:|"]
+        out.append(
+            f"| {name} | {v['rps']:.0f} | {f'{ratio:.0%}' if ratio is not None else '-'} | {v['p50_ms']:.1f} "
+            f"| {v['p99_ms']:.1f} | {v['non2xx']} | {v['rss_mb_per_worker']:.0f} | {v['wrk_cpu_cores']:.2f} |"
+        )
+    out += [
+        "",
+        "Floor, in-process, µs per operation (one thread, best of 5):",
+        "",
+        "| | PyJWT sign | PyJWT verify | linksvc sign | linksvc strict verify |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for alg, row in result["floor"]["crypto"].items():
-        out.append(f"| {alg} | {row['pyjwt_sign_us']} | {row['pyjwt_verify_us']} | {row['linksvc_sign_us']} "
-                   f"| {row['linksvc_verify_us']} |")
-    out += ["", "| ledger, one committed transaction | mint INSERT (link + event) | redeem UPDATE … RETURNING (+ event) |",
-            "|---|---:|---:|"]
+        out.append(
+            f"| {alg} | {row['pyjwt_sign_us']} | {row['pyjwt_verify_us']} | {row['linksvc_sign_us']} "
+            f"| {row['linksvc_verify_us']} |"
+        )
+    out += [
+        "",
+        "| ledger, one committed transaction | mint INSERT (link + event) | redeem UPDATE … RETURNING (+ event) |",
+        "|---|---:|---:|",
+    ]
     for db_label, row in result["floor"]["ledger"].items():
         out.append(f"| {db_label} | {row['insert_tx_us']} µs | {row['update_tx_us']} µs |")
     if result.get("metrics_cost"):
-        out += ["", "Cost of linksvc.metrics (SQLite on tmpfs, with vs without the module): "
-                + ", ".join(f"{k} {v:+.1%}" for k, v in result["metrics_cost"].items())
-                + " of requests per second (negative: faster with metrics, i.e. noise)."]
+        out += [
+            "",
+            "Cost of linksvc.metrics (SQLite on tmpfs, with vs without the module): "
+            + ", ".join(f"{k} {v:+.1%}" for k, v in result["metrics_cost"].items())
+            + " of requests per second (negative: faster with metrics, i.e. noise).",
+        ]
     if "soak" in result:
         s = result["soak"]
-        out += ["", f"Memory: {s['seconds']} s of sustained minting on {s['database']}, RSS per worker (MB): "
-                + "; ".join(f"t={x['t']:.0f} s: " + ", ".join(f"{v:.1f}" for v in x["rss_mb"].values())
-                            for x in s["samples"])]
+        out += [
+            "",
+            f"Memory: {s['seconds']} s of sustained minting on {s['database']}, RSS per worker (MB): "
+            + "; ".join(
+                f"t={x['t']:.0f} s: " + ", ".join(f"{v:.1f}" for v in x["rss_mb"].values())
+                for x in s["samples"]
+            ),
+        ]
     out += ["", "| target | value | goal | |", "|---|---:|---|---|"]
     for t in result["targets"]:
-        out.append(f"| {t['what']} | {t['value']} | {t['goal']} | {'met' if t['met'] else '**not met**'} |")
+        out.append(
+            f"| {t['what']} | {t['value']} | {t['goal']} | {'met' if t['met'] else '**not met**'} |"
+        )
     return "\n".join(out) + "\n"
 
 
 def draw(result: dict[str, Any], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -453,6 +668,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
     rps = [result["medians"][n]["rps"] for n in names]
     p99 = [result["medians"][n]["p99_ms"] for n in names]
     p50 = [result["medians"][n]["p50_ms"] for n in names]
+
     def color(n: str) -> str:
         if n.startswith("hello"):
             return "#888888"
@@ -466,15 +682,25 @@ def draw(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
     bars = ax.bar(names, rps, color=colors)
-    for bar, n in zip(bars, names):
+    for bar, n in zip(bars, names, strict=False):
         r = result["ratios"].get(n)
         if r is not None:
-            ax.annotate(f"{r:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+            ax.annotate(
+                f"{r:.0%}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+            )
     for label, goal in TARGETS.items():
         hello = result["medians"].get("hello/hello", {}).get("rps")
         if hello:
-            ax.axhline(hello * goal, ls="--", lw=0.8, color="#3a7bd5" if label == "sqlite" else "#e07a1f",
-                       label=f"target on {label}: {goal:.0%} of hello")
+            ax.axhline(
+                hello * goal,
+                ls="--",
+                lw=0.8,
+                color="#3a7bd5" if label == "sqlite" else "#e07a1f",
+                label=f"target on {label}: {goal:.0%} of hello",
+            )
     ax.legend(fontsize=8)
     ax.set_title("requests/s (median of rounds; % of hello-world)")
     ax.tick_params(axis="x", rotation=45)
@@ -490,20 +716,28 @@ def draw(result: dict[str, Any], path: Path) -> None:
     if "soak" in result:
         samples = result["soak"]["samples"]
         for pid in samples[0]["rss_mb"]:
-            ax.plot([s["t"] for s in samples], [s["rss_mb"][pid] for s in samples], marker="o", label=f"worker {pid}")
+            ax.plot(
+                [s["t"] for s in samples],
+                [s["rss_mb"][pid] for s in samples],
+                marker="o",
+                label=f"worker {pid}",
+            )
         ax.set_ylim(0, max(max(s["rss_mb"].values()) for s in samples) * 1.3)
         ax.set_xlabel("seconds of sustained minting")
         ax.legend()
     ax.set_title("RSS per worker (MB)")
     m = result["machine"]
-    fig.suptitle(f"linksvc vs Flask hello-world — {result['date']} — {m['nproc']} CPUs {m['cpu']}, "
-                 f"{WORKERS} workers, {CONNECTIONS} connections")
+    fig.suptitle(
+        f"linksvc vs Flask hello-world — {result['date']} — {m['nproc']} CPUs {m['cpu']}, "
+        f"{WORKERS} workers, {CONNECTIONS} connections"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 # -- profiling -------------------------------------------------------------------------------
+
 
 def profile(workdir: Path, seconds: int, top: int) -> None:
     """py-spy both workers under mint, then redeem load; print the hottest functions."""
@@ -513,15 +747,35 @@ def profile(workdir: Path, seconds: int, top: int) -> None:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with serve(inst.env, "app:app", workdir, "profile") as server:
         wrk(server.url, "mint.lua", 2, **auth)
-        for scenario, script, extra in (("mint", "mint.lua", {}),
-                                        ("redeem", "redeem.lua", {"BENCH_TOKENS_FILE": str(tokens_file)})):
+        for scenario, script, extra in (
+            ("mint", "mint.lua", {}),
+            ("redeem", "redeem.lua", {"BENCH_TOKENS_FILE": str(tokens_file)}),
+        ):
             procs, outs = [], []
             for pid in worker_pids(server.proc.pid):
                 out = workdir / f"{scenario}-{pid}.txt"
                 outs.append(out)
-                procs.append(subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(seconds),
-                                               "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            pyspy,
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(seconds),
+                            "--rate",
+                            "250",
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(out),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
             res = wrk(server.url, script, seconds, **auth, **extra)
             for p in procs:
                 p.wait(timeout=60)
@@ -550,10 +804,22 @@ def report_profile(paths: list[Path], top: int) -> str:
             for f in set(frames):
                 incl[f] = incl.get(f, 0) + n
     lines = [f"{total} samples; inclusive % (own %) of worker time, idle accept() included", ""]
-    boilerplate = ("gunicorn/arbiter.py", "gunicorn/app/", "(gunicorn)", "workers/base.py", "threading.py)")
-    shown = [(f, n) for f, n in sorted(incl.items(), key=lambda kv: -kv[1]) if not any(b in f for b in boilerplate)]
+    boilerplate = (
+        "gunicorn/arbiter.py",
+        "gunicorn/app/",
+        "(gunicorn)",
+        "workers/base.py",
+        "threading.py)",
+    )
+    shown = [
+        (f, n)
+        for f, n in sorted(incl.items(), key=lambda kv: -kv[1])
+        if not any(b in f for b in boilerplate)
+    ]
     for f, n in shown[:top]:
-        lines.append(f"{100 * n / max(total, 1):6.1f}% ({100 * own.get(f, 0) / max(total, 1):5.1f}%)  {f}")
+        lines.append(
+            f"{100 * n / max(total, 1):6.1f}% ({100 * own.get(f, 0) / max(total, 1):5.1f}%)  {f}"
+        )
     lines += ["", "hottest own time:"]
     for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:12]:
         lines.append(f"{100 * n / max(total, 1):6.1f}%  {f}")
@@ -572,17 +838,26 @@ def _frame(frame: str) -> str:
 
 # -- main ------------------------------------------------------------------------------------
 
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=6, help="measured seconds per scenario per round")
+    ap.add_argument(
+        "--seconds", type=float, default=6, help="measured seconds per scenario per round"
+    )
     ap.add_argument("--warmup", type=float, default=2)
     ap.add_argument("--soak", type=int, default=60, help="seconds of the memory soak (0: none)")
     ap.add_argument("--no-postgresql", action="store_true")
     ap.add_argument("--durable-only", action="store_true", help="skip the SQLite-on-tmpfs runs")
     ap.add_argument("--floor-n", type=int, default=300)
-    ap.add_argument("--quick", action="store_true", help="1 round × 3 s, 20 s soak: to check the bench itself")
-    ap.add_argument("--profile", action="store_true", help="py-spy the workers instead of benchmarking")
+    ap.add_argument(
+        "--quick", action="store_true", help="1 round × 3 s, 20 s soak: to check the bench itself"
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy the workers instead of benchmarking"
+    )
     ap.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = ap.parse_args()
     if args.quick:
@@ -605,9 +880,18 @@ def main() -> None:
 
 
 def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-                              "config": {"workers": WORKERS, "connections": CONNECTIONS, "wrk_threads": THREADS,
-                                         "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup}}
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "config": {
+            "workers": WORKERS,
+            "connections": CONNECTIONS,
+            "wrk_threads": THREADS,
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+        },
+    }
     log("floor: signatures")
     floor: dict[str, Any] = {"crypto": crypto_floor(args.floor_n), "ledger": {}}
     with contextlib.ExitStack() as stack:
@@ -615,21 +899,31 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         floor["ledger"]["sqlite"] = ledger_floor(f"sqlite:///{workdir / 'floor.db'}", args.floor_n)
         instances = [Instance("sqlite", workdir, None)]
         if not args.no_postgresql:
-            floor["ledger"]["postgresql"] = ledger_floor(stack.enter_context(pg_bench_database()), args.floor_n)
-            instances.append(Instance("postgresql", workdir, stack.enter_context(pg_bench_database())))
+            floor["ledger"]["postgresql"] = ledger_floor(
+                stack.enter_context(pg_bench_database()), args.floor_n
+            )
+            instances.append(
+                Instance("postgresql", workdir, stack.enter_context(pg_bench_database()))
+            )
         if not args.durable_only:
             # SQLite on tmpfs, where fsync costs nothing: NOT durable, not a deployment. It shows
             # linksvc's own cost above the disk, and (with and without linksvc.metrics) what
             # the metrics cost.
-            shm = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="linksvc-bench-", dir=_tmpfs())))
+            shm = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="linksvc-bench-", dir=_tmpfs())
+                )
+            )
             instances.append(Instance("sqlite-tmpfs", shm, None))
-            instances.append(Instance("sqlite-tmpfs-nometrics", shm, None, wsgi="bench.nometrics:app"))
+            instances.append(
+                Instance("sqlite-tmpfs-nometrics", shm, None, wsgi="bench.nometrics:app")
+            )
         result["floor"] = floor
         rounds: list[dict[str, Any]] = []
         expected = 1000.0
         for r in range(args.rounds):
             order: list[Any] = ["hello", *instances]
-            order = order[r % len(order):] + order[:r % len(order)]  # interleave: each leads once
+            order = order[r % len(order) :] + order[: r % len(order)]  # interleave: each leads once
             this: dict[str, Any] = {"round": r + 1}
             for target in order:
                 if target == "hello":
@@ -637,10 +931,24 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     this["hello"] = run_hello(workdir, args.seconds, args.warmup)
                 else:
                     log(f"round {r + 1}: linksvc on {target.label}")
-                    this[target.label] = run_linksvc(target, workdir, args.seconds, args.warmup, expected)
-                    expected = max(expected, this[target.label]["verify"]["rps"], this[target.label]["mint"]["rps"])
-                log("  " + json.dumps({k: {s: round(v[s]["rps"]) for s in v} for k, v in this.items()
-                                       if k != "round"}))
+                    this[target.label] = run_linksvc(
+                        target, workdir, args.seconds, args.warmup, expected
+                    )
+                    expected = max(
+                        expected,
+                        this[target.label]["verify"]["rps"],
+                        this[target.label]["mint"]["rps"],
+                    )
+                log(
+                    "  "
+                    + json.dumps(
+                        {
+                            k: {s: round(v[s]["rps"]) for s in v}
+                            for k, v in this.items()
+                            if k != "round"
+                        }
+                    )
+                )
             rounds.append(this)
         result["rounds"] = rounds
         result.update(summarise(rounds))

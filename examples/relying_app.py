@@ -55,7 +55,9 @@ class SessionStore:
     def create(self, subject: str, kind: str, seconds: int) -> str:
         sid = secrets.token_urlsafe(32)
         with self._lock:
-            self._data[sid] = Session(subject, kind, time.time() + seconds, secrets.token_urlsafe(16))
+            self._data[sid] = Session(
+                subject, kind, time.time() + seconds, secrets.token_urlsafe(16)
+            )
         return sid
 
     def get(self, sid: str | None) -> Session | None:
@@ -82,8 +84,11 @@ class Linksvc:
         self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     def mint(self, purpose: str, subject: str, redirect_uri: str) -> dict[str, Any]:
-        resp = self.http.post(f"{self.url}/api/v1/links", timeout=10,
-                              json={"purpose": purpose, "subject": subject, "redirect_uri": redirect_uri})
+        resp = self.http.post(
+            f"{self.url}/api/v1/links",
+            timeout=10,
+            json={"purpose": purpose, "subject": subject, "redirect_uri": redirect_uri},
+        )
         body = resp.json()
         if resp.status_code != 201:
             raise LinksvcError(body.get("code", "error"), body.get("detail", ""))
@@ -122,23 +127,36 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     callback = f"{own_url}/callback"
 
     def start_session(resp: Response, subject: str, kind: str, seconds: int) -> Response:
-        sessions.drop(request.cookies.get(SESSION_COOKIE))  # a fresh id on every sign-in (no fixation)
+        sessions.drop(
+            request.cookies.get(SESSION_COOKIE)
+        )  # a fresh id on every sign-in (no fixation)
         sid = sessions.create(subject, kind, seconds)
-        resp.set_cookie(SESSION_COOKIE, sid, max_age=seconds, httponly=True, samesite="Lax", path="/",
-                        secure=not development or own_url.startswith("https://"))
+        resp.set_cookie(
+            SESSION_COOKIE,
+            sid,
+            max_age=seconds,
+            httponly=True,
+            samesite="Lax",
+            path="/",
+            secure=not development or own_url.startswith("https://"),
+        )
         return resp
 
     @app.before_request
     def load_session() -> None:
         g.session = sessions.get(request.cookies.get(SESSION_COOKIE))
         if request.method == "POST" and request.endpoint in ("logout", "set_password"):
-            if g.session is None or not secrets.compare_digest(request.form.get("csrf", ""), g.session.csrf):
+            if g.session is None or not secrets.compare_digest(
+                request.form.get("csrf", ""), g.session.csrf
+            ):
                 abort(400)
 
     @app.after_request
     def headers(resp: Response) -> Response:
-        resp.headers.setdefault("Content-Security-Policy",
-                                "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'")
+        resp.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        )
         resp.headers.setdefault("Referrer-Policy", "no-referrer")
         resp.headers.setdefault("Cache-Control", "no-store")
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -156,14 +174,20 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     @app.post("/send")
     def send() -> Any:
         user_id = request.form.get("user_id", "").strip()
-        purpose = "password_reset" if request.form.get("purpose") == "password_reset" else "magic_link"
+        purpose = (
+            "password_reset" if request.form.get("purpose") == "password_reset" else "magic_link"
+        )
         if not USER_ID_RE.fullmatch(user_id):
-            return page("index.html", 422, error="Enter a user id: letters, digits, '.', '_' or '-'.")
+            return page(
+                "index.html", 422, error="Enter a user id: letters, digits, '.', '_' or '-'."
+            )
         try:
             link = linksvc.mint(purpose, user_id, callback)
         except (LinksvcError, requests.RequestException, ValueError) as exc:
             app.logger.warning("mint failed: %s", getattr(exc, "code", type(exc).__name__))
-            return page("index.html", 502, error="We could not send a link right now. Try again shortly.")
+            return page(
+                "index.html", 502, error="We could not send a link right now. Try again shortly."
+            )
         # A real application e-mails link["url"] (or asks linksvc to, with "email") and shows
         # "check your inbox" — the same page whether or not the account exists.
         return page("sent.html", url=link["url"], purpose=purpose)
@@ -184,10 +208,14 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         except (requests.RequestException, ValueError):
             return page("error.html", 502, reason="linksvc_unavailable")
         if result["purpose"] == "magic_link":
-            return start_session(redirect("/", code=303), result["subject"], "signed_in", SESSION_SECONDS)
+            return start_session(
+                redirect("/", code=303), result["subject"], "signed_in", SESSION_SECONDS
+            )
         if result["purpose"] == "password_reset":
             # A short session that can do one thing: set a new password for this subject.
-            return start_session(redirect("/reset", code=303), result["subject"], "reset", RESET_SECONDS)
+            return start_session(
+                redirect("/reset", code=303), result["subject"], "reset", RESET_SECONDS
+            )
         return page("error.html", 400, reason="unexpected_purpose")
 
     @app.get("/reset")

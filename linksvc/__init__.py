@@ -25,28 +25,37 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     variables (used *instead of* the environment, for tests), or ``None`` to read the
     environment. An invalid setting raises :class:`~linksvc.config.ConfigError`.
     """
-    if isinstance(config, config_mod.Settings):
-        settings = config
-    else:
-        settings = config_mod.load(config)
+    settings = config if isinstance(config, config_mod.Settings) else config_mod.load(config)
     settings.instance_path.mkdir(parents=True, exist_ok=True)
 
-    app = Flask(__name__, instance_path=str(settings.instance_path), template_folder="../templates",
-                static_folder="../static")
+    app = Flask(
+        __name__,
+        instance_path=str(settings.instance_path),
+        template_folder="../templates",
+        static_folder="../static",
+    )
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["LINKSVC"] = settings
     logs.configure(settings.log_level)
 
-    engine = db.make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                            statement_timeout_ms=settings.db_statement_timeout_ms,
-                            connect_timeout=settings.db_connect_timeout)
+    engine = db.make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        connect_timeout=settings.db_connect_timeout,
+    )
     max_lifetime = max(settings.max_ttl.values()) + settings.leeway
-    keyring = KeyRing(engine, settings.key_encryption_key, refresh_seconds=settings.key_refresh_seconds,
-                      max_lifetime=max_lifetime)
+    keyring = KeyRing(
+        engine,
+        settings.key_encryption_key,
+        refresh_seconds=settings.key_refresh_seconds,
+        max_lifetime=max_lifetime,
+    )
     app.extensions["linksvc"] = LinkService(settings, engine, keyring)
 
     from . import api, cli, downloads, mail, metrics, openapi, ops, pages, ratelimit
+
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     # Each concern registers its own blueprint, hooks and services; order matters only in
@@ -58,7 +67,11 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     @app.before_request
     def _request_id() -> None:
         rid = request.headers.get("X-Request-Id", "")
-        g.request_id = rid if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable() else secrets.token_hex(8)
+        g.request_id = (
+            rid
+            if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable()
+            else secrets.token_hex(8)
+        )
 
     @app.after_request
     def _headers(resp: Response) -> Response:
@@ -67,18 +80,26 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     @app.errorhandler(404)
     def _not_found(exc: Any) -> Any:
-        page = app.extensions.get("linksvc.html_http_error")  # linksvc.pages: HTML for browser paths
-        if page is not None and not request.path.startswith(("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")):
+        page = app.extensions.get(
+            "linksvc.html_http_error"
+        )  # linksvc.pages: HTML for browser paths
+        if page is not None and not request.path.startswith(
+            ("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")
+        ):
             return page(exc)
         return problem(404, "not_found", "No such resource.")
 
     @app.errorhandler(405)
     def _method(exc: Any) -> Any:
         page = app.extensions.get("linksvc.html_http_error")
-        if page is not None and not request.path.startswith(("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")):
+        if page is not None and not request.path.startswith(
+            ("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")
+        ):
             return page(exc)
         resp = problem(405, "method_not_allowed", "Method not allowed.")
-        if getattr(exc, "valid_methods", None):  # RFC 9110: a 405 names the methods that are allowed
+        if getattr(
+            exc, "valid_methods", None
+        ):  # RFC 9110: a 405 names the methods that are allowed
             resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         return resp
 
@@ -91,11 +112,14 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
         from werkzeug.exceptions import HTTPException
+
         if isinstance(exc, HTTPException):
             return problem(exc.code or 500, "http_error", exc.description or "")
         # Never a stack trace to the client; the log has the type, not the request body.
-        log.error("unhandled error", extra={"error": type(exc).__name__, "path_kind": request.path.split("/")[1]})
+        log.error(
+            "unhandled error",
+            extra={"error": type(exc).__name__, "path_kind": request.path.split("/")[1]},
+        )
         return problem(500, "internal_error", "Something went wrong on our side.")
 
     return app
-

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -25,16 +25,17 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 def service() -> LinkService:
-    return current_app.extensions["linksvc"]
+    return cast(LinkService, current_app.extensions["linksvc"])
 
 
 def iso(ts: int | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- request parsing ----------------------------------------------------------------
+
 
 class BadRequest(Exception):
     def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
@@ -63,7 +64,9 @@ def json_body(required: bool = True) -> dict[str, Any]:
     try:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.") from None
+        raise BadRequest(
+            413, "body_too_large", f"The request body must be at most {limit} bytes."
+        ) from None
     if not raw.strip():
         if required:
             raise BadRequest(400, "body_required", "A JSON object body is required.")
@@ -71,21 +74,31 @@ def json_body(required: bool = True) -> dict[str, Any]:
     if request.mimetype != "application/json":
         raise BadRequest(415, "unsupported_media_type", "The body must be application/json.")
     try:
-        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        body = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+        )
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest(400, "invalid_json", "The body is not valid UTF-8 JSON (duplicate members are refused).") from None
+        raise BadRequest(
+            400, "invalid_json", "The body is not valid UTF-8 JSON (duplicate members are refused)."
+        ) from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_body", "The body must be a JSON object.")
     return body
 
 
 def _type_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and kind is not bool and (kind == int or (isinstance(kind, tuple) and bool not in kind)):
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and (kind is int or (isinstance(kind, tuple) and bool not in kind))
+    ):
         return False
     return isinstance(value, kind)
 
 
-def fields(body: Mapping[str, Any], spec: Mapping[str, tuple[type | tuple[type, ...], bool]]) -> dict[str, Any]:
+def fields(
+    body: Mapping[str, Any], spec: Mapping[str, tuple[type | tuple[type, ...], bool]]
+) -> dict[str, Any]:
     """Check ``body`` against ``spec`` (name → (type, required)); unknown or mistyped → 422."""
     for name in body:
         if name not in spec:
@@ -102,7 +115,13 @@ def fields(body: Mapping[str, Any], spec: Mapping[str, tuple[type | tuple[type, 
             continue
         if not _type_ok(body[name], kind):
             tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            tname = {"str": "string", "int": "integer", "dict": "object", "bool": "boolean", "list": "array"}.get(tname, tname)
+            tname = {
+                "str": "string",
+                "int": "integer",
+                "dict": "object",
+                "bool": "boolean",
+                "list": "array",
+            }.get(tname, tname)
             raise BadRequest(422, "invalid_field", f"Field {name!r} must be a {tname}.", field=name)
         out[name] = body[name]
     return out
@@ -110,11 +129,14 @@ def fields(body: Mapping[str, Any], spec: Mapping[str, tuple[type | tuple[type, 
 
 def purpose_field(value: str) -> str:
     if value not in PURPOSES:
-        raise BadRequest(422, "invalid_field", f"purpose must be one of {', '.join(PURPOSES)}.", field="purpose")
+        raise BadRequest(
+            422, "invalid_field", f"purpose must be one of {', '.join(PURPOSES)}.", field="purpose"
+        )
     return value
 
 
 # -- authentication -------------------------------------------------------------------
+
 
 @bp.before_request
 def authenticate() -> Response | None:
@@ -135,10 +157,11 @@ def authenticate() -> Response | None:
 
 
 def current_client() -> Client:
-    return g.client
+    return cast(Client, g.client)
 
 
 # -- error mapping: the one place ----------------------------------------------------
+
 
 @bp.errorhandler(BadRequest)
 def _bad_request(exc: BadRequest) -> Response:
@@ -164,21 +187,39 @@ def _unavailable(exc: errors.ServiceUnavailable) -> Response:
 
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
-    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type",
-            400: "bad_request"}.get(exc.code or 500, "error")
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "body_too_large",
+        415: "unsupported_media_type",
+        400: "bad_request",
+    }.get(exc.code or 500, "error")
     return problem(exc.code or 500, code, exc.description or "")
 
 
 # -- the calls -----------------------------------------------------------------------
 
+
 def _link_json(minted_url: str | None, rec: Any) -> dict[str, Any]:
-    return {"jti": rec.jti, "purpose": rec.purpose, "subject": rec.subject, "state": rec.state,
-            "issued_at": iso(rec.iat), "expires_at": iso(rec.exp)}
+    return {
+        "jti": rec.jti,
+        "purpose": rec.purpose,
+        "subject": rec.subject,
+        "state": rec.state,
+        "issued_at": iso(rec.iat),
+        "expires_at": iso(rec.exp),
+    }
 
 
 MINT_SPEC: dict[str, tuple[Any, bool]] = {
-    "purpose": (str, True), "subject": (str, True), "ttl": (int, False), "redirect_uri": (str, False),
-    "download": (dict, False), "data": (Any, False), "email": (str, False), "confirm": (bool, False),
+    "purpose": (str, True),
+    "subject": (str, True),
+    "ttl": (int, False),
+    "redirect_uri": (str, False),
+    "download": (dict, False),
+    "data": (Any, False),
+    "email": (str, False),
+    "confirm": (bool, False),
 }
 
 #: Hook for mail delivery: ``send(client, minted, address) -> None``; raises RequestRefused.
@@ -196,18 +237,34 @@ def mint() -> tuple[Response, int]:
     if f["email"] is not None and hasattr(mailer, "check_address"):
         mailer.check_address(f["email"])  # type: ignore[union-attr]  # refuse before anything is minted
     # Rate limits (linksvc.ratelimit): raise RateLimited before the mint changes anything.
-    guard: Callable[[Client, str, str], None] | None = current_app.extensions.get("linksvc.mint_guard")
+    guard: Callable[[Client, str, str], None] | None = current_app.extensions.get(
+        "linksvc.mint_guard"
+    )
     if guard is not None:
         guard(client, f["subject"], f["purpose"])
-    minted = service().mint(client, purpose=f["purpose"], subject=f["subject"], ttl=f["ttl"],
-                            redirect_uri=f["redirect_uri"], download=f["download"], data=f["data"],
-                            confirm=bool(f["confirm"]))
+    minted = service().mint(
+        client,
+        purpose=f["purpose"],
+        subject=f["subject"],
+        ttl=f["ttl"],
+        redirect_uri=f["redirect_uri"],
+        download=f["download"],
+        data=f["data"],
+        confirm=bool(f["confirm"]),
+    )
     if f["email"] is not None and mailer is not None:
         mailer(client, minted, f["email"])
     rec = minted.record
-    body = {"url": minted.url, "token": minted.token, "jti": rec.jti, "purpose": rec.purpose,
-            "subject": rec.subject, "issued_at": iso(rec.iat), "expires_at": iso(rec.exp),
-            "superseded": minted.superseded}
+    body = {
+        "url": minted.url,
+        "token": minted.token,
+        "jti": rec.jti,
+        "purpose": rec.purpose,
+        "subject": rec.subject,
+        "issued_at": iso(rec.iat),
+        "expires_at": iso(rec.exp),
+        "superseded": minted.superseded,
+    }
     if f["email"] is not None:
         body["emailed"] = True
     return jsonify(body), 201
@@ -222,8 +279,18 @@ def verify() -> Response:
     purpose_field(f["purpose"])
     v = service().verify(f["token"], purposes=[f["purpose"]], audience=current_client().id)
     c = v.claims
-    return jsonify({"valid": True, "jti": c.jti, "purpose": c.pur, "subject": c.sub, "state": v.record.state,
-                    "issued_at": iso(c.iat), "expires_at": iso(c.exp), "claims": c.as_dict()})
+    return jsonify(
+        {
+            "valid": True,
+            "jti": c.jti,
+            "purpose": c.pur,
+            "subject": c.sub,
+            "state": v.record.state,
+            "issued_at": iso(c.iat),
+            "expires_at": iso(c.exp),
+            "claims": c.as_dict(),
+        }
+    )
 
 
 @bp.post("/links/redeem")
@@ -232,8 +299,15 @@ def redeem() -> Response:
     purpose_field(f["purpose"])
     v = service().redeem(f["token"], purposes=[f["purpose"]], audience=current_client().id)
     rec = v.record
-    return jsonify({"subject": rec.subject, "purpose": rec.purpose, "jti": rec.jti, "data": rec.data,
-                    "redeemed_at": iso(rec.state_at)})
+    return jsonify(
+        {
+            "subject": rec.subject,
+            "purpose": rec.purpose,
+            "jti": rec.jti,
+            "data": rec.data,
+            "redeemed_at": iso(rec.state_at),
+        }
+    )
 
 
 def _check_jti(jti: str) -> str:
@@ -247,12 +321,22 @@ def _check_jti(jti: str) -> str:
 @bp.get("/links/<jti>")
 def status(jti: str) -> Response:
     rec, events = service().status(current_client(), _check_jti(jti))
-    return jsonify({
-        "jti": rec.jti, "purpose": rec.purpose, "subject": rec.subject, "state": rec.state,
-        "issued_at": iso(rec.iat), "expires_at": iso(rec.exp),
-        "state_changed_at": iso(rec.state_at), "state_via": rec.state_via,
-        "events": [{"at": iso(e.at), "event": e.event, "reason": e.reason, "via": e.via} for e in events],
-    })
+    return jsonify(
+        {
+            "jti": rec.jti,
+            "purpose": rec.purpose,
+            "subject": rec.subject,
+            "state": rec.state,
+            "issued_at": iso(rec.iat),
+            "expires_at": iso(rec.exp),
+            "state_changed_at": iso(rec.state_at),
+            "state_via": rec.state_via,
+            "events": [
+                {"at": iso(e.at), "event": e.event, "reason": e.reason, "via": e.via}
+                for e in events
+            ],
+        }
+    )
 
 
 @bp.delete("/links/<jti>")
@@ -267,16 +351,25 @@ def revoke_subject(subject: str) -> Response:
     purposes = f["purposes"]
     if purposes is not None:
         if not purposes or not all(isinstance(p, str) and p in PURPOSES for p in purposes):
-            raise BadRequest(422, "invalid_field", f"purposes must be a non-empty list of {', '.join(PURPOSES)}.",
-                             field="purposes")
+            raise BadRequest(
+                422,
+                "invalid_field",
+                f"purposes must be a non-empty list of {', '.join(PURPOSES)}.",
+                field="purposes",
+            )
     if not SUBJECT_RE.fullmatch(subject):
-        raise BadRequest(422, "invalid_field", "subject must be 1-255 printable ASCII characters without spaces.",
-                         field="subject")
+        raise BadRequest(
+            422,
+            "invalid_field",
+            "subject must be 1-255 printable ASCII characters without spaces.",
+            field="subject",
+        )
     n = service().revoke_subject(current_client(), subject, purposes)
     return jsonify({"subject": subject, "revoked": n})
 
 
 # -- one-time codes from the hosted pages (linksvc.codes) -----------------------------
+
 
 @bp.post("/codes/exchange")
 def exchange_code() -> Response:
@@ -291,4 +384,6 @@ def exchange_code() -> Response:
         done = codes.exchange(svc.engine, f["code"], client_id=current_client().id, now=svc.now())
     except codes.CodeError as exc:
         return problem(exc.status, exc.reason, exc.detail)
-    return jsonify({"subject": done.subject, "purpose": done.purpose, "jti": done.jti, "data": done.data})
+    return jsonify(
+        {"subject": done.subject, "purpose": done.purpose, "jti": done.jti, "data": done.data}
+    )

@@ -11,23 +11,25 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import clients as clients_mod
-from . import db, errors, keys as keys_mod, ledger, migrate
+from . import db, errors, ledger, migrate
+from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
 
 
 def _svc() -> LinkService:
-    return current_app.extensions["linksvc"]
+    return cast(LinkService, current_app.extensions["linksvc"])
 
 
 def _settings() -> Settings:
-    return current_app.config["LINKSVC"]
+    return cast(Settings, current_app.config["LINKSVC"])
 
 
 def _iso(ts: int | None) -> str:
@@ -47,7 +49,9 @@ def _write_secret(path: Path) -> bytes:
 def _kek() -> bytes:
     kek = _settings().key_encryption_key
     if kek is None:
-        raise click.ClickException("no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY")
+        raise click.ClickException(
+            "no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY"
+        )
     return kek
 
 
@@ -58,13 +62,15 @@ def init_db() -> None:
     svc = _svc()
     try:
         migrate.upgrade(svc.engine)
-    except Exception as exc:  # noqa: BLE001 - report, do not dump a traceback at operators
+    except Exception as exc:
         raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from exc
     click.echo(f"database at schema {migrate.current(svc.engine)}")
     kek = s.key_encryption_key
     if kek is None:
         kek = _write_secret(s.instance_path / "kek.key")
-        click.echo(f"created development key-encryption key {s.instance_path / 'kek.key'} (mode 0600)")
+        click.echo(
+            f"created development key-encryption key {s.instance_path / 'kek.key'} (mode 0600)"
+        )
     if s.secret_key is None:
         _write_secret(s.instance_path / "secret.key")
         click.echo(f"created development secret {s.instance_path / 'secret.key'} (mode 0600)")
@@ -81,41 +87,84 @@ clients_cli = AppGroup("clients", help="Manage client applications.")
 
 
 def _client_json(c: clients_mod.Client) -> dict[str, object]:
-    return {"client_id": c.id, "name": c.name, "display_name": c.display_name, "purposes": list(c.purposes),
-            "redirect_uris": list(c.redirect_uris), "download_prefixes": list(c.download_prefixes),
-            "mint_limit": c.mint_limit, "subject_limit": c.subject_limit,
-            "allow_pii_subject": c.allow_pii_subject, "disabled": c.disabled}
+    return {
+        "client_id": c.id,
+        "name": c.name,
+        "display_name": c.display_name,
+        "purposes": list(c.purposes),
+        "redirect_uris": list(c.redirect_uris),
+        "download_prefixes": list(c.download_prefixes),
+        "mint_limit": c.mint_limit,
+        "subject_limit": c.subject_limit,
+        "allow_pii_subject": c.allow_pii_subject,
+        "disabled": c.disabled,
+    }
 
 
 @clients_cli.command("create")
 @click.argument("name")
-@click.option("--purposes", default="magic_link,password_reset,download", show_default=True,
-              help="Comma-separated purposes the client may mint.")
-@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Allowed redirect URI (exact match). Repeatable.")
-@click.option("--download-prefix", "download_prefixes", multiple=True,
-              help="Allowed download key prefix ('bucket:prefix' or 'prefix'). Repeatable.")
+@click.option(
+    "--purposes",
+    default="magic_link,password_reset,download",
+    show_default=True,
+    help="Comma-separated purposes the client may mint.",
+)
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="Allowed redirect URI (exact match). Repeatable.",
+)
+@click.option(
+    "--download-prefix",
+    "download_prefixes",
+    multiple=True,
+    help="Allowed download key prefix ('bucket:prefix' or 'prefix'). Repeatable.",
+)
 @click.option("--display-name", help="Name shown to end users (default: NAME).")
 @click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
 @click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
-@click.option("--allow-pii-subject", is_flag=True, help="Allow subjects that look like e-mail addresses.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with client_id and api_key.")
-def clients_create(name: str, purposes: str, redirect_uris: tuple[str, ...], download_prefixes: tuple[str, ...],
-                   display_name: str | None, mint_limit: str | None, subject_limit: str | None,
-                   allow_pii_subject: bool, as_json: bool) -> None:
+@click.option(
+    "--allow-pii-subject", is_flag=True, help="Allow subjects that look like e-mail addresses."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON object with client_id and api_key."
+)
+def clients_create(
+    name: str,
+    purposes: str,
+    redirect_uris: tuple[str, ...],
+    download_prefixes: tuple[str, ...],
+    display_name: str | None,
+    mint_limit: str | None,
+    subject_limit: str | None,
+    allow_pii_subject: bool,
+    as_json: bool,
+) -> None:
     """Register a client and print its API key (shown once)."""
     try:
         with db.write(_svc().engine) as conn:
             client, api_key = clients_mod.create(
-                conn, name, purposes=purposes.split(","), redirect_uris=redirect_uris,
-                download_prefixes=download_prefixes, display_name=display_name, mint_limit=mint_limit,
-                subject_limit=subject_limit, allow_pii_subject=allow_pii_subject,
-                allow_http_redirects=not _settings().is_production, now=int(time.time()))
+                conn,
+                name,
+                purposes=purposes.split(","),
+                redirect_uris=redirect_uris,
+                download_prefixes=download_prefixes,
+                display_name=display_name,
+                mint_limit=mint_limit,
+                subject_limit=subject_limit,
+                allow_pii_subject=allow_pii_subject,
+                allow_http_redirects=not _settings().is_production,
+                now=int(time.time()),
+            )
     except clients_mod.ClientError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({**_client_json(client), "api_key": api_key}))
     else:
-        click.echo(f"client_id: {client.id}\napi_key:   {api_key}\n(the API key is shown only now; store it safely)")
+        click.echo(
+            f"client_id: {client.id}\napi_key:   {api_key}\n(the API key is shown only now; store it safely)"
+        )
 
 
 @clients_cli.command("list")
@@ -129,8 +178,10 @@ def clients_list(as_json: bool) -> None:
         return
     for c in all_clients:
         state = "disabled" if c.disabled else "enabled"
-        click.echo(f"{c.id}  {c.name:<20} {state:<8} purposes={','.join(c.purposes)} "
-                   f"redirects={len(c.redirect_uris)} mint_limit={c.mint_limit or '-'} subject_limit={c.subject_limit or '-'}")
+        click.echo(
+            f"{c.id}  {c.name:<20} {state:<8} purposes={','.join(c.purposes)} "
+            f"redirects={len(c.redirect_uris)} mint_limit={c.mint_limit or '-'} subject_limit={c.subject_limit or '-'}"
+        )
 
 
 def _find_client(conn: object, ident: str) -> clients_mod.Client:
@@ -166,10 +217,19 @@ def clients_enable(client: str) -> None:
 @click.option("--mint-limit")
 @click.option("--subject-limit")
 @click.option("--display-name")
-def clients_update(client: str, mint_limit: str | None, subject_limit: str | None, display_name: str | None) -> None:
+def clients_update(
+    client: str, mint_limit: str | None, subject_limit: str | None, display_name: str | None
+) -> None:
     """Change a client's limits or display name."""
-    changes = {k: v for k, v in (("mint_limit", mint_limit), ("subject_limit", subject_limit),
-                                 ("display_name", display_name)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("mint_limit", mint_limit),
+            ("subject_limit", subject_limit),
+            ("display_name", display_name),
+        )
+        if v is not None
+    }
     try:
         with db.write(_svc().engine) as conn:
             c = _find_client(conn, client)
@@ -187,8 +247,11 @@ def clients_rotate_key(client: str, as_json: bool) -> None:
     api_key = clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
-        conn.execute(db.clients.update().where(db.clients.c.id == c.id)
-                     .values(api_key_hash=clients_mod.hash_api_key(api_key)))
+        conn.execute(
+            db.clients.update()
+            .where(db.clients.c.id == c.id)
+            .values(api_key_hash=clients_mod.hash_api_key(api_key))
+        )
     _svc().client_cache.clear()
     if as_json:
         click.echo(json.dumps({"client_id": c.id, "api_key": api_key}))
@@ -208,18 +271,37 @@ def keys_list(as_json: bool) -> None:
     with db.read(_svc().engine) as conn:
         infos = keys_mod.list_keys(conn)
     if as_json:
-        click.echo(json.dumps([{"kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at,
-                                "activated_at": k.activated_at, "retired_at": k.retired_at,
-                                "removed_at": k.removed_at} for k in infos]))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "kid": k.kid,
+                        "alg": k.alg,
+                        "state": k.state,
+                        "created_at": k.created_at,
+                        "activated_at": k.activated_at,
+                        "retired_at": k.retired_at,
+                        "removed_at": k.removed_at,
+                    }
+                    for k in infos
+                ]
+            )
+        )
         return
-    click.echo(f"{'kid':<32} {'alg':<6} {'state':<8} {'created':<21} {'activated':<21} {'retired':<21} removed")
+    click.echo(
+        f"{'kid':<32} {'alg':<6} {'state':<8} {'created':<21} {'activated':<21} {'retired':<21} removed"
+    )
     for k in infos:
-        click.echo(f"{k.kid:<32} {k.alg:<6} {k.state:<8} {_iso(k.created_at):<21} {_iso(k.activated_at):<21} "
-                   f"{_iso(k.retired_at):<21} {_iso(k.removed_at)}")
+        click.echo(
+            f"{k.kid:<32} {k.alg:<6} {k.state:<8} {_iso(k.created_at):<21} {_iso(k.activated_at):<21} "
+            f"{_iso(k.retired_at):<21} {_iso(k.removed_at)}"
+        )
 
 
 @keys_cli.command("generate")
-@click.option("--alg", type=click.Choice(keys_mod.SUPPORTED_ALGS), default="ES256", show_default=True)
+@click.option(
+    "--alg", type=click.Choice(keys_mod.SUPPORTED_ALGS), default="ES256", show_default=True
+)
 def keys_generate(alg: str) -> None:
     """Create a new key. It becomes the ``next`` key (replacing an unused next key),
     or the active key if there is none."""
@@ -228,8 +310,10 @@ def keys_generate(alg: str) -> None:
             info, replaced = keys_mod.generate(conn, _kek(), alg, int(time.time()))
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"created {info.state} key {info.kid} ({info.alg})" + (f"; removed unused next key {replaced}"
-                                                                       if replaced else ""))
+    click.echo(
+        f"created {info.state} key {info.kid} ({info.alg})"
+        + (f"; removed unused next key {replaced}" if replaced else "")
+    )
     if info.state == "next":
         click.echo(f"rotate to it after {_min_next_age()} s: `flask --app app keys rotate`")
 
@@ -244,22 +328,32 @@ def _retired_window() -> int:
 
 
 @keys_cli.command("rotate")
-@click.option("--alg", type=click.Choice(keys_mod.SUPPORTED_ALGS), default=None,
-              help="Algorithm of the new next key (default: same as the key being activated).")
-@click.option("--force", is_flag=True,
-              help="Activate the next key even if verifiers caching the JWKS may not know it yet (emergencies).")
+@click.option(
+    "--alg",
+    type=click.Choice(keys_mod.SUPPORTED_ALGS),
+    default=None,
+    help="Algorithm of the new next key (default: same as the key being activated).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Activate the next key even if verifiers caching the JWKS may not know it yet (emergencies).",
+)
 def keys_rotate(alg: str | None, force: bool) -> None:
     """Activate the next key, retire the active one, and publish a new next key."""
     try:
         with db.write(_svc().engine) as conn:
-            old, active, nxt = keys_mod.rotate(conn, _kek(), int(time.time()), alg,
-                                               min_age=0 if force else _min_next_age())
+            old, active, nxt = keys_mod.rotate(
+                conn, _kek(), int(time.time()), alg, min_age=0 if force else _min_next_age()
+            )
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
     s = _settings()
     click.echo(f"retired {old or '-'}; active {active}; next {nxt}")
-    click.echo(f"every worker signs with {active} within {s.key_refresh_seconds} s; "
-               f"{old or 'the old key'} verifies for {_retired_window()} s more")
+    click.echo(
+        f"every worker signs with {active} within {s.key_refresh_seconds} s; "
+        f"{old or 'the old key'} verifies for {_retired_window()} s more"
+    )
 
 
 @keys_cli.command("retire")
@@ -285,8 +379,12 @@ def keys_revoke(kid: str) -> None:
 
 
 @keys_cli.command("rewrap")
-@click.option("--old-kek", prompt="Old LINKSVC_KEY_ENCRYPTION_KEY", hide_input=True,
-              help="The key-encryption key the keys are stored under now (prompted, or one line on stdin).")
+@click.option(
+    "--old-kek",
+    prompt="Old LINKSVC_KEY_ENCRYPTION_KEY",
+    hide_input=True,
+    help="The key-encryption key the keys are stored under now (prompted, or one line on stdin).",
+)
 def keys_rewrap(old_kek: str) -> None:
     """Re-encrypt the signing keys under the current LINKSVC_KEY_ENCRYPTION_KEY (KEK rotation)."""
     raw = old_kek.strip()
@@ -301,11 +399,14 @@ def keys_rewrap(old_kek: str) -> None:
             done = keys_mod.rewrap(conn, old, _kek())
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from None
-    click.echo(f"re-encrypted {len(done)} key(s) under the current key-encryption key"
-               f"{': ' + ', '.join(done) if done else ''}")
+    click.echo(
+        f"re-encrypted {len(done)} key(s) under the current key-encryption key"
+        f"{': ' + ', '.join(done) if done else ''}"
+    )
 
 
 # -- links --------------------------------------------------------------------------------
+
 
 @click.command("mint")
 @click.argument("client")
@@ -315,8 +416,15 @@ def keys_rewrap(old_kek: str) -> None:
 @click.option("--redirect-uri")
 @click.option("--download-key")
 @click.option("--filename")
-def mint_cmd(client: str, purpose: str, subject: str, ttl: int | None, redirect_uri: str | None,
-             download_key: str | None, filename: str | None) -> None:
+def mint_cmd(
+    client: str,
+    purpose: str,
+    subject: str,
+    ttl: int | None,
+    redirect_uri: str | None,
+    download_key: str | None,
+    filename: str | None,
+) -> None:
     """Mint a link by hand and print its URL."""
     svc = _svc()
     with db.read(svc.engine) as conn:
@@ -325,7 +433,14 @@ def mint_cmd(client: str, purpose: str, subject: str, ttl: int | None, redirect_
     if download_key:
         download = {"key": download_key, **({"filename": filename} if filename else {})}
     try:
-        minted = svc.mint(c, purpose=purpose, subject=subject, ttl=ttl, redirect_uri=redirect_uri, download=download)
+        minted = svc.mint(
+            c,
+            purpose=purpose,
+            subject=subject,
+            ttl=ttl,
+            redirect_uri=redirect_uri,
+            download=download,
+        )
     except errors.RequestRefused as exc:
         raise click.ClickException(f"{exc.code}: {exc.detail}") from None
     except errors.ServiceUnavailable as exc:
@@ -335,25 +450,45 @@ def mint_cmd(client: str, purpose: str, subject: str, ttl: int | None, redirect_
 
 
 @click.command("purge")
-@click.option("--batch-size", type=click.IntRange(1, 10000), default=1000, show_default=True,
-              help="Rows deleted per transaction; smaller batches hold locks for less time.")
-@click.option("--retention-days", type=click.IntRange(1, 3650), help="Override LINKSVC_RETENTION_DAYS.")
-@click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches per table (next run continues).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10000),
+    default=1000,
+    show_default=True,
+    help="Rows deleted per transaction; smaller batches hold locks for less time.",
+)
+@click.option(
+    "--retention-days", type=click.IntRange(1, 3650), help="Override LINKSVC_RETENTION_DAYS."
+)
+@click.option(
+    "--max-batches",
+    type=click.IntRange(1),
+    help="Stop after this many batches per table (next run continues).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON (for monitoring).")
-def purge_cmd(batch_size: int, retention_days: int | None, max_batches: int | None, as_json: bool) -> None:
+def purge_cmd(
+    batch_size: int, retention_days: int | None, max_batches: int | None, as_json: bool
+) -> None:
     """Delete ledger rows past exp plus the retention period, in batches (safe beside traffic)."""
     s = _settings()
     days = retention_days if retention_days is not None else s.retention_days
     try:
-        removed = ledger.purge(_svc().engine, now=int(time.time()), retention_seconds=days * 86400,
-                               batch_size=batch_size, max_batches=max_batches)
+        removed = ledger.purge(
+            _svc().engine,
+            now=int(time.time()),
+            retention_seconds=days * 86400,
+            batch_size=batch_size,
+            max_batches=max_batches,
+        )
     except errors.ServiceUnavailable as exc:
         raise click.ClickException(exc.detail) from None
     if as_json:
         click.echo(json.dumps({**removed, "retention_days": days}))
     else:
-        click.echo(f"purged {removed['links']} link(s), {removed['events']} event(s), {removed['codes']} code(s) "
-                   f"older than {days} day(s) past expiry")
+        click.echo(
+            f"purged {removed['links']} link(s), {removed['events']} event(s), {removed['codes']} code(s) "
+            f"older than {days} day(s) past expiry"
+        )
 
 
 @click.command("demo")
@@ -366,14 +501,23 @@ def demo_cmd(port: int) -> None:
         existing = clients_mod.find(conn, "demo")
         if existing is None:
             client, api_key = clients_mod.create(
-                conn, "demo", display_name="Demo App", purposes=list(PURPOSES),
+                conn,
+                "demo",
+                display_name="Demo App",
+                purposes=list(PURPOSES),
                 redirect_uris=["http://127.0.0.1:5001/callback"],
-                mint_limit="10000 per minute", subject_limit="1000 per minute", now=int(time.time()))
+                mint_limit="10000 per minute",
+                subject_limit="1000 per minute",
+                now=int(time.time()),
+            )
         else:
             # The key is stored only as a hash, so the demo gets a fresh one each start.
             api_key = clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
-            conn.execute(db.clients.update().where(db.clients.c.id == existing.id)
-                         .values(api_key_hash=clients_mod.hash_api_key(api_key), disabled=False))
+            conn.execute(
+                db.clients.update()
+                .where(db.clients.c.id == existing.id)
+                .values(api_key_hash=clients_mod.hash_api_key(api_key), disabled=False)
+            )
             client = existing
     base = s.base_url
     click.echo(f"""
@@ -387,14 +531,18 @@ linksvc demo client {client.id} ("Demo App")
     mailer = current_app.extensions.get("linksvc.mailer")
     if mailer is not None:
         # Add "email":"you@example.com" to the mint body to have the link mailed.
-        where = ("SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) ") + mailer.transport.describe()
-        click.echo(f"  Mail (\"email\" in the mint body) goes to: {where}\n")
+        where = (
+            "SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) "
+        ) + mailer.transport.describe()
+        click.echo(f'  Mail ("email" in the mint body) goes to: {where}\n')
     if s.storage == "local":
         # A file to link to: `make run` shows a download link working out of the box.
         sample = s.storage_dir / "samples" / "welcome.txt"
         if not sample.exists():
             sample.parent.mkdir(parents=True, exist_ok=True)
-            sample.write_text("Hello from linksvc. This file was delivered through a single-use download link.\n")
+            sample.write_text(
+                "Hello from linksvc. This file was delivered through a single-use download link.\n"
+            )
         click.echo(f"""  Download link to the sample file {sample} (open its "url" once; the second time says used):
   curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
        -d '{{"purpose":"download","subject":"user-42","download":{{"key":"samples/welcome.txt","filename":"welcome.txt"}}}}'

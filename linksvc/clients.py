@@ -24,7 +24,9 @@ from .config import PURPOSES
 
 API_KEY_PREFIX = "lsk_"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
-_LIMIT_RE = re.compile(r"[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?(;[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?)*")
+_LIMIT_RE = re.compile(
+    r"[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?(;[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?)*"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +54,16 @@ def hash_api_key(api_key: str) -> str:
 
 def _row_to_client(row: sa.RowMapping) -> Client:
     return Client(
-        id=row["id"], name=row["name"], display_name=row["display_name"],
-        purposes=tuple(json.loads(row["purposes"])), redirect_uris=tuple(json.loads(row["redirect_uris"])),
+        id=row["id"],
+        name=row["name"],
+        display_name=row["display_name"],
+        purposes=tuple(json.loads(row["purposes"])),
+        redirect_uris=tuple(json.loads(row["redirect_uris"])),
         download_prefixes=tuple(json.loads(row["download_prefixes"])),
-        mint_limit=row["mint_limit"], subject_limit=row["subject_limit"],
-        allow_pii_subject=bool(row["allow_pii_subject"]), disabled=bool(row["disabled"]),
+        mint_limit=row["mint_limit"],
+        subject_limit=row["subject_limit"],
+        allow_pii_subject=bool(row["allow_pii_subject"]),
+        disabled=bool(row["disabled"]),
         created_at=row["created_at"],
     )
 
@@ -102,21 +109,31 @@ def create(
     purposes = tuple(dict.fromkeys(p.strip() for p in purposes if p.strip()))
     if not purposes or set(purposes) - set(PURPOSES):
         raise ClientError(f"purposes must be some of {', '.join(PURPOSES)}")
-    uris = tuple(dict.fromkeys(validate_redirect_uri(u, allow_http=allow_http_redirects) for u in redirect_uris))
+    uris = tuple(
+        dict.fromkeys(
+            validate_redirect_uri(u, allow_http=allow_http_redirects) for u in redirect_uris
+        )
+    )
     prefixes = tuple(dict.fromkeys(p.strip() for p in download_prefixes if p.strip()))
     existing = conn.execute(sa.select(db.clients.c.id).where(db.clients.c.name == name)).first()
     if existing is not None:
         raise ClientError(f"a client named {name!r} already exists")
     client_id = "cl_" + secrets.token_hex(8)
     api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    values = dict(
-        id=client_id, name=name, display_name=display_name or name,
-        api_key_hash=hash_api_key(api_key), purposes=json.dumps(purposes),
-        redirect_uris=json.dumps(uris), download_prefixes=json.dumps(prefixes),
-        mint_limit=validate_limit(mint_limit, "mint limit"),
-        subject_limit=validate_limit(subject_limit, "subject limit"),
-        allow_pii_subject=allow_pii_subject, disabled=False, created_at=now,
-    )
+    values = {
+        "id": client_id,
+        "name": name,
+        "display_name": display_name or name,
+        "api_key_hash": hash_api_key(api_key),
+        "purposes": json.dumps(purposes),
+        "redirect_uris": json.dumps(uris),
+        "download_prefixes": json.dumps(prefixes),
+        "mint_limit": validate_limit(mint_limit, "mint limit"),
+        "subject_limit": validate_limit(subject_limit, "subject limit"),
+        "allow_pii_subject": allow_pii_subject,
+        "disabled": False,
+        "created_at": now,
+    }
     conn.execute(sa.insert(db.clients).values(**values))
     return _row_to_client(values), api_key  # type: ignore[arg-type]
 
@@ -128,7 +145,11 @@ def by_api_key(conn: Connection, api_key: str) -> Client | None:
 
 def by_api_key_hash(conn: Connection, key_hash: str) -> Client | None:
     """The enabled client whose API key hashes to ``key_hash``, or ``None``."""
-    row = conn.execute(sa.select(db.clients).where(db.clients.c.api_key_hash == key_hash)).mappings().first()
+    row = (
+        conn.execute(sa.select(db.clients).where(db.clients.c.api_key_hash == key_hash))
+        .mappings()
+        .first()
+    )
     if row is None or row["disabled"]:
         return None
     return _row_to_client(row)
@@ -144,8 +165,12 @@ class ClientCache:
     remembered as absent.
     """
 
-    def __init__(self, seconds: float = 5.0, max_entries: int = 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        seconds: float = 5.0,
+        max_entries: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.seconds = seconds
         self.max_entries = max_entries
         self.clock = clock
@@ -178,17 +203,32 @@ def get(conn: Connection, client_id: str) -> Client | None:
 
 def find(conn: Connection, id_or_name: str) -> Client | None:
     c = db.clients.c
-    row = conn.execute(sa.select(db.clients).where(sa.or_(c.id == id_or_name, c.name == id_or_name))).mappings().first()
+    row = (
+        conn.execute(sa.select(db.clients).where(sa.or_(c.id == id_or_name, c.name == id_or_name)))
+        .mappings()
+        .first()
+    )
     return None if row is None else _row_to_client(row)
 
 
 def list_all(conn: Connection) -> list[Client]:
-    return [_row_to_client(r) for r in conn.execute(sa.select(db.clients).order_by(db.clients.c.created_at)).mappings()]
+    return [
+        _row_to_client(r)
+        for r in conn.execute(sa.select(db.clients).order_by(db.clients.c.created_at)).mappings()
+    ]
 
 
 def update(conn: Connection, client_id: str, **values: object) -> None:
-    allowed = {"disabled", "mint_limit", "subject_limit", "allow_pii_subject", "display_name",
-               "redirect_uris", "download_prefixes", "purposes"}
+    allowed = {
+        "disabled",
+        "mint_limit",
+        "subject_limit",
+        "allow_pii_subject",
+        "display_name",
+        "redirect_uris",
+        "download_prefixes",
+        "purposes",
+    }
     unknown = set(values) - allowed
     if unknown:
         raise ClientError(f"cannot update {', '.join(sorted(unknown))}")

@@ -95,8 +95,10 @@ def completion_hash(nonce: str) -> str:
 
 def derive(secret: bytes, jti: str, nonce: str) -> str:
     """The code for ``jti`` pressed by the browser holding ``nonce`` (256 bits, base64url)."""
-    key = hmac.new(secret, b"linksvc.code-key", hashlib.sha256).digest()  # domain-separated from other uses
-    mac = hmac.new(key, f"{jti}|{nonce}".encode("utf-8"), hashlib.sha256).digest()
+    key = hmac.new(
+        secret, b"linksvc.code-key", hashlib.sha256
+    ).digest()  # domain-separated from other uses
+    mac = hmac.new(key, f"{jti}|{nonce}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 
@@ -110,10 +112,20 @@ def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl:
     h = hash_code(code)
     try:
         with db.write(engine) as conn:
-            exists = conn.execute(sa.select(db.codes.c.code_hash).where(db.codes.c.code_hash == h)).first()
+            exists = conn.execute(
+                sa.select(db.codes.c.code_hash).where(db.codes.c.code_hash == h)
+            ).first()
             if exists is None:
-                conn.execute(sa.insert(db.codes).values(code_hash=h, jti=jti, client_id=client_id, created_at=now,
-                                                        expires_at=now + ttl, used_at=None))
+                conn.execute(
+                    sa.insert(db.codes).values(
+                        code_hash=h,
+                        jti=jti,
+                        client_id=client_id,
+                        created_at=now,
+                        expires_at=now + ttl,
+                        used_at=None,
+                    )
+                )
     except sa.exc.IntegrityError:
         pass  # the racing press inserted the same row first
 
@@ -133,7 +145,12 @@ def exchange(engine: Engine, code: Any, *, client_id: str, now: int) -> Exchange
     with db.write(engine) as conn:
         result = conn.execute(
             sa.update(c)
-            .where(c.c.code_hash == h, c.c.client_id == client_id, c.c.used_at.is_(None), c.c.expires_at > now)
+            .where(
+                c.c.code_hash == h,
+                c.c.client_id == client_id,
+                c.c.used_at.is_(None),
+                c.c.expires_at > now,
+            )
             .values(used_at=now)
         )
         row = conn.execute(sa.select(c).where(c.c.code_hash == h)).mappings().first()
@@ -142,24 +159,50 @@ def exchange(engine: Engine, code: Any, *, client_id: str, now: int) -> Exchange
             if rec is None:  # purged under us: cannot happen within a code's lifetime
                 raise InvalidCode()
             ledger.add_event(conn, rec.jti, "exchanged", now, via="code")
-            return Exchanged(subject=rec.subject, purpose=rec.purpose, jti=rec.jti, data=rec.data,
-                             client_id=rec.client_id)
+            return Exchanged(
+                subject=rec.subject,
+                purpose=rec.purpose,
+                jti=rec.jti,
+                data=rec.data,
+                client_id=rec.client_id,
+            )
         if row is None or row["client_id"] != client_id:
             if row is not None:
-                log.warning("code presented by another client", extra={"jti": row["jti"], "client": client_id,
-                                                                        "outcome": "rejected", "reason": "invalid_code"})
+                log.warning(
+                    "code presented by another client",
+                    extra={
+                        "jti": row["jti"],
+                        "client": client_id,
+                        "outcome": "rejected",
+                        "reason": "invalid_code",
+                    },
+                )
             failure = InvalidCode()
         elif row["used_at"] is not None:
             failure = CodeUsed()
         else:
             failure = CodeExpired()
-        log.info("code rejected", extra={"jti": row["jti"] if row is not None else None, "client": client_id,
-                                         "outcome": "rejected", "reason": failure.reason})
+        log.info(
+            "code rejected",
+            extra={
+                "jti": row["jti"] if row is not None else None,
+                "client": client_id,
+                "outcome": "rejected",
+                "reason": failure.reason,
+            },
+        )
     raise failure
 
 
-def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str = "page",
-             actor: str | None = None) -> Completion:
+def complete(
+    service: LinkService,
+    token: Any,
+    *,
+    nonce: str,
+    now: int,
+    via: str = "page",
+    actor: str | None = None,
+) -> Completion:
     """Consume a sign-in or reset link for the browser holding ``nonce`` and make its code.
 
     A press that loses to an earlier press *from the same browser* (same nonce, within
@@ -172,8 +215,15 @@ def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str
     ch = completion_hash(nonce)
     repeated = False
     try:
-        rec = service.redeem(token, purposes=PAGE_PURPOSES, audience=None, now=now, via=via, actor=actor,
-                             completion_hash=ch).record
+        rec = service.redeem(
+            token,
+            purposes=PAGE_PURPOSES,
+            audience=None,
+            now=now,
+            via=via,
+            actor=actor,
+            completion_hash=ch,
+        ).record
     except errors.Used as exc:
         with db.read(service.engine) as conn:
             rec_or_none = ledger.get(conn, exc.jti) if exc.jti else None
@@ -184,7 +234,14 @@ def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str
     if rec.redirect_uri is None:
         return Completion(rec, None, repeated)
     code = derive(secret, rec.jti, nonce)
-    store(service.engine, code, jti=rec.jti, client_id=rec.client_id, now=now, ttl=service.settings.code_ttl)
+    store(
+        service.engine,
+        code,
+        jti=rec.jti,
+        client_id=rec.client_id,
+        now=now,
+        ttl=service.settings.code_ttl,
+    )
     # A repeated press goes back to the application with the same code even when the
     # application has already exchanged it: in a double click the browser may show the
     # second answer, not the first, and the application (which set its session in this very
@@ -194,7 +251,13 @@ def complete(service: LinkService, token: Any, *, nonce: str, now: int, via: str
 
 
 def _same_press(rec: ledger.LinkRecord | None, ch: str, now: int) -> bool:
-    return (rec is not None and rec.state == ledger.CONSUMED and rec.state_via == "page"
-            and rec.completion_hash is not None and hmac.compare_digest(rec.completion_hash, ch)
-            # Either order: a press that read the clock just before the winner did is still the same press.
-            and rec.state_at is not None and abs(now - rec.state_at) <= DOUBLE_SUBMIT_WINDOW)
+    return (
+        rec is not None
+        and rec.state == ledger.CONSUMED
+        and rec.state_via == "page"
+        and rec.completion_hash is not None
+        and hmac.compare_digest(rec.completion_hash, ch)
+        # Either order: a press that read the clock just before the winner did is still the same press.
+        and rec.state_at is not None
+        and abs(now - rec.state_at) <= DOUBLE_SUBMIT_WINDOW
+    )

@@ -96,7 +96,9 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _secret(env: Mapping[str, str], name: str, instance_file: Path, *, production: bool) -> bytes | None:
+def _secret(
+    env: Mapping[str, str], name: str, instance_file: Path, *, production: bool
+) -> bytes | None:
     """A 32-byte secret from the variable (base64url) or, in development, a 0600 file.
 
     The file is written only by ``flask init-db``; a worker never invents a secret, so a
@@ -135,14 +137,20 @@ def _base_url(env: Mapping[str, str], production: bool) -> str:
     return value
 
 
-def load(environ: Mapping[str, str] | None = None, instance_path: str | os.PathLike[str] | None = None) -> Settings:
+def load(
+    environ: Mapping[str, str] | None = None, instance_path: str | os.PathLike[str] | None = None
+) -> Settings:
     """Build :class:`Settings` from ``environ`` (default: ``os.environ``)."""
     env = dict(os.environ if environ is None else environ)
     envname = _choice(env, "LINKSVC_ENV", "development", ("development", "production", "test"))
     production = envname == "production"
-    instance = Path(env.get("LINKSVC_INSTANCE_PATH") or instance_path or Path.cwd() / "instance").resolve()
+    instance = Path(
+        env.get("LINKSVC_INSTANCE_PATH") or instance_path or Path.cwd() / "instance"
+    ).resolve()
 
-    database_url = (env.get("LINKSVC_DATABASE_URL") or f"sqlite:///{instance / 'linksvc.db'}").strip()
+    database_url = (
+        env.get("LINKSVC_DATABASE_URL") or f"sqlite:///{instance / 'linksvc.db'}"
+    ).strip()
     if database_url.startswith("postgresql://") or database_url.startswith("postgres://"):
         database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
     if not re.match(r"^(sqlite|postgresql\+psycopg)://", database_url):
@@ -156,7 +164,9 @@ def load(environ: Mapping[str, str] | None = None, instance_path: str | os.PathL
     supersede = frozenset(p.strip() for p in supersede_raw.split(",") if p.strip())
     unknown = supersede - set(PURPOSES)
     if unknown:
-        raise ConfigError("LINKSVC_SUPERSEDE_PURPOSES", f"unknown purpose(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            "LINKSVC_SUPERSEDE_PURPOSES", f"unknown purpose(s): {', '.join(sorted(unknown))}"
+        )
 
     storage = _choice(env, "LINKSVC_STORAGE", "local", ("local", "s3"))
     s3_bucket = env.get("LINKSVC_S3_BUCKET") or None
@@ -168,11 +178,15 @@ def load(environ: Mapping[str, str] | None = None, instance_path: str | os.PathL
 
     smtp_url = env.get("LINKSVC_SMTP_URL") or None
     if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps", "smtp+starttls"):
-        raise ConfigError("LINKSVC_SMTP_URL", "must start with smtp://, smtp+starttls:// or smtps://")
+        raise ConfigError(
+            "LINKSVC_SMTP_URL", "must start with smtp://, smtp+starttls:// or smtps://"
+        )
 
     page_limit = env.get("LINKSVC_PAGE_RATE_LIMIT", "60 per minute").strip()
     if not re.fullmatch(r"[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?", page_limit):
-        raise ConfigError("LINKSVC_PAGE_RATE_LIMIT", f"must look like '60 per minute', got {page_limit!r}")
+        raise ConfigError(
+            "LINKSVC_PAGE_RATE_LIMIT", f"must look like '60 per minute', got {page_limit!r}"
+        )
 
     return Settings(
         env=envname,
@@ -183,8 +197,12 @@ def load(environ: Mapping[str, str] | None = None, instance_path: str | os.PathL
         max_ttl=max_ttl,
         supersede_purposes=supersede,
         retention_days=_int(env, "LINKSVC_RETENTION_DAYS", 7, 1, 3650),
-        key_encryption_key=_secret(env, "LINKSVC_KEY_ENCRYPTION_KEY", instance / "kek.key", production=production),
-        secret_key=_secret(env, "LINKSVC_SECRET_KEY", instance / "secret.key", production=production),
+        key_encryption_key=_secret(
+            env, "LINKSVC_KEY_ENCRYPTION_KEY", instance / "kek.key", production=production
+        ),
+        secret_key=_secret(
+            env, "LINKSVC_SECRET_KEY", instance / "secret.key", production=production
+        ),
         key_refresh_seconds=_int(env, "LINKSVC_KEY_REFRESH_SECONDS", 5, 1, 10),
         max_body_bytes=_int(env, "LINKSVC_MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024),
         max_data_bytes=_int(env, "LINKSVC_MAX_DATA_BYTES", 4096, 0, 64 * 1024),
@@ -197,7 +215,9 @@ def load(environ: Mapping[str, str] | None = None, instance_path: str | os.PathL
         s3_bucket=s3_bucket,
         s3_endpoint_url=s3_endpoint,
         s3_region=env.get("LINKSVC_S3_REGION") or None,
-        s3_addressing_style=_choice(env, "LINKSVC_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")),
+        s3_addressing_style=_choice(
+            env, "LINKSVC_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")
+        ),
         download_url_seconds=_int(env, "LINKSVC_DOWNLOAD_URL_SECONDS", 60, 1, 300),
         smtp_url=smtp_url,
         mail_outbox=Path(env.get("LINKSVC_MAIL_OUTBOX") or instance / "outbox").resolve(),

@@ -108,8 +108,9 @@ signing_keys = sa.Table(
 )
 
 
-def make_engine(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000,
-                connect_timeout: int = 3) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000, connect_timeout: int = 3
+) -> Engine:
     """An engine tuned for the ledger on SQLite or PostgreSQL.
 
     On PostgreSQL every way the database can go missing ends within seconds, never at the
@@ -148,8 +149,8 @@ def make_engine(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 500
             "keepalives_interval": 5,
             "keepalives_count": 3,
             "options": f"-c statement_timeout={statement_timeout_ms}"
-                       f" -c lock_timeout={statement_timeout_ms}"
-                       f" -c idle_in_transaction_session_timeout={max(statement_timeout_ms * 2, 10000)}",
+            f" -c lock_timeout={statement_timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={max(statement_timeout_ms * 2, 10000)}",
         },
     )
 

@@ -16,7 +16,7 @@ import logging
 import mimetypes
 import re
 import secrets
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
@@ -49,11 +49,14 @@ def init_app(app: Flask) -> None:
 
 # -- minting: the shape, the client's prefixes, the object --------------------------
 
+
 def _refuse(code: str, detail: str, field: str, kind: str = "invalid") -> errors.RequestRefused:
     return errors.RequestRefused(code, detail, kind=kind, field=field)
 
 
-def prefix_allows(prefixes: tuple[str, ...], *, bucket: str | None, key: str, default_bucket: str | None) -> bool:
+def prefix_allows(
+    prefixes: tuple[str, ...], *, bucket: str | None, key: str, default_bucket: str | None
+) -> bool:
     """Whether a client's ``--download-prefix`` list allows ``bucket``/``key``.
 
     Each entry is ``prefix`` (in the configured bucket or directory) or ``bucket:prefix``;
@@ -74,8 +77,9 @@ def prefix_allows(prefixes: tuple[str, ...], *, bucket: str | None, key: str, de
     return False
 
 
-def check_download(store: storage.LocalStorage | storage.S3Storage, client: Client,
-                   download: dict[str, Any]) -> dict[str, Any]:
+def check_download(
+    store: storage.LocalStorage | storage.S3Storage, client: Client, download: dict[str, Any]
+) -> dict[str, Any]:
     """Validate a mint's ``download`` object and return what the ledger keeps:
     ``{storage, bucket, key, filename, content_type, size}``. Raises RequestRefused
     (422 for shape, ``invalid_key`` for path escapes, ``object_not_found``; 403
@@ -95,38 +99,58 @@ def check_download(store: storage.LocalStorage | storage.S3Storage, client: Clie
     bucket = download.get("bucket")
     if bucket is not None:
         if store.kind != "s3":
-            raise _refuse("invalid_field", "download.bucket is only used with S3 storage.", "download.bucket")
+            raise _refuse(
+                "invalid_field", "download.bucket is only used with S3 storage.", "download.bucket"
+            )
         if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-            raise _refuse("invalid_field", "download.bucket is not a valid bucket name.", "download.bucket")
+            raise _refuse(
+                "invalid_field", "download.bucket is not a valid bucket name.", "download.bucket"
+            )
     bucket = bucket or store.default_bucket
-    filename = storage.check_filename(download["filename"] if download.get("filename") is not None
-                                      else key.rsplit("/", 1)[-1])
+    filename = storage.check_filename(
+        download["filename"] if download.get("filename") is not None else key.rsplit("/", 1)[-1]
+    )
     content_type = download.get("content_type")
     if content_type is not None:
         storage.check_content_type(content_type)
-    if not prefix_allows(client.download_prefixes, bucket=bucket, key=key, default_bucket=store.default_bucket):
-        raise _refuse("download_not_allowed", "This client may not link that object (see its download prefixes).",
-                      "download.key", kind="forbidden")
+    if not prefix_allows(
+        client.download_prefixes, bucket=bucket, key=key, default_bucket=store.default_bucket
+    ):
+        raise _refuse(
+            "download_not_allowed",
+            "This client may not link that object (see its download prefixes).",
+            "download.key",
+            kind="forbidden",
+        )
     try:
         info = store.stat(bucket, key)
     except storage.ObjectMissing:
         raise _refuse("object_not_found", "No such object in storage.", "download.key") from None
-    return {"storage": store.kind, "bucket": info.bucket, "key": key, "filename": filename,
-            "content_type": content_type, "size": info.size}
+    return {
+        "storage": store.kind,
+        "bucket": info.bucket,
+        "key": key,
+        "filename": filename,
+        "content_type": content_type,
+        "size": info.size,
+    }
 
 
 # -- pages ------------------------------------------------------------------------------
 
+
 def _service() -> LinkService:
-    return current_app.extensions["linksvc"]
+    return cast(LinkService, current_app.extensions["linksvc"])
 
 
 def _store() -> storage.LocalStorage | storage.S3Storage:
-    return current_app.extensions["linksvc.storage"]
+    return cast(
+        "storage.LocalStorage | storage.S3Storage", current_app.extensions["linksvc.storage"]
+    )
 
 
 def _settings() -> Settings:
-    return current_app.config["LINKSVC"]
+    return cast(Settings, current_app.config["LINKSVC"])
 
 
 def actor_hash() -> str | None:
@@ -143,8 +167,12 @@ def _problem_page(status: int, reason: str, title: str, advice: str) -> Response
 
 
 def _missing_page() -> Response:
-    return _problem_page(404, "file_missing", "This file is no longer available",
-                         "The link was not used up. Ask the sender for a new link.")
+    return _problem_page(
+        404,
+        "file_missing",
+        "This file is no longer available",
+        "The link was not used up. Ask the sender for a new link.",
+    )
 
 
 register_error_pages(bp)
@@ -169,7 +197,9 @@ def _verify(token: str, now: int, *, record: bool) -> Any:
     except errors.LinkError as exc:
         # A replay or a late click on a real link shows up in that link's history.
         if record and exc.jti is not None and not isinstance(exc, errors.UnknownLink):
-            ledger.record_rejection(svc.engine, exc.jti, None, exc.reason, now, via="download", actor=actor_hash())
+            ledger.record_rejection(
+                svc.engine, exc.jti, None, exc.reason, now, via="download", actor=actor_hash()
+            )
         raise
 
 
@@ -191,8 +221,12 @@ def confirm(token: str) -> Response:
     now = _service().now()
     v = _verify(token, now, record=True)
     if not _csrf_ok(v.claims.jti):
-        return _problem_page(403, "csrf", "This page has expired",
-                             "Open the link from your e-mail again and press the button once.")
+        return _problem_page(
+            403,
+            "csrf",
+            "This page has expired",
+            "Open the link from your e-mail again and press the button once.",
+        )
     return _deliver(token, v.record, now)
 
 
@@ -214,12 +248,18 @@ def _csrf_ok(jti: str) -> bool:
         payload = _csrf_serializer().loads(form_token, max_age=_settings().max_ttl["download"] + 60)
     except BadSignature:
         return False
-    return (isinstance(payload, dict) and payload.get("j") == jti
-            and isinstance(payload.get("n"), str) and hmac.compare_digest(payload["n"], cookie))
+    return (
+        isinstance(payload, dict)
+        and payload.get("j") == jti
+        and isinstance(payload.get("n"), str)
+        and hmac.compare_digest(payload["n"], cookie)
+    )
 
 
-_PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; "
-             "frame-ancestors 'none'; base-uri 'none'")
+_PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _origin(url: str) -> str:
@@ -244,18 +284,39 @@ def _confirm_page(v: Any) -> Response:
     info = _store().stat(d.get("bucket"), d["key"])  # ObjectMissing → the missing page
     client = _service().client(rec.client_id)
     nonce = secrets.token_urlsafe(16)
-    resp = render_page("download_confirm.html", 200, title="Download a file",
-                       app_name=client.display_name if client else "An application",
-                       filename=d.get("filename"), size_text=_size_text(info.size if info.size is not None else d.get("size")),
-                       csrf=_csrf_serializer().dumps({"j": rec.jti, "n": nonce}))
+    resp = render_page(
+        "download_confirm.html",
+        200,
+        title="Download a file",
+        app_name=client.display_name if client else "An application",
+        filename=d.get("filename"),
+        size_text=_size_text(info.size if info.size is not None else d.get("size")),
+        csrf=_csrf_serializer().dumps({"j": rec.jti, "n": nonce}),
+    )
     # Chrome checks form-action against the redirect that follows the post: allow the
     # storage origin the button will send the browser to, and nothing else.
-    probe = _store().presigned_url(info, jti=rec.jti, expires_in=1, disposition="attachment",
-                                   content_type=None, now=_service().now())
-    resp.headers["Content-Security-Policy"] = _PAGE_CSP.format(form_action=" ".join(
-        dict.fromkeys(("'self'", _origin(_settings().base_url), _origin(probe)))))
-    resp.set_cookie(CSRF_COOKIE, nonce, max_age=_settings().max_ttl["download"] + 60, path="/d/",
-                    secure=_settings().base_url.startswith("https:"), httponly=True, samesite="Strict")
+    probe = _store().presigned_url(
+        info,
+        jti=rec.jti,
+        expires_in=1,
+        disposition="attachment",
+        content_type=None,
+        now=_service().now(),
+    )
+    resp.headers["Content-Security-Policy"] = _PAGE_CSP.format(
+        form_action=" ".join(
+            dict.fromkeys(("'self'", _origin(_settings().base_url), _origin(probe)))
+        )
+    )
+    resp.set_cookie(
+        CSRF_COOKIE,
+        nonce,
+        max_age=_settings().max_ttl["download"] + 60,
+        path="/d/",
+        secure=_settings().base_url.startswith("https:"),
+        httponly=True,
+        samesite="Strict",
+    )
     return resp
 
 
@@ -265,20 +326,35 @@ def _deliver(token: str, rec: ledger.LinkRecord, now: int) -> Response:
     d = rec.download or {}
     if d.get("storage") != store.kind:
         # Minted before the storage backend was switched: the object is not where we look.
-        raise errors.ServiceUnavailable("storage", "This link points to storage that is not configured.")
+        raise errors.ServiceUnavailable(
+            "storage", "This link points to storage that is not configured."
+        )
     # Never longer than the link itself had left (at least 1 s when inside the leeway).
     expires_in = max(1, min(s.download_url_seconds, rec.exp - now))
     info = storage.ObjectInfo(bucket=d.get("bucket"), key=d["key"], size=d.get("size"), etag=None)
-    url = store.presigned_url(info, jti=rec.jti, expires_in=expires_in,
-                              disposition=storage.content_disposition(d["filename"]),
-                              content_type=d.get("content_type"), now=now)
+    url = store.presigned_url(
+        info,
+        jti=rec.jti,
+        expires_in=expires_in,
+        disposition=storage.content_disposition(d["filename"]),
+        content_type=d.get("content_type"),
+        now=now,
+    )
     store.stat(d.get("bucket"), d["key"])
-    v = svc.redeem(token, purposes=["download"], audience=None, now=now, via="download", actor=actor_hash())
-    log.info("download redirected", extra={"jti": v.record.jti, "client": v.record.client_id,
-                                           "outcome": "redirected", "storage": store.kind,
-                                           "expires_in": expires_in})
-    resp = redirect(url, 303)
-    return resp
+    v = svc.redeem(
+        token, purposes=["download"], audience=None, now=now, via="download", actor=actor_hash()
+    )
+    log.info(
+        "download redirected",
+        extra={
+            "jti": v.record.jti,
+            "client": v.record.client_id,
+            "outcome": "redirected",
+            "storage": store.kind,
+            "expires_in": expires_in,
+        },
+    )
+    return cast(Response, redirect(url, 303))
 
 
 @bp.route("/dl/<grant>", methods=["GET", "HEAD"])
@@ -287,32 +363,60 @@ def grant(grant: str) -> Response:
     Content-Disposition. Forged → 403; past its few seconds → 410."""
     store = _store()
     if not isinstance(store, storage.LocalStorage):
-        return _problem_page(404, "not_found", "Page not found", "Check the address, or request a new link.")
+        return _problem_page(
+            404, "not_found", "Page not found", "Check the address, or request a new link."
+        )
     svc = _service()
     try:
         jti = store.open_grant(grant, now=svc.now())
     except storage.GrantRefused as exc:
         if exc.reason == "expired":
-            return _problem_page(410, "expired", "This download link has expired",
-                                 "Download links work for a few seconds only. Ask the sender for a new link.")
-        return _problem_page(403, "invalid", "This download link is not valid",
-                             "It may be incomplete or mistyped. Ask the sender for a new link.")
+            return _problem_page(
+                410,
+                "expired",
+                "This download link has expired",
+                "Download links work for a few seconds only. Ask the sender for a new link.",
+            )
+        return _problem_page(
+            403,
+            "invalid",
+            "This download link is not valid",
+            "It may be incomplete or mistyped. Ask the sender for a new link.",
+        )
     with db.read(svc.engine) as conn:
         rec = ledger.get(conn, jti)
     # A grant exists only for a link consumed by a download; anything else is forged or stale.
-    if rec is None or rec.purpose != "download" or rec.state != ledger.CONSUMED or rec.state_via != "download" \
-            or not rec.download or rec.download.get("storage") != "local":
-        return _problem_page(403, "invalid", "This download link is not valid",
-                             "It may be incomplete or mistyped. Ask the sender for a new link.")
+    if (
+        rec is None
+        or rec.purpose != "download"
+        or rec.state != ledger.CONSUMED
+        or rec.state_via != "download"
+        or not rec.download
+        or rec.download.get("storage") != "local"
+    ):
+        return _problem_page(
+            403,
+            "invalid",
+            "This download link is not valid",
+            "It may be incomplete or mistyped. Ask the sender for a new link.",
+        )
     # The grant's own expiry is signed, but a grant can never outlive the window that began
     # when the link was consumed: even a forged-with-a-leaked-secret grant cannot re-open a
     # consumed file for hours.
     if rec.state_at is None or svc.now() > rec.state_at + _settings().download_url_seconds:
-        return _problem_page(410, "expired", "This download link has expired",
-                             "Download links work for a few seconds only. Ask the sender for a new link.")
+        return _problem_page(
+            410,
+            "expired",
+            "This download link has expired",
+            "Download links work for a few seconds only. Ask the sender for a new link.",
+        )
     d = rec.download
     path = storage.file_path_for_serving(store, d["key"])
-    mimetype = d.get("content_type") or mimetypes.guess_type(d["filename"])[0] or "application/octet-stream"
+    mimetype = (
+        d.get("content_type")
+        or mimetypes.guess_type(d["filename"])[0]
+        or "application/octet-stream"
+    )
     if "," in request.headers.get("Range", ""):
         # Werkzeug answers multi-range requests with 416; ignoring Range (200, whole file)
         # is what RFC 9110 allows and what download tools cope with.

@@ -8,7 +8,6 @@ coarser one. Nothing here knows about HTTP: the blueprints map reasons to status
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 
@@ -29,6 +28,7 @@ class LinkError(Exception):
 
 
 # -- the token itself ---------------------------------------------------------------
+
 
 class Malformed(LinkError):
     reason = "malformed"
@@ -97,6 +97,7 @@ class IssuedInFuture(LinkError):
 
 # -- the ledger --------------------------------------------------------------------
 
+
 class UnknownLink(LinkError):
     reason = "unknown_link"
     default_detail = "No such link."
@@ -120,8 +121,18 @@ class Superseded(LinkError):
 #: Reasons that mean "the token is not one of ours or was tampered with".
 INVALID_TOKEN_REASONS = frozenset(
     cls.reason
-    for cls in (Malformed, BadHeader, UnknownKey, WrongAlgorithm, BadSignature, WrongIssuer,
-                InvalidClaims, LifetimeExceeded, IssuedInFuture, NotYetValid)
+    for cls in (
+        Malformed,
+        BadHeader,
+        UnknownKey,
+        WrongAlgorithm,
+        BadSignature,
+        WrongIssuer,
+        InvalidClaims,
+        LifetimeExceeded,
+        IssuedInFuture,
+        NotYetValid,
+    )
 )
 
 STATE_ERRORS: dict[str, type[LinkError]] = {
@@ -131,7 +142,7 @@ STATE_ERRORS: dict[str, type[LinkError]] = {
 }
 
 
-def state_error(state: str, jti: str, at: datetime | None) -> LinkError:
+def state_error(state: str, jti: str, at: int | None) -> LinkError:
     """The error for a link that has left ``issued``."""
     cls = STATE_ERRORS.get(state, UnknownLink)
     return cls(jti=jti, at=at)
@@ -160,7 +171,9 @@ class RequestRefused(Exception):
     ``not_found`` (404), ``bad_request`` (400), ``too_large`` (413), ``bad_gateway`` (502).
     """
 
-    def __init__(self, code: str, detail: str, *, kind: str = "invalid", field: str | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, *, kind: str = "invalid", field: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail

@@ -18,15 +18,29 @@ from .http import REASON_STATUS
 #: account exists, never the precise token fault (that goes to logs and the API).
 FAILURE_COPY: dict[str, tuple[str, str]] = {
     "expired": ("This link has expired", "Links work for a few minutes only. Request a new link."),
-    "used": ("This link has already been used", "Each link works once. If it was not you, request a new link."),
+    "used": (
+        "This link has already been used",
+        "Each link works once. If it was not you, request a new link.",
+    ),
     "revoked": ("This link has been cancelled", "It can no longer be used. Request a new link."),
-    "superseded": ("A newer link was sent", "Only the most recent link works. Use the newest e-mail, or request a new link."),
-    "invalid": ("This link is not valid", "It may be incomplete or mistyped. Copy the whole link, or request a new link."),
-    "form_invalid": ("We could not confirm this request",
-                     "Open the link from your e-mail again, in this browser, and press the button on that page. "
-                     "This page needs cookies to be allowed."),
+    "superseded": (
+        "A newer link was sent",
+        "Only the most recent link works. Use the newest e-mail, or request a new link.",
+    ),
+    "invalid": (
+        "This link is not valid",
+        "It may be incomplete or mistyped. Copy the whole link, or request a new link.",
+    ),
+    "form_invalid": (
+        "We could not confirm this request",
+        "Open the link from your e-mail again, in this browser, and press the button on that page. "
+        "This page needs cookies to be allowed.",
+    ),
     "unavailable": ("We could not complete this right now", "Please try again in a moment."),
-    "error": ("Something went wrong on our side", "Please try again in a moment. If it keeps happening, request a new link."),
+    "error": (
+        "Something went wrong on our side",
+        "Please try again in a moment. If it keeps happening, request a new link.",
+    ),
     "rate_limited": ("Too many attempts", "Please wait a little and try again."),
     "not_found": ("Page not found", "Check the address, or request a new link."),
     "method_not_allowed": ("This page cannot do that", "Open the link from your e-mail again."),
@@ -35,13 +49,21 @@ FAILURE_COPY: dict[str, tuple[str, str]] = {
 
 #: Status of each page reason that is not a link-state reason of :data:`REASON_STATUS`.
 PAGE_STATUS: dict[str, int] = {
-    "invalid": 400, "form_invalid": 400, "unavailable": 503, "error": 500, "rate_limited": 429,
-    "not_found": 404, "method_not_allowed": 405, "bad_request": 400,
+    "invalid": 400,
+    "form_invalid": 400,
+    "unavailable": 503,
+    "error": 500,
+    "rate_limited": 429,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "bad_request": 400,
 }
 
 #: The page CSP; ``form-action`` is widened per page (see :func:`csp`).
-_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; "
-        "frame-ancestors 'none'; base-uri 'none'")
+_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def csp(*form_origins: str) -> str:
@@ -55,8 +77,9 @@ def page_reason(exc: errors.LinkError) -> str:
     return exc.reason if exc.reason in ("expired", "used", "revoked", "superseded") else "invalid"
 
 
-def render_page(template: str, status: int = 200, *, content_security_policy: str | None = None,
-                **context: Any) -> Response:
+def render_page(
+    template: str, status: int = 200, *, content_security_policy: str | None = None, **context: Any
+) -> Response:
     resp = Response(render_template(template, **context), status=status, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = content_security_policy or csp()
     return resp

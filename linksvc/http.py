@@ -19,13 +19,31 @@ REASON_STATUS: dict[str, int] = {
     "unknown_link": 404,
 }
 
-KIND_STATUS = {"invalid": 422, "forbidden": 403, "not_found": 404, "bad_request": 400, "too_large": 413,
-               "bad_gateway": 502, "conflict": 409, "gone": 410}
+KIND_STATUS = {
+    "invalid": 422,
+    "forbidden": 403,
+    "not_found": 404,
+    "bad_request": 400,
+    "too_large": 413,
+    "bad_gateway": 502,
+    "conflict": 409,
+    "gone": 410,
+}
 
 TITLES = {
-    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-    409: "Conflict", 410: "Gone", 413: "Payload too large", 415: "Unsupported media type",
-    422: "Unprocessable content", 429: "Too many requests", 500: "Internal error", 502: "Bad gateway",
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal error",
+    502: "Bad gateway",
     503: "Service unavailable",
 }
 
@@ -36,8 +54,13 @@ def link_error_status(exc: errors.LinkError) -> int:
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
     """An RFC 9457 problem document with our stable ``code``."""
-    body = {"type": PROBLEM_TYPE + code, "title": TITLES.get(status, "Error"), "status": status,
-            "code": code, "detail": detail}
+    body = {
+        "type": PROBLEM_TYPE + code,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
     body.update({k: v for k, v in extra.items() if v is not None})
     resp = Response(json.dumps(body), status=status, mimetype="application/problem+json")
     if status == 401:
@@ -46,9 +69,16 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
 
 
 def link_error_problem(exc: errors.LinkError) -> Response:
-    facts = {k: v for k, v in exc.facts.items() if isinstance(v, (int, str)) and k not in ("purpose",)}
-    return problem(link_error_status(exc), exc.reason, exc.detail, jti=exc.jti if exc.reason in REASON_STATUS else None,
-                   **facts)
+    facts = {
+        k: v for k, v in exc.facts.items() if isinstance(v, (int, str)) and k not in ("purpose",)
+    }
+    return problem(
+        link_error_status(exc),
+        exc.reason,
+        exc.detail,
+        jti=exc.jti if exc.reason in REASON_STATUS else None,
+        **facts,
+    )
 
 
 def security_headers(resp: Response) -> Response:

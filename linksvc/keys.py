@@ -113,8 +113,10 @@ def _public_key(alg: str, jwk: Mapping[str, Any]) -> Any:
     """The public key object of a stored JWK, refusing one of the wrong type or size."""
     if jwk.get("kty") != _KTY[alg]:
         raise ValueError(f"JWK of type {jwk.get('kty')!r} for {alg}")
-    key = _JWK_ALGORITHM[alg].from_jwk(json.dumps(public_jwk(alg, jwk)))
-    if alg == "ES256" and not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+    key = _JWK_ALGORITHM[alg].from_jwk(json.dumps(public_jwk(alg, jwk)))  # type: ignore[attr-defined]
+    if alg == "ES256" and not (
+        isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    ):
         raise ValueError("ES256 key is not on P-256")
     if alg == "EdDSA" and not isinstance(key, ed25519.Ed25519PublicKey):
         raise ValueError("EdDSA key is not Ed25519")
@@ -133,8 +135,10 @@ def _decrypt(kek: bytes, kid: str, blob: bytes) -> bytes:
     try:
         return AESGCM(kek[:32]).decrypt(blob[:12], blob[12:], kid.encode())
     except (InvalidTag, ValueError):
-        raise KeyRingError(f"LINKSVC_KEY_ENCRYPTION_KEY cannot decrypt signing key {kid} "
-                           "(a different key-encryption key than the one it was stored with?)") from None
+        raise KeyRingError(
+            f"LINKSVC_KEY_ENCRYPTION_KEY cannot decrypt signing key {kid} "
+            "(a different key-encryption key than the one it was stored with?)"
+        ) from None
 
 
 def _private_key(kek: bytes, kid: str, alg: str, blob: bytes, jwk: Mapping[str, Any]) -> Any:
@@ -144,7 +148,7 @@ def _private_key(kek: bytes, kid: str, alg: str, blob: bytes, jwk: Mapping[str, 
     probe = b"linksvc key check " + kid.encode()
     try:
         good = algorithm.verify(probe, _public_key(alg, jwk), algorithm.sign(probe, private))
-    except Exception:  # noqa: BLE001 - a key of the wrong type fails inside the primitive
+    except Exception:
         good = False
     if not good:
         raise KeyRingError(f"signing key {kid} does not match its published public key")
@@ -153,15 +157,24 @@ def _private_key(kek: bytes, kid: str, alg: str, blob: bytes, jwk: Mapping[str, 
 
 # -- the ring in the database ----------------------------------------------------------
 
+
 def _info(r: Mapping[str, Any]) -> KeyInfo:
-    return KeyInfo(r["kid"], r["alg"], r["state"], r["created_at"], r["activated_at"], r["retired_at"],
-                   r["removed_at"], json.loads(r["public_jwk"]))
+    return KeyInfo(
+        r["kid"],
+        r["alg"],
+        r["state"],
+        r["created_at"],
+        r["activated_at"],
+        r["retired_at"],
+        r["removed_at"],
+        json.loads(r["public_jwk"]),
+    )
 
 
 def list_keys(conn: Connection) -> list[KeyInfo]:
     t = db.signing_keys
     rows = conn.execute(sa.select(t).order_by(t.c.created_at, t.c.kid)).mappings()
-    return [_info(r) for r in rows]
+    return [_info(dict(r)) for r in rows]
 
 
 def _one(conn: Connection, state: str) -> KeyInfo | None:
@@ -173,28 +186,42 @@ def _one(conn: Connection, state: str) -> KeyInfo | None:
 def _set_state(conn: Connection, kid: str, from_state: str, **values: Any) -> None:
     """Move ``kid`` out of ``from_state``; a concurrent change of the same key is a conflict."""
     t = db.signing_keys
-    n = conn.execute(sa.update(t).where(t.c.kid == kid, t.c.state == from_state).values(**values)).rowcount
+    n = conn.execute(
+        sa.update(t).where(t.c.kid == kid, t.c.state == from_state).values(**values)
+    ).rowcount
     if n != 1:
-        raise KeyRingError(f"key {kid} changed while this command ran (another rotation?); "
-                           "check `keys list` and try again")
+        raise KeyRingError(
+            f"key {kid} changed while this command ran (another rotation?); "
+            "check `keys list` and try again"
+        )
 
 
 def create_key(conn: Connection, kek: bytes, alg: str, state: str, now: int) -> KeyInfo:
     """Generate a key of ``alg`` and store it in ``state`` (``next`` or ``active``)."""
     if alg not in SUPPORTED_ALGS:
-        raise KeyRingError(f"unsupported algorithm {alg!r}; choose one of {', '.join(SUPPORTED_ALGS)}")
+        raise KeyRingError(
+            f"unsupported algorithm {alg!r}; choose one of {', '.join(SUPPORTED_ALGS)}"
+        )
     if state not in ("next", "active"):
         raise KeyRingError(f"a new key is next or active, not {state!r}")
     private = _generate_private(alg)
     kid = f"{alg.lower()}-{time.strftime('%Y%m%d', time.gmtime(now))}-{secrets.token_hex(6)}"
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    jwk = public_jwk(alg, _JWK_ALGORITHM[alg].to_jwk(private.public_key(), as_dict=True))
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    jwk = public_jwk(alg, _JWK_ALGORITHM[alg].to_jwk(private.public_key(), as_dict=True))  # type: ignore[attr-defined]
     activated = now if state == "active" else None
-    conn.execute(sa.insert(db.signing_keys).values(
-        kid=kid, alg=alg, state=state, created_at=now, activated_at=activated,
-        public_jwk=json.dumps(jwk), private_key_enc=_encrypt(kek, kid, pem),
-    ))
+    conn.execute(
+        sa.insert(db.signing_keys).values(
+            kid=kid,
+            alg=alg,
+            state=state,
+            created_at=now,
+            activated_at=activated,
+            public_jwk=json.dumps(jwk),
+            private_key_enc=_encrypt(kek, kid, pem),
+        )
+    )
     return KeyInfo(kid, alg, state, now, activated, None, None, jwk)
 
 
@@ -222,13 +249,16 @@ def generate(conn: Connection, kek: bytes, alg: str, now: int) -> tuple[KeyInfo,
         return create_key(conn, kek, alg, "active", now), None
     old_next = _one(conn, "next")
     if old_next is not None:
-        _set_state(conn, old_next.kid, "next", state="removed", removed_at=now, private_key_enc=ERASED)
+        _set_state(
+            conn, old_next.kid, "next", state="removed", removed_at=now, private_key_enc=ERASED
+        )
         replaced = old_next.kid
     return create_key(conn, kek, alg, "next", now), replaced
 
 
-def rotate(conn: Connection, kek: bytes, now: int, alg: str | None = None, *,
-           min_age: int = 0) -> tuple[str | None, str, str]:
+def rotate(
+    conn: Connection, kek: bytes, now: int, alg: str | None = None, *, min_age: int = 0
+) -> tuple[str | None, str, str]:
     """``next`` → ``active``, ``active`` → ``retired``, and a new ``next``.
 
     Refuses (:class:`KeyRingError`) to activate a next key published less than ``min_age``
@@ -240,13 +270,17 @@ def rotate(conn: Connection, kek: bytes, now: int, alg: str | None = None, *,
     nxt = _one(conn, "next")
     if nxt is None:
         if min_age > 0:
-            raise KeyRingError("there is no next key to activate: run `keys generate`, then rotate once it "
-                               f"has been published for {min_age} s (or now with --force)")
+            raise KeyRingError(
+                "there is no next key to activate: run `keys generate`, then rotate once it "
+                f"has been published for {min_age} s (or now with --force)"
+            )
         nxt = create_key(conn, kek, alg or "ES256", "next", now)
     age = now - nxt.created_at
     if age < min_age:
-        raise KeyRingError(f"next key {nxt.kid} has been published for only {age} s; verifiers may cache the "
-                           f"JWKS for {JWKS_MAX_AGE} s, so rotate in {min_age - age} s (or now with --force)")
+        raise KeyRingError(
+            f"next key {nxt.kid} has been published for only {age} s; verifiers may cache the "
+            f"JWKS for {JWKS_MAX_AGE} s, so rotate in {min_age - age} s (or now with --force)"
+        )
     old = _one(conn, "active")
     if old is not None:
         _set_state(conn, old.kid, "active", state="retired", retired_at=now)
@@ -259,11 +293,18 @@ def retire_expired(conn: Connection, now: int, window: int) -> list[str]:
     """Remove retired keys whose every token has expired: ``retired_at + window < now``
     (``window`` from :func:`retired_window`)."""
     t = db.signing_keys
-    done = [r.kid for r in conn.execute(sa.select(t.c.kid).where(
-        t.c.state == "retired", t.c.retired_at + window < now))]
+    done = [
+        r.kid
+        for r in conn.execute(
+            sa.select(t.c.kid).where(t.c.state == "retired", t.c.retired_at + window < now)
+        )
+    ]
     if done:
-        conn.execute(sa.update(t).where(t.c.kid.in_(done), t.c.state == "retired")
-                     .values(state="removed", removed_at=now, private_key_enc=ERASED))
+        conn.execute(
+            sa.update(t)
+            .where(t.c.kid.in_(done), t.c.state == "retired")
+            .values(state="removed", removed_at=now, private_key_enc=ERASED)
+        )
     return done
 
 
@@ -278,7 +319,7 @@ def revoke(conn: Connection, kek: bytes, kid: str, now: int) -> tuple[KeyInfo, l
     row = conn.execute(sa.select(t).where(t.c.kid == kid)).mappings().first()
     if row is None:
         raise KeyRingError(f"no key {kid!r}")
-    info = _info(row)
+    info = _info(dict(row))
     if info.state == "removed":
         raise KeyRingError(f"key {kid} is already removed")
     notes = []
@@ -289,7 +330,9 @@ def revoke(conn: Connection, kek: bytes, kid: str, now: int) -> tuple[KeyInfo, l
             _set_state(conn, nxt.kid, "next", state="active", activated_at=now)
             notes.append(f"active {nxt.kid}")
         else:
-            notes.append(f"active {create_key(conn, kek, info.alg, 'active', now).kid} (new, unpublished until now)")
+            notes.append(
+                f"active {create_key(conn, kek, info.alg, 'active', now).kid} (new, unpublished until now)"
+            )
     if info.state in ("active", "next"):
         notes.append(f"next {create_key(conn, kek, info.alg, 'next', now).kid}")
     return dataclasses.replace(info, state="removed", removed_at=now), notes
@@ -314,13 +357,18 @@ def rewrap(conn: Connection, old_kek: bytes, new_kek: bytes) -> list[str]:
         try:
             pem = _decrypt(old_kek, kid, blob)
         except KeyRingError:
-            raise KeyRingError(f"neither the old nor the current key-encryption key opens signing key {kid}") from None
-        conn.execute(sa.update(t).where(t.c.kid == kid).values(private_key_enc=_encrypt(new_kek, kid, pem)))
+            raise KeyRingError(
+                f"neither the old nor the current key-encryption key opens signing key {kid}"
+            ) from None
+        conn.execute(
+            sa.update(t).where(t.c.kid == kid).values(private_key_enc=_encrypt(new_kek, kid, pem))
+        )
         done.append(kid)
     return done
 
 
 # -- the ring as a worker sees it ------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Snapshot:
@@ -341,8 +389,15 @@ class KeyRing:
     counts is decided at each call with ``clock``, not at load time.
     """
 
-    def __init__(self, engine: Engine, kek: bytes | None, *, refresh_seconds: int = 5,
-                 max_lifetime: int = 965, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        kek: bytes | None,
+        *,
+        refresh_seconds: int = 5,
+        max_lifetime: int = 965,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._engine = engine
         self._kek = kek
         self._refresh = refresh_seconds
@@ -367,15 +422,19 @@ class KeyRing:
             active = [k for k in infos if k.state == "active"]
             blob = None
             if active and self._kek is not None and active[-1].kid not in self._private_cache:
-                blob = conn.execute(sa.select(t.c.private_key_enc).where(t.c.kid == active[-1].kid)).scalar()
+                blob = conn.execute(
+                    sa.select(t.c.private_key_enc).where(t.c.kid == active[-1].kid)
+                ).scalar()
         keys: dict[str, tuple[KeyInfo, VerificationKey]] = {}
         for info in infos:
             vk = self._public_cache.get(info.kid)
             if vk is None:
                 try:
                     vk = VerificationKey(info.kid, info.alg, _public_key(info.alg, info.public_jwk))
-                except Exception as exc:  # noqa: BLE001 - one broken row must not take down the ring
-                    log.error("unusable public key skipped", extra={"kid": info.kid, "error": str(exc)})
+                except Exception as exc:
+                    log.error(
+                        "unusable public key skipped", extra={"kid": info.kid, "error": str(exc)}
+                    )
                     continue
                 self._public_cache[info.kid] = vk
             keys[info.kid] = (info, vk)
@@ -389,13 +448,19 @@ class KeyRing:
             signing = self._private_cache.get(info.kid)
             if signing is None:
                 try:
-                    private = _private_key(self._kek, info.kid, info.alg, blob or b"", info.public_jwk)
-                    signing = self._private_cache[info.kid] = SigningKey(info.kid, info.alg, private)
+                    private = _private_key(
+                        self._kek, info.kid, info.alg, blob or b"", info.public_jwk
+                    )
+                    signing = self._private_cache[info.kid] = SigningKey(
+                        info.kid, info.alg, private
+                    )
                 except (KeyRingError, ValueError, TypeError) as exc:
                     problem = str(exc)
                     if (info.kid, problem) != self._reported:  # once, not on every reload
                         self._reported = (info.kid, problem)
-                        log.error("active signing key unusable", extra={"kid": info.kid, "error": problem})
+                        log.error(
+                            "active signing key unusable", extra={"kid": info.kid, "error": problem}
+                        )
         live = set(keys)
         for cache in (self._public_cache, self._private_cache):
             for kid in set(cache) - live:
@@ -440,7 +505,9 @@ class KeyRing:
         if snap.signing is None:
             if snap.signing_problem is not None:
                 # The precise reason is in the log; callers of the API need not learn it.
-                raise errors.ServiceUnavailable("signing key", "No usable signing key; the operator has been alerted.")
+                raise errors.ServiceUnavailable(
+                    "signing key", "No usable signing key; the operator has been alerted."
+                )
             raise errors.NotInitialised("an active signing key")
         return snap.signing
 
@@ -476,8 +543,12 @@ class KeyRing:
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set of :meth:`published`: public members only, with ``kid``, ``alg``, ``use``."""
-        return {"keys": [{**public_jwk(k.alg, k.public_jwk), "kid": k.kid, "alg": k.alg, "use": "sig"}
-                         for k in self.published()]}
+        return {
+            "keys": [
+                {**public_jwk(k.alg, k.public_jwk), "kid": k.kid, "alg": k.alg, "use": "sig"}
+                for k in self.published()
+            ]
+        }
 
     def check(self) -> SigningKey:
         """Load the ring now and return the signing key, or raise :class:`KeyRingError`
@@ -489,14 +560,20 @@ class KeyRing:
         except errors.ServiceUnavailable as exc:
             cause = exc.__cause__
             hint = f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause else ""
-            raise KeyRingError(f"cannot read the signing keys from the database{hint}; "
-                               "is LINKSVC_DATABASE_URL right, and has `flask --app app init-db` run?") from None
+            raise KeyRingError(
+                f"cannot read the signing keys from the database{hint}; "
+                "is LINKSVC_DATABASE_URL right, and has `flask --app app init-db` run?"
+            ) from None
         except sa.exc.DBAPIError as exc:
-            raise KeyRingError(f"cannot read the signing keys from the database ({type(exc).__name__}); "
-                               "has `flask --app app init-db` run?") from None
+            raise KeyRingError(
+                f"cannot read the signing keys from the database ({type(exc).__name__}); "
+                "has `flask --app app init-db` run?"
+            ) from None
         snap = self._snap
         assert snap is not None
         if snap.signing is None:
-            raise KeyRingError(snap.signing_problem or
-                               "there is no active signing key: run `flask --app app init-db` or `keys generate`")
+            raise KeyRingError(
+                snap.signing_problem
+                or "there is no active signing key: run `flask --app app init-db` or `keys generate`"
+            )
         return snap.signing

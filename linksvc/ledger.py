@@ -52,12 +52,22 @@ class Event:
 
 def _record(row: sa.RowMapping) -> LinkRecord:
     return LinkRecord(
-        jti=row["jti"], client_id=row["client_id"], purpose=row["purpose"], subject=row["subject"],
-        kid=row["kid"], iat=row["iat"], exp=row["exp"], state=row["state"], state_at=row["state_at"],
-        state_via=row["state_via"], state_detail=row["state_detail"], redirect_uri=row["redirect_uri"],
+        jti=row["jti"],
+        client_id=row["client_id"],
+        purpose=row["purpose"],
+        subject=row["subject"],
+        kid=row["kid"],
+        iat=row["iat"],
+        exp=row["exp"],
+        state=row["state"],
+        state_at=row["state_at"],
+        state_via=row["state_via"],
+        state_detail=row["state_detail"],
+        redirect_uri=row["redirect_uri"],
         download=json.loads(row["download"]) if row["download"] else None,
         data=json.loads(row["data"]) if row["data"] is not None else None,
-        confirm=bool(row["confirm"]), completion_hash=row["completion_hash"],
+        confirm=bool(row["confirm"]),
+        completion_hash=row["completion_hash"],
     )
 
 
@@ -68,30 +78,59 @@ _INSERT_LINK = sa.insert(db.links)
 _GET = sa.select(db.links).where(db.links.c.jti == sa.bindparam("k_jti"))
 _CONSUME = (
     sa.update(db.links)
-    .where(db.links.c.jti == sa.bindparam("k_jti"), db.links.c.state == ISSUED,
-           db.links.c.client_id == sa.bindparam("k_client"), db.links.c.purpose == sa.bindparam("k_purpose"),
-           db.links.c.subject == sa.bindparam("k_subject"))
-    .values(state=CONSUMED, state_at=sa.bindparam("k_now"), state_via=sa.bindparam("k_via"),
-            completion_hash=sa.bindparam("k_hash"))
+    .where(
+        db.links.c.jti == sa.bindparam("k_jti"),
+        db.links.c.state == ISSUED,
+        db.links.c.client_id == sa.bindparam("k_client"),
+        db.links.c.purpose == sa.bindparam("k_purpose"),
+        db.links.c.subject == sa.bindparam("k_subject"),
+    )
+    .values(
+        state=CONSUMED,
+        state_at=sa.bindparam("k_now"),
+        state_via=sa.bindparam("k_via"),
+        completion_hash=sa.bindparam("k_hash"),
+    )
     .returning(*db.links.c)
 )
 
 
-def add_event(conn: Connection, jti: str, event: str, now: int, *, reason: str | None = None,
-              via: str | None = None, actor: str | None = None) -> None:
-    conn.execute(_INSERT_EVENT, {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor})
+def add_event(
+    conn: Connection,
+    jti: str,
+    event: str,
+    now: int,
+    *,
+    reason: str | None = None,
+    via: str | None = None,
+    actor: str | None = None,
+) -> None:
+    conn.execute(
+        _INSERT_EVENT,
+        {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor},
+    )
 
 
 #: A leaked link replayed in a loop must not grow its history without bound.
 MAX_REJECTION_EVENTS = 20
 
 
-def add_rejection(conn: Connection, jti: str, now: int, *, reason: str, via: str | None = None,
-                  actor: str | None = None) -> None:
+def add_rejection(
+    conn: Connection,
+    jti: str,
+    now: int,
+    *,
+    reason: str,
+    via: str | None = None,
+    actor: str | None = None,
+) -> None:
     """Note a refused attempt in the link's history, up to :data:`MAX_REJECTION_EVENTS`."""
     e = db.link_events.c
-    seen = conn.execute(sa.select(sa.func.count()).select_from(db.link_events)
-                        .where(e.jti == jti, e.event == "rejected")).scalar_one()
+    seen = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(db.link_events)
+        .where(e.jti == jti, e.event == "rejected")
+    ).scalar_one()
     if seen < MAX_REJECTION_EVENTS:
         add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
 
@@ -101,14 +140,33 @@ def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int)
     for this subject and purpose. Returns how many were superseded."""
     superseded = 0
     if supersede:
-        superseded = _change_outstanding(conn, SUPERSEDED, now, via="mint", detail=rec.jti,
-                                         client_id=rec.client_id, subject=rec.subject, purposes=[rec.purpose])
-    conn.execute(_INSERT_LINK, dict(
-        jti=rec.jti, client_id=rec.client_id, purpose=rec.purpose, subject=rec.subject, kid=rec.kid,
-        iat=rec.iat, exp=rec.exp, state=ISSUED, redirect_uri=rec.redirect_uri,
-        download=json.dumps(rec.download) if rec.download is not None else None,
-        data=json.dumps(rec.data) if rec.data is not None else None, confirm=rec.confirm,
-    ))
+        superseded = _change_outstanding(
+            conn,
+            SUPERSEDED,
+            now,
+            via="mint",
+            detail=rec.jti,
+            client_id=rec.client_id,
+            subject=rec.subject,
+            purposes=[rec.purpose],
+        )
+    conn.execute(
+        _INSERT_LINK,
+        {
+            "jti": rec.jti,
+            "client_id": rec.client_id,
+            "purpose": rec.purpose,
+            "subject": rec.subject,
+            "kid": rec.kid,
+            "iat": rec.iat,
+            "exp": rec.exp,
+            "state": ISSUED,
+            "redirect_uri": rec.redirect_uri,
+            "download": json.dumps(rec.download) if rec.download is not None else None,
+            "data": json.dumps(rec.data) if rec.data is not None else None,
+            "confirm": rec.confirm,
+        },
+    )
     add_event(conn, rec.jti, "minted", now, via="api")
     return superseded
 
@@ -120,13 +178,22 @@ def get(conn: Connection, jti: str) -> LinkRecord | None:
 
 def events(conn: Connection, jti: str, limit: int = 50) -> list[Event]:
     e = db.link_events.c
-    rows = conn.execute(sa.select(e.at, e.event, e.reason, e.via).where(e.jti == jti).order_by(e.id).limit(limit))
+    rows = conn.execute(
+        sa.select(e.at, e.event, e.reason, e.via).where(e.jti == jti).order_by(e.id).limit(limit)
+    )
     return [Event(*r) for r in rows]
 
 
-def check_outstanding(rec: LinkRecord | None, *, jti: str, client_id: str, purpose: str, subject: str) -> LinkRecord:
+def check_outstanding(
+    rec: LinkRecord | None, *, jti: str, client_id: str, purpose: str, subject: str
+) -> LinkRecord:
     """Step 4 of verification: the link is ours, matches its token, and is still ``issued``."""
-    if rec is None or rec.client_id != client_id or rec.purpose != purpose or rec.subject != subject:
+    if (
+        rec is None
+        or rec.client_id != client_id
+        or rec.purpose != purpose
+        or rec.subject != subject
+    ):
         # A well-signed token with no matching row is not one we recorded: treat as unknown.
         raise errors.UnknownLink(jti=jti)
     if rec.state != ISSUED:
@@ -134,23 +201,48 @@ def check_outstanding(rec: LinkRecord | None, *, jti: str, client_id: str, purpo
     return rec
 
 
-def consume(engine: Engine, *, jti: str, client_id: str, purpose: str, subject: str, now: int,
-            via: str, actor: str | None = None, completion_hash: str | None = None) -> LinkRecord:
+def consume(
+    engine: Engine,
+    *,
+    jti: str,
+    client_id: str,
+    purpose: str,
+    subject: str,
+    now: int,
+    via: str,
+    actor: str | None = None,
+    completion_hash: str | None = None,
+) -> LinkRecord:
     """Consume a link once: exactly one caller racing for ``jti`` gets its record back;
     every other gets :class:`~linksvc.errors.Used` (or the state it is in)."""
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
         # RETURNING hands the winner its row in the same statement: no second read.
-        row = conn.execute(_CONSUME, {"k_jti": jti, "k_client": client_id, "k_purpose": purpose,
-                                      "k_subject": subject, "k_now": now, "k_via": via,
-                                      "k_hash": completion_hash}).mappings().first()
+        row = (
+            conn.execute(
+                _CONSUME,
+                {
+                    "k_jti": jti,
+                    "k_client": client_id,
+                    "k_purpose": purpose,
+                    "k_subject": subject,
+                    "k_now": now,
+                    "k_via": via,
+                    "k_hash": completion_hash,
+                },
+            )
+            .mappings()
+            .first()
+        )
         if row is not None:
             add_event(conn, jti, "consumed", now, via=via, actor=actor)
             return _record(row)
         rec = get(conn, jti)
         try:
             check_outstanding(rec, jti=jti, client_id=client_id, purpose=purpose, subject=subject)
-            failure = errors.Used(jti=jti)  # pragma: no cover - nothing matched, yet the row looks issued
+            failure = errors.Used(
+                jti=jti
+            )  # pragma: no cover - nothing matched, yet the row looks issued
         except errors.LinkError as exc:
             failure = exc
         if rec is not None and rec.client_id == client_id:
@@ -159,8 +251,16 @@ def consume(engine: Engine, *, jti: str, client_id: str, purpose: str, subject: 
     raise failure
 
 
-def record_rejection(engine: Engine, jti: str, client_id: str | None, reason: str, now: int, *, via: str,
-                     actor: str | None = None) -> None:
+def record_rejection(
+    engine: Engine,
+    jti: str,
+    client_id: str | None,
+    reason: str,
+    now: int,
+    *,
+    via: str,
+    actor: str | None = None,
+) -> None:
     """Note a refused attempt against a link we know, in its history. Best effort."""
     try:
         with db.write(engine) as conn:
@@ -171,9 +271,18 @@ def record_rejection(engine: Engine, jti: str, client_id: str | None, reason: st
         pass
 
 
-def _change_outstanding(conn: Connection, state: str, now: int, *, via: str, detail: str | None = None,
-                        client_id: str, subject: str | None = None, purposes: Collection[str] | None = None,
-                        jti: str | None = None) -> int:
+def _change_outstanding(
+    conn: Connection,
+    state: str,
+    now: int,
+    *,
+    via: str,
+    detail: str | None = None,
+    client_id: str,
+    subject: str | None = None,
+    purposes: Collection[str] | None = None,
+    jti: str | None = None,
+) -> int:
     t = db.links
     # A token still verifies up to the clock-skew leeway past its exp, so a link in that
     # window must still be revocable (and supersedable); the largest leeway allowed covers it.
@@ -188,11 +297,16 @@ def _change_outstanding(conn: Connection, state: str, now: int, *, via: str, det
     if not jtis:
         return 0
     # Re-check the state in the UPDATE itself: a link consumed meanwhile stays consumed.
-    changed = conn.execute(
-        sa.update(t).where(t.c.jti.in_(jtis), t.c.state == ISSUED)
-        .values(state=state, state_at=now, state_via=via, state_detail=detail)
-        .returning(t.c.jti)
-    ).scalars().all()
+    changed = (
+        conn.execute(
+            sa.update(t)
+            .where(t.c.jti.in_(jtis), t.c.state == ISSUED)
+            .values(state=state, state_at=now, state_via=via, state_detail=detail)
+            .returning(t.c.jti)
+        )
+        .scalars()
+        .all()
+    )
     event = "revoked" if state == REVOKED else "superseded"
     for j in changed:
         add_event(conn, j, event, now, via=via)
@@ -214,12 +328,20 @@ def revoke(engine: Engine, *, jti: str, client_id: str, now: int) -> tuple[LinkR
         return rec2, n
 
 
-def revoke_subject(engine: Engine, *, client_id: str, subject: str, purposes: Collection[str] | None,
-                   now: int) -> int:
+def revoke_subject(
+    engine: Engine, *, client_id: str, subject: str, purposes: Collection[str] | None, now: int
+) -> int:
     """Revoke every outstanding link of ``subject`` (optionally of ``purposes``)."""
     with db.write(engine) as conn:
-        return _change_outstanding(conn, REVOKED, now, via="subject", client_id=client_id,
-                                   subject=subject, purposes=purposes)
+        return _change_outstanding(
+            conn,
+            REVOKED,
+            now,
+            via="subject",
+            client_id=client_id,
+            subject=subject,
+            purposes=purposes,
+        )
 
 
 #: The shortest retention ``purge`` accepts. A purged link must fail as ``expired`` before
@@ -229,8 +351,14 @@ def revoke_subject(engine: Engine, *, client_id: str, subject: str, purposes: Co
 MIN_RETENTION_SECONDS = 3600
 
 
-def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int = 1000,
-          max_batches: int | None = None) -> dict[str, int]:
+def purge(
+    engine: Engine,
+    *,
+    now: int,
+    retention_seconds: int,
+    batch_size: int = 1000,
+    max_batches: int | None = None,
+) -> dict[str, int]:
     """Delete links whose ``exp`` is more than ``retention_seconds`` ago, with their events,
     and codes expired as long ago, in transactions of at most ``batch_size`` rows each so it
     can run beside live traffic. Returns how many links, events and codes it removed.
@@ -256,15 +384,22 @@ def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int =
 
     for _ in batches():
         with db.write(engine) as conn:
-            jtis = [r[0] for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))]
+            jtis = [
+                r[0]
+                for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))
+            ]
             if not jtis:
                 break
             # The condition again in the DELETE: only what is past the cutoff, whatever was read.
-            gone = conn.execute(sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti))
+            gone = conn.execute(
+                sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
+            )
             gone_jtis = gone.scalars().all()
             removed["links"] += len(gone_jtis)
             if gone_jtis:
-                removed["events"] += conn.execute(sa.delete(e).where(e.c.jti.in_(gone_jtis))).rowcount
+                removed["events"] += conn.execute(
+                    sa.delete(e).where(e.c.jti.in_(gone_jtis))
+                ).rowcount
 
     # An attempt noted in a link's history while the link was being purged leaves an event
     # behind. An event older than the cutoff minus the longest lifetime and leeway can only
@@ -280,10 +415,15 @@ def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int =
 
     for _ in batches():
         with db.write(engine) as conn:
-            hashes = [r[0] for r in conn.execute(sa.select(c.c.code_hash).where(c.c.expires_at < cutoff)
-                                                 .limit(batch_size))]
+            hashes = [
+                r[0]
+                for r in conn.execute(
+                    sa.select(c.c.code_hash).where(c.c.expires_at < cutoff).limit(batch_size)
+                )
+            ]
             if not hashes:
                 break
-            removed["codes"] += conn.execute(sa.delete(c).where(c.c.code_hash.in_(hashes),
-                                                                c.c.expires_at < cutoff)).rowcount
+            removed["codes"] += conn.execute(
+                sa.delete(c).where(c.c.code_hash.in_(hashes), c.c.expires_at < cutoff)
+            ).rowcount
     return removed

@@ -47,7 +47,9 @@ SUBJECTS = {
 
 # Deliberately plain: one local part, one domain with a dot, no spaces, quotes, angle
 # brackets or control characters (nothing that could smuggle a header or a second recipient).
-_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+")
+_ADDRESS_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+"
+)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -72,9 +74,13 @@ class SmtpTransport:
     def from_url(cls, url: str) -> SmtpTransport:
         parts = urlsplit(url)
         default_port = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}[parts.scheme]
-        return cls(scheme=parts.scheme, host=parts.hostname or "localhost", port=parts.port or default_port,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None)
+        return cls(
+            scheme=parts.scheme,
+            host=parts.hostname or "localhost",
+            port=parts.port or default_port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
 
     def describe(self) -> str:
         # Never the password.
@@ -122,7 +128,10 @@ def transport_for(settings: Settings) -> Transport:
     if settings.smtp_url:
         t = SmtpTransport.from_url(settings.smtp_url)
         if settings.is_production and t.username is not None and t.scheme == "smtp":
-            raise ConfigError("LINKSVC_SMTP_URL", "credentials need smtps:// or smtp+starttls://, not plain smtp://")
+            raise ConfigError(
+                "LINKSVC_SMTP_URL",
+                "credentials need smtps:// or smtp+starttls://, not plain smtp://",
+            )
         return t
     return OutboxTransport(settings.mail_outbox)
 
@@ -141,22 +150,30 @@ class Mailer:
     def check_address(self, address: str) -> None:
         """Refuse an address we would not send to — before any link is minted for it."""
         if len(address) > 254 or not _ADDRESS_RE.fullmatch(address):
-            raise errors.RequestRefused("invalid_field", "email must be a plain e-mail address (name@example.com).",
-                                        field="email")
+            raise errors.RequestRefused(
+                "invalid_field",
+                "email must be a plain e-mail address (name@example.com).",
+                field="email",
+            )
 
     def address_hash(self, address: str) -> str | None:
         """A keyed hash of the address for log lines: matchable by someone who has the address, not reversible."""
         key = self.settings.secret_key
         if key is None:
             return None
-        return hmac.new(key, b"mail-address\0" + address.strip().lower().encode(), hashlib.sha256).hexdigest()[:16]
+        return hmac.new(
+            key, b"mail-address\0" + address.strip().lower().encode(), hashlib.sha256
+        ).hexdigest()[:16]
 
     def render(self, client: Client, minted: Minted, address: str) -> EmailMessage:
         rec = minted.record
         app_name = _header_text(client.display_name or client.name)
         expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec.exp))
         context: dict[str, Any] = {
-            "link": minted.url, "app_name": app_name, "purpose": rec.purpose, "expires_at": expires,
+            "link": minted.url,
+            "app_name": app_name,
+            "purpose": rec.purpose,
+            "expires_at": expires,
             "minutes": max(1, round((rec.exp - rec.iat) / 60)),
         }
         msg = EmailMessage()
@@ -176,33 +193,54 @@ class Mailer:
     def __call__(self, client: Client, minted: Minted, address: str) -> None:
         self.check_address(address)
         jti = minted.record.jti
-        extra = {"jti": jti, "client": client.id, "transport": type(self.transport).__name__,
-                 "to_hash": self.address_hash(address)}
+        extra = {
+            "jti": jti,
+            "client": client.id,
+            "transport": type(self.transport).__name__,
+            "to_hash": self.address_hash(address),
+        }
         try:
             self.transport.send(self.render(client, minted, address))
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             # The exception text can quote the recipient; log only its type and SMTP code.
-            log.warning("mail not sent; link revoked", extra={**extra, "outcome": "mail_failed",
-                                                              "error": type(exc).__name__,
-                                                              "smtp_code": getattr(exc, "smtp_code", None)})
+            log.warning(
+                "mail not sent; link revoked",
+                extra={
+                    **extra,
+                    "outcome": "mail_failed",
+                    "error": type(exc).__name__,
+                    "smtp_code": getattr(exc, "smtp_code", None),
+                },
+            )
             self._revoke(client, jti)
-            raise errors.RequestRefused("mail_failed", "The link could not be sent by mail, so it was revoked; "
-                                        "try again later.", kind="bad_gateway", field="email") from None
+            raise errors.RequestRefused(
+                "mail_failed",
+                "The link could not be sent by mail, so it was revoked; try again later.",
+                kind="bad_gateway",
+                field="email",
+            ) from None
         log.info("mail sent", extra={**extra, "outcome": "mailed"})
 
     def _revoke(self, client: Client, jti: str) -> None:
         svc: LinkService = current_app.extensions["linksvc"]
         try:
             svc.revoke(client, jti)
-        except (errors.LinkError, errors.ServiceUnavailable) as exc:  # pragma: no cover - database trouble
-            log.error("could not revoke unsent link", extra={"jti": jti, "client": client.id,
-                                                             "error": type(exc).__name__})
+        except (
+            errors.LinkError,
+            errors.ServiceUnavailable,
+        ) as exc:  # pragma: no cover - database trouble
+            log.error(
+                "could not revoke unsent link",
+                extra={"jti": jti, "client": client.id, "error": type(exc).__name__},
+            )
 
 
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["LINKSVC"]
     transport = transport_for(settings)
     if settings.is_production and isinstance(transport, OutboxTransport):
-        log.warning("LINKSVC_SMTP_URL is not set: mail goes to the outbox folder",
-                    extra={"outbox": str(transport.directory)})
+        log.warning(
+            "LINKSVC_SMTP_URL is not set: mail goes to the outbox folder",
+            extra={"outbox": str(transport.directory)},
+        )
     app.extensions["linksvc.mailer"] = Mailer(settings, transport)

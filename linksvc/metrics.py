@@ -22,8 +22,14 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics,
-                               generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,19 +41,36 @@ MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The ``_created`` series double the output and say nothing a scrape needs.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 MINTED = Counter("linksvc_links_minted", "Links minted.", ["purpose", "client"], registry=REGISTRY)
-REDEMPTIONS = Counter("linksvc_redemptions", "Redemption attempts by outcome: consumed, or the reason code.",
-                      ["purpose", "outcome"], registry=REGISTRY)
-VERIFICATIONS = Counter("linksvc_verifications", "Verification attempts by outcome: valid, or the reason code.",
-                        ["purpose", "outcome"], registry=REGISTRY)
-LATENCY = Histogram("linksvc_request_duration_seconds", "Time from request start to response, by endpoint.",
-                    ["endpoint"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
-RESPONSES = Counter("linksvc_http_responses", "Responses by endpoint and status code.", ["endpoint", "status"],
-                    registry=REGISTRY)
+REDEMPTIONS = Counter(
+    "linksvc_redemptions",
+    "Redemption attempts by outcome: consumed, or the reason code.",
+    ["purpose", "outcome"],
+    registry=REGISTRY,
+)
+VERIFICATIONS = Counter(
+    "linksvc_verifications",
+    "Verification attempts by outcome: valid, or the reason code.",
+    ["purpose", "outcome"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "linksvc_request_duration_seconds",
+    "Time from request start to response, by endpoint.",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RESPONSES = Counter(
+    "linksvc_http_responses",
+    "Responses by endpoint and status code.",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
 
 
 def reason_codes() -> list[str]:
@@ -93,11 +116,16 @@ class KeyAgeCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        age = GaugeMetricFamily("linksvc_signing_key_age_seconds", "Seconds since each published key was created.",
-                                labels=["kid", "alg", "state"])
-        in_state = GaugeMetricFamily("linksvc_signing_key_state_age_seconds",
-                                     "Seconds since each published key entered its state (activated, retired).",
-                                     labels=["kid", "alg", "state"])
+        age = GaugeMetricFamily(
+            "linksvc_signing_key_age_seconds",
+            "Seconds since each published key was created.",
+            labels=["kid", "alg", "state"],
+        )
+        in_state = GaugeMetricFamily(
+            "linksvc_signing_key_state_age_seconds",
+            "Seconds since each published key entered its state (activated, retired).",
+            labels=["kid", "alg", "state"],
+        )
         svc = self.app.extensions["linksvc"]
         now = svc.now()
         try:
@@ -117,7 +145,8 @@ def scrape(app: Flask) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     if MULTIPROCESS_DIR:
         from prometheus_client import multiprocess
-        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)
+
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
     else:
         registry.register(_Forward(REGISTRY))
     registry.register(KeyAgeCollector(app))
@@ -146,8 +175,11 @@ def _stop_timer(resp: Response) -> Response:
 
 
 def metrics_view() -> Response:
-    return Response(scrape(current_app._get_current_object()), mimetype=None,  # type: ignore[attr-defined]
-                    content_type=CONTENT_TYPE_LATEST)
+    return Response(
+        scrape(current_app._get_current_object()),  # type: ignore[attr-defined]
+        mimetype=None,
+        content_type=CONTENT_TYPE_LATEST,
+    )
 
 
 def init_app(app: Flask) -> None:

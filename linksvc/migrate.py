@@ -7,12 +7,13 @@ proves the models and the migrations agree.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -52,7 +53,7 @@ def head() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def diff(engine: Engine) -> list:
+def diff(engine: Engine) -> list[Any]:
     """Differences between the models (``linksvc.db.metadata``) and the database's schema,
     as Alembic's autogenerate sees them. Empty when every model change has its migration."""
     from alembic.autogenerate import compare_metadata
@@ -60,5 +61,7 @@ def diff(engine: Engine) -> list:
     from .db import metadata
 
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
         return list(compare_metadata(ctx, metadata))

@@ -21,7 +21,11 @@ PURPOSES = ["magic_link", "password_reset", "download"]
 _STR = {"type": "string"}
 _DATETIME = {"type": "string", "format": "date-time"}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
-_JTI = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$", "description": "The link's id: 128 random bits, base64url."}
+_JTI = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_-]{22}$",
+    "description": "The link's id: 128 random bits, base64url.",
+}
 _STATE = {"type": "string", "enum": ["issued", "consumed", "revoked", "superseded"]}
 _PURPOSE = {"type": "string", "enum": PURPOSES}
 
@@ -34,15 +38,24 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _problem(description: str, *, retry_after: bool = False, authenticate: bool = False) -> dict[str, Any]:
-    resp: dict[str, Any] = {"description": description,
-                            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+def _problem(
+    description: str, *, retry_after: bool = False, authenticate: bool = False
+) -> dict[str, Any]:
+    resp: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
     headers = {}
     if retry_after:
-        headers["Retry-After"] = {"description": "Seconds to wait before trying again.",
-                                  "schema": {"type": "string"}}
+        headers["Retry-After"] = {
+            "description": "Seconds to wait before trying again.",
+            "schema": {"type": "string"},
+        }
     if authenticate:
-        headers["WWW-Authenticate"] = {"description": "The bearer challenge.", "schema": {"type": "string"}}
+        headers["WWW-Authenticate"] = {
+            "description": "The bearer challenge.",
+            "schema": {"type": "string"},
+        }
     if headers:
         resp["headers"] = headers
     return resp
@@ -52,28 +65,39 @@ def _problem(description: str, *, retry_after: bool = False, authenticate: bool 
 _COMMON_ERRORS = {
     "401": _problem("Missing or invalid API key (`unauthorized`).", authenticate=True),
     "429": _problem("Rate limited (`rate_limited`).", retry_after=True),
-    "503": _problem("The database or another backend is unavailable (`unavailable`); nothing was consumed.",
-                    retry_after=True),
+    "503": _problem(
+        "The database or another backend is unavailable (`unavailable`); nothing was consumed.",
+        retry_after=True,
+    ),
 }
 # Answers of a call that takes a JSON body.
 _BODY_ERRORS = {
-    "400": _problem("The body is missing, not UTF-8 JSON, has duplicate members, or is not an object "
-                    "(`body_required`, `invalid_json`, `invalid_body`)."),
+    "400": _problem(
+        "The body is missing, not UTF-8 JSON, has duplicate members, or is not an object "
+        "(`body_required`, `invalid_json`, `invalid_body`)."
+    ),
     "413": _problem("The body is larger than `LINKSVC_MAX_BODY_BYTES` (`body_too_large`)."),
     "415": _problem("The body is not `application/json` (`unsupported_media_type`)."),
-    "422": _problem("A field is unknown, missing, of the wrong type or out of range "
-                    "(`unknown_field`, `missing_field`, `invalid_field`, …); `field` names it."),
+    "422": _problem(
+        "A field is unknown, missing, of the wrong type or out of range "
+        "(`unknown_field`, `missing_field`, `invalid_field`, …); `field` names it."
+    ),
 }
 # Answers of a call that checks a link token.
 _TOKEN_ERRORS = {
-    "401": _problem("Missing or invalid API key (`unauthorized`), or the token is not valid: `malformed`, "
-                    "`bad_header`, `unknown_key`, `wrong_algorithm`, `bad_signature`, `wrong_issuer`, "
-                    "`wrong_audience`, `wrong_purpose`, `invalid_claims`, `lifetime_exceeded`, "
-                    "`not_yet_valid`, `issued_in_future`.", authenticate=True),
+    "401": _problem(
+        "Missing or invalid API key (`unauthorized`), or the token is not valid: `malformed`, "
+        "`bad_header`, `unknown_key`, `wrong_algorithm`, `bad_signature`, `wrong_issuer`, "
+        "`wrong_audience`, `wrong_purpose`, `invalid_claims`, `lifetime_exceeded`, "
+        "`not_yet_valid`, `issued_in_future`.",
+        authenticate=True,
+    ),
     "404": _problem("The token is well signed but names no link of this client (`unknown_link`)."),
     "409": _problem("The link has already been used (`used`)."),
-    "410": _problem("The link has expired, was revoked, or was superseded by a newer one "
-                    "(`expired`, `revoked`, `superseded`)."),
+    "410": _problem(
+        "The link has expired, was revoked, or was superseded by a newer one "
+        "(`expired`, `revoked`, `superseded`)."
+    ),
 }
 
 
@@ -89,8 +113,13 @@ def _responses(ok: dict[str, dict[str, Any]], *extra: dict[str, dict[str, Any]])
     return dict(sorted(out.items()))
 
 
-_JTI_PARAM = {"name": "jti", "in": "path", "required": True, "schema": {"type": "string"},
-              "description": "The link's `jti`, as returned when it was minted."}
+_JTI_PARAM = {
+    "name": "jti",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The link's `jti`, as returned when it was minted.",
+}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -103,11 +132,19 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "integer", "minimum": 400, "maximum": 599},
             "code": {"type": "string", "pattern": "^[a-z_]+$"},
             "detail": _STR,
-            "field": {"type": "string", "description": "The request field at fault, for 4xx on a field."},
-            "jti": {"type": "string", "description": "The link concerned, for `used`, `expired`, `revoked`, …"},
+            "field": {
+                "type": "string",
+                "description": "The request field at fault, for 4xx on a field.",
+            },
+            "jti": {
+                "type": "string",
+                "description": "The link concerned, for `used`, `expired`, `revoked`, …",
+            },
         },
-        "additionalProperties": {"type": ["string", "integer"],
-                                 "description": "Facts about the failure, such as `expired_at` (epoch seconds)."},
+        "additionalProperties": {
+            "type": ["string", "integer"],
+            "description": "Facts about the failure, such as `expired_at` (epoch seconds).",
+        },
     },
     "MintRequest": {
         "type": "object",
@@ -115,38 +152,66 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "purpose": _PURPOSE,
-            "subject": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$",
-                        "description": "The application's opaque user id (not an e-mail address)."},
-            "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": 900,
-                    "description": "Seconds; default 300, at most the purpose's ceiling."},
-            "redirect_uri": {"type": ["string", "null"],
-                             "description": "One of the client's registered redirect URIs (exact match)."},
+            "subject": {
+                "type": "string",
+                "pattern": "^[\\x21-\\x7e]{1,255}$",
+                "description": "The application's opaque user id (not an e-mail address).",
+            },
+            "ttl": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": 900,
+                "description": "Seconds; default 300, at most the purpose's ceiling.",
+            },
+            "redirect_uri": {
+                "type": ["string", "null"],
+                "description": "One of the client's registered redirect URIs (exact match).",
+            },
             "download": {
                 "type": ["object", "null"],
                 "description": "For download links: the stored file.",
                 "required": ["key"],
                 "properties": {"key": _STR, "bucket": _STR, "filename": _STR, "content_type": _STR},
             },
-            "data": {"description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`)."},
+            "data": {
+                "description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`)."
+            },
             "email": {"type": ["string", "null"], "description": "Send the link to this address."},
-            "confirm": {"type": ["boolean", "null"],
-                        "description": "Download links only: show a confirmation page first."},
+            "confirm": {
+                "type": ["boolean", "null"],
+                "description": "Download links only: show a confirmation page first.",
+            },
         },
     },
     "MintedLink": {
         "type": "object",
-        "required": ["url", "token", "jti", "purpose", "subject", "issued_at", "expires_at", "superseded"],
+        "required": [
+            "url",
+            "token",
+            "jti",
+            "purpose",
+            "subject",
+            "issued_at",
+            "expires_at",
+            "superseded",
+        ],
         "additionalProperties": False,
         "properties": {
             "url": {"type": "string", "format": "uri"},
-            "token": {"type": "string", "description": "The compact JWS; shown once, never stored by linksvc."},
+            "token": {
+                "type": "string",
+                "description": "The compact JWS; shown once, never stored by linksvc.",
+            },
             "jti": _JTI,
             "purpose": _PURPOSE,
             "subject": _STR,
             "issued_at": _DATETIME,
             "expires_at": _DATETIME,
-            "superseded": {"type": "integer", "minimum": 0,
-                           "description": "How many of the subject's outstanding links this one superseded."},
+            "superseded": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "How many of the subject's outstanding links this one superseded.",
+            },
             "emailed": {"type": "boolean"},
         },
     },
@@ -160,48 +225,106 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["iss", "aud", "sub", "pur", "jti", "iat", "nbf", "exp"],
         "additionalProperties": False,
-        "properties": {"iss": _STR, "aud": _STR, "sub": _STR, "pur": _PURPOSE, "jti": _JTI,
-                       "iat": {"type": "integer"}, "nbf": {"type": "integer"}, "exp": {"type": "integer"}},
+        "properties": {
+            "iss": _STR,
+            "aud": _STR,
+            "sub": _STR,
+            "pur": _PURPOSE,
+            "jti": _JTI,
+            "iat": {"type": "integer"},
+            "nbf": {"type": "integer"},
+            "exp": {"type": "integer"},
+        },
     },
     "Verified": {
         "type": "object",
-        "required": ["valid", "jti", "purpose", "subject", "state", "issued_at", "expires_at", "claims"],
+        "required": [
+            "valid",
+            "jti",
+            "purpose",
+            "subject",
+            "state",
+            "issued_at",
+            "expires_at",
+            "claims",
+        ],
         "additionalProperties": False,
-        "properties": {"valid": {"const": True}, "jti": _JTI, "purpose": _PURPOSE, "subject": _STR,
-                       "state": _STATE, "issued_at": _DATETIME, "expires_at": _DATETIME,
-                       "claims": _ref("Claims")},
+        "properties": {
+            "valid": {"const": True},
+            "jti": _JTI,
+            "purpose": _PURPOSE,
+            "subject": _STR,
+            "state": _STATE,
+            "issued_at": _DATETIME,
+            "expires_at": _DATETIME,
+            "claims": _ref("Claims"),
+        },
     },
     "Redeemed": {
         "type": "object",
         "required": ["subject", "purpose", "jti", "data", "redeemed_at"],
         "additionalProperties": False,
-        "properties": {"subject": _STR, "purpose": _PURPOSE, "jti": _JTI,
-                       "data": {"description": "The `data` given at mint time, or null."},
-                       "redeemed_at": _DATETIME},
+        "properties": {
+            "subject": _STR,
+            "purpose": _PURPOSE,
+            "jti": _JTI,
+            "data": {"description": "The `data` given at mint time, or null."},
+            "redeemed_at": _DATETIME,
+        },
     },
     "LinkStatus": {
         "type": "object",
-        "required": ["jti", "purpose", "subject", "state", "issued_at", "expires_at", "state_changed_at",
-                     "state_via", "events"],
+        "required": [
+            "jti",
+            "purpose",
+            "subject",
+            "state",
+            "issued_at",
+            "expires_at",
+            "state_changed_at",
+            "state_via",
+            "events",
+        ],
         "additionalProperties": False,
         "properties": {
-            "jti": _JTI, "purpose": _PURPOSE, "subject": _STR, "state": _STATE,
-            "issued_at": _DATETIME, "expires_at": _DATETIME,
-            "state_changed_at": _NULLABLE_DATETIME, "state_via": {"type": ["string", "null"]},
-            "events": {"type": "array", "items": {
-                "type": "object", "required": ["at", "event", "reason", "via"], "additionalProperties": False,
-                "properties": {"at": _DATETIME, "event": _STR, "reason": {"type": ["string", "null"]},
-                               "via": {"type": ["string", "null"]}},
-            }},
+            "jti": _JTI,
+            "purpose": _PURPOSE,
+            "subject": _STR,
+            "state": _STATE,
+            "issued_at": _DATETIME,
+            "expires_at": _DATETIME,
+            "state_changed_at": _NULLABLE_DATETIME,
+            "state_via": {"type": ["string", "null"]},
+            "events": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["at", "event", "reason", "via"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "at": _DATETIME,
+                        "event": _STR,
+                        "reason": {"type": ["string", "null"]},
+                        "via": {"type": ["string", "null"]},
+                    },
+                },
+            },
         },
     },
     "Revoked": {
         "type": "object",
         "required": ["jti", "state", "revoked"],
         "additionalProperties": False,
-        "properties": {"jti": _JTI, "state": _STATE,
-                       "revoked": {"type": "integer", "minimum": 0, "maximum": 1,
-                                   "description": "1 if this call revoked it, 0 if it had already left `issued`."}},
+        "properties": {
+            "jti": _JTI,
+            "state": _STATE,
+            "revoked": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "1 if this call revoked it, 0 if it had already left `issued`.",
+            },
+        },
     },
     "RevokeSubjectRequest": {
         "type": "object",
@@ -218,7 +341,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["code"],
         "additionalProperties": False,
-        "properties": {"code": {"type": "string", "description": "The one-time code from the redirect."}},
+        "properties": {
+            "code": {"type": "string", "description": "The one-time code from the redirect."}
+        },
     },
     "Exchanged": {
         "type": "object",
@@ -233,16 +358,22 @@ PATHS: dict[str, Any] = {
             "operationId": "mint",
             "summary": "Mint a link",
             "description": "Signs a short-lived token for one of the client's users and records it. A new "
-                           "`password_reset` link supersedes the subject's outstanding ones.",
+            "`password_reset` link supersedes the subject's outstanding ones.",
             "requestBody": _body(_ref("MintRequest")),
             "responses": _responses(
                 {"201": _json(_ref("MintedLink"), "The link. Its `token` is shown only here.")},
                 _BODY_ERRORS,
-                {"403": _problem("Purpose or redirect URI not allowed for this client "
-                                 "(`purpose_not_allowed`, `redirect_uri_not_allowed`, `location_not_allowed`)."),
-                 "502": _problem("The mail server refused the message (`mail_failed`)."),
-                 "503": _problem("A backend (database, storage, mail) is unavailable; nothing was minted.",
-                                 retry_after=True)},
+                {
+                    "403": _problem(
+                        "Purpose or redirect URI not allowed for this client "
+                        "(`purpose_not_allowed`, `redirect_uri_not_allowed`, `location_not_allowed`)."
+                    ),
+                    "502": _problem("The mail server refused the message (`mail_failed`)."),
+                    "503": _problem(
+                        "A backend (database, storage, mail) is unavailable; nothing was minted.",
+                        retry_after=True,
+                    ),
+                },
             ),
         },
     },
@@ -251,8 +382,11 @@ PATHS: dict[str, Any] = {
             "operationId": "verify",
             "summary": "Check a token without consuming it",
             "requestBody": _body(_ref("TokenRequest")),
-            "responses": _responses({"200": _json(_ref("Verified"), "The token is valid and unused.")},
-                                    _BODY_ERRORS, _TOKEN_ERRORS),
+            "responses": _responses(
+                {"200": _json(_ref("Verified"), "The token is valid and unused.")},
+                _BODY_ERRORS,
+                _TOKEN_ERRORS,
+            ),
         },
     },
     f"{PREFIX}/links/redeem": {
@@ -261,8 +395,11 @@ PATHS: dict[str, Any] = {
             "summary": "Consume a token, once",
             "description": "Exactly one of any number of concurrent redemptions succeeds; every other gets `409 used`.",
             "requestBody": _body(_ref("TokenRequest")),
-            "responses": _responses({"200": _json(_ref("Redeemed"), "The link was consumed by this call.")},
-                                    _BODY_ERRORS, _TOKEN_ERRORS),
+            "responses": _responses(
+                {"200": _json(_ref("Redeemed"), "The link was consumed by this call.")},
+                _BODY_ERRORS,
+                _TOKEN_ERRORS,
+            ),
         },
     },
     f"{PREFIX}/links/{{jti}}": {
@@ -270,25 +407,32 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "status",
             "summary": "A link's state and history",
-            "responses": _responses({"200": _json(_ref("LinkStatus"), "The link.")},
-                                    {"404": _problem("No link of this client has that jti (`unknown_link`).")}),
+            "responses": _responses(
+                {"200": _json(_ref("LinkStatus"), "The link.")},
+                {"404": _problem("No link of this client has that jti (`unknown_link`).")},
+            ),
         },
         "delete": {
             "operationId": "revoke",
             "summary": "Revoke one outstanding link",
-            "responses": _responses({"200": _json(_ref("Revoked"), "The link's state after the call.")},
-                                    {"404": _problem("No link of this client has that jti (`unknown_link`).")}),
+            "responses": _responses(
+                {"200": _json(_ref("Revoked"), "The link's state after the call.")},
+                {"404": _problem("No link of this client has that jti (`unknown_link`).")},
+            ),
         },
     },
     f"{PREFIX}/subjects/{{subject}}/revoke": {
-        "parameters": [{"name": "subject", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "parameters": [
+            {"name": "subject", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
         "post": {
             "operationId": "revoke_subject",
             "summary": "Revoke every outstanding link of a subject",
             "description": "Sign-out-everywhere and account suspension; optionally only some purposes.",
             "requestBody": _body(_ref("RevokeSubjectRequest"), required=False),
-            "responses": _responses({"200": _json(_ref("SubjectRevoked"), "How many links were revoked.")},
-                                    _BODY_ERRORS),
+            "responses": _responses(
+                {"200": _json(_ref("SubjectRevoked"), "How many links were revoked.")}, _BODY_ERRORS
+            ),
         },
     },
     f"{PREFIX}/codes/exchange": {
@@ -296,16 +440,22 @@ PATHS: dict[str, Any] = {
             "operationId": "exchange_code",
             "summary": "Exchange a one-time code from a hosted sign-in or reset",
             "description": "The code lives 60 s, is bound to the client the link was minted for, and is "
-                           "exchanged once.",
+            "exchanged once.",
             "requestBody": _body(_ref("ExchangeRequest")),
             "responses": _responses(
-                {"200": _json(_ref("Exchanged"), "The completed link."),
-                 "404": _problem("No such code for this client."),
-                 "409": _problem("The code was already exchanged."),
-                 "410": _problem("The code has expired.")},
+                {
+                    "200": _json(_ref("Exchanged"), "The completed link."),
+                    "404": _problem("No such code for this client."),
+                    "409": _problem("The code was already exchanged."),
+                    "410": _problem("The code has expired."),
+                },
                 _BODY_ERRORS,
-                {"400": _problem("The body or the code is malformed."),
-                 "401": _problem("Missing or invalid API key, or the code is not valid.", authenticate=True)},
+                {
+                    "400": _problem("The body or the code is malformed."),
+                    "401": _problem(
+                        "Missing or invalid API key, or the code is not valid.", authenticate=True
+                    ),
+                },
             ),
         },
     },
@@ -314,8 +464,12 @@ PATHS: dict[str, Any] = {
             "operationId": "openapi",
             "summary": "This document",
             "security": [],
-            "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]},
-                                       "The OpenAPI 3.1 description of this API.")},
+            "responses": {
+                "200": _json(
+                    {"type": "object", "required": ["openapi", "paths"]},
+                    "The OpenAPI 3.1 description of this API.",
+                )
+            },
         },
     },
 }
@@ -332,7 +486,11 @@ def document(routed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, item in copy.deepcopy(PATHS).items():
         for method in METHODS:
-            if method in item and (path, method) in OPTIONAL_OPERATIONS and (routed is None or (path, method) not in routed):
+            if (
+                method in item
+                and (path, method) in OPTIONAL_OPERATIONS
+                and (routed is None or (path, method) not in routed)
+            ):
                 del item[method]
         if any(m in item for m in METHODS):
             paths[path] = item
@@ -343,16 +501,21 @@ def document(routed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
             "version": "1",
             "summary": "Single-use, short-lived signed links: mint, verify, redeem, revoke.",
             "description": "Clients authenticate with `Authorization: Bearer <api key>`. Every error is "
-                           "`application/problem+json` (RFC 9457) with a stable `code`. Tokens and API keys "
-                           "are never echoed in an answer.",
+            "`application/problem+json` (RFC 9457) with a stable `code`. Tokens and API keys "
+            "are never echoed in an answer.",
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "The API key shown once when the client was created."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The API key shown once when the client was created.",
+                }
+            },
         },
     }
 
@@ -360,6 +523,7 @@ def document(routed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
 def openapi_path(rule: str) -> str:
     """A Werkzeug rule (``/api/v1/links/<jti>``) as an OpenAPI path (``/api/v1/links/{jti}``)."""
     import re
+
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
@@ -377,11 +541,15 @@ def routed_operations(app: Flask) -> set[tuple[str, str]]:
 def _serve() -> Response:
     cached = current_app.extensions.get("linksvc.openapi")
     if cached is None:
-        cached = current_app.extensions["linksvc.openapi"] = document(routed_operations(current_app))
+        cached = current_app.extensions["linksvc.openapi"] = document(
+            routed_operations(current_app)
+        )
     return jsonify(cached)
 
 
 def init_app(app: Flask) -> None:
     # The endpoint is named "api.openapi" so that the api blueprint's hooks and error
     # handlers apply and its authentication skips it: the description is public.
-    app.add_url_rule(f"{PREFIX}/openapi.json", endpoint="api.openapi", view_func=_serve, methods=["GET"])
+    app.add_url_rule(
+        f"{PREFIX}/openapi.json", endpoint="api.openapi", view_func=_serve, methods=["GET"]
+    )

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from . import errors
 from .http import problem
+
 # Verifiers may cache the JWKS this long; `keys rotate` refuses to activate a next key
 # published for less than this plus one refresh, so a cached JWKS knows a key before it signs.
 from .keys import JWKS_MAX_AGE

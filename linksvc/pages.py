@@ -21,7 +21,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -49,11 +49,16 @@ FORM_MAX_AGE = 600
 MAX_VIEW_EVENTS = 5
 
 ACTIONS = {
-    "magic_link": ("Sign in to {app}", "You asked to sign in to {app}. Press the button to continue.",
-                   "Sign in to {app}"),
-    "password_reset": ("Reset your {app} password",
-                       "You asked to reset your {app} password. Press the button to choose a new one.",
-                       "Reset my password"),
+    "magic_link": (
+        "Sign in to {app}",
+        "You asked to sign in to {app}. Press the button to continue.",
+        "Sign in to {app}",
+    ),
+    "password_reset": (
+        "Reset your {app} password",
+        "You asked to reset your {app} password. Press the button to choose a new one.",
+        "Reset my password",
+    ),
 }
 
 
@@ -67,7 +72,7 @@ class FormRefused(Exception):
 
 
 def service() -> LinkService:
-    return current_app.extensions["linksvc"]
+    return cast(LinkService, current_app.extensions["linksvc"])
 
 
 class _ClockSigner(TimestampSigner):
@@ -85,8 +90,12 @@ def _serializer(svc: LinkService) -> URLSafeTimedSerializer:
     """Form tokens: ``{"j": jti, "n": hash of the browser nonce}``, signed and timestamped."""
     if svc.settings.secret_key is None:
         raise errors.NotInitialised("LINKSVC_SECRET_KEY")
-    return URLSafeTimedSerializer(svc.settings.secret_key, salt="linksvc.pages.confirm", signer=_ClockSigner,
-                                  signer_kwargs={"clock": svc.clock})
+    return URLSafeTimedSerializer(
+        svc.settings.secret_key,
+        salt="linksvc.pages.confirm",
+        signer=_ClockSigner,
+        signer_kwargs={"clock": svc.clock},
+    )
 
 
 def _actor(svc: LinkService) -> str | None:
@@ -94,15 +103,25 @@ def _actor(svc: LinkService) -> str | None:
     addr = request.remote_addr
     if not addr or svc.settings.secret_key is None:
         return None
-    return hmac.new(svc.settings.secret_key, b"actor|" + addr.encode(), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(svc.settings.secret_key, b"actor|" + addr.encode(), hashlib.sha256).hexdigest()[
+        :16
+    ]
 
 
 def _client_of(svc: LinkService, rec: ledger.LinkRecord) -> Client:
     client = svc.client(rec.client_id)
     if client is None or client.disabled:
         # A disabled application's links stop working on the pages as they do on the API.
-        log.info("link refused", extra={"jti": rec.jti, "client": rec.client_id, "outcome": "rejected",
-                                        "reason": "client_disabled", "via": "page"})
+        log.info(
+            "link refused",
+            extra={
+                "jti": rec.jti,
+                "client": rec.client_id,
+                "outcome": "rejected",
+                "reason": "client_disabled",
+                "via": "page",
+            },
+        )
         raise errors.UnknownLink(jti=rec.jti)
     return client
 
@@ -112,7 +131,9 @@ def _origin(uri: str | None) -> str | None:
     if not uri:
         return None
     parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""):
+    if parts.scheme not in ("http", "https") or not re.fullmatch(
+        r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""
+    ):
         return None
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
@@ -121,7 +142,11 @@ def with_code(uri: str, code: str) -> str:
     """``uri`` with ``code=…`` added to its query. The registered query is kept byte for byte
     (re-encoding it could change what the application reads); only a ``code`` member is replaced."""
     parts = urlsplit(uri)
-    kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "code"] if parts.query else []
+    kept = (
+        [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "code"]
+        if parts.query
+        else []
+    )
     query = "&".join([*kept, f"code={code}"])
     return parts._replace(query=query, fragment="").geturl()
 
@@ -140,8 +165,11 @@ def _note_view(svc: LinkService, jti: str, now: int) -> None:
     e = db.link_events.c
     try:
         with db.read(svc.engine) as conn:
-            n = conn.execute(sa.select(sa.func.count()).select_from(db.link_events)
-                             .where(e.jti == jti, e.event == "viewed")).scalar_one()
+            n = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(db.link_events)
+                .where(e.jti == jti, e.event == "viewed")
+            ).scalar_one()
         if n < MAX_VIEW_EVENTS:
             with db.write(svc.engine) as conn:
                 ledger.add_event(conn, jti, "viewed", now, via="page", actor=_actor(svc))
@@ -149,17 +177,36 @@ def _note_view(svc: LinkService, jti: str, now: int) -> None:
         pass
 
 
-def _confirmation(svc: LinkService, v: Verified, *, status: int = 200, notice: str | None = None) -> Response:
+def _confirmation(
+    svc: LinkService, v: Verified, *, status: int = 200, notice: str | None = None
+) -> Response:
     client = _client_of(svc, v.record)
     nonce, new = _nonce()
     form_token = _serializer(svc).dumps({"j": v.record.jti, "n": codes.completion_hash(nonce)})
-    title, explanation, button = (s.format(app=client.display_name) for s in ACTIONS[v.record.purpose])
+    title, explanation, button = (
+        s.format(app=client.display_name) for s in ACTIONS[v.record.purpose]
+    )
     origin = _origin(v.record.redirect_uri)
-    resp = render_page("confirm.html", status, content_security_policy=csp(*([origin] if origin else [])),
-                       title=title, explanation=explanation, button=button, form_token=form_token, notice=notice)
+    resp = render_page(
+        "confirm.html",
+        status,
+        content_security_policy=csp(*([origin] if origin else [])),
+        title=title,
+        explanation=explanation,
+        button=button,
+        form_token=form_token,
+        notice=notice,
+    )
     if new:
-        resp.set_cookie(NONCE_COOKIE, nonce, max_age=3600, path="/l/", httponly=True, samesite="Strict",
-                        secure=svc.settings.base_url.startswith("https://"))
+        resp.set_cookie(
+            NONCE_COOKIE,
+            nonce,
+            max_age=3600,
+            path="/l/",
+            httponly=True,
+            samesite="Strict",
+            secure=svc.settings.base_url.startswith("https://"),
+        )
     return resp
 
 
@@ -178,15 +225,16 @@ def _check_form(svc: LinkService, jti: str, now: int) -> str:
     except SignatureExpired as exc:
         # Genuine but old: still checked against link and browser before the page is shown again.
         try:
-            payload, expired = _serializer(svc).load_payload(exc.payload), True
+            payload, expired = _serializer(svc).load_payload(cast(bytes, exc.payload)), True
         except BadData:  # pragma: no cover - the signature was good
             raise FormRefused("bad_form_token") from None
     except BadData:
         raise FormRefused("bad_form_token") from None
     if not isinstance(payload, dict) or payload.get("j") != jti:
         raise FormRefused("form_for_other_link")
-    if not NONCE_RE.fullmatch(nonce) or not hmac.compare_digest(str(payload.get("n", "")),
-                                                                codes.completion_hash(nonce)):
+    if not NONCE_RE.fullmatch(nonce) or not hmac.compare_digest(
+        str(payload.get("n", "")), codes.completion_hash(nonce)
+    ):
         raise FormRefused("form_for_other_browser")
     if expired:
         raise FormRefused("form_expired", expired=True)
@@ -211,20 +259,40 @@ def press(token: str) -> Response:
     try:
         claims = svc.check_token(token, purposes=PAGE_PURPOSES, audience=None, now=now)
     except errors.LinkError as exc:
-        log.info("link rejected", extra={"jti": exc.jti, "outcome": "rejected", "reason": exc.reason,
-                                         "action": "press", "via": "page"})
+        log.info(
+            "link rejected",
+            extra={
+                "jti": exc.jti,
+                "outcome": "rejected",
+                "reason": exc.reason,
+                "action": "press",
+                "via": "page",
+            },
+        )
         raise
     try:
         nonce = _check_form(svc, claims.jti, now)
     except FormRefused as exc:
-        log.info("form refused", extra={"jti": claims.jti, "client": claims.aud, "outcome": "rejected",
-                                        "reason": exc.why, "via": "page"})
+        log.info(
+            "form refused",
+            extra={
+                "jti": claims.jti,
+                "client": claims.aud,
+                "outcome": "rejected",
+                "reason": exc.why,
+                "via": "page",
+            },
+        )
         # A link that no longer works gets its own page (used, revoked, ...), whatever the form.
         v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
         if exc.expired:
             # The page sat open too long: show it again with a fresh form.
-            return _confirmation(svc, v, status=400,
-                                 notice="This page was open for a long time. Press the button again to continue.")
+            return _confirmation(
+                svc,
+                v,
+                status=400,
+                notice="This page was open for a long time. Press the button again to continue.",
+            )
         return render_failure("form_invalid")
     client = svc.client(claims.aud)
     if client is None or client.disabled:
@@ -232,22 +300,38 @@ def press(token: str) -> Response:
     done = codes.complete(svc, token, nonce=nonce, now=now, actor=_actor(svc))
     rec = done.record
     if done.repeated:
-        log.info("repeated press", extra={"jti": rec.jti, "client": rec.client_id, "outcome": "completed_again",
-                                          "via": "page"})
+        log.info(
+            "repeated press",
+            extra={
+                "jti": rec.jti,
+                "client": rec.client_id,
+                "outcome": "completed_again",
+                "via": "page",
+            },
+        )
     if done.code is None or rec.redirect_uri is None:
         return _done(client, rec, repeated=done.repeated)
     # 303: the browser follows with a GET, so the form is never re-posted to the application.
-    return redirect(with_code(rec.redirect_uri, done.code), code=303)
+    return cast(Response, redirect(with_code(rec.redirect_uri, done.code), code=303))
 
 
 def _done(client: Client, rec: ledger.LinkRecord, *, repeated: bool) -> Response:
     app = client.display_name
     if repeated:
-        title, text = "Already done", f"This link was already used in this browser. Return to {app} to continue."
+        title, text = (
+            "Already done",
+            f"This link was already used in this browser. Return to {app} to continue.",
+        )
     elif rec.purpose == "password_reset":
-        title, text = "Confirmed", f"Your request to reset your {app} password is confirmed. Return to {app} to continue."
+        title, text = (
+            "Confirmed",
+            f"Your request to reset your {app} password is confirmed. Return to {app} to continue.",
+        )
     else:
-        title, text = "Confirmed", f"Your sign-in to {app} is confirmed. Return to {app} to continue."
+        title, text = (
+            "Confirmed",
+            f"Your sign-in to {app} is confirmed. Return to {app} to continue.",
+        )
     return render_page("done.html", 200, title=title, explanation=text, reason="completed")
 
 
@@ -273,7 +357,12 @@ def _unexpected(exc: Exception) -> Response:
 def html_http_error(exc: HTTPException) -> Response:
     """An HTML page for an HTTP error on a browser path (also used by the app-wide 404/405)."""
     code = exc.code or 500
-    reason = {404: "not_found", 405: "method_not_allowed", 413: "bad_request", 400: "bad_request"}.get(code, "error")
+    reason = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "bad_request",
+        400: "bad_request",
+    }.get(code, "error")
     return render_failure(reason, code if code < 500 else 500)
 
 

@@ -63,7 +63,7 @@ class _SweepingMemoryStorage(MemoryStorage):
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the private hook of MemoryStorage
         if not self.timer.is_alive():
-            self.timer = threading.Timer(self.SWEEP_SECONDS, self._MemoryStorage__expire_events)
+            self.timer = threading.Timer(self.SWEEP_SECONDS, self._MemoryStorage__expire_events)  # type: ignore[attr-defined]
             self.timer.daemon = True
             self.timer.start()
 
@@ -116,15 +116,27 @@ class RateLimits:
             self._hit(self.strategy, items, ident, scope)
         except RateLimited:
             raise
-        except Exception as exc:  # noqa: BLE001 - any storage failure (redis.*, OSError)
+        except Exception as exc:
             # Try the store again only after a pause, so an unreachable Redis costs one
             # connect timeout per pause, not one per request.
             self._store_down_until = time.monotonic() + STORE_RETRY_SECONDS
-            log.warning("rate limit storage unavailable; counting in memory",
-                        extra={"error": type(exc).__name__, "scope": scope, "retry_in": STORE_RETRY_SECONDS})
+            log.warning(
+                "rate limit storage unavailable; counting in memory",
+                extra={
+                    "error": type(exc).__name__,
+                    "scope": scope,
+                    "retry_in": STORE_RETRY_SECONDS,
+                },
+            )
             self._hit(self._fallback, items, ident, scope)
 
-    def _hit(self, strategy: RateLimiter, items: Sequence[RateLimitItem], ident: tuple[str, ...], scope: str) -> None:
+    def _hit(
+        self,
+        strategy: RateLimiter,
+        items: Sequence[RateLimitItem],
+        ident: tuple[str, ...],
+        scope: str,
+    ) -> None:
         breached = [item for item in items if not strategy.hit(item, *ident)]
         if breached:
             now = time.time()
@@ -137,7 +149,13 @@ class RateLimits:
         # The subject is an opaque id, but hashed all the same: keys stay short and carry
         # nothing an operator browsing the store could read.
         subject_key = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        self.hit("subject", client.subject_limit or DEFAULT_SUBJECT_LIMIT, client.id, purpose, subject_key)
+        self.hit(
+            "subject",
+            client.subject_limit or DEFAULT_SUBJECT_LIMIT,
+            client.id,
+            purpose,
+            subject_key,
+        )
 
 
 def _storage_options(url: str) -> dict[str, float]:
@@ -156,6 +174,7 @@ def _too_many_api(exc: RateLimited) -> Response:
 
 def _too_many_page(exc: RateLimited) -> Response:
     from .html import render_failure
+
     resp = render_failure("rate_limited", 429)
     resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
@@ -170,9 +189,14 @@ def init_app(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     url = settings.ratelimit_storage_url
-    limiter = Limiter(key_func=lambda: request.remote_addr or "-", storage_uri=url,
-                      storage_options=_storage_options(url), strategy="moving-window",
-                      headers_enabled=False, key_prefix="linksvc")
+    limiter = Limiter(
+        key_func=lambda: request.remote_addr or "-",
+        storage_uri=url,
+        storage_options=_storage_options(url),  # type: ignore[arg-type]
+        strategy="moving-window",
+        headers_enabled=False,
+        key_prefix="linksvc",
+    )
     limiter.init_app(app)
     # linksvc applies its limits itself (they depend on the authenticated client and the
     # parsed mint body) and declares none on routes, so Flask-Limiter's own per-request
@@ -198,8 +222,11 @@ def init_app(app: Flask) -> None:
     # An answer from a before_request skips the hooks after it (request id, metrics), so
     # the check runs as a hook of the blueprints serving the pages — those run after every
     # app-wide hook — and app-wide only for page paths no such blueprint serves.
-    page_blueprints = {rule.endpoint.rpartition(".")[0] for rule in app.url_map.iter_rules()
-                       if rule.rule.startswith(PAGE_PREFIXES) and "." in rule.endpoint}
+    page_blueprints = {
+        rule.endpoint.rpartition(".")[0]
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(PAGE_PREFIXES) and "." in rule.endpoint
+    }
     for name in page_blueprints:
         app.before_request_funcs.setdefault(name, []).append(page_limit)
 
@@ -212,8 +239,14 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(RateLimited)
     def _limited(exc: RateLimited) -> Response:
         client = g.get("client")
-        log.info("rate limited", extra={"scope": exc.scope, "outcome": "rate_limited",
-                                        "client": client.id if client is not None else None})
+        log.info(
+            "rate limited",
+            extra={
+                "scope": exc.scope,
+                "outcome": "rate_limited",
+                "client": client.id if client is not None else None,
+            },
+        )
         if request.path.startswith(PAGE_PREFIXES):
             return _too_many_page(exc)
         return _too_many_api(exc)

@@ -40,7 +40,9 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, level)
             if level > MAX_DATA_DEPTH:
                 return level
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+            stack.extend(
+                (child, level + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
     return deepest
 
 
@@ -61,8 +63,13 @@ class Verified:
 class LinkService:
     """Everything the API and the pages do with links, given settings, a database and keys."""
 
-    def __init__(self, settings: Settings, engine: Engine, keyring: KeyRing,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        keyring: KeyRing,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.keyring = keyring
@@ -80,82 +87,161 @@ class LinkService:
 
     # -- minting ---------------------------------------------------------------------
 
-    def mint(self, client: Client, *, purpose: str, subject: str, ttl: int | None = None,
-             redirect_uri: str | None = None, download: dict[str, Any] | None = None,
-             data: Any = None, confirm: bool = False, now: int | None = None) -> Minted:
+    def mint(
+        self,
+        client: Client,
+        *,
+        purpose: str,
+        subject: str,
+        ttl: int | None = None,
+        redirect_uri: str | None = None,
+        download: dict[str, Any] | None = None,
+        data: Any = None,
+        confirm: bool = False,
+        now: int | None = None,
+    ) -> Minted:
         now = self.now() if now is None else now
         s = self.settings
         if purpose not in PURPOSES:
-            raise errors.RequestRefused("invalid_field", f"purpose must be one of {', '.join(PURPOSES)}", field="purpose")
+            raise errors.RequestRefused(
+                "invalid_field", f"purpose must be one of {', '.join(PURPOSES)}", field="purpose"
+            )
         if purpose not in client.purposes:
-            raise errors.RequestRefused("purpose_not_allowed", f"This client may not mint {purpose} links.", kind="forbidden",
-                                        field="purpose")
+            raise errors.RequestRefused(
+                "purpose_not_allowed",
+                f"This client may not mint {purpose} links.",
+                kind="forbidden",
+                field="purpose",
+            )
         if not SUBJECT_RE.fullmatch(subject):
-            raise errors.RequestRefused("invalid_field", "subject must be 1-255 printable ASCII characters without spaces.",
-                                        field="subject")
+            raise errors.RequestRefused(
+                "invalid_field",
+                "subject must be 1-255 printable ASCII characters without spaces.",
+                field="subject",
+            )
         # Claims are readable by anyone who holds the link, so an e-mail address there leaks.
         if _EMAILISH.fullmatch(subject) and not client.allow_pii_subject:
-            raise errors.RequestRefused("subject_looks_like_pii",
-                                        "subject looks like an e-mail address; use an opaque user id.", field="subject")
+            raise errors.RequestRefused(
+                "subject_looks_like_pii",
+                "subject looks like an e-mail address; use an opaque user id.",
+                field="subject",
+            )
         ceiling = s.ttl_ceiling(purpose)
         if ttl is None:
             ttl = min(300, ceiling)
         elif not 1 <= ttl <= ceiling:
-            raise errors.RequestRefused("ttl_out_of_range", f"ttl must be between 1 and {ceiling} seconds for {purpose}.",
-                                        field="ttl")
+            raise errors.RequestRefused(
+                "ttl_out_of_range",
+                f"ttl must be between 1 and {ceiling} seconds for {purpose}.",
+                field="ttl",
+            )
         if purpose in PAGE_PURPOSES:
             if download is not None:
-                raise errors.RequestRefused("invalid_field", "download is only for download links.", field="download")
+                raise errors.RequestRefused(
+                    "invalid_field", "download is only for download links.", field="download"
+                )
             if redirect_uri is None and len(client.redirect_uris) == 1:
                 redirect_uri = client.redirect_uris[0]
             elif redirect_uri is None and len(client.redirect_uris) > 1:
-                raise errors.RequestRefused("redirect_uri_required",
-                                            "This client has several redirect URIs; name one.", field="redirect_uri")
+                raise errors.RequestRefused(
+                    "redirect_uri_required",
+                    "This client has several redirect URIs; name one.",
+                    field="redirect_uri",
+                )
             # Exact match only: prefix or pattern matching is how open redirects are born.
             if redirect_uri is not None and redirect_uri not in client.redirect_uris:
-                raise errors.RequestRefused("redirect_uri_not_allowed", "redirect_uri is not registered for this client.",
-                                            kind="forbidden", field="redirect_uri")
+                raise errors.RequestRefused(
+                    "redirect_uri_not_allowed",
+                    "redirect_uri is not registered for this client.",
+                    kind="forbidden",
+                    field="redirect_uri",
+                )
             if confirm:
-                raise errors.RequestRefused("invalid_field", "confirm is only for download links "
-                                            "(sign-in and reset links always confirm).", field="confirm")
+                raise errors.RequestRefused(
+                    "invalid_field",
+                    "confirm is only for download links (sign-in and reset links always confirm).",
+                    field="confirm",
+                )
         else:
             if redirect_uri is not None:
-                raise errors.RequestRefused("invalid_field", "redirect_uri is not used by download links.",
-                                            field="redirect_uri")
+                raise errors.RequestRefused(
+                    "invalid_field",
+                    "redirect_uri is not used by download links.",
+                    field="redirect_uri",
+                )
             if download is None:
-                raise errors.RequestRefused("download_required", "A download link needs a download object.",
-                                            field="download")
+                raise errors.RequestRefused(
+                    "download_required",
+                    "A download link needs a download object.",
+                    field="download",
+                )
             if self.download_checker is None:
                 raise errors.ServiceUnavailable("storage", "Download storage is not configured.")
             download = self.download_checker(client, download)
         if data is not None and _depth(data) > MAX_DATA_DEPTH:
             # Deep nesting parses, but re-serialising it deeper in the stack at redemption
             # could exhaust the recursion limit after the link is consumed.
-            raise errors.RequestRefused("data_too_deep", f"data may nest at most {MAX_DATA_DEPTH} levels.",
-                                        field="data")
+            raise errors.RequestRefused(
+                "data_too_deep", f"data may nest at most {MAX_DATA_DEPTH} levels.", field="data"
+            )
         if data is not None and len(json.dumps(data, separators=(",", ":"))) > s.max_data_bytes:
-            raise errors.RequestRefused("data_too_large", f"data must serialise to at most {s.max_data_bytes} bytes.",
-                                        field="data")
+            raise errors.RequestRefused(
+                "data_too_large",
+                f"data must serialise to at most {s.max_data_bytes} bytes.",
+                field="data",
+            )
 
         key = self.keyring.signing_key()
-        claims = tokens.Claims(iss=s.issuer, aud=client.id, sub=subject, pur=purpose, jti=tokens.new_jti(),
-                               iat=now, nbf=now, exp=now + ttl)
+        claims = tokens.Claims(
+            iss=s.issuer,
+            aud=client.id,
+            sub=subject,
+            pur=purpose,
+            jti=tokens.new_jti(),
+            iat=now,
+            nbf=now,
+            exp=now + ttl,
+        )
         token = tokens.sign(claims, key)
-        rec = ledger.LinkRecord(jti=claims.jti, client_id=client.id, purpose=purpose, subject=subject, kid=key.kid,
-                                iat=now, exp=claims.exp, redirect_uri=redirect_uri, download=download, data=data,
-                                confirm=confirm)
+        rec = ledger.LinkRecord(
+            jti=claims.jti,
+            client_id=client.id,
+            purpose=purpose,
+            subject=subject,
+            kid=key.kid,
+            iat=now,
+            exp=claims.exp,
+            redirect_uri=redirect_uri,
+            download=download,
+            data=data,
+            confirm=confirm,
+        )
         with db.write(self.engine) as conn:
-            superseded = ledger.record_mint(conn, rec, supersede=purpose in s.supersede_purposes, now=now)
+            superseded = ledger.record_mint(
+                conn, rec, supersede=purpose in s.supersede_purposes, now=now
+            )
         path = "d" if purpose == "download" else "l"
-        log.info("link minted", extra={"jti": rec.jti, "client": client.id, "purpose": purpose,
-                                       "outcome": "minted", "superseded": superseded})
+        log.info(
+            "link minted",
+            extra={
+                "jti": rec.jti,
+                "client": client.id,
+                "purpose": purpose,
+                "outcome": "minted",
+                "superseded": superseded,
+            },
+        )
         for fn in self.observers:
             fn("mint", "minted", (purpose,), client.id)
-        return Minted(token=token, url=f"{s.base_url}/{path}/{token}", record=rec, superseded=superseded)
+        return Minted(
+            token=token, url=f"{s.base_url}/{path}/{token}", record=rec, superseded=superseded
+        )
 
     # -- verifying and redeeming -------------------------------------------------------
 
-    def check_token(self, token: Any, *, purposes: Collection[str], audience: str | None, now: int) -> tokens.Claims:
+    def check_token(
+        self, token: Any, *, purposes: Collection[str], audience: str | None, now: int
+    ) -> tokens.Claims:
         """Steps 1-3 of verification (no ledger). Raises LinkError.
 
         With ``audience=None`` (the end-user pages and downloads, where no client is
@@ -163,24 +249,40 @@ class LinkService:
         application's links stop working everywhere, as its API key does.
         """
         s = self.settings
-        claims = tokens.verify(token, keys=self.keyring, issuer=s.issuer, purposes=purposes, audience=audience,
-                               now=now, leeway=s.leeway, ceilings=s.max_ttl).claims
+        claims = tokens.verify(
+            token,
+            keys=self.keyring,
+            issuer=s.issuer,
+            purposes=purposes,
+            audience=audience,
+            now=now,
+            leeway=s.leeway,
+            ceilings=s.max_ttl,
+        ).claims
         if audience is None:
             client = self.client(claims.aud)
             if client is None or client.disabled:
                 raise errors.UnknownLink(jti=claims.jti)
         return claims
 
-    def verify(self, token: Any, *, purposes: Collection[str], audience: str | None, now: int | None = None,
-               via: str = "api") -> Verified:
+    def verify(
+        self,
+        token: Any,
+        *,
+        purposes: Collection[str],
+        audience: str | None,
+        now: int | None = None,
+        via: str = "api",
+    ) -> Verified:
         """Full verification, ledger included, consuming nothing."""
         now = self.now() if now is None else now
         try:
             claims = self.check_token(token, purposes=purposes, audience=audience, now=now)
             with db.read(self.engine) as conn:
                 rec = ledger.get(conn, claims.jti)
-            rec = ledger.check_outstanding(rec, jti=claims.jti, client_id=claims.aud, purpose=claims.pur,
-                                           subject=claims.sub)
+            rec = ledger.check_outstanding(
+                rec, jti=claims.jti, client_id=claims.aud, purpose=claims.pur, subject=claims.sub
+            )
         except errors.LinkError as exc:
             self._rejected(exc, audience, now, via=via, action="verify", purposes=purposes)
             raise
@@ -188,33 +290,89 @@ class LinkService:
             fn("verify", "valid", (rec.purpose,), rec.client_id)
         return Verified(claims, rec)
 
-    def redeem(self, token: Any, *, purposes: Collection[str], audience: str | None, now: int | None = None,
-               via: str = "api", actor: str | None = None, completion_hash: str | None = None) -> Verified:
+    def redeem(
+        self,
+        token: Any,
+        *,
+        purposes: Collection[str],
+        audience: str | None,
+        now: int | None = None,
+        via: str = "api",
+        actor: str | None = None,
+        completion_hash: str | None = None,
+    ) -> Verified:
         """Verify and consume, once. Raises LinkError (``used`` for every loser of a race)."""
         now = self.now() if now is None else now
         try:
             claims = self.check_token(token, purposes=purposes, audience=audience, now=now)
-            rec = ledger.consume(self.engine, jti=claims.jti, client_id=claims.aud, purpose=claims.pur,
-                                 subject=claims.sub, now=now, via=via, actor=actor, completion_hash=completion_hash)
+            rec = ledger.consume(
+                self.engine,
+                jti=claims.jti,
+                client_id=claims.aud,
+                purpose=claims.pur,
+                subject=claims.sub,
+                now=now,
+                via=via,
+                actor=actor,
+                completion_hash=completion_hash,
+            )
         except errors.LinkError as exc:
             # consume() has already written the history of a link that left ``issued``.
-            self._rejected(exc, audience, now, via=via, action="redeem", purposes=purposes,
-                           recorded=isinstance(exc, (errors.Used, errors.Revoked, errors.Superseded)))
+            self._rejected(
+                exc,
+                audience,
+                now,
+                via=via,
+                action="redeem",
+                purposes=purposes,
+                recorded=isinstance(exc, (errors.Used, errors.Revoked, errors.Superseded)),
+            )
             raise
-        log.info("link redeemed", extra={"jti": rec.jti, "client": rec.client_id, "purpose": rec.purpose,
-                                         "outcome": "consumed", "via": via})
+        log.info(
+            "link redeemed",
+            extra={
+                "jti": rec.jti,
+                "client": rec.client_id,
+                "purpose": rec.purpose,
+                "outcome": "consumed",
+                "via": via,
+            },
+        )
         for fn in self.observers:
             fn("redeem", "consumed", (rec.purpose,), rec.client_id)
         return Verified(claims, rec)
 
-    def _rejected(self, exc: errors.LinkError, audience: str | None, now: int, *, via: str, action: str,
-                  recorded: bool = False, purposes: Collection[str] = ()) -> None:
-        log.info("link rejected", extra={"jti": exc.jti, "client": audience, "outcome": "rejected",
-                                         "reason": exc.reason, "action": action, "via": via})
+    def _rejected(
+        self,
+        exc: errors.LinkError,
+        audience: str | None,
+        now: int,
+        *,
+        via: str,
+        action: str,
+        recorded: bool = False,
+        purposes: Collection[str] = (),
+    ) -> None:
+        log.info(
+            "link rejected",
+            extra={
+                "jti": exc.jti,
+                "client": audience,
+                "outcome": "rejected",
+                "reason": exc.reason,
+                "action": action,
+                "via": via,
+            },
+        )
         for fn in self.observers:
             fn(action, exc.reason, purposes, audience)
         # Only a token that passed the signature check names a jti; note the attempt in its history.
-        if exc.jti is not None and not recorded and action == "redeem" and not isinstance(exc, errors.UnknownLink):
+        if (
+            exc.jti is not None
+            and not recorded
+            and action == "redeem"
+            and not isinstance(exc, errors.UnknownLink)
+        ):
             ledger.record_rejection(self.engine, exc.jti, audience, exc.reason, now, via=via)
 
     # -- state and revocation --------------------------------------------------------
@@ -226,16 +384,24 @@ class LinkService:
                 raise errors.UnknownLink(jti=jti)
             return rec, ledger.events(conn, jti)
 
-    def revoke(self, client: Client, jti: str, now: int | None = None) -> tuple[ledger.LinkRecord, int]:
+    def revoke(
+        self, client: Client, jti: str, now: int | None = None
+    ) -> tuple[ledger.LinkRecord, int]:
         now = self.now() if now is None else now
         rec, n = ledger.revoke(self.engine, jti=jti, client_id=client.id, now=now)
-        log.info("link revoked", extra={"jti": jti, "client": client.id, "outcome": "revoked", "count": n})
+        log.info(
+            "link revoked",
+            extra={"jti": jti, "client": client.id, "outcome": "revoked", "count": n},
+        )
         return rec, n
 
-    def revoke_subject(self, client: Client, subject: str, purposes: Collection[str] | None,
-                       now: int | None = None) -> int:
+    def revoke_subject(
+        self, client: Client, subject: str, purposes: Collection[str] | None, now: int | None = None
+    ) -> int:
         now = self.now() if now is None else now
-        n = ledger.revoke_subject(self.engine, client_id=client.id, subject=subject, purposes=purposes, now=now)
+        n = ledger.revoke_subject(
+            self.engine, client_id=client.id, subject=subject, purposes=purposes, now=now
+        )
         log.info("subject revoked", extra={"client": client.id, "outcome": "revoked", "count": n})
         return n
 

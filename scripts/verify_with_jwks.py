@@ -25,8 +25,16 @@ TYP = "link+jwt"
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
 
 
-def verify(token: str, jwks_url: str, *, issuer: str, audience: str, purpose: str | None = None,
-           leeway: int = 5, client: PyJWKClient | None = None) -> dict:
+def verify(
+    token: str,
+    jwks_url: str,
+    *,
+    issuer: str,
+    audience: str,
+    purpose: str | None = None,
+    leeway: int = 5,
+    client: PyJWKClient | None = None,
+) -> dict:
     """The token's claims; raises :class:`jwt.PyJWTError` (or ``ValueError``) if it is not good."""
     header = jwt.get_unverified_header(token)
     if set(header) != {"alg", "kid", "typ"} or header["typ"] != TYP:
@@ -37,8 +45,16 @@ def verify(token: str, jwks_url: str, *, issuer: str, audience: str, purpose: st
     if jwk.algorithm_name not in ALGORITHMS or header["alg"] != jwk.algorithm_name:
         raise ValueError(f"token alg {header['alg']!r} is not its key's {jwk.algorithm_name!r}")
     claims = jwt.decode(
-        token, jwk.key, algorithms=[jwk.algorithm_name], issuer=issuer, audience=audience, leeway=leeway,
-        options={"require": ["iss", "aud", "sub", "pur", "jti", "iat", "nbf", "exp"], "strict_aud": True},
+        token,
+        jwk.key,
+        algorithms=[jwk.algorithm_name],
+        issuer=issuer,
+        audience=audience,
+        leeway=leeway,
+        options={
+            "require": ["iss", "aud", "sub", "pur", "jti", "iat", "nbf", "exp"],
+            "strict_aud": True,
+        },
     )
     if purpose is not None and claims.get("pur") != purpose:
         raise ValueError(f"token is for {claims.get('pur')!r}, not {purpose!r}")
@@ -54,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     token = sys.stdin.read().strip().rsplit("/", 1)[-1]
     try:
-        claims = verify(token, args.jwks_url, issuer=args.issuer, audience=args.audience, purpose=args.purpose)
+        claims = verify(
+            token, args.jwks_url, issuer=args.issuer, audience=args.audience, purpose=args.purpose
+        )
     except (jwt.PyJWTError, ValueError) as exc:
         print(f"rejected: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from linksvc import create_app, db, keys, migrate
 from linksvc import clients as clients_mod
+from linksvc import create_app, db, keys, migrate
 from linksvc.config import PURPOSES
 
 from .support import base_env, pg_database
@@ -78,19 +78,28 @@ class ApiUser:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def mint(self, purpose: str = "magic_link", subject: str = "user-42", **fields: Any) -> Any:
-        return self.http.post("/api/v1/links", json={"purpose": purpose, "subject": subject, **fields},
-                              headers=self.headers)
+        return self.http.post(
+            "/api/v1/links",
+            json={"purpose": purpose, "subject": subject, **fields},
+            headers=self.headers,
+        )
 
-    def minted(self, purpose: str = "magic_link", subject: str = "user-42", **fields: Any) -> dict[str, Any]:
+    def minted(
+        self, purpose: str = "magic_link", subject: str = "user-42", **fields: Any
+    ) -> dict[str, Any]:
         resp = self.mint(purpose, subject, **fields)
         assert resp.status_code == 201, resp.get_json()
         return resp.get_json()
 
     def redeem(self, token: Any, purpose: str = "magic_link") -> Any:
-        return self.http.post("/api/v1/links/redeem", json={"token": token, "purpose": purpose}, headers=self.headers)
+        return self.http.post(
+            "/api/v1/links/redeem", json={"token": token, "purpose": purpose}, headers=self.headers
+        )
 
     def verify(self, token: Any, purpose: str = "magic_link") -> Any:
-        return self.http.post("/api/v1/links/verify", json={"token": token, "purpose": purpose}, headers=self.headers)
+        return self.http.post(
+            "/api/v1/links/verify", json={"token": token, "purpose": purpose}, headers=self.headers
+        )
 
     def status(self, jti: str) -> Any:
         return self.http.get(f"/api/v1/links/{jti}", headers=self.headers)
@@ -98,8 +107,13 @@ class ApiUser:
 
 def make_api_user(app: Flask, name: str = "acme", **kwargs: Any) -> ApiUser:
     svc = app.extensions["linksvc"]
-    options: dict[str, Any] = {"purposes": list(PURPOSES), "redirect_uris": [REDIRECT], "display_name": "Acme",
-                               "mint_limit": "100000 per minute", "subject_limit": "100000 per minute"}
+    options: dict[str, Any] = {
+        "purposes": list(PURPOSES),
+        "redirect_uris": [REDIRECT],
+        "display_name": "Acme",
+        "mint_limit": "100000 per minute",
+        "subject_limit": "100000 per minute",
+    }
     options.update(kwargs)
     with db.write(svc.engine) as conn:
         record, key = clients_mod.create(conn, name, now=int(time.time()), **options)

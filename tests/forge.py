@@ -22,10 +22,16 @@ def seg(obj: Any) -> str:
 def split(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     h, c, s = token.split(".")
     pad = lambda x: x + "=" * (-len(x) % 4)  # noqa: E731
-    return json.loads(base64.urlsafe_b64decode(pad(h))), json.loads(base64.urlsafe_b64decode(pad(c))), s
+    return (
+        json.loads(base64.urlsafe_b64decode(pad(h))),
+        json.loads(base64.urlsafe_b64decode(pad(c))),
+        s,
+    )
 
 
-def resign(header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes, key: tokens.SigningKey) -> str:
+def resign(
+    header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes, key: tokens.SigningKey
+) -> str:
     """Sign arbitrary header/claims with one of our real keys (a well-signed hostile token)."""
     signing_input = f"{seg(header)}.{seg(claims)}"
     sig = tokens.ALGORITHMS[key.alg].sign(signing_input.encode(), key.private_key)
@@ -36,7 +42,9 @@ def resign(header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes, key: 
 
 def hs256(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
     signing_input = f"{seg(header)}.{seg(claims)}"
-    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+    return (
+        f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+    )
 
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any], sig: str = "") -> str:

@@ -41,7 +41,9 @@ def raw(header: Any, claims: Any, sig: str) -> str:
     return f"{forge.seg(header)}.{forge.seg(claims)}.{sig}"
 
 
-def hmac_sign(header: dict[str, Any], claims: dict[str, Any], secret: bytes, alg: str = "HS256") -> str:
+def hmac_sign(
+    header: dict[str, Any], claims: dict[str, Any], secret: bytes, alg: str = "HS256"
+) -> str:
     signing_input = f"{forge.seg(header)}.{forge.seg(claims)}"
     mac = hmac.new(secret, signing_input.encode(), HMAC_HASHES[alg]).digest()
     return f"{signing_input}.{forge.b64(mac)}"
@@ -59,6 +61,7 @@ def alg_none(token: str, spelling: str, signature: str) -> str:
 
 # -- key confusion: public keys as HMAC secrets --------------------------------------
 
+
 def public_key_of(jwk: dict[str, Any]) -> Any:
     cls = {"EC": ECAlgorithm, "OKP": OKPAlgorithm, "RSA": RSAAlgorithm}[jwk["kty"]]
     return cls.from_jwk(json.dumps(jwk))
@@ -69,24 +72,36 @@ def key_secrets(jwk: dict[str, Any]) -> dict[str, bytes]:
     HMAC secret: PEM (with and without the final newline), DER, OpenSSH, PKCS#1 for RSA,
     the raw key bytes, and the JWK itself as JSON in the forms libraries produce."""
     key = public_key_of(jwk)
-    spki_pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     out = {
         "pem": spki_pem,
         "pem_no_newline": spki_pem.rstrip(b"\n"),
-        "der": key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
-        "openssh": key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH),
+        "der": key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "openssh": key.public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        ),
         "jwk_json_as_published": json.dumps(jwk).encode(),
         "jwk_json_compact_sorted": json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode(),
-        "jwk_json_public_members": json.dumps({k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")},
-                                              separators=(",", ":")).encode(),
+        "jwk_json_public_members": json.dumps(
+            {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")},
+            separators=(",", ":"),
+        ).encode(),
     }
     if jwk["kty"] == "EC":
-        out["raw_point"] = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        out["raw_point"] = key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
         out["raw_x"] = b64d(jwk["x"])
     elif jwk["kty"] == "OKP":
         out["raw"] = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     else:
-        out["pkcs1_pem"] = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+        out["pkcs1_pem"] = key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
+        )
         out["raw_n"] = b64d(jwk["n"])
     out["x_or_n_string"] = (jwk.get("x") or jwk.get("n")).encode()
     return out
@@ -94,19 +109,29 @@ def key_secrets(jwk: dict[str, Any]) -> dict[str, bytes]:
 
 # -- embedded and remote keys -----------------------------------------------------------
 
+
 class AttackerKey:
     """A key pair the attacker controls, with its JWK and a self-signed certificate."""
 
     def __init__(self) -> None:
         self.private = ec.generate_private_key(ec.SECP256R1())
-        self.jwk = {k: v for k, v in ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True).items()
-                    if k in ("kty", "crv", "x", "y")}
+        self.jwk = {
+            k: v
+            for k, v in ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True).items()
+            if k in ("kty", "crv", "x", "y")
+        }
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "links.example")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                     .public_key(self.private.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-                     .sign(self.private, hashes.SHA256()))
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.private.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.private, hashes.SHA256())
+        )
 
     @property
     def x5c(self) -> list[str]:
@@ -127,12 +152,14 @@ def ed25519_attacker_sign(header: dict[str, Any], claims: dict[str, Any]) -> str
 
 def rsa_attacker_sign(header: dict[str, Any], claims: dict[str, Any]) -> str:
     from cryptography.hazmat.primitives.asymmetric import padding
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     signing_input = f"{forge.seg(header)}.{forge.seg(claims)}"
     return f"{signing_input}.{forge.b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
 
 
 # -- ECDSA signature games ---------------------------------------------------------------
+
 
 def es256_signature(token: str) -> tuple[int, int]:
     sig = b64d(token.split(".")[2])
@@ -159,6 +186,7 @@ def der_signature(token: str) -> str:
 
 # -- non-canonical base64url -------------------------------------------------------------
 
+
 def noncanonical_variants(token: str) -> dict[str, str]:
     """Spellings of the same bytes that a lax base64 decoder accepts."""
     head, body, sig = token.split(".")
@@ -166,7 +194,7 @@ def noncanonical_variants(token: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, seg in segs.items():
         data = b64d(seg)
-        others = {k: v for k, v in segs.items()}
+        others = dict(segs.items())
 
         def put(label: str, new: str) -> None:
             if new != seg:

@@ -12,4 +12,5 @@ from app import app as linksvc_app
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     def start(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
         return start_response(status, [*headers, ("X-Worker-Pid", str(os.getpid()))], exc_info)
+
     return linksvc_app(environ, start)

@@ -61,10 +61,19 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
-def flask_cli(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def flask_cli(
+    env: Mapping[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     full = {**_clean_environ(), **env}
-    return subprocess.run([venv_bin("flask"), "--app", "app", *args], cwd=ROOT, env=full, text=True,
-                          capture_output=True, check=check, timeout=120)
+    return subprocess.run(
+        [venv_bin("flask"), "--app", "app", *args],
+        cwd=ROOT,
+        env=full,
+        text=True,
+        capture_output=True,
+        check=check,
+        timeout=120,
+    )
 
 
 def _clean_environ() -> dict[str, str]:
@@ -74,10 +83,11 @@ def _clean_environ() -> dict[str, str]:
 def pg_available() -> tuple[bool, str]:
     try:
         import psycopg
+
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
         return True, ""
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
@@ -96,11 +106,12 @@ def pg_database(prefix: str = "linksvc_t") -> Iterator[str]:
 def fresh_pg_database(prefix: str) -> Iterator[str]:
     """Create a uniquely named database (``prefix_…``) and drop it afterwards."""
     import psycopg
+
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         # template0 accepts no connections, so concurrent CREATE DATABASE calls never trip
         # over "source database is being accessed by other users".
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
+        conn.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
@@ -128,22 +139,41 @@ class Server:
                 self.proc.wait()
 
 
-def start_gunicorn(env: Mapping[str, str], *, workers: int = 2, port: int | None = None,
-                   log_path: Path, extra_args: tuple[str, ...] = (), wsgi: str = "app:app",
-                   timeout: float = 30.0) -> Server:
+def start_gunicorn(
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    port: int | None = None,
+    log_path: Path,
+    extra_args: tuple[str, ...] = (),
+    wsgi: str = "app:app",
+    timeout: float = 30.0,
+) -> Server:
     """Serve ``wsgi`` under gunicorn with the repository's configuration; wait until it answers."""
     port = port or free_port()
     full = {**_clean_environ(), **env, "PYTHONUNBUFFERED": "1"}
-    args = [venv_bin("gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--workers", str(workers),
-            "--bind", f"127.0.0.1:{port}", *extra_args, wsgi]
+    args = [
+        venv_bin("gunicorn"),
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "--workers",
+        str(workers),
+        "--bind",
+        f"127.0.0.1:{port}",
+        *extra_args,
+        wsgi,
+    ]
     logf = open(log_path, "ab")
-    proc = subprocess.Popen(args, cwd=ROOT, env=full, stdout=logf, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
                 return Server(url, proc, log_path, dict(env))
@@ -157,10 +187,24 @@ def start_gunicorn(env: Mapping[str, str], *, workers: int = 2, port: int | None
 def prepare_instance(env: Mapping[str, str], name: str = "acme", *extra: str) -> dict[str, str]:
     """``init-db`` and a client, through the real CLI. Returns the ``--json`` output."""
     import json
+
     flask_cli(env, "init-db")
-    out = flask_cli(env, "clients", "create", name, "--purposes", "magic_link,password_reset,download",
-                    "--redirect-uri", "http://127.0.0.1:5001/callback", "--mint-limit", "100000 per minute",
-                    "--subject-limit", "100000 per minute", "--json", *extra)
+    out = flask_cli(
+        env,
+        "clients",
+        "create",
+        name,
+        "--purposes",
+        "magic_link,password_reset,download",
+        "--redirect-uri",
+        "http://127.0.0.1:5001/callback",
+        "--mint-limit",
+        "100000 per minute",
+        "--subject-limit",
+        "100000 per minute",
+        "--json",
+        *extra,
+    )
     return json.loads(out.stdout)
 
 
@@ -183,6 +227,7 @@ def race(url: str, n: int, payload: dict, headers: dict[str, str]) -> list[int]:
 def dump_database(url: str) -> str:
     """Every row of every table, as text: for asserting that a secret was never stored."""
     import sqlalchemy as sa
+
     engine = sa.create_engine(url)
     parts = []
     with engine.connect() as conn:
@@ -195,7 +240,11 @@ def dump_database(url: str) -> str:
 
 def mint_download(url: str, headers: dict[str, str], subject: str, **download: object) -> dict:
     """Mint a download link over HTTP (``download`` as the API takes it); asserts 201."""
-    resp = requests.post(f"{url}/api/v1/links", json={"purpose": "download", "subject": subject,
-                                                       "download": download}, headers=headers, timeout=10)
+    resp = requests.post(
+        f"{url}/api/v1/links",
+        json={"purpose": "download", "subject": subject, "download": download},
+        headers=headers,
+        timeout=10,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()

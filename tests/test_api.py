@@ -18,8 +18,12 @@ def test_mint_redeem_replay_status(api):
     first = api.redeem(link["token"])
     assert first.status_code == 200
     assert first.get_json() | {"redeemed_at": None} == {
-        "subject": "user-42", "purpose": "magic_link", "jti": link["jti"], "data": {"next": "/inbox"},
-        "redeemed_at": None}
+        "subject": "user-42",
+        "purpose": "magic_link",
+        "jti": link["jti"],
+        "data": {"next": "/inbox"},
+        "redeemed_at": None,
+    }
 
     second = api.redeem(link["token"])
     assert second.status_code == 409
@@ -37,6 +41,7 @@ def test_download_url_shape_and_ttl(api):
     assert "/l/" in link["url"]
     status = api.status(link["jti"]).get_json()
     from datetime import datetime
+
     issued = datetime.fromisoformat(status["issued_at"].replace("Z", "+00:00"))
     expires = datetime.fromisoformat(status["expires_at"].replace("Z", "+00:00"))
     assert (expires - issued).total_seconds() == 120
@@ -55,14 +60,21 @@ def test_verify_does_not_consume(api):
 def test_client_sees_only_its_own_links(api, other_api):
     link = api.minted()
     assert other_api.status(link["jti"]).status_code == 404
-    assert other_api.http.delete(f"/api/v1/links/{link['jti']}", headers=other_api.headers).status_code == 404
+    assert (
+        other_api.http.delete(f"/api/v1/links/{link['jti']}", headers=other_api.headers).status_code
+        == 404
+    )
     assert api.status(link["jti"]).get_json()["state"] == "issued"
 
 
 def test_revoke_one_is_idempotent_and_refuses_consumed(api):
     link = api.minted()
     url = f"/api/v1/links/{link['jti']}"
-    assert api.http.delete(url, headers=api.headers).get_json() == {"jti": link["jti"], "state": "revoked", "revoked": 1}
+    assert api.http.delete(url, headers=api.headers).get_json() == {
+        "jti": link["jti"],
+        "state": "revoked",
+        "revoked": 1,
+    }
     assert api.http.delete(url, headers=api.headers).get_json()["revoked"] == 0
     used = api.minted()
     api.redeem(used["token"])
@@ -74,7 +86,9 @@ def test_revoke_subject(api):
     a = api.minted("magic_link", "user-7")
     b = api.minted("password_reset", "user-7")
     other = api.minted("magic_link", "user-8")
-    resp = api.http.post("/api/v1/subjects/user-7/revoke", json={"purposes": ["magic_link"]}, headers=api.headers)
+    resp = api.http.post(
+        "/api/v1/subjects/user-7/revoke", json={"purposes": ["magic_link"]}, headers=api.headers
+    )
     assert resp.get_json()["revoked"] == 1
     resp = api.http.post("/api/v1/subjects/user-7/revoke", headers=api.headers)
     assert resp.get_json()["revoked"] == 1
@@ -99,6 +113,7 @@ def test_mint_rules(api):
 
 def test_purpose_not_allowed(app):
     from .conftest import make_api_user
+
     limited = make_api_user(app, "limited", purposes=["magic_link"])
     resp = limited.mint("password_reset")
     assert resp.status_code == 403 and resp.get_json()["code"] == "purpose_not_allowed"
@@ -150,42 +165,63 @@ def test_no_body(api, method, path):
 
 @pytest.mark.parametrize("method,path", BODY_CALLS)
 def test_not_json(api, method, path):
-    resp = getattr(api.http, method)(path, data="{nope", headers={**api.headers, "Content-Type": "application/json"})
+    resp = getattr(api.http, method)(
+        path, data="{nope", headers={**api.headers, "Content-Type": "application/json"}
+    )
     _problem(resp, 400, "invalid_json")
 
 
 @pytest.mark.parametrize("method,path", BODY_CALLS)
 @pytest.mark.parametrize("body", ["[]", '"x"', "1", "null"])
 def test_body_not_an_object(api, method, path, body):
-    resp = getattr(api.http, method)(path, data=body, headers={**api.headers, "Content-Type": "application/json"})
+    resp = getattr(api.http, method)(
+        path, data=body, headers={**api.headers, "Content-Type": "application/json"}
+    )
     _problem(resp, 400)
 
 
 @pytest.mark.parametrize("method,path", BODY_CALLS)
 def test_duplicate_members_and_invalid_utf8(api, method, path):
     h = {**api.headers, "Content-Type": "application/json"}
-    _problem(getattr(api.http, method)(path, data='{"purpose":"magic_link","purpose":"download"}', headers=h), 400,
-             "invalid_json")
-    _problem(getattr(api.http, method)(path, data=b'{"subject":"\xff"}', headers=h), 400, "invalid_json")
+    _problem(
+        getattr(api.http, method)(
+            path, data='{"purpose":"magic_link","purpose":"download"}', headers=h
+        ),
+        400,
+        "invalid_json",
+    )
+    _problem(
+        getattr(api.http, method)(path, data=b'{"subject":"\xff"}', headers=h), 400, "invalid_json"
+    )
 
 
 @pytest.mark.parametrize("method,path", BODY_CALLS)
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
 def test_wrong_content_type(api, method, path, ctype):
-    resp = getattr(api.http, method)(path, data='{"a":1}', headers={**api.headers, "Content-Type": ctype})
+    resp = getattr(api.http, method)(
+        path, data='{"a":1}', headers={**api.headers, "Content-Type": ctype}
+    )
     _problem(resp, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("method,path", BODY_CALLS + [("post", "/api/v1/subjects/u/revoke")])
+@pytest.mark.parametrize("method,path", [*BODY_CALLS, ("post", "/api/v1/subjects/u/revoke")])
 def test_ten_mebibyte_body(api, method, path):
     big = b'{"x":"' + b"a" * (10 * 1024 * 1024) + b'"}'
-    resp = getattr(api.http, method)(path, data=big, headers={**api.headers, "Content-Type": "application/json"})
+    resp = getattr(api.http, method)(
+        path, data=big, headers={**api.headers, "Content-Type": "application/json"}
+    )
     _problem(resp, 413, "body_too_large")
 
 
 @pytest.mark.parametrize("method,path", BODY_CALLS)
 def test_unknown_field(api, method, path):
-    known = {"purpose": "magic_link", "subject": "u"} if path.endswith("/links") else {"purpose": "magic_link", "token": "t"}
+    known = (
+        {"purpose": "magic_link", "subject": "u"}
+        if path.endswith("/links")
+        else {"purpose": "magic_link", "token": "t"}
+    )
     resp = getattr(api.http, method)(path, json={**known, "admin": True}, headers=api.headers)
     body = _problem(resp, 422, "unknown_field")
     assert body["field"] == "admin"
@@ -213,16 +249,35 @@ def test_mint_mistyped_fields(api, body, field):
 
 
 @pytest.mark.parametrize("path", ["/api/v1/links/verify", "/api/v1/links/redeem"])
-@pytest.mark.parametrize("body", [{"token": 5, "purpose": "magic_link"}, {"token": "x"}, {"purpose": "magic_link"},
-                                  {"token": "x", "purpose": "root"}, {"token": None, "purpose": "magic_link"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"token": 5, "purpose": "magic_link"},
+        {"token": "x"},
+        {"purpose": "magic_link"},
+        {"token": "x", "purpose": "root"},
+        {"token": None, "purpose": "magic_link"},
+    ],
+)
 def test_token_call_mistyped_fields(api, path, body):
     _problem(api.http.post(path, json=body, headers=api.headers), 422)
 
 
-@pytest.mark.parametrize("body", ['{"purposes": "magic_link"}', '{"purposes": ["bogus"]}', '{"purposes": []}',
-                                  '{"everything": true}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"purposes": "magic_link"}',
+        '{"purposes": ["bogus"]}',
+        '{"purposes": []}',
+        '{"everything": true}',
+    ],
+)
 def test_revoke_subject_bad_body(api, body):
-    resp = api.http.post("/api/v1/subjects/u/revoke", data=body, headers={**api.headers, "Content-Type": "application/json"})
+    resp = api.http.post(
+        "/api/v1/subjects/u/revoke",
+        data=body,
+        headers={**api.headers, "Content-Type": "application/json"},
+    )
     _problem(resp, 422)
 
 
@@ -253,21 +308,31 @@ def test_health_and_jwks(client):
 
 def test_readyz_fails_without_database(tmp_path):
     from linksvc import create_app
+
     from .support import base_env
-    app = create_app(base_env(tmp_path, database_url=f"sqlite:///{tmp_path}/missing/dir/../../nope/x.db"))
+
+    app = create_app(
+        base_env(tmp_path, database_url=f"sqlite:///{tmp_path}/missing/dir/../../nope/x.db")
+    )
     svc = app.extensions["linksvc"]
     svc.engine.dispose()
     import sqlalchemy as sa
-    svc.engine = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+
+    svc.engine = sa.create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
     resp = app.test_client().get("/readyz")
     assert resp.status_code == 503 and resp.get_json()["code"] == "database_unavailable"
 
 
 def test_no_key_yet_is_503_not_500(tmp_path, migrated_sqlite):
     import shutil
+
     from linksvc import create_app
-    from .support import base_env
+
     from .conftest import make_api_user
+    from .support import base_env
+
     shutil.copy(migrated_sqlite, tmp_path / "linksvc.db")
     app = create_app(base_env(tmp_path))
     user = make_api_user(app)
@@ -280,8 +345,10 @@ def test_path_parameters_never_reach_postgresql_malformed(pg_url, tmp_path):
     """A NUL byte in a jti or subject path parameter is refused before the database, which
     would otherwise raise (PostgreSQL text cannot hold NUL) — on the real server."""
     from linksvc import create_app, db, keys, migrate
+
     from .conftest import make_api_user
     from .support import base_env
+
     app = create_app(base_env(tmp_path, pg_url))
     svc = app.extensions["linksvc"]
     migrate.upgrade(svc.engine)
@@ -291,7 +358,10 @@ def test_path_parameters_never_reach_postgresql_malformed(pg_url, tmp_path):
     try:
         link = user.minted()
         for jti in ("%00", "a%00b", "x" * 300, "%E2%98%83"):
-            assert user.http.get(f"/api/v1/links/{jti}", headers=user.headers).get_json()["code"] == "unknown_link"
+            assert (
+                user.http.get(f"/api/v1/links/{jti}", headers=user.headers).get_json()["code"]
+                == "unknown_link"
+            )
             assert user.http.delete(f"/api/v1/links/{jti}", headers=user.headers).status_code == 404
         for subject in ("%00", "a%20b", "x" * 300):
             resp = user.http.post(f"/api/v1/subjects/{subject}/revoke", headers=user.headers)

@@ -99,6 +99,7 @@ def test_superseded(api, endpoint):
 def test_malleated_ecdsa_signature_is_refused(app, api):
     """(r, n - s) is the other valid ECDSA signature of the same message; only low-s passes."""
     from linksvc.tokens import _P256_N
+
     link = api.minted()
     head, body, sig = link["token"].split(".")
     raw = forge.base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))

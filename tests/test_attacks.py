@@ -43,8 +43,8 @@ REDIRECT = "http://127.0.0.1:5001/callback"
 class Live:
     server: Server
     url: str
-    keys: dict[str, str]       # client name -> API key
-    app: Any                   # an in-process app on the same database: the server's real key
+    keys: dict[str, str]  # client name -> API key
+    app: Any  # an in-process app on the same database: the server's real key
     pages: bool
     http: requests.Session
     downloads: bool = False
@@ -52,21 +52,41 @@ class Live:
     def headers(self, who: str = "acme") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[who]}"}
 
-    def mint(self, purpose: str = "magic_link", subject: str = "user-42", who: str = "acme", **fields: Any) -> dict:
+    def mint(
+        self,
+        purpose: str = "magic_link",
+        subject: str = "user-42",
+        who: str = "acme",
+        **fields: Any,
+    ) -> dict:
         if purpose == "download":
             fields.setdefault("download", {"key": "docs/report.pdf", "filename": "report.pdf"})
-        resp = self.http.post(f"{self.url}/api/v1/links", json={"purpose": purpose, "subject": subject, **fields},
-                              headers=self.headers(who), timeout=10)
+        resp = self.http.post(
+            f"{self.url}/api/v1/links",
+            json={"purpose": purpose, "subject": subject, **fields},
+            headers=self.headers(who),
+            timeout=10,
+        )
         assert resp.status_code == 201, resp.text
         return resp.json()
 
-    def api(self, action: str, token: Any, purpose: str = "magic_link", who: str = "acme") -> requests.Response:
-        return self.http.post(f"{self.url}/api/v1/links/{action}", json={"token": token, "purpose": purpose},
-                              headers=self.headers(who), timeout=10)
+    def api(
+        self, action: str, token: Any, purpose: str = "magic_link", who: str = "acme"
+    ) -> requests.Response:
+        return self.http.post(
+            f"{self.url}/api/v1/links/{action}",
+            json={"token": token, "purpose": purpose},
+            headers=self.headers(who),
+            timeout=10,
+        )
 
     def page(self, token: str, method: str = "GET", prefix: str = "l") -> requests.Response:
-        return self.http.request(method, f"{self.url}/{prefix}/{urllib.parse.quote(token, safe='')}", timeout=10,
-                                 allow_redirects=False)
+        return self.http.request(
+            method,
+            f"{self.url}/{prefix}/{urllib.parse.quote(token, safe='')}",
+            timeout=10,
+            allow_redirects=False,
+        )
 
     def jwks(self) -> list[dict[str, Any]]:
         return self.http.get(f"{self.url}/.well-known/jwks.json", timeout=10).json()["keys"]
@@ -76,8 +96,14 @@ class Live:
         ring.reload()
         return ring.signing_key()
 
-    def refused(self, token: Any, reason: str | set[str], purpose: str = "magic_link", who: str = "acme",
-                page: bool = True) -> None:
+    def refused(
+        self,
+        token: Any,
+        reason: str | set[str],
+        purpose: str = "magic_link",
+        who: str = "acme",
+        page: bool = True,
+    ) -> None:
         """The hostile token is refused with ``reason`` by verify, redeem and the page, never echoed."""
         reasons = {reason} if isinstance(reason, str) else reason
         statuses = {422} if reasons == {"invalid_field"} else {401, 404, 409, 410}
@@ -90,7 +116,12 @@ class Live:
                 assert token not in resp.text
                 tail = token.split(".")[-1][:40]
                 assert len(tail) < 16 or tail not in resp.text, "the signature was echoed"
-        if page and self.pages and isinstance(token, str) and purpose in ("magic_link", "password_reset"):
+        if (
+            page
+            and self.pages
+            and isinstance(token, str)
+            and purpose in ("magic_link", "password_reset")
+        ):
             self._page_refuses(token, "l", ("GET", "POST"))
         if page and self.downloads and isinstance(token, str) and purpose == "download":
             self._page_refuses(token, "d", ("GET", "HEAD", "POST"))
@@ -126,25 +157,62 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     (files / "docs" / "report.pdf").write_bytes(b"%PDF-1.7 " + b"z" * 3000)
     port = free_port()
     # The attacks come from one address: lift the per-IP page limit (its own tests cover it).
-    env = base_env(base / "instance", LINKSVC_BASE_URL=f"http://127.0.0.1:{port}", LINKSVC_KEY_REFRESH_SECONDS="1",
-                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute", LINKSVC_STORAGE_DIR=str(files))
+    env = base_env(
+        base / "instance",
+        LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
+        LINKSVC_KEY_REFRESH_SECONDS="1",
+        LINKSVC_PAGE_RATE_LIMIT="100000 per minute",
+        LINKSVC_STORAGE_DIR=str(files),
+    )
     acme = prepare_instance(env, "acme")
-    globex = json.loads(flask_cli(env, "clients", "create", "globex", "--redirect-uri", "http://127.0.0.1:5002/cb",
-                                  "--mint-limit", "100000 per minute", "--subject-limit", "100000 per minute",
-                                  "--json").stdout)
+    globex = json.loads(
+        flask_cli(
+            env,
+            "clients",
+            "create",
+            "globex",
+            "--redirect-uri",
+            "http://127.0.0.1:5002/cb",
+            "--mint-limit",
+            "100000 per minute",
+            "--subject-limit",
+            "100000 per minute",
+            "--json",
+        ).stdout
+    )
     # A second algorithm in the JWKS: every published key is tried as an HMAC secret.
     flask_cli(env, "keys", "generate", "--alg", "RS256")
     # LINKSVC_ATTACK_WSGI points the suite at another build (module:app), e.g. one with a
     # defence switched off, to watch the suite fail; see SECURITY.md.
-    server = start_gunicorn(env, workers=2, port=port, log_path=base / "server.log",
-                            wsgi=os.environ.get("LINKSVC_ATTACK_WSGI", "app:app"))
+    server = start_gunicorn(
+        env,
+        workers=2,
+        port=port,
+        log_path=base / "server.log",
+        wsgi=os.environ.get("LINKSVC_ATTACK_WSGI", "app:app"),
+    )
     app = create_app(env)
     session = requests.Session()
-    pages = session.get(f"{server.url}/l/x", timeout=10).headers.get("Content-Type", "").startswith("text/html")
-    downloads = session.get(f"{server.url}/d/x", timeout=10).headers.get("Content-Type", "").startswith("text/html")
+    pages = (
+        session.get(f"{server.url}/l/x", timeout=10)
+        .headers.get("Content-Type", "")
+        .startswith("text/html")
+    )
+    downloads = (
+        session.get(f"{server.url}/d/x", timeout=10)
+        .headers.get("Content-Type", "")
+        .startswith("text/html")
+    )
     try:
-        yield Live(server, server.url, {"acme": acme["api_key"], "globex": globex["api_key"]}, app, pages, session,
-                   downloads)
+        yield Live(
+            server,
+            server.url,
+            {"acme": acme["api_key"], "globex": globex["api_key"]},
+            app,
+            pages,
+            session,
+            downloads,
+        )
     finally:
         server.stop()
         app.extensions["linksvc"].engine.dispose()
@@ -153,11 +221,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     assert "Traceback" not in log and '"status":5' not in log and "internal_error" not in log
 
 
-def _case(build: Callable[[Live, str], Any], reason: str | set[str], purpose: str = "magic_link") -> tuple:
+def _case(
+    build: Callable[[Live, str], Any], reason: str | set[str], purpose: str = "magic_link"
+) -> tuple:
     return build, reason, purpose
 
 
-def run_case(live: Live, build: Callable[[Live, str], Any], reason: str | set[str], purpose: str = "magic_link") -> None:
+def run_case(
+    live: Live,
+    build: Callable[[Live, str], Any],
+    reason: str | set[str],
+    purpose: str = "magic_link",
+) -> None:
     link = live.mint(purpose)
     live.refused(build(live, link["token"]), reason, purpose)
     live.still_works(link, purpose)
@@ -166,24 +241,52 @@ def run_case(live: Live, build: Callable[[Live, str], Any], reason: str | set[st
 # -- algorithm none, stripped and null signatures -------------------------------------
 
 NONE_CASES = {
-    **{f"alg_{s}_empty_signature": _case(lambda lv, t, s=s: atk.alg_none(t, s, ""), "malformed")
-       for s in atk.NONE_SPELLINGS},
-    **{f"alg_{s}_original_signature": _case(lambda lv, t, s=s: atk.alg_none(t, s, "original"), "wrong_algorithm")
-       for s in atk.NONE_SPELLINGS},
-    **{f"alg_{s}_junk_signature": _case(lambda lv, t, s=s: atk.alg_none(t, s, "AAAA"), "wrong_algorithm")
-       for s in atk.NONE_SPELLINGS},
-    **{f"alg_{s}_no_kid": _case(lambda lv, t, s=s: atk.raw({"alg": s, "typ": "JWT"}, atk.parts(t)[1], ""), "malformed")
-       for s in atk.NONE_SPELLINGS},
-    **{f"alg_{s}_no_kid_junk_signature": _case(
-        lambda lv, t, s=s: atk.raw({"alg": s, "typ": "link+jwt"}, atk.parts(t)[1], "AA"), "bad_header")
-       for s in atk.NONE_SPELLINGS},
-    "alg_missing": _case(lambda lv, t: atk.raw({k: v for k, v in atk.parts(t)[0].items() if k != "alg"},
-                                               atk.parts(t)[1], atk.parts(t)[2]), "bad_header"),
-    "alg_null": _case(lambda lv, t: atk.raw({**atk.parts(t)[0], "alg": None}, atk.parts(t)[1], atk.parts(t)[2]),
-                      "bad_header"),
+    **{
+        f"alg_{s}_empty_signature": _case(lambda lv, t, s=s: atk.alg_none(t, s, ""), "malformed")
+        for s in atk.NONE_SPELLINGS
+    },
+    **{
+        f"alg_{s}_original_signature": _case(
+            lambda lv, t, s=s: atk.alg_none(t, s, "original"), "wrong_algorithm"
+        )
+        for s in atk.NONE_SPELLINGS
+    },
+    **{
+        f"alg_{s}_junk_signature": _case(
+            lambda lv, t, s=s: atk.alg_none(t, s, "AAAA"), "wrong_algorithm"
+        )
+        for s in atk.NONE_SPELLINGS
+    },
+    **{
+        f"alg_{s}_no_kid": _case(
+            lambda lv, t, s=s: atk.raw({"alg": s, "typ": "JWT"}, atk.parts(t)[1], ""), "malformed"
+        )
+        for s in atk.NONE_SPELLINGS
+    },
+    **{
+        f"alg_{s}_no_kid_junk_signature": _case(
+            lambda lv, t, s=s: atk.raw({"alg": s, "typ": "link+jwt"}, atk.parts(t)[1], "AA"),
+            "bad_header",
+        )
+        for s in atk.NONE_SPELLINGS
+    },
+    "alg_missing": _case(
+        lambda lv, t: atk.raw(
+            {k: v for k, v in atk.parts(t)[0].items() if k != "alg"},
+            atk.parts(t)[1],
+            atk.parts(t)[2],
+        ),
+        "bad_header",
+    ),
+    "alg_null": _case(
+        lambda lv, t: atk.raw({**atk.parts(t)[0], "alg": None}, atk.parts(t)[1], atk.parts(t)[2]),
+        "bad_header",
+    ),
     "signature_stripped_keep_dot": _case(lambda lv, t: t.rsplit(".", 1)[0] + ".", "malformed"),
     "signature_stripped_no_dot": _case(lambda lv, t: t.rsplit(".", 1)[0], "malformed"),
-    "signature_null_bytes_64": _case(lambda lv, t: t.rsplit(".", 1)[0] + "." + forge.b64(bytes(64)), "bad_signature"),
+    "signature_null_bytes_64": _case(
+        lambda lv, t: t.rsplit(".", 1)[0] + "." + forge.b64(bytes(64)), "bad_signature"
+    ),
     "signature_single_null_byte": _case(lambda lv, t: t.rsplit(".", 1)[0] + ".AA", "bad_signature"),
     "signature_empty_json_token": _case(lambda lv, t: "..", "malformed"),
 }
@@ -196,6 +299,7 @@ def test_alg_none_and_stripped_signatures(live, name):
 
 # -- key confusion: every published key as an HMAC secret -------------------------------
 
+
 def test_key_confusion_with_every_published_key(live):
     jwks = live.jwks()
     assert {k["alg"] for k in jwks} >= {"ES256", "RS256"}, jwks
@@ -203,17 +307,27 @@ def test_key_confusion_with_every_published_key(live):
     link = live.mint()
     header, claims, _ = atk.parts(link["token"])
     for jwk in jwks:
-        for form, secret in atk.key_secrets(jwk).items():
+        for _form, secret in atk.key_secrets(jwk).items():
             for alg in atk.HMAC_HASHES:
                 # The classic: alg switched to HMAC, kid naming the public key.
-                live.refused(atk.hmac_sign({**header, "alg": alg, "kid": jwk["kid"]}, claims, secret, alg),
-                             "wrong_algorithm", page=False)
+                live.refused(
+                    atk.hmac_sign({**header, "alg": alg, "kid": jwk["kid"]}, claims, secret, alg),
+                    "wrong_algorithm",
+                    page=False,
+                )
                 tried += 1
             # alg left as the key's own, signature made with HMAC anyway
-            live.refused(atk.hmac_sign({**header, "alg": jwk["alg"], "kid": jwk["kid"]}, claims, secret),
-                         {"bad_signature"}, page=False)
+            live.refused(
+                atk.hmac_sign({**header, "alg": jwk["alg"], "kid": jwk["kid"]}, claims, secret),
+                {"bad_signature"},
+                page=False,
+            )
             # no kid at all: nothing to look the key up by
-            live.refused(atk.hmac_sign({"alg": "HS256", "typ": "link+jwt"}, claims, secret), "bad_header", page=False)
+            live.refused(
+                atk.hmac_sign({"alg": "HS256", "typ": "link+jwt"}, claims, secret),
+                "bad_header",
+                page=False,
+            )
     assert tried >= 2 * 9 * 3
     # the page takes the same path: one of each form is enough there
     if live.pages:
@@ -224,10 +338,11 @@ def test_key_confusion_with_every_published_key(live):
 
 # -- embedded and remote key headers -----------------------------------------------------
 
-class _Trap(http.server.BaseHTTPRequestHandler):
-    hits: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+class _Trap(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []  # noqa: RUF012 -- shared on purpose across handler instances
+
+    def do_GET(self) -> None:
         _Trap.hits.append(self.path)
         body = b'{"keys": []}'
         self.send_response(200)
@@ -253,16 +368,20 @@ def trap() -> Iterator[str]:
 def _embedded_cases(trap_url: str) -> dict[str, tuple]:
     mine = atk.AttackerKey()
 
-    def signed_by_attacker(extra: Callable[[dict], dict], kid: str | None = None) -> Callable[[Live, str], str]:
+    def signed_by_attacker(
+        extra: Callable[[dict], dict], kid: str | None = None
+    ) -> Callable[[Live, str], str]:
         def build(lv: Live, t: str) -> str:
             header, claims, _ = atk.parts(t)
             return mine.sign({**header, **({"kid": kid} if kid else {}), **extra(header)}, claims)
+
         return build
 
     def signed_by_us(extra: dict) -> Callable[[Live, str], str]:
         def build(lv: Live, t: str) -> str:
             header, claims, _ = atk.parts(t)
             return forge.resign({**header, **extra}, claims, lv.our_key())
+
         return build
 
     extras = {
@@ -277,12 +396,18 @@ def _embedded_cases(trap_url: str) -> dict[str, tuple]:
     }
     cases: dict[str, tuple] = {}
     for name, extra in extras.items():
-        cases[f"{name}_signed_by_attacker"] = _case(signed_by_attacker(lambda h, e=extra: e), "bad_header")
+        cases[f"{name}_signed_by_attacker"] = _case(
+            signed_by_attacker(lambda h, e=extra: e), "bad_header"
+        )
         cases[f"{name}_signed_with_our_key"] = _case(signed_by_us(extra), "bad_header")
     cases["attacker_key_under_our_kid"] = _case(signed_by_attacker(lambda h: {}), "bad_signature")
     cases["attacker_kid"] = _case(signed_by_attacker(lambda h: {}, kid="attacker"), "unknown_key")
     cases["attacker_eddsa_under_our_kid"] = _case(
-        lambda lv, t: atk.ed25519_attacker_sign({**atk.parts(t)[0], "alg": "EdDSA"}, atk.parts(t)[1]), "wrong_algorithm")
+        lambda lv, t: atk.ed25519_attacker_sign(
+            {**atk.parts(t)[0], "alg": "EdDSA"}, atk.parts(t)[1]
+        ),
+        "wrong_algorithm",
+    )
     return cases
 
 
@@ -325,6 +450,7 @@ def _kid_case(kid: Any, hmac_secret: bytes = b"") -> Callable[[Live, str], str]:
         header, claims, _ = atk.parts(t)
         # HS256 with an empty secret: what /dev/null or an empty DB column would give.
         return atk.hmac_sign({**header, "alg": "HS256", "kid": kid}, claims, hmac_secret)
+
     return build
 
 
@@ -332,6 +458,7 @@ def _our_kid_variant(change: Callable[[str], str]) -> Callable[[Live, str], str]
     def build(lv: Live, t: str) -> str:
         header, claims, sig = atk.parts(t)
         return atk.raw({**header, "kid": change(header["kid"])}, claims, sig)
+
     return build
 
 
@@ -343,14 +470,17 @@ def test_kid_traversal_and_injection(live, name):
     assert live.jwks() == jwks_before
 
 
-@pytest.mark.parametrize("name,change", [
-    ("null_byte_suffix", lambda k: k + "\u0000"),
-    ("trailing_space", lambda k: k + " "),
-    ("upper_case", lambda k: k.upper()),
-    ("prefix_only", lambda k: k[:-1]),
-    ("sql_suffix", lambda k: k + "' --"),
-    ("traversal_suffix", lambda k: k + "/../" + k),
-])
+@pytest.mark.parametrize(
+    "name,change",
+    [
+        ("null_byte_suffix", lambda k: k + "\u0000"),
+        ("trailing_space", lambda k: k + " "),
+        ("upper_case", lambda k: k.upper()),
+        ("prefix_only", lambda k: k[:-1]),
+        ("sql_suffix", lambda k: k + "' --"),
+        ("traversal_suffix", lambda k: k + "/../" + k),
+    ],
+)
 def test_near_miss_of_our_kid(live, name, change):
     run_case(live, _our_kid_variant(change), "unknown_key")
 
@@ -399,8 +529,9 @@ def test_malleated_signature_of_a_live_link_is_refused_and_link_still_works(live
 
 # -- duplicate members, non-canonical base64, size and nesting ---------------------------
 
+
 def _dup_header(t: str) -> str:
-    header, claims, sig = atk.parts(t)
+    header, _claims, sig = atk.parts(t)
     body = json.dumps(header)[:-1] + ', "alg": "none"}'
     return f"{forge.b64(body.encode())}.{t.split('.')[1]}.{sig}"
 
@@ -416,16 +547,21 @@ def _dup_claims(lv: Live, t: str, *, sign: bool) -> str:
 def _nested(where: str, depth: int, sign: bool) -> Callable[[Live, str], str]:
     def build(lv: Live, t: str) -> str:
         header, claims, sig = atk.parts(t)
-        deep = ("[" * depth + "]" * depth)
+        deep = "[" * depth + "]" * depth
         if where == "header":
             body_h = (json.dumps(header)[:-1] + f', "x": {deep}}}').encode()
             body_c: Any = claims
         else:
             body_h = header  # type: ignore[assignment]
             body_c = (json.dumps(claims)[:-1] + f', "x": {deep}}}').encode()
-        token = forge.resign(body_h, body_c, lv.our_key()) if sign else f"{forge.seg(body_h)}.{forge.seg(body_c)}.{sig}"
+        token = (
+            forge.resign(body_h, body_c, lv.our_key())
+            if sign
+            else f"{forge.seg(body_h)}.{forge.seg(body_c)}.{sig}"
+        )
         assert len(token) <= 4096, "must be refused for its nesting, not its size"
         return token
+
     return build
 
 
@@ -437,19 +573,35 @@ def _oversized_claim(lv: Live, t: str) -> str:
 SHAPE_CASES = {
     "duplicate_header_member": _case(lambda lv, t: _dup_header(t), "malformed"),
     "duplicate_claims_member": _case(lambda lv, t: _dup_claims(lv, t, sign=False), "malformed"),
-    "duplicate_claims_member_with_our_key": _case(lambda lv, t: _dup_claims(lv, t, sign=True), "malformed"),
+    "duplicate_claims_member_with_our_key": _case(
+        lambda lv, t: _dup_claims(lv, t, sign=True), "malformed"
+    ),
     "nested_claims_1200": _case(_nested("claims", 1200, sign=False), "malformed"),
     "nested_claims_1200_with_our_key": _case(_nested("claims", 1200, sign=True), "malformed"),
     "nested_header_1200_with_our_key": _case(_nested("header", 1200, sign=True), "malformed"),
     "nested_claims_50_with_our_key": _case(_nested("claims", 50, sign=True), "invalid_claims"),
     "oversized_appended": _case(lambda lv, t: t + "A" * 5000, "malformed"),
     "oversized_well_signed_4k": _case(_oversized_claim, "malformed"),
-    "header_not_object": _case(lambda lv, t: forge.resign(b'"x"', atk.parts(t)[1], lv.our_key()), "malformed"),
-    "claims_not_utf8": _case(lambda lv, t: forge.resign(atk.parts(t)[0], b'{"sub":"\xff"}', lv.our_key()), "malformed"),
-    "nan_in_claims": _case(lambda lv, t: forge.resign(
-        atk.parts(t)[0], json.dumps({**atk.parts(t)[1], "exp": float("nan")}).encode(), lv.our_key()), "malformed"),
-    "bom_prefixed_header": _case(lambda lv, t: forge.resign(
-        b"\xef\xbb\xbf" + json.dumps(atk.parts(t)[0]).encode(), atk.parts(t)[1], lv.our_key()), "malformed"),
+    "header_not_object": _case(
+        lambda lv, t: forge.resign(b'"x"', atk.parts(t)[1], lv.our_key()), "malformed"
+    ),
+    "claims_not_utf8": _case(
+        lambda lv, t: forge.resign(atk.parts(t)[0], b'{"sub":"\xff"}', lv.our_key()), "malformed"
+    ),
+    "nan_in_claims": _case(
+        lambda lv, t: forge.resign(
+            atk.parts(t)[0],
+            json.dumps({**atk.parts(t)[1], "exp": float("nan")}).encode(),
+            lv.our_key(),
+        ),
+        "malformed",
+    ),
+    "bom_prefixed_header": _case(
+        lambda lv, t: forge.resign(
+            b"\xef\xbb\xbf" + json.dumps(atk.parts(t)[0]).encode(), atk.parts(t)[1], lv.our_key()
+        ),
+        "malformed",
+    ),
     "four_segments_jwe_shape": _case(lambda lv, t: t + ".AAAA.AAAA", "malformed"),
     "token_not_a_string": _case(lambda lv, t: {"token": t}, "invalid_field"),
     "token_as_list": _case(lambda lv, t: t.split("."), "invalid_field"),
@@ -465,10 +617,24 @@ def test_token_shape_attacks(live, name):
 #: so only the spellings that do not depend on its bytes are certain to exist for it.
 NONCANONICAL = {
     "header": {"trailing_padding", "whitespace", "newline", "percent_escape"},
-    "claims": {"padded", "standard_alphabet", "trailing_padding", "whitespace", "newline", "percent_escape",
-               "trailing_bits"},
-    "signature": {"padded", "standard_alphabet", "trailing_padding", "whitespace", "newline", "percent_escape",
-                  "trailing_bits"},
+    "claims": {
+        "padded",
+        "standard_alphabet",
+        "trailing_padding",
+        "whitespace",
+        "newline",
+        "percent_escape",
+        "trailing_bits",
+    },
+    "signature": {
+        "padded",
+        "standard_alphabet",
+        "trailing_padding",
+        "whitespace",
+        "newline",
+        "percent_escape",
+        "trailing_bits",
+    },
 }
 
 
@@ -494,25 +660,37 @@ def test_noncanonical_base64(live, segment):
 def test_oversized_bodies_and_paths(live):
     link = live.mint()
     huge = "A" * (1 << 20)
-    resp = live.http.post(f"{live.url}/api/v1/links/redeem", json={"token": huge, "purpose": "magic_link"},
-                          headers=live.headers(), timeout=30)
+    resp = live.http.post(
+        f"{live.url}/api/v1/links/redeem",
+        json={"token": huge, "purpose": "magic_link"},
+        headers=live.headers(),
+        timeout=30,
+    )
     assert resp.status_code == 413 and resp.json()["code"] == "body_too_large"
     resp = live.http.get(f"{live.url}/l/{'A' * 100_000}", timeout=30)
     assert 400 <= resp.status_code < 500
-    resp = live.http.get(f"{live.url}/api/v1/links/{'A' * 100_000}", headers=live.headers(), timeout=30)
+    resp = live.http.get(
+        f"{live.url}/api/v1/links/{'A' * 100_000}", headers=live.headers(), timeout=30
+    )
     assert 400 <= resp.status_code < 500
     live.still_works(link)
 
 
 # -- substitution: other purpose, other client ------------------------------------------------
 
+
 def test_cross_purpose_substitution(live):
-    for minted_for, presented_as in [("magic_link", "password_reset"), ("password_reset", "magic_link")]:
+    for minted_for, presented_as in [
+        ("magic_link", "password_reset"),
+        ("password_reset", "magic_link"),
+    ]:
         link = live.mint(minted_for, subject=f"user-x-{minted_for}")
         live.refused(link["token"], "wrong_purpose", presented_as, page=False)
         # Re-labelled claims need our key: without it the signature breaks.
         header, claims, sig = atk.parts(link["token"])
-        live.refused(atk.raw(header, {**claims, "pur": presented_as}, sig), "bad_signature", presented_as)
+        live.refused(
+            atk.raw(header, {**claims, "pur": presented_as}, sig), "bad_signature", presented_as
+        )
         live.still_works(link, minted_for)
 
 
@@ -520,17 +698,29 @@ def test_cross_client_substitution(live):
     link = live.mint(subject="user-acme")
     live.refused(link["token"], "wrong_audience", who="globex", page=False)
     header, claims, sig = atk.parts(link["token"])
-    globex_id = live.http.post(f"{live.url}/api/v1/links", json={"purpose": "magic_link", "subject": "g"},
-                               headers=live.headers("globex"), timeout=10).json()
+    globex_id = live.http.post(
+        f"{live.url}/api/v1/links",
+        json={"purpose": "magic_link", "subject": "g"},
+        headers=live.headers("globex"),
+        timeout=10,
+    ).json()
     g_claims = atk.parts(globex_id["token"])[1]
     # acme's claims re-addressed to globex: signature breaks
-    live.refused(atk.raw(header, {**claims, "aud": g_claims["aud"]}, sig), "bad_signature", who="globex")
+    live.refused(
+        atk.raw(header, {**claims, "aud": g_claims["aud"]}, sig), "bad_signature", who="globex"
+    )
     # globex cannot see, revoke, or mass-revoke acme's link
-    resp = live.http.get(f"{live.url}/api/v1/links/{link['jti']}", headers=live.headers("globex"), timeout=10)
+    resp = live.http.get(
+        f"{live.url}/api/v1/links/{link['jti']}", headers=live.headers("globex"), timeout=10
+    )
     assert resp.status_code == 404 and resp.json()["code"] == "unknown_link"
-    resp = live.http.delete(f"{live.url}/api/v1/links/{link['jti']}", headers=live.headers("globex"), timeout=10)
+    resp = live.http.delete(
+        f"{live.url}/api/v1/links/{link['jti']}", headers=live.headers("globex"), timeout=10
+    )
     assert resp.status_code == 404 and resp.json()["code"] == "unknown_link"
-    resp = live.http.post(f"{live.url}/api/v1/subjects/user-acme/revoke", headers=live.headers("globex"), timeout=10)
+    resp = live.http.post(
+        f"{live.url}/api/v1/subjects/user-acme/revoke", headers=live.headers("globex"), timeout=10
+    )
     assert resp.status_code == 200 and resp.json()["revoked"] == 0
     live.still_works(link)
 
@@ -539,8 +729,12 @@ def test_replay(live):
     link = live.mint()
     assert live.api("redeem", link["token"]).status_code == 200
     for _ in range(3):  # fresh connections land on either worker
-        resp = requests.post(f"{live.url}/api/v1/links/redeem", json={"token": link["token"], "purpose": "magic_link"},
-                             headers=live.headers(), timeout=10)
+        resp = requests.post(
+            f"{live.url}/api/v1/links/redeem",
+            json={"token": link["token"], "purpose": "magic_link"},
+            headers=live.headers(),
+            timeout=10,
+        )
         assert resp.status_code == 409 and resp.json()["code"] == "used"
     assert live.api("verify", link["token"]).json()["code"] == "used"
     if live.pages:
@@ -577,15 +771,22 @@ LOOKALIKES = [
 
 @pytest.mark.parametrize("uri", LOOKALIKES)
 def test_mint_refuses_unregistered_redirect(live, uri):
-    resp = live.http.post(f"{live.url}/api/v1/links", json={"purpose": "magic_link", "subject": "u",
-                                                            "redirect_uri": uri}, headers=live.headers(), timeout=10)
+    resp = live.http.post(
+        f"{live.url}/api/v1/links",
+        json={"purpose": "magic_link", "subject": "u", "redirect_uri": uri},
+        headers=live.headers(),
+        timeout=10,
+    )
     assert resp.status_code == 403 and resp.json()["code"] == "redirect_uri_not_allowed", resp.text
 
 
 def test_link_urls_ignore_the_host_header(live):
-    resp = live.http.post(f"{live.url}/api/v1/links", json={"purpose": "magic_link", "subject": "u"},
-                          headers={**live.headers(), "Host": "evil.example", "X-Forwarded-Host": "evil.example"},
-                          timeout=10)
+    resp = live.http.post(
+        f"{live.url}/api/v1/links",
+        json={"purpose": "magic_link", "subject": "u"},
+        headers={**live.headers(), "Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        timeout=10,
+    )
     assert resp.status_code == 201
     assert resp.json()["url"].startswith(live.url + "/l/")
     live.still_works(resp.json())
@@ -595,17 +796,24 @@ def test_pages_ignore_redirect_parameters(live):
     if not live.pages:
         pytest.skip("the end-user pages (linksvc.pages) are not installed in this build")
     import re
+
     link = live.mint()
     browser = requests.Session()
     evil = "https://evil.example/steal"
-    query = urllib.parse.urlencode({"next": evil, "redirect_uri": evil, "return_to": evil, "continue": evil})
+    query = urllib.parse.urlencode(
+        {"next": evil, "redirect_uri": evil, "return_to": evil, "continue": evil}
+    )
     url = f"{live.url}/l/{link['token']}?{query}"
     page = browser.get(url, timeout=10)
     assert page.status_code == 200 and "evil.example" not in page.text
     csrf = re.search(r'name="csrf"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*name="csrf"', page.text)
     assert csrf
-    resp = browser.post(url, data={"csrf": csrf.group(1) or csrf.group(2), "next": evil, "redirect_uri": evil},
-                        timeout=10, allow_redirects=False)
+    resp = browser.post(
+        url,
+        data={"csrf": csrf.group(1) or csrf.group(2), "next": evil, "redirect_uri": evil},
+        timeout=10,
+        allow_redirects=False,
+    )
     assert resp.status_code == 303
     location = resp.headers["Location"]
     assert location.startswith(REDIRECT + "?code=") and "evil" not in location, location
@@ -614,18 +822,33 @@ def test_pages_ignore_redirect_parameters(live):
 # -- the same families against download links (/d/) -------------------------------------
 
 DOWNLOAD_CASES = {
-    "alg_none_original_signature": _case(lambda lv, t: atk.alg_none(t, "none", "original"), "wrong_algorithm"),
+    "alg_none_original_signature": _case(
+        lambda lv, t: atk.alg_none(t, "none", "original"), "wrong_algorithm"
+    ),
     "alg_NoNe_empty_signature": _case(lambda lv, t: atk.alg_none(t, "nOnE", ""), "malformed"),
     "signature_stripped": _case(lambda lv, t: t.rsplit(".", 1)[0] + ".", "malformed"),
-    "hs256_with_published_pem": _case(lambda lv, t: atk.hmac_sign(
-        {**atk.parts(t)[0], "alg": "HS256"}, atk.parts(t)[1],
-        atk.key_secrets(next(k for k in lv.jwks() if k["kid"] == atk.parts(t)[0]["kid"]))["pem"]), "wrong_algorithm"),
-    "embedded_jwk": _case(lambda lv, t: atk.AttackerKey().sign({**atk.parts(t)[0], "jwk": {"kty": "EC"}},
-                                                               atk.parts(t)[1]), "bad_header"),
+    "hs256_with_published_pem": _case(
+        lambda lv, t: atk.hmac_sign(
+            {**atk.parts(t)[0], "alg": "HS256"},
+            atk.parts(t)[1],
+            atk.key_secrets(next(k for k in lv.jwks() if k["kid"] == atk.parts(t)[0]["kid"]))[
+                "pem"
+            ],
+        ),
+        "wrong_algorithm",
+    ),
+    "embedded_jwk": _case(
+        lambda lv, t: atk.AttackerKey().sign(
+            {**atk.parts(t)[0], "jwk": {"kty": "EC"}}, atk.parts(t)[1]
+        ),
+        "bad_header",
+    ),
     "kid_traversal": _case(_kid_case("../../../../dev/null"), "unknown_key"),
     "ecdsa_r0_s0": _case(lambda lv, t: atk.with_es256_signature(t, 0, 0), "bad_signature"),
     "high_s_twin": _case(lambda lv, t: atk.high_s_twin(t), "bad_signature"),
-    "duplicate_claims_with_our_key": _case(lambda lv, t: _dup_claims(lv, t, sign=True), "malformed"),
+    "duplicate_claims_with_our_key": _case(
+        lambda lv, t: _dup_claims(lv, t, sign=True), "malformed"
+    ),
     "padded_signature": _case(lambda lv, t: t + "=", "malformed"),
     "oversized": _case(lambda lv, t: t + "A" * 5000, "malformed"),
 }
@@ -647,7 +870,11 @@ def test_cross_purpose_between_pages_and_downloads(live):
     for token, prefix in ((dl["token"], "l"), (magic["token"], "d")):
         for method in ("GET", "POST"):
             resp = live.page(token, method, prefix)
-            assert 400 <= resp.status_code < 500 and "Location" not in resp.headers, (prefix, method, resp.status_code)
+            assert 400 <= resp.status_code < 500 and "Location" not in resp.headers, (
+                prefix,
+                method,
+                resp.status_code,
+            )
     live.still_works(dl, "download")
     live.still_works(magic)
 
@@ -664,18 +891,27 @@ def test_download_replay_and_grant_forgery(live):
     path = urllib.parse.urlsplit(grant_url).path
     if path.startswith("/dl/"):
         grant = path.rsplit("/", 1)[1]
-        for forged in (grant[:-4] + ("AAAA" if grant[-4:] != "AAAA" else "BBBB"), grant + "x", "x", grant[::-1]):
+        for forged in (
+            grant[:-4] + ("AAAA" if grant[-4:] != "AAAA" else "BBBB"),
+            grant + "x",
+            "x",
+            grant[::-1],
+        ):
             resp = live.http.get(f"{live.url}/dl/{forged}", timeout=10)
-            assert resp.status_code in (403, 404, 410) and not resp.content.startswith(b"%PDF"), resp.status_code
+            assert resp.status_code in (403, 404, 410) and not resp.content.startswith(b"%PDF"), (
+                resp.status_code
+            )
         assert live.http.get(grant_url, timeout=10).content.startswith(b"%PDF")
 
 
 # -- rotation: the confusion cases again with each algorithm active ---------------------------
 
+
 def test_key_confusion_after_rotating_to_each_algorithm(live, tmp_path):
     """Runs last: rotates the live server's keys (RS256, then EdDSA active) and repeats the
     algorithm-confusion cases against links each key signed."""
     import time
+
     env = live.server.env
     for expected in ("RS256", "EdDSA"):
         flask_cli(env, "keys", "rotate", "--force", "--alg", "EdDSA")
@@ -686,7 +922,7 @@ def test_key_confusion_after_rotating_to_each_algorithm(live, tmp_path):
             link = live.mint()
             header, claims, _ = atk.parts(link["token"])
             live.still_works(link)
-            algs = (algs + [header["alg"]])[-4:]
+            algs = ([*algs, header["alg"]])[-4:]
             if algs == [expected] * 4:
                 break
             time.sleep(0.2)
@@ -695,11 +931,21 @@ def test_key_confusion_after_rotating_to_each_algorithm(live, tmp_path):
         header, claims, _ = atk.parts(link["token"])
         for jwk in live.jwks():
             for secret in atk.key_secrets(jwk).values():
-                live.refused(atk.hmac_sign({**header, "alg": "HS256", "kid": jwk["kid"]}, claims, secret),
-                             "wrong_algorithm", page=False)
+                live.refused(
+                    atk.hmac_sign({**header, "alg": "HS256", "kid": jwk["kid"]}, claims, secret),
+                    "wrong_algorithm",
+                    page=False,
+                )
         for spelling in atk.NONE_SPELLINGS:
-            live.refused(atk.alg_none(link["token"], spelling, "original"), "wrong_algorithm", page=False)
-        live.refused(atk.alg_none(link["token"], "ES256" if header["alg"] != "ES256" else "RS256", "original"),
-                     "wrong_algorithm", page=False)
+            live.refused(
+                atk.alg_none(link["token"], spelling, "original"), "wrong_algorithm", page=False
+            )
+        live.refused(
+            atk.alg_none(
+                link["token"], "ES256" if header["alg"] != "ES256" else "RS256", "original"
+            ),
+            "wrong_algorithm",
+            page=False,
+        )
         live.still_works(link)
     assert {k["alg"] for k in live.jwks()} >= {"RS256", "EdDSA"}

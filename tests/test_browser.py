@@ -27,8 +27,15 @@ from . import hostile
 from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @dataclass
@@ -43,18 +50,28 @@ class Stack:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
-    def mint(self, purpose: str = "magic_link", subject: str = "user-42", **extra: Any) -> dict[str, Any]:
-        resp = requests.post(f"{self.linksvc}/api/v1/links", headers=self.headers, timeout=10,
-                             json={"purpose": purpose, "subject": subject, **extra})
+    def mint(
+        self, purpose: str = "magic_link", subject: str = "user-42", **extra: Any
+    ) -> dict[str, Any]:
+        resp = requests.post(
+            f"{self.linksvc}/api/v1/links",
+            headers=self.headers,
+            timeout=10,
+            json={"purpose": purpose, "subject": subject, **extra},
+        )
         assert resp.status_code == 201, resp.text
         return resp.json()
 
     def state(self, jti: str) -> dict[str, Any]:
-        return requests.get(f"{self.linksvc}/api/v1/links/{jti}", headers=self.headers, timeout=10).json()
+        return requests.get(
+            f"{self.linksvc}/api/v1/links/{jti}", headers=self.headers, timeout=10
+        ).json()
 
 
 def _load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("relying_app", ROOT / "examples" / "relying_app.py")
+    spec = importlib.util.spec_from_file_location(
+        "relying_app", ROOT / "examples" / "relying_app.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules["relying_app"] = module  # dataclasses look their module up there
@@ -72,17 +89,39 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     shots = tmp_path_factory.getbasetemp() / "screenshots"
     shots.mkdir(exist_ok=True)
     port, app_port = free_port(), free_port()
-    env = base_env(tmp / "instance", LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
-                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+    env = base_env(
+        tmp / "instance",
+        LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
+        LINKSVC_PAGE_RATE_LIMIT="100000 per minute",
+    )
     flask_cli(env, "init-db")
-    created = json.loads(flask_cli(env, "clients", "create", "acme", "--display-name", "Acme",
-                                   "--purposes", "magic_link,password_reset",
-                                   "--redirect-uri", f"http://127.0.0.1:{app_port}/callback",
-                                   "--mint-limit", "100000 per minute", "--subject-limit", "100000 per minute",
-                                   "--json").stdout)
+    created = json.loads(
+        flask_cli(
+            env,
+            "clients",
+            "create",
+            "acme",
+            "--display-name",
+            "Acme",
+            "--purposes",
+            "magic_link,password_reset",
+            "--redirect-uri",
+            f"http://127.0.0.1:{app_port}/callback",
+            "--mint-limit",
+            "100000 per minute",
+            "--subject-limit",
+            "100000 per minute",
+            "--json",
+        ).stdout
+    )
     server = start_gunicorn(env, workers=2, port=port, log_path=tmp / "gunicorn.log")
-    example = _load_example().create_app({"LINKSVC_URL": server.url, "LINKSVC_API_KEY": created["api_key"],
-                                          "RELYING_APP_URL": f"http://127.0.0.1:{app_port}"})
+    example = _load_example().create_app(
+        {
+            "LINKSVC_URL": server.url,
+            "LINKSVC_API_KEY": created["api_key"],
+            "RELYING_APP_URL": f"http://127.0.0.1:{app_port}",
+        }
+    )
     http = make_server("127.0.0.1", app_port, example, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
@@ -98,6 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def browser(stack: Stack) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -175,8 +215,14 @@ def test_second_press_after_a_lost_first_response_still_signs_in(page, stack):
     page.goto(link["url"])
     csrf = page.locator("input[name=csrf]").get_attribute("value")
     cookies = {c["name"]: c["value"] for c in page.context.cookies(link["url"])}
-    first = requests.post(link["url"], data={"csrf": csrf}, cookies=cookies, allow_redirects=False, timeout=10,
-                          headers={"Sec-Fetch-Site": "same-origin"})
+    first = requests.post(
+        link["url"],
+        data={"csrf": csrf},
+        cookies=cookies,
+        allow_redirects=False,
+        timeout=10,
+        headers={"Sec-Fetch-Site": "same-origin"},
+    )
     assert first.status_code == 303
     assert stack.state(link["jti"])["state"] == "consumed"
     page.get_by_role("button", name="Sign in to Acme").click()
@@ -190,9 +236,13 @@ def test_scanners_leave_the_link_usable(page, stack):
     link = stack.mint(subject="user-scanned")
     url = link["url"]
     assert requests.head(url, timeout=10).status_code == 200
-    for headers in ({}, {"Sec-Purpose": "prefetch"}, {"Purpose": "prefetch"},
-                    {"User-Agent": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"},
-                    {"User-Agent": "facebookexternalhit/1.1"}):
+    for headers in (
+        {},
+        {"Sec-Purpose": "prefetch"},
+        {"Purpose": "prefetch"},
+        {"User-Agent": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"},
+        {"User-Agent": "facebookexternalhit/1.1"},
+    ):
         resp = requests.get(url, headers=headers, timeout=10, allow_redirects=True)
         assert resp.status_code == 200 and "Sign in to Acme" in resp.text
     # A browser-grade scanner that renders the page (but does not press the button).
@@ -207,22 +257,39 @@ def test_scanners_leave_the_link_usable(page, stack):
 
 def _failure_cases(stack: Stack) -> list[tuple[str, str, int]]:
     used = stack.mint(subject="u1")
-    assert requests.post(f"{stack.linksvc}/api/v1/links/redeem", headers=stack.headers, timeout=10,
-                         json={"token": used["token"], "purpose": "magic_link"}).status_code == 200
+    assert (
+        requests.post(
+            f"{stack.linksvc}/api/v1/links/redeem",
+            headers=stack.headers,
+            timeout=10,
+            json={"token": used["token"], "purpose": "magic_link"},
+        ).status_code
+        == 200
+    )
     revoked = stack.mint(subject="u2")
-    assert requests.delete(f"{stack.linksvc}/api/v1/links/{revoked['jti']}", headers=stack.headers,
-                           timeout=10).status_code == 200
+    assert (
+        requests.delete(
+            f"{stack.linksvc}/api/v1/links/{revoked['jti']}", headers=stack.headers, timeout=10
+        ).status_code
+        == 200
+    )
     old = stack.mint("password_reset", subject="u3")
     stack.mint("password_reset", subject="u3")
     # An expired token, signed with the running service's real key (no waiting for a clock).
     from linksvc import create_app
+
     app = create_app(stack.env)
     expired_case = next(c for c in hostile.CASES if c.name == "expired")
     expired = expired_case.build(app, stack.mint(subject="u4")["token"])
     app.extensions["linksvc"].engine.dispose()
-    return [("used", used["url"], 409), ("revoked", revoked["url"], 410), ("superseded", old["url"], 410),
-            ("expired", f"{stack.linksvc}/l/{expired}", 410), ("invalid", f"{stack.linksvc}/l/not-a-token", 400),
-            ("not_found", f"{stack.linksvc}/nothing-here", 404)]
+    return [
+        ("used", used["url"], 409),
+        ("revoked", revoked["url"], 410),
+        ("superseded", old["url"], 410),
+        ("expired", f"{stack.linksvc}/l/{expired}", 410),
+        ("invalid", f"{stack.linksvc}/l/not-a-token", 400),
+        ("not_found", f"{stack.linksvc}/nothing-here", 404),
+    ]
 
 
 def test_failure_pages(page, stack):
@@ -231,7 +298,9 @@ def test_failure_pages(page, stack):
         assert resp.status == status, (reason, resp.status)
         assert page.locator("#reason").inner_text() == reason
         headers = resp.all_headers()
-        assert headers["cache-control"] == "no-store" and headers["referrer-policy"] == "no-referrer"
+        assert (
+            headers["cache-control"] == "no-store" and headers["referrer-policy"] == "no-referrer"
+        )
         assert "default-src 'none'" in headers["content-security-policy"]
         text = page.locator("main").inner_text()
         assert "Traceback" not in text and "u1" not in text

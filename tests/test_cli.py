@@ -31,9 +31,19 @@ def test_init_db_is_idempotent_and_makes_private_dev_secrets(tmp_path):
 def test_clients_create_json_stores_only_a_hash(tmp_path):
     env = {"LINKSVC_INSTANCE_PATH": str(tmp_path)}
     flask_cli(env, "init-db")
-    out = flask_cli(env, "clients", "create", "acme", "--purposes", "magic_link,password_reset",
-                    "--redirect-uri", "https://acme.example/cb", "--redirect-uri", "https://acme.example/reset",
-                    "--json")
+    out = flask_cli(
+        env,
+        "clients",
+        "create",
+        "acme",
+        "--purposes",
+        "magic_link,password_reset",
+        "--redirect-uri",
+        "https://acme.example/cb",
+        "--redirect-uri",
+        "https://acme.example/reset",
+        "--json",
+    )
     created = json.loads(out.stdout)
     assert created["client_id"].startswith("cl_") and created["api_key"].startswith("lsk_")
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'linksvc.db'}")
@@ -42,7 +52,10 @@ def test_clients_create_json_stores_only_a_hash(tmp_path):
     engine.dispose()
     assert created["api_key"] not in repr(dict(row))
     assert row["api_key_hash"] == clients_mod.hash_api_key(created["api_key"])
-    assert json.loads(row["redirect_uris"]) == ["https://acme.example/cb", "https://acme.example/reset"]
+    assert json.loads(row["redirect_uris"]) == [
+        "https://acme.example/cb",
+        "https://acme.example/reset",
+    ]
     listed = flask_cli(env, "clients", "list").stdout
     assert "acme" in listed and created["api_key"] not in listed
 
@@ -52,7 +65,9 @@ def test_clients_create_refuses_bad_input(tmp_path):
     flask_cli(env, "init-db")
     bad = flask_cli(env, "clients", "create", "x", "--purposes", "sudo", check=False)
     assert bad.returncode != 0 and "purposes" in bad.stderr
-    bad = flask_cli(env, "clients", "create", "x", "--redirect-uri", "javascript:alert(1)", check=False)
+    bad = flask_cli(
+        env, "clients", "create", "x", "--redirect-uri", "javascript:alert(1)", check=False
+    )
     assert bad.returncode != 0 and "redirect URI" in bad.stderr
     flask_cli(env, "clients", "create", "dup")
     bad = flask_cli(env, "clients", "create", "dup", check=False)

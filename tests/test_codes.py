@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from linksvc import codes, db, migrate
 
-from .test_pages import open_page, press, code_of
+from .test_pages import code_of, open_page, press
 
 
 def exchange(api: Any, code: Any, **kw: Any) -> Any:
@@ -32,7 +32,12 @@ def test_exchange_once(api, app):
     link, code = pressed(api, app, purpose="password_reset", subject="user-9", data={"n": 1})
     first = exchange(api, code)
     assert first.status_code == 200
-    assert first.get_json() == {"subject": "user-9", "purpose": "password_reset", "jti": link["jti"], "data": {"n": 1}}
+    assert first.get_json() == {
+        "subject": "user-9",
+        "purpose": "password_reset",
+        "jti": link["jti"],
+        "data": {"n": 1},
+    }
     again = exchange(api, code)
     assert again.status_code == 409 and again.get_json()["code"] == "code_used"
     assert again.mimetype == "application/problem+json"
@@ -64,10 +69,19 @@ def test_invalid_codes_and_bodies(api, client):
         resp = exchange(api, bad)
         assert resp.status_code == 404 and resp.get_json()["code"] == "invalid_code", bad
     assert exchange(api, 12).status_code == 422
-    assert api.http.post("/api/v1/codes/exchange", json={}, headers=api.headers).get_json()["code"] == "missing_field"
-    assert api.http.post("/api/v1/codes/exchange", json={"code": "x", "jti": "y"},
-                         headers=api.headers).get_json()["code"] == "unknown_field"
-    assert api.http.post("/api/v1/codes/exchange", data="code=x", headers=api.headers).status_code in (400, 415)
+    assert (
+        api.http.post("/api/v1/codes/exchange", json={}, headers=api.headers).get_json()["code"]
+        == "missing_field"
+    )
+    assert (
+        api.http.post(
+            "/api/v1/codes/exchange", json={"code": "x", "jti": "y"}, headers=api.headers
+        ).get_json()["code"]
+        == "unknown_field"
+    )
+    assert api.http.post(
+        "/api/v1/codes/exchange", data="code=x", headers=api.headers
+    ).status_code in (400, 415)
     assert client.post("/api/v1/codes/exchange", json={"code": "x"}).status_code == 401
 
 
@@ -85,15 +99,34 @@ def test_only_hashes_are_stored(api, app):
 def test_code_is_bound_to_link_and_browser():
     s = b"k" * 32
     assert codes.derive(s, "jti-1", "n1") == codes.derive(s, "jti-1", "n1")
-    assert len({codes.derive(s, "jti-1", "n1"), codes.derive(s, "jti-2", "n1"), codes.derive(s, "jti-1", "n2"),
-                codes.derive(b"j" * 32, "jti-1", "n1")}) == 4
+    assert (
+        len(
+            {
+                codes.derive(s, "jti-1", "n1"),
+                codes.derive(s, "jti-2", "n1"),
+                codes.derive(s, "jti-1", "n2"),
+                codes.derive(b"j" * 32, "jti-1", "n1"),
+            }
+        )
+        == 4
+    )
 
 
 def _race(engine: Any, n: int) -> list[str]:
     now = int(time.time())
     with db.write(engine) as conn:
-        conn.execute(sa.insert(db.links).values(jti="J" * 22, client_id="cl_a", purpose="magic_link", subject="s",
-                                                kid="k", iat=now, exp=now + 300, state="consumed"))
+        conn.execute(
+            sa.insert(db.links).values(
+                jti="J" * 22,
+                client_id="cl_a",
+                purpose="magic_link",
+                subject="s",
+                kid="k",
+                iat=now,
+                exp=now + 300,
+                state="consumed",
+            )
+        )
     codes.store(engine, "the-code", jti="J" * 22, client_id="cl_a", now=now, ttl=60)
     barrier = threading.Barrier(n)
 
@@ -135,6 +168,7 @@ def test_double_press_race_postgresql(pg_url, tmp_path):
 
     from .conftest import _prepare, make_api_user
     from .support import base_env
+
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
     migrate.upgrade(app.extensions["linksvc"].engine)
     _prepare(app)
@@ -176,6 +210,6 @@ def test_same_press_across_a_second_boundary(api, app):
     other = None
     try:
         codes.complete(svc, link["token"], nonce="m" * 43, now=t0 + 1)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         other = exc
     assert getattr(other, "reason", None) == "used"

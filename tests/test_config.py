@@ -62,11 +62,16 @@ def test_s3_needs_bucket(tmp_path):
 
 
 def test_bad_setting_stops_startup_with_message(tmp_path):
+    import os
+    import subprocess
+
     from .support import ROOT, venv_bin
-    import subprocess, os
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
     env.update({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_LEEWAY": "600"})
-    proc = subprocess.run([venv_bin("python"), "-c", "import app"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [venv_bin("python"), "-c", "import app"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 4  # gunicorn's 'app failed to load': no respawn loop
     assert "LINKSVC_LEEWAY" in proc.stderr
     assert "Traceback" not in proc.stderr

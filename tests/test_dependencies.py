@@ -42,7 +42,12 @@ def pins() -> dict[str, str]:
 
 
 def test_every_requirement_is_pinned_exactly():
-    bad = [f"{f}:{n}: {line}" for fname in FILES for f, n, line in _lines(fname) if not PIN.fullmatch(line)]
+    bad = [
+        f"{f}:{n}: {line}"
+        for fname in FILES
+        for f, n, line in _lines(fname)
+        if not PIN.fullmatch(line)
+    ]
     assert bad == [], "pin with ==: " + "; ".join(bad)
 
 
@@ -80,7 +85,9 @@ def test_pinned_set_is_closed_under_dependencies():
 
 def test_the_closure_check_can_fail():
     without = {k: v for k, v in pins().items() if k not in ("anyio", "greenlet")}
-    assert {"anyio (needed by schemathesis)", "greenlet (needed by playwright)"} <= set(unpinned_dependencies(without))
+    assert {"anyio (needed by schemathesis)", "greenlet (needed by playwright)"} <= set(
+        unpinned_dependencies(without)
+    )
 
 
 def test_installed_versions_are_the_pinned_ones():
@@ -97,5 +104,7 @@ def test_installed_versions_are_the_pinned_ones():
 
 
 def test_pip_check_finds_no_broken_requirement():
-    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr

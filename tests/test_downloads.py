@@ -28,19 +28,33 @@ from .conftest import _prepare, make_api_user
 from .support import base_env, mint_download, missing, prepare_instance, start_gunicorn
 
 #: File names every backend must deliver exactly (issue 5, "What it must show" 3).
-NAMES = ["résumé 2026.pdf", "报告.pdf", 'a"b;c.txt', ("x" * 96 + "-é-" + "y" * 97 + ".bin")[:196] + ".bin"]
+NAMES = [
+    "résumé 2026.pdf",
+    "报告.pdf",
+    'a"b;c.txt',
+    ("x" * 96 + "-é-" + "y" * 97 + ".bin")[:196] + ".bin",
+]
 assert len(NAMES[3]) == 200
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 # -- helpers shared with test_s3 ------------------------------------------------------
 
+
 def disposition_name(header: str) -> str:
     """The file name an RFC 6266 reader takes from Content-Disposition (filename* wins)."""
     from werkzeug.http import parse_options_header
+
     kind, params = parse_options_header(header)
     assert kind == "attachment" and "filename" in params, header
     return params["filename"]
@@ -90,7 +104,9 @@ def browser_downloads(urls: list[str]) -> list[tuple[str, bytes]]:
 
 def link_state(engine: sa.Engine, jti: str) -> str:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT state FROM links WHERE jti = :j"), {"j": jti}).scalar_one()
+        return conn.execute(
+            sa.text("SELECT state FROM links WHERE jti = :j"), {"j": jti}
+        ).scalar_one()
 
 
 def rejection_reasons(log_text: str) -> list[str]:
@@ -102,6 +118,7 @@ def rejection_reasons(log_text: str) -> list[str]:
 
 
 # -- in-process: the mint-time checks and the clocked parts ----------------------------
+
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
@@ -119,7 +136,9 @@ def files(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def dl_app(env: dict[str, str], files: Path) -> Iterator[Any]:
-    app = create_app({**env, "LINKSVC_STORAGE_DIR": str(files), "LINKSVC_DOWNLOAD_URL_SECONDS": "20"})
+    app = create_app(
+        {**env, "LINKSVC_STORAGE_DIR": str(files), "LINKSVC_DOWNLOAD_URL_SECONDS": "20"}
+    )
     _prepare(app)
     yield app
     app.extensions["linksvc"].engine.dispose()
@@ -130,22 +149,27 @@ def dl_api(dl_app: Any) -> Any:
     return make_api_user(dl_app)
 
 
-@pytest.mark.parametrize("key, code", [
-    ("../outside.txt", "invalid_key"),
-    ("reports/../../outside.txt", "invalid_key"),
-    ("/etc/passwd", "invalid_key"),
-    ("C:/Windows/win.ini", "invalid_key"),
-    ("reports\\..\\..\\outside.txt", "invalid_key"),
-    ("reports//q1.pdf", "invalid_key"),
-    ("./reports/q1.pdf", "invalid_key"),
-    ("reports/q1.pdf\x00.txt", "invalid_key"),
-    ("reports/escape.txt", "invalid_key"),          # symlink pointing out of the directory
-    ("reports/escape-dir/outside.txt", "invalid_key"),
-    ("reports/nope.pdf", "object_not_found"),
-    ("reports", "object_not_found"),                # a directory is not a file
-    ("x" * 1100, "invalid_key"),
-])
-def test_mint_refuses_escapes_and_missing_objects(dl_api: Any, dl_app: Any, key: str, code: str) -> None:
+@pytest.mark.parametrize(
+    "key, code",
+    [
+        ("../outside.txt", "invalid_key"),
+        ("reports/../../outside.txt", "invalid_key"),
+        ("/etc/passwd", "invalid_key"),
+        ("C:/Windows/win.ini", "invalid_key"),
+        ("reports\\..\\..\\outside.txt", "invalid_key"),
+        ("reports//q1.pdf", "invalid_key"),
+        ("./reports/q1.pdf", "invalid_key"),
+        ("reports/q1.pdf\x00.txt", "invalid_key"),
+        ("reports/escape.txt", "invalid_key"),  # symlink pointing out of the directory
+        ("reports/escape-dir/outside.txt", "invalid_key"),
+        ("reports/nope.pdf", "object_not_found"),
+        ("reports", "object_not_found"),  # a directory is not a file
+        ("x" * 1100, "invalid_key"),
+    ],
+)
+def test_mint_refuses_escapes_and_missing_objects(
+    dl_api: Any, dl_app: Any, key: str, code: str
+) -> None:
     resp = dl_api.mint("download", download={"key": key})
     assert resp.status_code == 422, resp.get_json()
     body = resp.get_json()
@@ -159,19 +183,41 @@ def test_symlink_inside_the_directory_is_fine(dl_api: Any) -> None:
     assert dl_api.mint("download", download={"key": "reports/inside-link.txt"}).status_code == 201
 
 
-@pytest.mark.parametrize("download, code, field", [
-    ({"key": "public/hello.txt", "path": "/etc"}, "unknown_field", "download.path"),
-    ({"key": 7}, "invalid_field", "download.key"),
-    ({"filename": "x"}, "missing_field", "download.key"),
-    ({"key": "public/hello.txt", "bucket": "files"}, "invalid_field", "download.bucket"),
-    ({"key": "public/hello.txt", "filename": "../../x"}, "invalid_filename", "download.filename"),
-    ({"key": "public/hello.txt", "filename": "a\r\nSet-Cookie: x=1"}, "invalid_filename", "download.filename"),
-    ({"key": "public/hello.txt", "filename": ""}, "invalid_filename", "download.filename"),
-    ({"key": "public/hello.txt", "filename": "x" * 256}, "invalid_filename", "download.filename"),
-    ({"key": "public/hello.txt", "content_type": "text/plain\r\nX-Evil: 1"}, "invalid_content_type",
-     "download.content_type"),
-    ({"key": "public/hello.txt", "content_type": "pdf"}, "invalid_content_type", "download.content_type"),
-])
+@pytest.mark.parametrize(
+    "download, code, field",
+    [
+        ({"key": "public/hello.txt", "path": "/etc"}, "unknown_field", "download.path"),
+        ({"key": 7}, "invalid_field", "download.key"),
+        ({"filename": "x"}, "missing_field", "download.key"),
+        ({"key": "public/hello.txt", "bucket": "files"}, "invalid_field", "download.bucket"),
+        (
+            {"key": "public/hello.txt", "filename": "../../x"},
+            "invalid_filename",
+            "download.filename",
+        ),
+        (
+            {"key": "public/hello.txt", "filename": "a\r\nSet-Cookie: x=1"},
+            "invalid_filename",
+            "download.filename",
+        ),
+        ({"key": "public/hello.txt", "filename": ""}, "invalid_filename", "download.filename"),
+        (
+            {"key": "public/hello.txt", "filename": "x" * 256},
+            "invalid_filename",
+            "download.filename",
+        ),
+        (
+            {"key": "public/hello.txt", "content_type": "text/plain\r\nX-Evil: 1"},
+            "invalid_content_type",
+            "download.content_type",
+        ),
+        (
+            {"key": "public/hello.txt", "content_type": "pdf"},
+            "invalid_content_type",
+            "download.content_type",
+        ),
+    ],
+)
 def test_mint_checks_the_download_shape(dl_api: Any, download: dict, code: str, field: str) -> None:
     resp = dl_api.mint("download", download=download)
     assert resp.status_code == 422, resp.get_json()
@@ -192,15 +238,30 @@ def test_download_prefixes_limit_what_a_client_may_link(dl_app: Any) -> None:
 
 
 def test_token_carries_no_file_data_and_ledger_keeps_it(dl_api: Any, dl_app: Any) -> None:
-    link = dl_api.minted("download", download={"key": "reports/q1.pdf", "filename": "Q1 report.pdf",
-                                               "content_type": "application/pdf"})
+    link = dl_api.minted(
+        "download",
+        download={
+            "key": "reports/q1.pdf",
+            "filename": "Q1 report.pdf",
+            "content_type": "application/pdf",
+        },
+    )
     _, claims, _ = forge.split(link["token"])
     assert set(claims) == {"iss", "aud", "sub", "pur", "jti", "iat", "nbf", "exp"}
-    assert "q1" not in json.dumps(claims).lower() and link["url"].split("/d/")[0] == "http://127.0.0.1:8000"
+    assert (
+        "q1" not in json.dumps(claims).lower()
+        and link["url"].split("/d/")[0] == "http://127.0.0.1:8000"
+    )
     with dl_app.extensions["linksvc"].engine.connect() as conn:
         stored = json.loads(conn.execute(sa.text("SELECT download FROM links")).scalar_one())
-    assert stored == {"storage": "local", "bucket": None, "key": "reports/q1.pdf", "filename": "Q1 report.pdf",
-                      "content_type": "application/pdf", "size": 1800}
+    assert stored == {
+        "storage": "local",
+        "bucket": None,
+        "key": "reports/q1.pdf",
+        "filename": "Q1 report.pdf",
+        "content_type": "application/pdf",
+        "size": 1800,
+    }
 
 
 def _grant_path(location: str) -> str:
@@ -222,7 +283,9 @@ def test_grant_window_range_and_expiry(dl_api: Any, dl_app: Any, files: Path) ->
     first = http.get(grant)
     assert first.status_code == 200 and first.data == whole
     etag = first.headers["ETag"]
-    svc.clock = lambda: now + 20  # the last second of the 20 s window: an interrupted download resumes
+    svc.clock = lambda: (
+        now + 20
+    )  # the last second of the 20 s window: an interrupted download resumes
     part = http.get(grant, headers={"Range": "bytes=1000-", "If-Range": etag})
     assert part.status_code == 206 and part.data == whole[1000:]
     assert part.headers["Content-Range"] == f"bytes 1000-{len(whole) - 1}/{len(whole)}"
@@ -252,12 +315,20 @@ def test_grant_for_a_link_not_consumed_by_download_is_refused(dl_api: Any, dl_ap
     """A grant signed with our secret but naming an outstanding link gives nothing."""
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     store = dl_app.extensions["linksvc.storage"]
-    url = store.presigned_url(storage.ObjectInfo(None, "public/hello.txt", None, None), jti=link["jti"],
-                              expires_in=30, disposition="attachment", content_type=None, now=dl_app.extensions["linksvc"].now())
+    url = store.presigned_url(
+        storage.ObjectInfo(None, "public/hello.txt", None, None),
+        jti=link["jti"],
+        expires_in=30,
+        disposition="attachment",
+        content_type=None,
+        now=dl_app.extensions["linksvc"].now(),
+    )
     assert dl_app.test_client().get(_grant_path(url)).status_code == 403
 
 
-def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(dl_api: Any, dl_app: Any) -> None:
+def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(
+    dl_api: Any, dl_app: Any
+) -> None:
     """Even a grant made with our own secret (say, a leaked one) and an expiry hours away
     stops working when the window that began at consumption ends."""
     svc = dl_app.extensions["linksvc"]
@@ -267,8 +338,14 @@ def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(dl_api: Any,
     http = dl_app.test_client()
     assert http.get(f"/d/{link['token']}").status_code == 303
     store = dl_app.extensions["linksvc.storage"]
-    url = store.presigned_url(storage.ObjectInfo(None, "public/hello.txt", None, None), jti=link["jti"],
-                              expires_in=86400, disposition="attachment", content_type=None, now=now)
+    url = store.presigned_url(
+        storage.ObjectInfo(None, "public/hello.txt", None, None),
+        jti=link["jti"],
+        expires_in=86400,
+        disposition="attachment",
+        content_type=None,
+        now=now,
+    )
     window = svc.settings.download_url_seconds
     svc.clock = lambda: now + window
     assert http.get(_grant_path(url)).status_code == 200
@@ -312,8 +389,9 @@ def test_missing_file_at_click_does_not_consume(dl_api: Any, dl_app: Any, files:
     assert http.get(f"/d/{link['token']}").status_code == 303
 
 
-def test_file_swapped_for_symlink_after_mint_is_not_served(dl_api: Any, dl_app: Any, files: Path,
-                                                            tmp_path: Path) -> None:
+def test_file_swapped_for_symlink_after_mint_is_not_served(
+    dl_api: Any, dl_app: Any, files: Path, tmp_path: Path
+) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
     grant = _grant_path(http.get(f"/d/{link['token']}").headers["Location"])
@@ -324,7 +402,9 @@ def test_file_swapped_for_symlink_after_mint_is_not_served(dl_api: Any, dl_app: 
 
 
 def test_confirm_page_then_csrf_protected_post(dl_api: Any, dl_app: Any) -> None:
-    link = dl_api.minted("download", confirm=True, download={"key": "reports/q1.pdf", "filename": "Q1 <b>.pdf"})
+    link = dl_api.minted(
+        "download", confirm=True, download={"key": "reports/q1.pdf", "filename": "Q1 <b>.pdf"}
+    )
     engine = dl_app.extensions["linksvc"].engine
     http = dl_app.test_client()
     page = http.get(f"/d/{link['token']}")
@@ -359,12 +439,19 @@ def test_ledger_records_a_keyed_hash_of_the_requester(dl_api: Any, dl_app: Any) 
     http.get(f"/d/{link['token']}", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     http.get(f"/d/{link['token']}", environ_base={"REMOTE_ADDR": "198.51.100.7"})
     with dl_app.extensions["linksvc"].engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT event, reason, via, actor FROM link_events WHERE jti = :j ORDER BY id"),
-                            {"j": link["jti"]}).all()
+        rows = conn.execute(
+            sa.text("SELECT event, reason, via, actor FROM link_events WHERE jti = :j ORDER BY id"),
+            {"j": link["jti"]},
+        ).all()
     secret = dl_app.config["LINKSVC"].secret_key
-    expect = [hmac.new(secret, b"actor:" + ip, hashlib.sha256).hexdigest() for ip in (b"203.0.113.9", b"198.51.100.7")]
-    assert [tuple(r) for r in rows[1:]] == [("consumed", None, "download", expect[0]),
-                                            ("rejected", "used", "download", expect[1])]
+    expect = [
+        hmac.new(secret, b"actor:" + ip, hashlib.sha256).hexdigest()
+        for ip in (b"203.0.113.9", b"198.51.100.7")
+    ]
+    assert [tuple(r) for r in rows[1:]] == [
+        ("consumed", None, "download", expect[0]),
+        ("rejected", "used", "download", expect[1]),
+    ]
     assert "203.0.113" not in json.dumps([list(r) for r in rows])
     history = dl_api.status(link["jti"]).get_json()
     assert history["state"] == "consumed" and history["state_via"] == "download"
@@ -373,9 +460,11 @@ def test_ledger_records_a_keyed_hash_of_the_requester(dl_api: Any, dl_app: Any) 
 def test_content_disposition_encoding() -> None:
     assert storage.content_disposition("report.pdf") == 'attachment; filename="report.pdf"'
     assert storage.content_disposition("résumé 2026.pdf") == (
-        "attachment; filename=\"resume 2026.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%202026.pdf")
+        "attachment; filename=\"resume 2026.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%202026.pdf"
+    )
     assert storage.content_disposition('a"b;c.txt') == (
-        "attachment; filename=\"a_b_c.txt\"; filename*=UTF-8''a%22b%3Bc.txt")
+        "attachment; filename=\"a_b_c.txt\"; filename*=UTF-8''a%22b%3Bc.txt"
+    )
     assert storage.content_disposition("报告.pdf").startswith('attachment; filename=".pdf"; ')
     for name in NAMES:
         check_disposition(storage.content_disposition(name), name)
@@ -383,21 +472,32 @@ def test_content_disposition_encoding() -> None:
 
 # -- real HTTP against gunicorn ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("dl-local")
     files = tmp / "files"
     files.mkdir()
     from .support import free_port
+
     port = free_port()
     # The page rate limit is tested elsewhere; here it would only count the hostile cases.
-    env = base_env(tmp / "instance", LINKSVC_STORAGE_DIR=str(files), LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
-                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+    env = base_env(
+        tmp / "instance",
+        LINKSVC_STORAGE_DIR=str(files),
+        LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
+        LINKSVC_PAGE_RATE_LIMIT="100000 per minute",
+    )
     creds = prepare_instance(env)
     server = start_gunicorn(env, workers=2, port=port, log_path=tmp / "server.log")
     try:
-        yield {"url": server.url, "files": files, "server": server, "env": env,
-               "headers": {"Authorization": f"Bearer {creds['api_key']}"}}
+        yield {
+            "url": server.url,
+            "files": files,
+            "server": server,
+            "env": env,
+            "headers": {"Authorization": f"Bearer {creds['api_key']}"},
+        }
     finally:
         server.stop()
     assert "Traceback" not in server.log()
@@ -417,7 +517,9 @@ def _mint(srv: dict[str, Any], **download: Any) -> dict[str, Any]:
 def test_local_end_to_end_exact_bytes_then_used(local_server: dict[str, Any]) -> None:
     data = secrets.token_bytes(300_000)
     key = _put_local(local_server["files"], data)
-    link = _mint(local_server, key=key, filename="data.bin", content_type="application/octet-stream")
+    link = _mint(
+        local_server, key=key, filename="data.bin", content_type="application/octet-stream"
+    )
     first = requests.get(link["url"], allow_redirects=False, timeout=10)
     assert first.status_code == 303
     location = first.headers["Location"]
@@ -426,7 +528,10 @@ def test_local_end_to_end_exact_bytes_then_used(local_server: dict[str, Any]) ->
     assert got.status_code == 200 and got.content == data
     assert got.headers["Content-Disposition"] == 'attachment; filename="data.bin"'
     assert got.headers["Accept-Ranges"] == "bytes" and got.headers["ETag"]
-    assert got.headers["Cache-Control"] == "private, no-store" and "sandbox" in got.headers["Content-Security-Policy"]
+    assert (
+        got.headers["Cache-Control"] == "private, no-store"
+        and "sandbox" in got.headers["Content-Security-Policy"]
+    )
     again = requests.get(link["url"], allow_redirects=False, timeout=10)
     assert again.status_code == 409 and "already been used" in again.text
     assert again.headers["Content-Type"].startswith("text/html") and "Traceback" not in again.text
@@ -449,14 +554,17 @@ def test_local_file_names_in_headers_and_in_chromium(local_server: dict[str, Any
         got = requests.get(first.headers["Location"], timeout=10)
         assert got.status_code == 200 and got.content == data
         check_disposition(got.headers["Content-Disposition"], name)
-        urls.append(_mint(local_server, key=_put_local(local_server["files"], data), filename=name)["url"])
+        urls.append(
+            _mint(local_server, key=_put_local(local_server["files"], data), filename=name)["url"]
+        )
     results = browser_downloads(urls[:2] + urls[3:])  # the quote is not a legal name on every OS
     assert [r[0] for r in results] == NAMES[:2] + NAMES[3:]
     assert all(r[1] == data for r in results)
 
 
-def test_hostile_tokens_refused_on_d_and_real_link_still_works(local_server: dict[str, Any],
-                                                               tmp_path: Path) -> None:
+def test_hostile_tokens_refused_on_d_and_real_link_still_works(
+    local_server: dict[str, Any], tmp_path: Path
+) -> None:
     data = b"the real file"
     link = _mint(local_server, key=_put_local(local_server["files"], data))
     # forge needs the signing key: load it through an app on the same instance.
@@ -472,9 +580,14 @@ def test_hostile_tokens_refused_on_d_and_real_link_still_works(local_server: dic
             assert 400 <= head.status_code < 500, case.name
             if case.name == "oversized" and resp.status_code == 400 and "linksvc" not in resp.text:
                 continue  # refused by gunicorn's request-line limit before linksvc sees it
-            assert resp.status_code == (410 if case.reason == "expired" else 400), (case.name, resp.status_code)
+            assert resp.status_code == (410 if case.reason == "expired" else 400), (
+                case.name,
+                resp.status_code,
+            )
             # The page is coarse; the log (and the API) has the precise reason, for GET and HEAD.
-            assert rejection_reasons(local_server["server"].log())[before:] == [case.reason] * 2, case.name
+            assert rejection_reasons(local_server["server"].log())[before:] == [case.reason] * 2, (
+                case.name
+            )
     finally:
         app.extensions["linksvc"].engine.dispose()
     final = requests.get(link["url"], timeout=10)  # follows the 303

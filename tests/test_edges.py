@@ -20,7 +20,10 @@ def test_revoke_and_supersede_reach_links_inside_the_leeway_after_exp(app, api):
     old_reset = api.minted("password_reset", subject="user-7", ttl=60)
     by_subject = api.minted("magic_link", subject="user-8", ttl=60)
     _at(app, t0 + 62)  # 2 s past exp, inside the default 5 s leeway
-    assert api.http.delete(f"/api/v1/links/{one['jti']}", headers=api.headers).get_json()["revoked"] == 1
+    assert (
+        api.http.delete(f"/api/v1/links/{one['jti']}", headers=api.headers).get_json()["revoked"]
+        == 1
+    )
     assert api.redeem(one["token"]).get_json()["code"] == "revoked"
     assert api.minted("password_reset", subject="user-7")["superseded"] == 1
     assert api.redeem(old_reset["token"], "password_reset").get_json()["code"] == "superseded"
@@ -32,8 +35,13 @@ def test_revoke_and_supersede_reach_links_inside_the_leeway_after_exp(app, api):
 def test_deeply_nested_data_is_refused_at_mint(api):
     deep = "[" * 2000 + "]" * 2000
     body = '{"purpose":"magic_link","subject":"u","data":' + deep + "}"
-    resp = api.http.post("/api/v1/links", data=body, headers={**api.headers, "Content-Type": "application/json"})
-    assert resp.status_code in (400, 422) and resp.get_json()["code"] in ("data_too_deep", "invalid_json")
+    resp = api.http.post(
+        "/api/v1/links", data=body, headers={**api.headers, "Content-Type": "application/json"}
+    )
+    assert resp.status_code in (400, 422) and resp.get_json()["code"] in (
+        "data_too_deep",
+        "invalid_json",
+    )
     nested = []
     for _ in range(40):
         nested = [nested]
@@ -51,6 +59,8 @@ def test_replays_of_one_link_do_not_grow_its_history_without_bound(app, api):
         assert api.redeem(link["token"]).status_code == 409
     engine = app.extensions["linksvc"].engine
     with engine.connect() as conn:
-        n = conn.execute(sa.text("SELECT count(*) FROM link_events WHERE jti = :j AND event = 'rejected'"),
-                         {"j": link["jti"]}).scalar()
+        n = conn.execute(
+            sa.text("SELECT count(*) FROM link_events WHERE jti = :j AND event = 'rejected'"),
+            {"j": link["jti"]},
+        ).scalar()
     assert n == ledger.MAX_REJECTION_EVENTS

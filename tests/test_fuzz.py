@@ -17,18 +17,33 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, negative_data_rejection, not_a_server_error,
-                                 response_headers_conformance, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from linksvc import openapi
 
 from .conftest import make_api_user
 
 EXAMPLES = int(os.environ.get("LINKSVC_FUZZ_EXAMPLES", "25"))
-OPERATIONS = [(path, method) for path, item in openapi.PATHS.items() for method in item if method in openapi.METHODS]
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+OPERATIONS = [
+    (path, method)
+    for path, item in openapi.PATHS.items()
+    for method in item
+    if method in openapi.METHODS
+]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture
@@ -46,25 +61,38 @@ def _has_input(path: str, method: str) -> bool:
 
 
 # Negative mode needs an input to break; an operation without parameters or body has none.
-FUZZ_CASES = [(p, m, mode) for p, m in OPERATIONS
-              for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-              if mode is GenerationMode.POSITIVE or _has_input(p, m)]
+FUZZ_CASES = [
+    (p, m, mode)
+    for p, m in OPERATIONS
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if mode is GenerationMode.POSITIVE or _has_input(p, m)
+]
 
 
-@pytest.mark.parametrize("path,method,mode", FUZZ_CASES,
-                         ids=[f"{m.upper()} {p} {mode.name.lower()}" for p, m, mode in FUZZ_CASES])
+@pytest.mark.parametrize(
+    "path,method,mode",
+    FUZZ_CASES,
+    ids=[f"{m.upper()} {p} {mode.name.lower()}" for p, m, mode in FUZZ_CASES],
+)
 def test_fuzz_operation(fuzz_target, path, method, mode):
     app, schema, user = fuzz_target
-    assert (path, method) in openapi.routed_operations(app), f"{method.upper()} {path} is documented but not served"
+    assert (path, method) in openapi.routed_operations(app), (
+        f"{method.upper()} {path} is documented but not served"
+    )
     operation = schema[path][method.upper()]
     headers = {"Authorization": f"Bearer {user.api_key}"}
     checks = CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
     seen: dict[int, int] = {}
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate, Phase.shrink],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case):
         resp = case.call(headers=headers)
         seen[resp.status_code] = seen.get(resp.status_code, 0) + 1
@@ -98,7 +126,12 @@ def test_fuzz_verify_and_redeem_with_mutated_real_tokens(app):
     statuses: dict[int, int] = {}
 
     @given(data=st.data())
-    @settings(max_examples=EXAMPLES * 2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES * 2,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def run(data):
         link = data.draw(st.sampled_from(links))
         token = data.draw(mutation(link["token"]))
@@ -106,12 +139,24 @@ def test_fuzz_verify_and_redeem_with_mutated_real_tokens(app):
         purpose = data.draw(st.sampled_from([link["purpose"], link["purpose"], "download"]))
         if token == link["token"]:
             return  # the identity: would consume the link the other examples build on
-        resp = user.http.post(f"/api/v1/links/{action}", json={"token": token, "purpose": purpose},
-                              headers=user.headers)
+        resp = user.http.post(
+            f"/api/v1/links/{action}",
+            json={"token": token, "purpose": purpose},
+            headers=user.headers,
+        )
         statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
         assert resp.status_code in (401, 404, 409, 410), resp.get_json()
-        assert response_problems(doc, f"/api/v1/links/{action}", "post", resp.status_code, resp.mimetype,
-                                 resp.get_json()) == []
+        assert (
+            response_problems(
+                doc,
+                f"/api/v1/links/{action}",
+                "post",
+                resp.status_code,
+                resp.mimetype,
+                resp.get_json(),
+            )
+            == []
+        )
         if len(token) >= 16:  # a short mutant (even "") is a substring of any body
             assert token not in resp.get_data(as_text=True)
 

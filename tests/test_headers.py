@@ -42,11 +42,14 @@ def check_headers(resp: Any, endpoint: str | None, where: str) -> None:
     csp = h.get("Content-Security-Policy", "")
     if resp.mimetype == "text/html":
         assert "frame-ancestors 'none'" in csp, (where, csp)
-    directives = dict((d.strip().split(" ", 1) + [""])[:2] for d in csp.split(";") if d.strip())
+    directives = dict(([*d.strip().split(" ", 1), ""])[:2] for d in csp.split(";") if d.strip())
     assert directives.get("default-src") == "'none'" or "sandbox" in directives, (where, csp)
     for bad in FORBIDDEN_CSP:
         assert bad not in csp.split(), (where, csp)
-    assert "script-src" not in directives or directives["script-src"] in ("'none'", "'self'"), (where, csp)
+    assert "script-src" not in directives or directives["script-src"] in ("'none'", "'self'"), (
+        where,
+        csp,
+    )
     cache = h.get("Cache-Control", "")
     if endpoint in CACHEABLE:
         assert CACHEABLE[endpoint] in cache, (where, cache)
@@ -79,7 +82,10 @@ def full_app(env: dict[str, str], files: Path) -> Iterator[Flask]:
 
 def create_full_app(env: dict[str, str], files: Path) -> Flask:
     from linksvc import create_app
-    app = create_app({**env, "LINKSVC_STORAGE_DIR": str(files), "LINKSVC_PAGE_RATE_LIMIT": "100000 per minute"})
+
+    app = create_app(
+        {**env, "LINKSVC_STORAGE_DIR": str(files), "LINKSVC_PAGE_RATE_LIMIT": "100000 per minute"}
+    )
     _prepare(app)
     return app
 
@@ -87,7 +93,7 @@ def create_full_app(env: dict[str, str], files: Path) -> Flask:
 def _endpoint(app: Flask, path: str, method: str) -> str | None:
     try:
         return app.url_map.bind("localhost").match(path.split("?")[0], method=method)[0]
-    except Exception:  # noqa: BLE001 - 404/405: no endpoint
+    except Exception:
         return None
 
 
@@ -128,12 +134,18 @@ def test_every_route_answers_with_the_security_headers(full_app):
 
     for rule in app.url_map.iter_rules():
         for method in sorted((rule.methods or set()) - {"OPTIONS"}):
-            fresh = {"magic_link": user.minted("magic_link")["token"],
-                     "download": user.minted("download", download={"key": "docs/report.pdf"})["token"]}
+            fresh = {
+                "magic_link": user.minted("magic_link")["token"],
+                "download": user.minted("download", download={"key": "docs/report.pdf"})["token"],
+            }
             fresh["jti"] = forge.split(fresh["magic_link"])[1]["jti"]
             for values in _args_for(app, rule, fresh):
                 path = rule.build(values, append_unknown=False)[1] if rule.arguments else rule.rule
-                body = {"token": fresh["magic_link"], "purpose": "magic_link"} if method == "POST" else None
+                body = (
+                    {"token": fresh["magic_link"], "purpose": "magic_link"}
+                    if method == "POST"
+                    else None
+                )
                 call(method, path, json=body, headers=auth)
                 call(method, path)  # without the API key
     # the journeys: confirmation page, button, done; download confirm, redirect, grant stream
@@ -146,7 +158,9 @@ def test_every_route_answers_with_the_security_headers(full_app):
     grant = call("GET", f"/d/{dl['token']}")
     assert grant.status_code == 303
     call("GET", urllib.parse.urlsplit(grant.headers["Location"]).path)
-    call("GET", urllib.parse.urlsplit(grant.headers["Location"]).path, headers={"Range": "bytes=0-9"})
+    call(
+        "GET", urllib.parse.urlsplit(grant.headers["Location"]).path, headers={"Range": "bytes=0-9"}
+    )
     confirm = user.minted("download", download={"key": "docs/report.pdf"}, confirm=True)
     call("GET", f"/d/{confirm['token']}")
     call("GET", "/no/such/page")
@@ -167,15 +181,18 @@ def test_jwks_is_cacheable_but_short(client):
 # -- leaks -----------------------------------------------------------------------------
 
 
-
 @pytest.mark.slow
 def test_no_secret_reaches_a_log_the_database_a_page_or_an_error(tmp_path):
     port = free_port()
     files = tmp_path / "files"
     (files / "docs").mkdir(parents=True)
     (files / "docs" / "report.pdf").write_bytes(b"%PDF-1.7 " + b"y" * 5000)
-    env = base_env(tmp_path / "instance", LINKSVC_BASE_URL=f"http://127.0.0.1:{port}", LINKSVC_STORAGE_DIR=str(files),
-                   LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+    env = base_env(
+        tmp_path / "instance",
+        LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
+        LINKSVC_STORAGE_DIR=str(files),
+        LINKSVC_PAGE_RATE_LIMIT="100000 per minute",
+    )
     creds = prepare_instance(env)
     key = creds["api_key"]
     auth = {"Authorization": f"Bearer {key}"}
@@ -184,50 +201,124 @@ def test_no_secret_reaches_a_log_the_database_a_page_or_an_error(tmp_path):
     bodies: list[tuple[str, str]] = []
 
     def keep(what: str, resp: requests.Response) -> requests.Response:
-        bodies.append((what, resp.text + "\n" + "\n".join(f"{k}: {v}" for k, v in resp.headers.items()
-                                                          if k.lower() not in ("location", "set-cookie"))))
+        bodies.append(
+            (
+                what,
+                resp.text
+                + "\n"
+                + "\n".join(
+                    f"{k}: {v}"
+                    for k, v in resp.headers.items()
+                    if k.lower() not in ("location", "set-cookie")
+                ),
+            )
+        )
         return resp
 
     try:
         url = server.url
         # sign-in through the page, then the code exchange
-        link = requests.post(f"{url}/api/v1/links", json={"purpose": "magic_link", "subject": "user-9",
-                                                          "data": {"next": "/inbox"}}, headers=auth, timeout=10).json()
+        link = requests.post(
+            f"{url}/api/v1/links",
+            json={"purpose": "magic_link", "subject": "user-9", "data": {"next": "/inbox"}},
+            headers=auth,
+            timeout=10,
+        ).json()
         secrets_seen["magic_token"] = link["token"]
         browser = requests.Session()
         page = keep("confirm page", browser.get(link["url"], timeout=10))
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
         pressed = browser.post(link["url"], data={"csrf": csrf}, allow_redirects=False, timeout=10)
         assert pressed.status_code == 303
-        code = urllib.parse.parse_qs(urllib.parse.urlsplit(pressed.headers["Location"]).query)["code"][0]
+        code = urllib.parse.parse_qs(urllib.parse.urlsplit(pressed.headers["Location"]).query)[
+            "code"
+        ][0]
         assert link["token"] not in pressed.headers["Location"]
         secrets_seen["code"] = code
         for n, cookie in enumerate(c for c in browser.cookies if c.value and len(c.value) >= 16):
             secrets_seen[f"cookie_{n}"] = cookie.value
         keep("replayed page", browser.get(link["url"], timeout=10))
-        keep("exchange", requests.post(f"{url}/api/v1/codes/exchange", json={"code": code}, headers=auth, timeout=10))
-        keep("exchange again", requests.post(f"{url}/api/v1/codes/exchange", json={"code": code}, headers=auth,
-                                             timeout=10))
+        keep(
+            "exchange",
+            requests.post(
+                f"{url}/api/v1/codes/exchange", json={"code": code}, headers=auth, timeout=10
+            ),
+        )
+        keep(
+            "exchange again",
+            requests.post(
+                f"{url}/api/v1/codes/exchange", json={"code": code}, headers=auth, timeout=10
+            ),
+        )
         # password reset through the API, with failures
-        reset = requests.post(f"{url}/api/v1/links", json={"purpose": "password_reset", "subject": "user-9"},
-                              headers=auth, timeout=10).json()
+        reset = requests.post(
+            f"{url}/api/v1/links",
+            json={"purpose": "password_reset", "subject": "user-9"},
+            headers=auth,
+            timeout=10,
+        ).json()
         secrets_seen["reset_token"] = reset["token"]
-        keep("wrong purpose", requests.post(f"{url}/api/v1/links/redeem", json={"token": reset["token"],
-                                            "purpose": "magic_link"}, headers=auth, timeout=10))
-        keep("tampered", requests.post(f"{url}/api/v1/links/verify", json={"token": reset["token"][:-3] + "AAA",
-                                       "purpose": "password_reset"}, headers=auth, timeout=10))
-        keep("redeem", requests.post(f"{url}/api/v1/links/redeem", json={"token": reset["token"],
-                                     "purpose": "password_reset"}, headers=auth, timeout=10))
-        keep("replay", requests.post(f"{url}/api/v1/links/redeem", json={"token": reset["token"],
-                                     "purpose": "password_reset"}, headers=auth, timeout=10))
+        keep(
+            "wrong purpose",
+            requests.post(
+                f"{url}/api/v1/links/redeem",
+                json={"token": reset["token"], "purpose": "magic_link"},
+                headers=auth,
+                timeout=10,
+            ),
+        )
+        keep(
+            "tampered",
+            requests.post(
+                f"{url}/api/v1/links/verify",
+                json={"token": reset["token"][:-3] + "AAA", "purpose": "password_reset"},
+                headers=auth,
+                timeout=10,
+            ),
+        )
+        keep(
+            "redeem",
+            requests.post(
+                f"{url}/api/v1/links/redeem",
+                json={"token": reset["token"], "purpose": "password_reset"},
+                headers=auth,
+                timeout=10,
+            ),
+        )
+        keep(
+            "replay",
+            requests.post(
+                f"{url}/api/v1/links/redeem",
+                json={"token": reset["token"], "purpose": "password_reset"},
+                headers=auth,
+                timeout=10,
+            ),
+        )
         keep("tampered page", requests.get(f"{url}/l/{reset['token'][:-3]}AAA", timeout=10))
-        keep("bad key", requests.post(f"{url}/api/v1/links", json={"purpose": "magic_link", "subject": "u"},
-                                      headers={"Authorization": f"Bearer {key[:-2]}xx"}, timeout=10))
-        keep("token in query", requests.get(f"{url}/nothing?token={reset['token']}&key={key}", timeout=10))
+        keep(
+            "bad key",
+            requests.post(
+                f"{url}/api/v1/links",
+                json={"purpose": "magic_link", "subject": "u"},
+                headers={"Authorization": f"Bearer {key[:-2]}xx"},
+                timeout=10,
+            ),
+        )
+        keep(
+            "token in query",
+            requests.get(f"{url}/nothing?token={reset['token']}&key={key}", timeout=10),
+        )
         # a download: redirect to a grant, then stream
-        dl = requests.post(f"{url}/api/v1/links", json={"purpose": "download", "subject": "user-9",
-                                                        "download": {"key": "docs/report.pdf", "filename": "r.pdf"}},
-                           headers=auth, timeout=10).json()
+        dl = requests.post(
+            f"{url}/api/v1/links",
+            json={
+                "purpose": "download",
+                "subject": "user-9",
+                "download": {"key": "docs/report.pdf", "filename": "r.pdf"},
+            },
+            headers=auth,
+            timeout=10,
+        ).json()
         secrets_seen["download_token"] = dl["token"]
         first = requests.get(dl["url"], allow_redirects=False, timeout=10)
         assert first.status_code == 303
@@ -256,8 +347,11 @@ def test_no_secret_reaches_a_log_the_database_a_page_or_an_error(tmp_path):
 
 # -- no hint whether an account exists --------------------------------------------------
 
+
 def _normalise(text: str) -> str:
-    return re.sub(r'"(request_id|jti)": "[^"]*"', r'"\1": "…"', re.sub(r"[A-Za-z0-9_-]{20,}", "…", text))
+    return re.sub(
+        r'"(request_id|jti)": "[^"]*"', r'"\1": "…"', re.sub(r"[A-Za-z0-9_-]{20,}", "…", text)
+    )
 
 
 def test_failures_do_not_reveal_whether_a_subject_exists(full_app):
@@ -271,12 +365,16 @@ def test_failures_do_not_reveal_whether_a_subject_exists(full_app):
         "alice": f"{real['token'].rsplit('.', 1)[0]}.{sig[:-4]}AAAA",
         "nobody": f"{forge.seg(h)}.{forge.seg({**c, 'sub': 'nobody'})}.{sig}",
     }
-    well_signed = {who: forge.resign(h, {**c, "sub": who, "jti": forge.b64(bytes(16))}, key)
-                   for who in ("alice", "nobody")}
+    well_signed = {
+        who: forge.resign(h, {**c, "sub": who, "jti": forge.b64(bytes(16))}, key)
+        for who in ("alice", "nobody")
+    }
     for pair in (tampered, well_signed):
         pages = {who: http.get(f"/l/{token}") for who, token in pair.items()}
         assert pages["alice"].status_code == pages["nobody"].status_code
-        assert _normalise(pages["alice"].get_data(as_text=True)) == _normalise(pages["nobody"].get_data(as_text=True))
+        assert _normalise(pages["alice"].get_data(as_text=True)) == _normalise(
+            pages["nobody"].get_data(as_text=True)
+        )
         answers = {who: user.redeem(token) for who, token in pair.items()}
         assert answers["alice"].status_code == answers["nobody"].status_code
         assert answers["alice"].get_json()["code"] == answers["nobody"].get_json()["code"]
@@ -296,10 +394,18 @@ def test_failures_do_not_reveal_whether_a_subject_exists(full_app):
     if page.status_code == 200:
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)
         pressed = http.post(page.request.full_path.rstrip("?"), data={"csrf": csrf})
-        code = urllib.parse.parse_qs(urllib.parse.urlsplit(pressed.headers["Location"]).query)["code"][0]
+        code = urllib.parse.parse_qs(urllib.parse.urlsplit(pressed.headers["Location"]).query)[
+            "code"
+        ][0]
         a = http.post("/api/v1/codes/exchange", json={"code": code}, headers=user.headers)
-        b = http.post("/api/v1/codes/exchange", json={"code": code[:-4] + "AAAA"}, headers=user.headers)
+        b = http.post(
+            "/api/v1/codes/exchange", json={"code": code[:-4] + "AAAA"}, headers=user.headers
+        )
         assert a.status_code == b.status_code == 404
         assert a.get_data(as_text=True) == b.get_data(as_text=True)
-        assert other.http.post("/api/v1/codes/exchange", json={"code": code}, headers=other.headers).status_code == 200
-
+        assert (
+            other.http.post(
+                "/api/v1/codes/exchange", json={"code": code}, headers=other.headers
+            ).status_code
+            == 200
+        )

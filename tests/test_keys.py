@@ -31,8 +31,13 @@ class Clock:
 
 def _ring(app, clock, refresh=1) -> keys.KeyRing:
     s = app.config["LINKSVC"]
-    return keys.KeyRing(app.extensions["linksvc"].engine, s.key_encryption_key, refresh_seconds=refresh,
-                        max_lifetime=max(s.max_ttl.values()) + s.leeway, clock=clock)
+    return keys.KeyRing(
+        app.extensions["linksvc"].engine,
+        s.key_encryption_key,
+        refresh_seconds=refresh,
+        max_lifetime=max(s.max_ttl.values()) + s.leeway,
+        clock=clock,
+    )
 
 
 def _by_state(app) -> dict[str, list[keys.KeyInfo]]:
@@ -52,17 +57,34 @@ def _kek(app) -> bytes:
 
 
 def _token(key: tokens.SigningKey, iat: int, ttl: int = 300, aud: str = "cl_x") -> str:
-    c = tokens.Claims(iss="http://127.0.0.1:8000", aud=aud, sub="u1", pur="magic_link", jti=tokens.new_jti(),
-                      iat=iat, nbf=iat, exp=iat + ttl)
+    c = tokens.Claims(
+        iss="http://127.0.0.1:8000",
+        aud=aud,
+        sub="u1",
+        pur="magic_link",
+        jti=tokens.new_jti(),
+        iat=iat,
+        nbf=iat,
+        exp=iat + ttl,
+    )
     return tokens.sign(c, key)
 
 
 def _verify(ring: keys.KeyRing, token: str, now: int) -> tokens.VerifiedToken:
-    return tokens.verify(token, keys=ring, issuer="http://127.0.0.1:8000", purposes=("magic_link",), audience=None,
-                         now=now, leeway=5, ceilings={"magic_link": 300, "password_reset": 300, "download": 300})
+    return tokens.verify(
+        token,
+        keys=ring,
+        issuer="http://127.0.0.1:8000",
+        purposes=("magic_link",),
+        audience=None,
+        now=now,
+        leeway=5,
+        ceilings={"magic_link": 300, "password_reset": 300, "download": 300},
+    )
 
 
 # -- lifecycle and timing --------------------------------------------------------------
+
 
 def test_rotation_publishes_before_signing_and_retired_keys_verify_for_their_window(app):
     states = _by_state(app)
@@ -120,7 +142,11 @@ def test_rotate_without_a_next_key_refuses_unless_forced(app):
         keys.generate(conn, _kek(app), "EdDSA", now)  # replaces the next key
         nxt = [k for k in keys.list_keys(conn) if k.state == "next"]
         assert [k.alg for k in nxt] == ["EdDSA"]
-        conn.execute(db.signing_keys.update().where(db.signing_keys.c.state == "next").values(state="removed"))
+        conn.execute(
+            db.signing_keys.update()
+            .where(db.signing_keys.c.state == "next")
+            .values(state="removed")
+        )
     with pytest.raises(keys.KeyRingError, match="no next key"), _write(app) as conn:
         keys.rotate(conn, _kek(app), now, min_age=305)
     with _write(app) as conn:
@@ -140,6 +166,7 @@ def test_new_key_algorithm_is_for_life(app):
 
 # -- revocation ------------------------------------------------------------------------
 
+
 def test_revoked_key_fails_with_unknown_key_and_minting_continues(app, api, runner):
     svc = app.extensions["linksvc"]
     minted = api.minted()
@@ -158,7 +185,9 @@ def test_revoked_key_fails_with_unknown_key_and_minting_continues(app, api, runn
         assert resp.status_code == 401 and resp.get_json()["code"] == "unknown_key"
         assert minted["token"] not in resp.get_data(as_text=True)
     assert api.status(minted["jti"]).get_json()["state"] == "issued"  # refused, not consumed
-    assert old_kid not in {k["kid"] for k in api.http.get("/.well-known/jwks.json").get_json()["keys"]}
+    assert old_kid not in {
+        k["kid"] for k in api.http.get("/.well-known/jwks.json").get_json()["keys"]
+    }
 
     fresh = api.minted()
     assert forge.split(fresh["token"])[0]["kid"] == next_kid
@@ -185,14 +214,15 @@ def test_revoking_the_active_key_without_a_next_key_still_replaces_it(app):
     t = db.signing_keys
     with _write(app) as conn:
         conn.execute(t.update().where(t.c.state == "next").values(state="removed"))
-        active = [k for k in keys.list_keys(conn) if k.state == "active"][0]
-        info, notes = keys.revoke(conn, _kek(app), active.kid, 2_000_000_000)
+        active = next(k for k in keys.list_keys(conn) if k.state == "active")
+        info, _notes = keys.revoke(conn, _kek(app), active.kid, 2_000_000_000)
     states = _by_state(app)
     assert info.state == "removed" and len(states["active"]) == 1 and len(states["next"]) == 1
     assert states["active"][0].kid != active.kid
 
 
 # -- algorithm confusion at the API ----------------------------------------------------
+
 
 @pytest.mark.parametrize("header_alg", ["EdDSA", "RS256", "HS256", "none", "ES512"])
 def test_known_kid_with_another_algorithm_is_refused_at_the_api(app, api, header_alg):
@@ -206,6 +236,7 @@ def test_known_kid_with_another_algorithm_is_refused_at_the_api(app, api, header
 
 
 # -- the JWKS --------------------------------------------------------------------------
+
 
 def test_jwks_holds_only_public_members_of_every_algorithm(app, api):
     svc = app.extensions["linksvc"]
@@ -242,7 +273,9 @@ def test_jwks_holds_only_public_members_of_every_algorithm(app, api):
         assert jwk.algorithm_name == alg
         # The published key alone verifies the token (the signature, not the claims).
         h, c, s = token.split(".")
-        assert tokens.ALGORITHMS[alg].verify(f"{h}.{c}".encode(), jwk.key, forge.base64.urlsafe_b64decode(s + "=="))
+        assert tokens.ALGORITHMS[alg].verify(
+            f"{h}.{c}".encode(), jwk.key, forge.base64.urlsafe_b64decode(s + "==")
+        )
 
 
 def test_jwks_cache_lifetime_is_shorter_than_the_next_period(app, client):
@@ -275,6 +308,7 @@ def test_a_worker_keeps_its_last_keys_while_the_database_is_away(app, tmp_path):
 
 # -- storage at rest -------------------------------------------------------------------
 
+
 def test_private_keys_are_encrypted_and_bound_to_their_row(app):
     t = db.signing_keys
     with _write(app) as conn:
@@ -287,7 +321,11 @@ def test_private_keys_are_encrypted_and_bound_to_their_row(app):
     other = next(k for k in rows if k != active.kid)
     # Moving another key's ciphertext into the active row does not give a usable key.
     with _write(app) as conn:
-        conn.execute(t.update().where(t.c.kid == active.kid).values(private_key_enc=rows[other].private_key_enc))
+        conn.execute(
+            t.update()
+            .where(t.c.kid == active.kid)
+            .values(private_key_enc=rows[other].private_key_enc)
+        )
     ring = _ring(app, Clock(2_000_000_000))
     with pytest.raises(keys.KeyRingError, match="cannot decrypt"):
         ring.check()
@@ -332,8 +370,11 @@ def test_a_public_key_that_does_not_match_the_private_key_is_refused(app):
     t = db.signing_keys
     states = _by_state(app)
     with _write(app) as conn:
-        conn.execute(t.update().where(t.c.kid == states["active"][0].kid)
-                     .values(public_jwk=json.dumps(states["next"][0].public_jwk)))
+        conn.execute(
+            t.update()
+            .where(t.c.kid == states["active"][0].kid)
+            .values(public_jwk=json.dumps(states["next"][0].public_jwk))
+        )
     with pytest.raises(keys.KeyRingError, match="does not match"):
         _ring(app, Clock(2_000_000_000)).check()
 
@@ -343,12 +384,17 @@ def test_wrong_kek_stops_minting_with_503_but_not_verification(app, env, api):
     other = create_app({**env, "LINKSVC_KEY_ENCRYPTION_KEY": secret_b64()})
     try:
         http = other.test_client()
-        resp = http.post("/api/v1/links", json={"purpose": "magic_link", "subject": "u-1"}, headers=api.headers)
+        resp = http.post(
+            "/api/v1/links", json={"purpose": "magic_link", "subject": "u-1"}, headers=api.headers
+        )
         assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
         assert "Traceback" not in resp.get_data(as_text=True)
         assert http.get("/.well-known/jwks.json").status_code == 200
-        ok = http.post("/api/v1/links/redeem", json={"token": minted["token"], "purpose": "magic_link"},
-                       headers=api.headers)
+        ok = http.post(
+            "/api/v1/links/redeem",
+            json={"token": minted["token"], "purpose": "magic_link"},
+            headers=api.headers,
+        )
         assert ok.status_code == 200
         with pytest.raises(keys.KeyRingError, match="LINKSVC_KEY_ENCRYPTION_KEY cannot decrypt"):
             other.extensions["linksvc"].keyring.check()
@@ -357,6 +403,7 @@ def test_wrong_kek_stops_minting_with_503_but_not_verification(app, env, api):
 
 
 # -- concurrent rotations (PostgreSQL, where they really overlap) ----------------------
+
 
 def test_concurrent_rotations_leave_one_active_and_one_next_key(pg_url):
     engine = db.make_engine(pg_url)
@@ -394,9 +441,14 @@ def test_concurrent_rotations_leave_one_active_and_one_next_key(pg_url):
 
 # -- the CLI ---------------------------------------------------------------------------
 
+
 def test_keys_cli_generate_rotate_list_retire(app, runner):
     out = runner.invoke(args=["keys", "generate", "--alg", "EdDSA"])
-    assert out.exit_code == 0 and "created next key eddsa-" in out.output and "removed unused next key" in out.output
+    assert (
+        out.exit_code == 0
+        and "created next key eddsa-" in out.output
+        and "removed unused next key" in out.output
+    )
     out = runner.invoke(args=["keys", "rotate"])
     assert out.exit_code != 0 and "--force" in out.output and "Traceback" not in out.output
     out = runner.invoke(args=["keys", "rotate", "--force", "--alg", "RS256"])
@@ -417,9 +469,16 @@ def test_keys_cli_generate_rotate_list_retire(app, runner):
 
 # -- production start-up ----------------------------------------------------------------
 
+
 def _import_app(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "import app; print('started')"], cwd=ROOT,
-                          env={**_clean_environ(), **env}, text=True, capture_output=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", "import app; print('started')"],
+        cwd=ROOT,
+        env={**_clean_environ(), **env},
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.slow
@@ -453,6 +512,7 @@ def test_production_start_refuses_without_a_usable_key(tmp_path):
     server = start_gunicorn(env, workers=1, log_path=tmp_path / "ok.log", timeout=20)
     try:
         import requests
+
         assert requests.get(server.url + "/.well-known/jwks.json", timeout=5).status_code == 200
     finally:
         server.stop()

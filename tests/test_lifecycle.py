@@ -4,7 +4,7 @@ with its reason on the API and on the end-user page — and the history of a lin
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -40,6 +40,7 @@ def assert_page_refuses(http, url: str, reason: str, status: int = 410) -> None:
 
 # -- supersede --------------------------------------------------------------------------
 
+
 def test_new_reset_link_supersedes_the_old_one(api):
     old = api.minted("password_reset", "user-1")
     new = api.minted("password_reset", "user-1")
@@ -48,7 +49,11 @@ def test_new_reset_link_supersedes_the_old_one(api):
     history = api.status(old["jti"]).get_json()
     assert history["state"] == "superseded"
     assert [e["event"] for e in history["events"]][:2] == ["minted", "superseded"]
-    assert history["events"][-1] == {**history["events"][-1], "event": "rejected", "reason": "superseded"}
+    assert history["events"][-1] == {
+        **history["events"][-1],
+        "event": "rejected",
+        "reason": "superseded",
+    }
     # The newest one works.
     assert api.redeem(new["token"], "password_reset").status_code == 200
 
@@ -65,9 +70,16 @@ def test_supersede_is_per_purpose_subject_and_client(api, other_api):
     magic2 = api.minted("magic_link", "user-2")  # magic links do not supersede by default
     theirs = other_api.minted("password_reset", "user-2")  # another application's user-2
     other_subject = api.minted("password_reset", "user-3")
-    assert magic2["superseded"] == 0 and theirs["superseded"] == 0 and other_subject["superseded"] == 0
-    for a, link, purpose in ((api, reset, "password_reset"), (api, magic, "magic_link"), (api, magic2, "magic_link"),
-                             (other_api, theirs, "password_reset"), (api, other_subject, "password_reset")):
+    assert (
+        magic2["superseded"] == 0 and theirs["superseded"] == 0 and other_subject["superseded"] == 0
+    )
+    for a, link, purpose in (
+        (api, reset, "password_reset"),
+        (api, magic, "magic_link"),
+        (api, magic2, "magic_link"),
+        (other_api, theirs, "password_reset"),
+        (api, other_subject, "password_reset"),
+    ):
         assert a.verify(link["token"], purpose).get_json()["state"] == "issued"
 
 
@@ -75,6 +87,7 @@ def test_supersede_policy_is_configurable(env):
     from linksvc import create_app
 
     from .conftest import _prepare
+
     app = create_app({**env, "LINKSVC_SUPERSEDE_PURPOSES": "magic_link"})
     _prepare(app)
     api = make_api_user(app)
@@ -95,12 +108,17 @@ def test_consumed_link_is_not_superseded(api):
 
 # -- revoke one -------------------------------------------------------------------------
 
+
 def test_revoked_link_fails_with_revoked(api):
     link = api.minted("magic_link", "user-5")
     resp = api.http.delete(f"/api/v1/links/{link['jti']}", headers=api.headers)
     assert resp.status_code == 200 and resp.get_json()["revoked"] == 1
     assert_api_refuses(api, link["token"], "magic_link", "revoked")
-    assert [e["event"] for e in api.status(link["jti"]).get_json()["events"]] == ["minted", "revoked", "rejected"]
+    assert [e["event"] for e in api.status(link["jti"]).get_json()["events"]] == [
+        "minted",
+        "revoked",
+        "rejected",
+    ]
 
 
 def test_revoked_link_fails_on_the_page(api):
@@ -119,6 +137,7 @@ def test_revoke_unknown_or_foreign_link(api, other_api):
 
 # -- revoke by subject ------------------------------------------------------------------
 
+
 def test_revoke_subject_everywhere(api, other_api):
     links = [api.minted(p, "user-6") for p in ("magic_link", "magic_link", "password_reset")]
     bystander = api.minted("magic_link", "user-7")
@@ -134,21 +153,34 @@ def test_revoke_subject_everywhere(api, other_api):
     assert other_api.verify(theirs["token"]).status_code == 200
     assert api.status(used["jti"]).get_json()["state"] == "consumed"
     # Again: nothing left to revoke.
-    assert api.http.post("/api/v1/subjects/user-6/revoke", headers=api.headers).get_json()["revoked"] == 0
+    assert (
+        api.http.post("/api/v1/subjects/user-6/revoke", headers=api.headers).get_json()["revoked"]
+        == 0
+    )
 
 
 def test_revoke_subject_by_purpose_and_page(api):
     magic = api.minted("magic_link", "user-8")
     reset = api.minted("password_reset", "user-8")
-    resp = api.http.post("/api/v1/subjects/user-8/revoke", json={"purposes": ["password_reset"]}, headers=api.headers)
+    resp = api.http.post(
+        "/api/v1/subjects/user-8/revoke", json={"purposes": ["password_reset"]}, headers=api.headers
+    )
     assert resp.get_json()["revoked"] == 1
     assert_api_refuses(api, reset["token"], "password_reset", "revoked")
     assert api.verify(magic["token"]).status_code == 200
     assert_page_refuses(api.http, reset["url"], "revoked")
 
 
-@pytest.mark.parametrize("body", [{"purposes": []}, {"purposes": ["nope"]}, {"purposes": "magic_link"},
-                                  {"purposes": [1]}, {"other": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"purposes": []},
+        {"purposes": ["nope"]},
+        {"purposes": "magic_link"},
+        {"purposes": [1]},
+        {"other": 1},
+    ],
+)
 def test_revoke_subject_bad_body(api, body):
     resp = api.http.post("/api/v1/subjects/user-8/revoke", json=body, headers=api.headers)
     assert resp.status_code == 422 and resp.mimetype == "application/problem+json"
@@ -156,8 +188,9 @@ def test_revoke_subject_bad_body(api, body):
 
 # -- history --------------------------------------------------------------------------
 
+
 def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_history_mint_view_consume_replay(app, api):
@@ -168,15 +201,17 @@ def test_history_mint_view_consume_replay(app, api):
     now = {"t": t0}
     svc.clock = lambda: now["t"]
 
-    link = api.minted("magic_link", "user-9")                 # t0: minted
+    link = api.minted("magic_link", "user-9")  # t0: minted
     now["t"] += 10
-    page = api.http.get(link["url"].split("127.0.0.1:8000", 1)[1])  # t0+10: viewed (consumes nothing)
+    page = api.http.get(
+        link["url"].split("127.0.0.1:8000", 1)[1]
+    )  # t0+10: viewed (consumes nothing)
     assert page.status_code == 200
     assert api.status(link["jti"]).get_json()["state"] == "issued"
     now["t"] += 10
-    assert api.redeem(link["token"]).status_code == 200      # t0+20: consumed
+    assert api.redeem(link["token"]).status_code == 200  # t0+20: consumed
     now["t"] += 10
-    replay = api.redeem(link["token"])                        # t0+30: replay refused
+    replay = api.redeem(link["token"])  # t0+30: replay refused
     assert replay.status_code == 409 and replay.get_json()["code"] == "used"
 
     history = api.status(link["jti"]).get_json()
@@ -202,4 +237,8 @@ def test_history_without_pages(api):
     api.redeem(link["token"], "password_reset")
     events = api.status(link["jti"]).get_json()["events"]
     assert [(e["event"], e["reason"]) for e in events] == [
-        ("minted", None), ("consumed", None), ("rejected", "used"), ("rejected", "used")]
+        ("minted", None),
+        ("consumed", None),
+        ("rejected", "used"),
+        ("rejected", "used"),
+    ]

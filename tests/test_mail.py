@@ -37,13 +37,13 @@ class Collect:
         self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
         self.refuse = refuse
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.refuse:
             return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.messages.append((list(envelope.rcpt_tos), msg))
         return "250 Message accepted"
@@ -100,7 +100,11 @@ def link_in(text: str) -> str:
 
 def test_smtp_message_has_both_parts_and_its_link_works_once(env, smtp, logbuf, capfd):
     handler, port = smtp
-    app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}", LINKSVC_MAIL_FROM="Acme <login@acme.example>")
+    app = make_app(
+        env,
+        LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}",
+        LINKSVC_MAIL_FROM="Acme <login@acme.example>",
+    )
     api = make_api_user(app, "acme", display_name="Acme & <Co>")
     resp = api.mint("magic_link", "user-42", email=ADDRESS, ttl=240)
     assert resp.status_code == 201, resp.get_json()
@@ -117,7 +121,9 @@ def test_smtp_message_has_both_parts_and_its_link_works_once(env, smtp, logbuf, 
     token = link_in(text)
     assert token == link_in(html) == body["token"]
     # The application's name (escaped in HTML) and the expiry time are in both parts.
-    expires = datetime.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M UTC")
+    expires = datetime.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
     assert "Acme & <Co>" in text and "Acme &amp; &lt;Co&gt;" in html and "<Co>" not in html
     assert expires in text and expires in html
     assert "4 minutes" in text
@@ -179,14 +185,19 @@ def test_send_failure_answers_502_and_revokes_the_link(env, logbuf):
     # The link that was minted for the failed mail is revoked, not left usable.
     svc = app.extensions["linksvc"]
     with db.read(svc.engine) as conn:
-        rows = conn.execute(sa.select(db.links.c.jti, db.links.c.state).where(db.links.c.subject == "user-9")
-                            .where(db.links.c.jti != old["jti"])).all()
+        rows = conn.execute(
+            sa.select(db.links.c.jti, db.links.c.state)
+            .where(db.links.c.subject == "user-9")
+            .where(db.links.c.jti != old["jti"])
+        ).all()
     assert len(rows) == 1 and rows[0].state == "revoked"
     events = [e["event"] for e in api.status(rows[0].jti).get_json()["events"]]
     assert events == ["minted", "revoked"]
     logs = logbuf.getvalue()
     assert '"outcome": "mail_failed"' in logs and rows[0].jti in logs
-    assert ADDRESS not in logs and ADDRESS.split("@")[0] not in logs  # SMTP errors quote the recipient
+    assert (
+        ADDRESS not in logs and ADDRESS.split("@")[0] not in logs
+    )  # SMTP errors quote the recipient
     svc.engine.dispose()
 
 
@@ -198,10 +209,20 @@ def test_unreachable_smtp_server_answers_502(env):
     app.extensions["linksvc"].engine.dispose()
 
 
-@pytest.mark.parametrize("address", [
-    "not-an-address", "a@b", "two@@example.com", "Name <a@example.com>", "a@example.com, b@example.com",
-    "a@example.com\r\nBcc: evil@example.com", "a b@example.com", "x" * 250 + "@example.com", "",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "not-an-address",
+        "a@b",
+        "two@@example.com",
+        "Name <a@example.com>",
+        "a@example.com, b@example.com",
+        "a@example.com\r\nBcc: evil@example.com",
+        "a b@example.com",
+        "x" * 250 + "@example.com",
+        "",
+    ],
+)
 def test_bad_address_refused_before_anything_is_minted(app, api, address):
     before = api.minted("password_reset", "user-3")
     resp = api.mint("password_reset", "user-3", email=address)
@@ -233,7 +254,9 @@ def test_download_and_reset_templates_render(app, api):
     """Every purpose has both templates (a download link mints only with storage set up)."""
     for purpose in ("magic_link", "password_reset", "download"):
         for ext in ("txt", "html"):
-            assert (Path(app.root_path).parent / "templates" / "email" / f"{purpose}.{ext}").is_file()
+            assert (
+                Path(app.root_path).parent / "templates" / "email" / f"{purpose}.{ext}"
+            ).is_file()
 
 
 def test_limited_mint_sends_no_mail(env, smtp):
@@ -248,6 +271,7 @@ def test_limited_mint_sends_no_mail(env, smtp):
 
 # -- TLS and authentication -------------------------------------------------------------
 
+
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (the client trusts it via SSL_CERT_FILE)."""
@@ -260,17 +284,30 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -278,8 +315,12 @@ class Authenticator:
     def __init__(self) -> None:
         self.logins: list[str] = []
 
-    def __call__(self, server, session, envelope, mechanism, auth_data):  # noqa: ANN001
-        ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"mailer" and auth_data.password == b"s3cr:t/pw"
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == b"mailer"
+            and auth_data.password == b"s3cr:t/pw"
+        )
         if ok:
             self.logins.append(auth_data.login.decode())
         return AuthResult(success=ok)
@@ -293,8 +334,11 @@ def test_tls_and_authentication(env, tls_files, monkeypatch, scheme):
     handler, auth = Collect(), Authenticator()
     port = free_port()
     # (aiosmtpd does not see implicit TLS as TLS for auth_require_tls; the client's side is checked below.)
-    kwargs = ({"tls_context": context, "require_starttls": True, "auth_require_tls": True}
-              if scheme == "smtp+starttls" else {"ssl_context": context, "auth_require_tls": False})
+    kwargs = (
+        {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+        if scheme == "smtp+starttls"
+        else {"ssl_context": context, "auth_require_tls": False}
+    )
     controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=auth, **kwargs)
     controller.start()
     try:
@@ -324,6 +368,7 @@ def test_make_run_says_where_mail_goes(app, runner):
 
 def test_production_refuses_smtp_credentials_in_clear(env):
     from linksvc.config import ConfigError
+
     prod = {**env, "LINKSVC_ENV": "production", "LINKSVC_SMTP_URL": "smtp://user:pw@127.0.0.1:25"}
     with pytest.raises(ConfigError) as info:
         create_app(prod)

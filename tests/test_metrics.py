@@ -45,6 +45,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 # -- in-process ----------------------------------------------------------------------------
 
+
 def test_mint_redeem_replay_are_counted_under_their_labels(api: ApiUser) -> None:
     before = parse(api.http.get("/metrics").get_data(as_text=True))
     link = api.minted("magic_link")
@@ -65,7 +66,9 @@ def test_mint_redeem_replay_are_counted_under_their_labels(api: ApiUser) -> None
     assert delta("linksvc_verifications_total", purpose="magic_link", outcome="valid") == 1
     assert delta("linksvc_redemptions_total", purpose="magic_link", outcome="consumed") == 1
     assert delta("linksvc_redemptions_total", purpose="magic_link", outcome="used") == 1
-    assert delta("linksvc_redemptions_total", purpose="password_reset", outcome="wrong_purpose") == 1
+    assert (
+        delta("linksvc_redemptions_total", purpose="password_reset", outcome="wrong_purpose") == 1
+    )
     assert delta("linksvc_request_duration_seconds_count", endpoint="api.redeem") == 3
     assert delta("linksvc_http_responses_total", endpoint="api.redeem", status="409") == 1
     # No token, key or subject ever appears in the metrics.
@@ -76,12 +79,25 @@ def test_mint_redeem_replay_are_counted_under_their_labels(api: ApiUser) -> None
 def test_every_reason_code_has_a_series_from_the_start(api: ApiUser) -> None:
     samples = parse(api.http.get("/metrics").get_data(as_text=True))
     reasons = metrics.reason_codes()
-    assert {"malformed", "bad_signature", "unknown_key", "wrong_purpose", "wrong_audience", "expired",
-            "not_yet_valid", "used", "revoked", "superseded", "unknown_link"} <= set(reasons)
+    assert {
+        "malformed",
+        "bad_signature",
+        "unknown_key",
+        "wrong_purpose",
+        "wrong_audience",
+        "expired",
+        "not_yet_valid",
+        "used",
+        "revoked",
+        "superseded",
+        "unknown_link",
+    } <= set(reasons)
     for purpose in ("magic_link", "password_reset", "download"):
         for outcome in ("consumed", *reasons):
-            assert ("linksvc_redemptions_total",
-                    frozenset({("purpose", purpose), ("outcome", outcome)})) in samples, (purpose, outcome)
+            assert (
+                "linksvc_redemptions_total",
+                frozenset({("purpose", purpose), ("outcome", outcome)}),
+            ) in samples, (purpose, outcome)
 
 
 def test_rejections_before_the_signature_are_counted_too(api: ApiUser) -> None:
@@ -93,8 +109,10 @@ def test_rejections_before_the_signature_are_counted_too(api: ApiUser) -> None:
     assert api.redeem(forged).status_code == 401
     after = parse(api.http.get("/metrics").get_data(as_text=True))
     for reason in ("malformed", "bad_signature"):
-        assert (value(after, "linksvc_redemptions_total", purpose="magic_link", outcome=reason)
-                - value(before, "linksvc_redemptions_total", purpose="magic_link", outcome=reason)) == 1
+        assert (
+            value(after, "linksvc_redemptions_total", purpose="magic_link", outcome=reason)
+            - value(before, "linksvc_redemptions_total", purpose="magic_link", outcome=reason)
+        ) == 1
 
 
 def test_key_ages_follow_the_clock(app, api: ApiUser) -> None:
@@ -102,13 +120,26 @@ def test_key_ages_follow_the_clock(app, api: ApiUser) -> None:
     active = next(k for k in svc.keyring.published() if k.state == "active")
     svc.clock = lambda: active.created_at + 3600
     samples = parse(api.http.get("/metrics").get_data(as_text=True))
-    assert value(samples, "linksvc_signing_key_age_seconds", kid=active.kid, alg=active.alg, state="active") == 3600
-    kids = {dict(labels)["kid"] for name, labels in samples if name == "linksvc_signing_key_age_seconds"}
+    assert (
+        value(
+            samples,
+            "linksvc_signing_key_age_seconds",
+            kid=active.kid,
+            alg=active.alg,
+            state="active",
+        )
+        == 3600
+    )
+    kids = {
+        dict(labels)["kid"] for name, labels in samples if name == "linksvc_signing_key_age_seconds"
+    }
     assert kids == {k.kid for k in svc.keyring.published()}
 
 
 def test_log_records_carry_the_request_id(api: ApiUser) -> None:
-    handler = next(h for h in logging.getLogger("linksvc").handlers if getattr(h, "_linksvc", False))
+    handler = next(
+        h for h in logging.getLogger("linksvc").handlers if getattr(h, "_linksvc", False)
+    )
     assert any(isinstance(f, logs.RequestIdFilter) for f in handler.filters)
     seen: list[logging.LogRecord] = []
 
@@ -120,8 +151,11 @@ def test_log_records_carry_the_request_id(api: ApiUser) -> None:
     keep.addFilter(logs.RequestIdFilter())
     logging.getLogger("linksvc").addHandler(keep)
     try:
-        resp = api.http.post("/api/v1/links", json={"purpose": "magic_link", "subject": "u-1"},
-                             headers={**api.headers, "X-Request-Id": "req-abc-123"})
+        resp = api.http.post(
+            "/api/v1/links",
+            json={"purpose": "magic_link", "subject": "u-1"},
+            headers={**api.headers, "X-Request-Id": "req-abc-123"},
+        )
     finally:
         logging.getLogger("linksvc").removeHandler(keep)
     assert resp.headers["X-Request-Id"] == "req-abc-123"
@@ -148,8 +182,11 @@ def test_disabling_a_client_takes_effect_within_the_cache_bound(app, api: ApiUse
 def test_made_up_keys_are_never_cached(app, api: ApiUser) -> None:
     svc = app.extensions["linksvc"]
     for i in range(5):
-        resp = api.http.post("/api/v1/links", json={"purpose": "magic_link", "subject": "u"},
-                             headers={"Authorization": f"Bearer lsk_madeup{i:020d}"})
+        resp = api.http.post(
+            "/api/v1/links",
+            json={"purpose": "magic_link", "subject": "u"},
+            headers={"Authorization": f"Bearer lsk_madeup{i:020d}"},
+        )
         assert resp.status_code == 401
     assert len(svc.client_cache._entries) <= 1
     cache = clients_mod.ClientCache(seconds=5, max_entries=3)
@@ -158,7 +195,9 @@ def test_made_up_keys_are_never_cached(app, api: ApiUser) -> None:
     assert len(cache._entries) <= 3
 
 
-def test_unavailable_key_store_drops_the_gauge_not_the_scrape(app, api: ApiUser, monkeypatch) -> None:
+def test_unavailable_key_store_drops_the_gauge_not_the_scrape(
+    app, api: ApiUser, monkeypatch
+) -> None:
     svc = app.extensions["linksvc"]
 
     def down() -> list:
@@ -172,8 +211,13 @@ def test_unavailable_key_store_drops_the_gauge_not_the_scrape(app, api: ApiUser,
 
 # -- two gunicorn workers ------------------------------------------------------------------
 
+
 def _worker_pids(prom_dir: Path) -> set[int]:
-    return {int(m.group(1)) for p in prom_dir.iterdir() if (m := re.match(r"counter_(\d+)\.db$", p.name))}
+    return {
+        int(m.group(1))
+        for p in prom_dir.iterdir()
+        if (m := re.match(r"counter_(\d+)\.db$", p.name))
+    }
 
 
 @pytest.mark.slow
@@ -193,17 +237,29 @@ def test_counts_add_up_across_two_gunicorn_workers(tmp_path: Path) -> None:
         n = 24
         tokens = []
         for i in range(n):  # a fresh connection each time: both workers serve some
-            r = requests.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": f"u-{i}"},
-                              headers=h, timeout=10)
+            r = requests.post(
+                server.url + "/api/v1/links",
+                json={"purpose": "magic_link", "subject": f"u-{i}"},
+                headers=h,
+                timeout=10,
+            )
             assert r.status_code == 201, r.text
             tokens.append(r.json()["token"])
         for t in tokens:
-            r = requests.post(server.url + "/api/v1/links/redeem", json={"purpose": "magic_link", "token": t},
-                              headers=h, timeout=10)
+            r = requests.post(
+                server.url + "/api/v1/links/redeem",
+                json={"purpose": "magic_link", "token": t},
+                headers=h,
+                timeout=10,
+            )
             assert r.status_code == 200, r.text
         for t in tokens[: n // 2]:
-            r = requests.post(server.url + "/api/v1/links/redeem", json={"purpose": "magic_link", "token": t},
-                              headers=h, timeout=10)
+            r = requests.post(
+                server.url + "/api/v1/links/redeem",
+                json={"purpose": "magic_link", "token": t},
+                headers=h,
+                timeout=10,
+            )
             assert r.status_code == 409 and r.json()["code"] == "used"
         pids = _worker_pids(prom_dir)
         assert len(pids) == 2, f"both workers should have served requests: {pids}"
@@ -213,11 +269,25 @@ def test_counts_add_up_across_two_gunicorn_workers(tmp_path: Path) -> None:
             for _ in range(6):
                 s = parse(requests.get(server.url + "/metrics", timeout=10).text)
                 assert value(s, "linksvc_links_minted_total", purpose="magic_link", client=cid) == n
-                assert value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="consumed") == n
-                assert value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="used") == n // 2
-                assert value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="expired") == 0
-                assert value(s, "linksvc_request_duration_seconds_count", endpoint="api.redeem") == n + n // 2
-                assert value(s, "linksvc_http_responses_total", endpoint="api.mint", status="201") == n
+                assert (
+                    value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="consumed")
+                    == n
+                )
+                assert (
+                    value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="used")
+                    == n // 2
+                )
+                assert (
+                    value(s, "linksvc_redemptions_total", purpose="magic_link", outcome="expired")
+                    == 0
+                )
+                assert (
+                    value(s, "linksvc_request_duration_seconds_count", endpoint="api.redeem")
+                    == n + n // 2
+                )
+                assert (
+                    value(s, "linksvc_http_responses_total", endpoint="api.mint", status="201") == n
+                )
 
         check()
         # A worker that dies is replaced; what it counted still counts.
@@ -226,8 +296,10 @@ def test_counts_add_up_across_two_gunicorn_workers(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if requests.get(server.url + "/healthz", timeout=2).status_code == 200 and \
-                        len(_worker_pids(prom_dir) - {victim}) >= 2:
+                if (
+                    requests.get(server.url + "/healthz", timeout=2).status_code == 200
+                    and len(_worker_pids(prom_dir) - {victim}) >= 2
+                ):
                     break
             except requests.RequestException:
                 pass
@@ -267,16 +339,34 @@ def test_gunicorn_without_a_named_directory_makes_and_removes_its_own(tmp_path: 
     try:
         h = {"Authorization": f"Bearer {created['api_key']}"}
         for i in range(6):
-            assert requests.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": f"u{i}"},
-                                 headers=h, timeout=10).status_code == 201
+            assert (
+                requests.post(
+                    server.url + "/api/v1/links",
+                    json={"purpose": "magic_link", "subject": f"u{i}"},
+                    headers=h,
+                    timeout=10,
+                ).status_code
+                == 201
+            )
         for _ in range(4):
             s = parse(requests.get(server.url + "/metrics", timeout=10).text)
-            assert value(s, "linksvc_links_minted_total", purpose="magic_link", client=created["client_id"]) == 6
+            assert (
+                value(
+                    s,
+                    "linksvc_links_minted_total",
+                    purpose="magic_link",
+                    client=created["client_id"],
+                )
+                == 6
+            )
         # The workers' counter files, found through their memory maps.
         dirs = set()
         for pid in _children(server.proc.pid):
             maps = Path(f"/proc/{pid}/maps").read_text()
-            dirs |= {Path(m).parent for m in re.findall(r"(/\S*linksvc-metrics-[^/\s]+/counter_\d+\.db)", maps)}
+            dirs |= {
+                Path(m).parent
+                for m in re.findall(r"(/\S*linksvc-metrics-[^/\s]+/counter_\d+\.db)", maps)
+            }
         assert len(dirs) == 1, dirs
     finally:
         server.stop()

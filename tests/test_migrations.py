@@ -76,6 +76,7 @@ def test_every_step_downgrades_and_upgrades_again(database_url: str) -> None:
             migrate.upgrade(engine, rev)
             assert migrate.current(engine) == rev
         from alembic import command
+
         command.downgrade(migrate.alembic_config(engine), "base")
         assert _tables(engine) == set()
         migrate.upgrade(engine)
@@ -99,8 +100,17 @@ def test_concurrent_init_db_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     and find the schema at head; none fails on a half-built schema."""
     env = base_env(tmp_path / "instance", pg_url)
     full = {**_clean_environ(), **env}
-    procs = [subprocess.Popen([venv_bin("flask"), "--app", "app", "init-db"], cwd=ROOT, env=full, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [venv_bin("flask"), "--app", "app", "init-db"],
+            cwd=ROOT,
+            env=full,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
     outs = [(p.communicate(timeout=120)[0], p.returncode) for p in procs]
     for out, rc in outs:
         assert rc == 0, out
@@ -109,7 +119,9 @@ def test_concurrent_init_db_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     try:
         assert migrate.diff(engine) == []
         with engine.connect() as conn:
-            active = conn.execute(sa.text("SELECT count(*) FROM signing_keys WHERE state = 'active'")).scalar()
+            active = conn.execute(
+                sa.text("SELECT count(*) FROM signing_keys WHERE state = 'active'")
+            ).scalar()
         assert active == 1
     finally:
         engine.dispose()

@@ -29,28 +29,50 @@ from .conftest import REDIRECT, ApiUser
 def route_problems(doc: dict[str, Any], app: Flask) -> list[str]:
     """Differences between the app's /api/v1 routes and the document's operations."""
     routed = openapi.routed_operations(app)
-    documented = {(path, method) for path, item in doc["paths"].items() for method in item
-                  if method in openapi.METHODS}
-    return ([f"routed but not documented: {m.upper()} {p}" for p, m in sorted(routed - documented)]
-            + [f"documented but not routed: {m.upper()} {p}" for p, m in sorted(documented - routed)])
+    documented = {
+        (path, method)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in openapi.METHODS
+    }
+    return [
+        f"routed but not documented: {m.upper()} {p}" for p, m in sorted(routed - documented)
+    ] + [f"documented but not routed: {m.upper()} {p}" for p, m in sorted(documented - routed)]
 
 
-def _schema_validator(doc: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+def _schema_validator(
+    doc: dict[str, Any], schema: dict[str, Any]
+) -> jsonschema.Draft202012Validator:
     # Local "#/components/..." references resolve against a root that carries the components.
-    root = {"$schema": "https://json-schema.org/draft/2020-12/schema", "components": doc["components"],
-            "allOf": [schema]}
-    return jsonschema.Draft202012Validator(root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    root = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    }
+    return jsonschema.Draft202012Validator(
+        root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
 
 
-def response_problems(doc: dict[str, Any], path: str, method: str, status: int, content_type: str,
-                      body: Any) -> list[str]:
+def response_problems(
+    doc: dict[str, Any], path: str, method: str, status: int, content_type: str, body: Any
+) -> list[str]:
     """Why one answer does not conform to the document (empty when it does)."""
     where = f"{method.upper()} {path} → {status}"
     operation = doc["paths"].get(path, {}).get(method)
     if operation is None and status in (404, 405):
         # No operation there: the answer is still a problem document.
-        operation = {"responses": {str(status): {"content": {"application/problem+json": {
-            "schema": {"$ref": "#/components/schemas/Problem"}}}}}}
+        operation = {
+            "responses": {
+                str(status): {
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    }
+                }
+            }
+        }
     if operation is None:
         return [f"{where}: operation not documented"]
     spec = operation["responses"].get(str(status)) or operation["responses"].get("default")
@@ -58,7 +80,9 @@ def response_problems(doc: dict[str, Any], path: str, method: str, status: int, 
         return [f"{where}: status not documented"]
     content = spec.get("content", {})
     if content_type not in content:
-        return [f"{where}: content type {content_type} not documented (documented: {sorted(content)})"]
+        return [
+            f"{where}: content type {content_type} not documented (documented: {sorted(content)})"
+        ]
     errors = _schema_validator(doc, content[content_type].get("schema", {})).iter_errors(body)
     return [f"{where}: {e.message} at {list(e.absolute_path)}" for e in errors]
 
@@ -67,9 +91,16 @@ def request_problems(doc: dict[str, Any], path: str, method: str, body: Any) -> 
     """Why a request body the API *accepted* does not match the documented request schema."""
     operation = doc["paths"][path][method]
     if body is None:
-        return [] if not operation.get("requestBody", {}).get("required") else [f"{method} {path}: body required"]
+        return (
+            []
+            if not operation.get("requestBody", {}).get("required")
+            else [f"{method} {path}: body required"]
+        )
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    return [f"{method.upper()} {path} request: {e.message}" for e in _schema_validator(doc, schema).iter_errors(body)]
+    return [
+        f"{method.upper()} {path} request: {e.message}"
+        for e in _schema_validator(doc, schema).iter_errors(body)
+    ]
 
 
 class Recorder:
@@ -81,17 +112,35 @@ class Recorder:
         self.adapter = app.url_map.bind("localhost")
         self.exchanges: list[tuple[str, str, int, str, Any, Any]] = []
 
-    def call(self, method: str, url: str, *, key: str | None = None, json: Any = None, data: Any = None,
-             content_type: str | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        key: str | None = None,
+        json: Any = None,
+        data: Any = None,
+        content_type: str | None = None,
+    ) -> Any:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        resp = self.http.open(url, method=method, json=json, data=data, headers=headers, content_type=content_type)
+        resp = self.http.open(
+            url, method=method, json=json, data=data, headers=headers, content_type=content_type
+        )
         try:
             rule, _ = self.adapter.match(url.split("?")[0], method=method, return_rule=True)
             path = openapi.openapi_path(rule.rule)
         except HTTPException:
             path = url
-        self.exchanges.append((path, method.lower(), resp.status_code, resp.mimetype, resp.get_json(silent=True),
-                               json if 200 <= resp.status_code < 300 else None))
+        self.exchanges.append(
+            (
+                path,
+                method.lower(),
+                resp.status_code,
+                resp.mimetype,
+                resp.get_json(silent=True),
+                json if 200 <= resp.status_code < 300 else None,
+            )
+        )
         return resp
 
     def statuses(self) -> set[tuple[str, str, int]]:
@@ -114,7 +163,10 @@ def _sign_in_code(http: Any, url: str) -> str:
     """Press the button of a sign-in link like a browser does; return the code it hands over."""
     page = http.get(url)
     assert page.status_code == 200
-    csrf = re.search(r'name="csrf"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*name="csrf"', page.get_data(as_text=True))
+    csrf = re.search(
+        r'name="csrf"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*name="csrf"',
+        page.get_data(as_text=True),
+    )
     assert csrf, "the confirmation page has a csrf field"
     resp = http.post(url, data={"csrf": csrf.group(1) or csrf.group(2)})
     assert resp.status_code == 303, resp.get_data(as_text=True)[:300]
@@ -127,31 +179,85 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
     key, v1 = api.api_key, openapi.PREFIX
     rec.call("GET", f"{v1}/openapi.json")
     # mint
-    minted = rec.call("POST", f"{v1}/links", key=key, json={"purpose": "magic_link", "subject": "user-1",
-                                                             "data": {"cart": [1, 2]}}).get_json()
-    rec.call("POST", f"{v1}/links", key=key, json={"purpose": "password_reset", "subject": "user-1", "ttl": 60,
-                                                   "redirect_uri": REDIRECT})
-    rec.call("POST", f"{v1}/links", key=key, json={"purpose": "password_reset", "subject": "user-1"})  # supersedes
+    minted = rec.call(
+        "POST",
+        f"{v1}/links",
+        key=key,
+        json={"purpose": "magic_link", "subject": "user-1", "data": {"cart": [1, 2]}},
+    ).get_json()
+    rec.call(
+        "POST",
+        f"{v1}/links",
+        key=key,
+        json={
+            "purpose": "password_reset",
+            "subject": "user-1",
+            "ttl": 60,
+            "redirect_uri": REDIRECT,
+        },
+    )
+    rec.call(
+        "POST", f"{v1}/links", key=key, json={"purpose": "password_reset", "subject": "user-1"}
+    )  # supersedes
     rec.call("POST", f"{v1}/links", json={"purpose": "magic_link", "subject": "u"})  # 401 no key
-    rec.call("POST", f"{v1}/links", key="lsk_wrong", json={"purpose": "magic_link", "subject": "u"})  # 401
+    rec.call(
+        "POST", f"{v1}/links", key="lsk_wrong", json={"purpose": "magic_link", "subject": "u"}
+    )  # 401
     rec.call("POST", f"{v1}/links", key=key, data=b"{", content_type="application/json")  # 400
-    rec.call("POST", f"{v1}/links", key=key, data=b'{"a":1,"a":2}', content_type="application/json")  # 400 dup
+    rec.call(
+        "POST", f"{v1}/links", key=key, data=b'{"a":1,"a":2}', content_type="application/json"
+    )  # 400 dup
     rec.call("POST", f"{v1}/links", key=key, data=b"purpose=x", content_type="text/plain")  # 415
-    rec.call("POST", f"{v1}/links", key=key, data=b"{" + b" " * 70000 + b"}", content_type="application/json")  # 413
-    rec.call("POST", f"{v1}/links", key=key, json={"purpose": "magic_link", "subject": "u", "admin": True})  # 422
-    rec.call("POST", f"{v1}/links", key=key, json={"purpose": "magic_link", "subject": "u", "ttl": 10_000})  # 422
-    rec.call("POST", f"{v1}/links", key=key, json={"purpose": "magic_link", "subject": "u",
-                                                   "redirect_uri": "https://evil.example/cb"})  # 403
+    rec.call(
+        "POST",
+        f"{v1}/links",
+        key=key,
+        data=b"{" + b" " * 70000 + b"}",
+        content_type="application/json",
+    )  # 413
+    rec.call(
+        "POST",
+        f"{v1}/links",
+        key=key,
+        json={"purpose": "magic_link", "subject": "u", "admin": True},
+    )  # 422
+    rec.call(
+        "POST",
+        f"{v1}/links",
+        key=key,
+        json={"purpose": "magic_link", "subject": "u", "ttl": 10_000},
+    )  # 422
+    rec.call(
+        "POST",
+        f"{v1}/links",
+        key=key,
+        json={"purpose": "magic_link", "subject": "u", "redirect_uri": "https://evil.example/cb"},
+    )  # 403
     rec.call("GET", f"{v1}/links", key=key)  # 405
     # verify and redeem
     token = minted["token"]
-    rec.call("POST", f"{v1}/links/verify", key=key, json={"token": token, "purpose": "magic_link"})  # 200
-    rec.call("POST", f"{v1}/links/verify", key=key, json={"token": "x", "purpose": "magic_link"})  # 401 malformed
+    rec.call(
+        "POST", f"{v1}/links/verify", key=key, json={"token": token, "purpose": "magic_link"}
+    )  # 200
+    rec.call(
+        "POST", f"{v1}/links/verify", key=key, json={"token": "x", "purpose": "magic_link"}
+    )  # 401 malformed
     rec.call("POST", f"{v1}/links/verify", key=key, json={"token": token})  # 422
-    rec.call("POST", f"{v1}/links/redeem", key=other.api_key, json={"token": token, "purpose": "magic_link"})  # 401
-    rec.call("POST", f"{v1}/links/redeem", key=key, json={"token": token, "purpose": "magic_link"})  # 200
-    rec.call("POST", f"{v1}/links/redeem", key=key, json={"token": token, "purpose": "magic_link"})  # 409
-    rec.call("POST", f"{v1}/links/verify", key=key, json={"token": token, "purpose": "magic_link"})  # 409
+    rec.call(
+        "POST",
+        f"{v1}/links/redeem",
+        key=other.api_key,
+        json={"token": token, "purpose": "magic_link"},
+    )  # 401
+    rec.call(
+        "POST", f"{v1}/links/redeem", key=key, json={"token": token, "purpose": "magic_link"}
+    )  # 200
+    rec.call(
+        "POST", f"{v1}/links/redeem", key=key, json={"token": token, "purpose": "magic_link"}
+    )  # 409
+    rec.call(
+        "POST", f"{v1}/links/verify", key=key, json={"token": token, "purpose": "magic_link"}
+    )  # 409
     # state and revocation
     rec.call("GET", f"{v1}/links/{minted['jti']}", key=key)  # 200
     rec.call("GET", f"{v1}/links/{minted['jti']}", key=other.api_key)  # 404: not theirs
@@ -161,8 +267,15 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
     rec.call("DELETE", f"{v1}/links/{second['jti']}", key=key)  # 200
     rec.call("DELETE", f"{v1}/links/{second['jti']}", key=key)  # 200, revoked 0
     rec.call("DELETE", f"{v1}/links/nope", key=key)  # 404
-    rec.call("POST", f"{v1}/links/redeem", key=key, json={"token": second["token"], "purpose": "magic_link"})  # 410
-    rec.call("POST", f"{v1}/subjects/user-1/revoke", key=key, json={"purposes": ["password_reset"]})  # 200
+    rec.call(
+        "POST",
+        f"{v1}/links/redeem",
+        key=key,
+        json={"token": second["token"], "purpose": "magic_link"},
+    )  # 410
+    rec.call(
+        "POST", f"{v1}/subjects/user-1/revoke", key=key, json={"purposes": ["password_reset"]}
+    )  # 200
     rec.call("POST", f"{v1}/subjects/user-1/revoke", key=key)  # 200, no body
     rec.call("POST", f"{v1}/subjects/user-1/revoke", key=key, json={"purposes": []})  # 422
     rec.call("POST", f"{v1}/subjects/user-1/revoke", json={})  # 401
@@ -172,13 +285,20 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
     real = svc.clock
     svc.clock = lambda: real() + 30 + svc.settings.leeway + 1
     try:
-        rec.call("POST", f"{v1}/links/redeem", key=key, json={"token": short["token"], "purpose": "magic_link"})  # 410
+        rec.call(
+            "POST",
+            f"{v1}/links/redeem",
+            key=key,
+            json={"token": short["token"], "purpose": "magic_link"},
+        )  # 410
     finally:
         svc.clock = real
     if _codes_routed(app):
         link_path = "/" + api.minted("magic_link", "user-4")["url"].split("/", 3)[3]
         code = _sign_in_code(app.test_client(), link_path)
-        rec.call("POST", f"{v1}/codes/exchange", key=other.api_key, json={"code": code})  # 404, not theirs
+        rec.call(
+            "POST", f"{v1}/codes/exchange", key=other.api_key, json={"code": code}
+        )  # 404, not theirs
         rec.call("POST", f"{v1}/codes/exchange", key=key, json={"code": code})  # 200
         rec.call("POST", f"{v1}/codes/exchange", key=key, json={"code": code})  # 409
         rec.call("POST", f"{v1}/codes/exchange", key=key, json={})  # 422
@@ -199,7 +319,10 @@ def test_document_is_valid_openapi_31(doc):
     OpenAPIV31SpecValidator(doc).validate()
     assert doc["openapi"].startswith("3.1.")
     assert doc["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"]["description"]}
+        "type": "http",
+        "scheme": "bearer",
+        "description": doc["components"]["securitySchemes"]["bearer"]["description"],
+    }
 
 
 def test_every_route_is_documented_and_every_operation_routed(app, doc):
@@ -217,7 +340,9 @@ def test_every_operation_documents_auth_and_problem_errors(doc):
                 assert {"401", "429", "503"} <= set(responses), (path, method)
             if "requestBody" in op:
                 assert {"400", "413", "415", "422"} <= set(responses), (path, method)
-            assert not any(s.startswith("5") and s not in ("502", "503") for s in responses), "a 500 is never documented"
+            assert not any(s.startswith("5") and s not in ("502", "503") for s in responses), (
+                "a 500 is never documented"
+            )
 
 
 def test_real_answers_match_the_document(app, api, other_api, doc):
@@ -233,14 +358,21 @@ def test_real_answers_match_the_document(app, api, other_api, doc):
 
 # -- the checks can fail: deliberately wrong documents ------------------------------
 
+
 def _wrong(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
     """(what is wrong, the wrong document, a fragment of the problem the checks must report)."""
     d = copy.deepcopy(doc)
     del d["paths"]["/api/v1/links/redeem"]
     yield "an undocumented route", d, "routed but not documented: POST /api/v1/links/redeem"
     d = copy.deepcopy(doc)
-    d["paths"]["/api/v1/links/{jti}/restore"] = {"post": copy.deepcopy(doc["paths"]["/api/v1/links/redeem"]["post"])}
-    yield "a documented operation that is not routed", d, "documented but not routed: POST /api/v1/links/{jti}/restore"
+    d["paths"]["/api/v1/links/{jti}/restore"] = {
+        "post": copy.deepcopy(doc["paths"]["/api/v1/links/redeem"]["post"])
+    }
+    yield (
+        "a documented operation that is not routed",
+        d,
+        "documented but not routed: POST /api/v1/links/{jti}/restore",
+    )
     d = copy.deepcopy(doc)
     d["paths"]["/api/v1/links/{jti}"]["put"] = d["paths"]["/api/v1/links/{jti}"].pop("delete")
     yield "a wrong method", d, "routed but not documented: DELETE /api/v1/links/{jti}"
@@ -255,7 +387,11 @@ def _wrong_schemas(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], s
     yield "a success body missing a documented required member", d, "'email' is a required property"
     d = copy.deepcopy(doc)
     d["components"]["schemas"]["MintedLink"]["properties"].pop("superseded")
-    yield "an undocumented member in a success body", d, "Additional properties are not allowed ('superseded'"
+    yield (
+        "an undocumented member in a success body",
+        d,
+        "Additional properties are not allowed ('superseded'",
+    )
     d = copy.deepcopy(doc)
     del d["paths"]["/api/v1/links/redeem"]["post"]["responses"]["409"]
     yield "an undocumented status", d, "POST /api/v1/links/redeem → 409: status not documented"
@@ -310,7 +446,6 @@ def test_optional_operations_are_served_only_when_routed(app):
     OpenAPIV31SpecValidator(bare).validate()
 
 
-
 def test_undocumented_methods_answer_405_with_allow(app, api, doc):
     http = app.test_client()
     adapter = app.url_map.bind("localhost")
@@ -326,4 +461,7 @@ def test_undocumented_methods_answer_405_with_allow(app, api, doc):
             resp = http.open(url, method=method, headers=api.headers)
             assert resp.status_code == 405, (method, path, resp.status_code)
             assert resp.mimetype == "application/problem+json"
-            assert documented <= {m.strip() for m in resp.headers["Allow"].split(",")}, (method, path)
+            assert documented <= {m.strip() for m in resp.headers["Allow"].split(",")}, (
+                method,
+                path,
+            )

@@ -67,6 +67,7 @@ def assert_html_headers(resp: Any) -> None:
 
 # -- GET and HEAD never consume -----------------------------------------------------
 
+
 def test_confirmation_page_names_app_and_action_and_consumes_nothing(api, client):
     link = api.minted("magic_link")
     resp, csrf = open_page(client, link["token"])
@@ -90,7 +91,9 @@ def test_confirmation_page_names_app_and_action_and_consumes_nothing(api, client
 
 def test_secure_cookie_when_base_url_is_https(env, tmp_path):
     from linksvc import create_app
+
     from .conftest import _prepare
+
     app = create_app({**env, "LINKSVC_BASE_URL": "https://links.example"})
     _prepare(app)
     api = make_api_user(app)
@@ -106,9 +109,12 @@ def test_scanners_head_prefetch_preview_leave_link_usable(api, app):
     path = f"/l/{link['token']}"
     scanner = app.test_client()
     assert scanner.head(path).status_code == 200
-    for headers in ({"Sec-Purpose": "prefetch"}, {"Purpose": "prefetch"},
-                    {"User-Agent": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"},
-                    {"User-Agent": "Mozilla/5.0 (compatible; Microsoft Office Protocol Discovery)"}):
+    for headers in (
+        {"Sec-Purpose": "prefetch"},
+        {"Purpose": "prefetch"},
+        {"User-Agent": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"},
+        {"User-Agent": "Mozilla/5.0 (compatible; Microsoft Office Protocol Discovery)"},
+    ):
         for _ in range(3):
             assert scanner.get(path, headers=headers, follow_redirects=True).status_code == 200
     assert api.status(link["jti"]).get_json()["state"] == "issued"
@@ -124,12 +130,15 @@ def test_scanners_head_prefetch_preview_leave_link_usable(api, app):
 
 # -- the button ------------------------------------------------------------------------
 
+
 def test_press_consumes_and_redirects_to_registered_uri_with_code(api, client):
     link = api.minted("magic_link", data={"next": "/inbox"})
     _, csrf = open_page(client, link["token"])
     # Nothing in the request chooses the target: extra query and form fields are ignored.
-    resp = client.post(f"/l/{link['token']}?redirect_uri=https://evil.example/&next=https://evil.example/",
-                       data={"csrf": csrf, "redirect_uri": "https://evil.example/", "code": "x"})
+    resp = client.post(
+        f"/l/{link['token']}?redirect_uri=https://evil.example/&next=https://evil.example/",
+        data={"csrf": csrf, "redirect_uri": "https://evil.example/", "code": "x"},
+    )
     assert resp.status_code == 303
     location = resp.headers["Location"]
     assert location.startswith(REDIRECT + "?code=")
@@ -139,7 +148,12 @@ def test_press_consumes_and_redirects_to_registered_uri_with_code(api, client):
     assert api.status(link["jti"]).get_json()["state"] == "consumed"
     out = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
     assert out.status_code == 200
-    assert out.get_json() == {"subject": "user-42", "purpose": "magic_link", "jti": link["jti"], "data": {"next": "/inbox"}}
+    assert out.get_json() == {
+        "subject": "user-42",
+        "purpose": "magic_link",
+        "jti": link["jti"],
+        "data": {"next": "/inbox"},
+    }
 
 
 def test_registered_query_is_preserved(app):
@@ -155,8 +169,14 @@ def test_registered_query_is_preserved(app):
 
 def test_with_code_helper():
     assert pages.with_code("https://a.example/cb", "C") == "https://a.example/cb?code=C"
-    assert pages.with_code("https://a.example/cb?z=%2F&y", "C") == "https://a.example/cb?z=%2F&y&code=C"
-    assert pages.with_code("https://a.example/cb?code=1&codex=2", "C") == "https://a.example/cb?codex=2&code=C"
+    assert (
+        pages.with_code("https://a.example/cb?z=%2F&y", "C")
+        == "https://a.example/cb?z=%2F&y&code=C"
+    )
+    assert (
+        pages.with_code("https://a.example/cb?code=1&codex=2", "C")
+        == "https://a.example/cb?codex=2&code=C"
+    )
 
 
 def test_link_without_redirect_uri_shows_done_page(app):
@@ -181,7 +201,12 @@ def test_double_press_same_browser_reaches_same_completion(api, app, client):
     # Once the application has exchanged the code, a further press still goes back to the
     # application (whose session is in this browser) with the same, now spent, code.
     code = code_of(first.headers["Location"])
-    assert api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers).status_code == 200
+    assert (
+        api.http.post(
+            "/api/v1/codes/exchange", json={"code": code}, headers=api.headers
+        ).status_code
+        == 200
+    )
     third = press(client, link["token"], csrf)
     assert third.status_code == 303 and third.headers["Location"] == first.headers["Location"]
     resp = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
@@ -213,6 +238,7 @@ def test_second_browser_gets_used(api, app):
 
 # -- forged, replayed and missing form tokens -------------------------------------------
 
+
 def _refused(resp: Any, api: Any, jti: str) -> None:
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert reason_of(resp) == "form_invalid"
@@ -230,11 +256,13 @@ def test_post_without_form_token_is_refused(api, client):
 
 def test_forged_form_token_is_refused(api, client):
     from itsdangerous import URLSafeTimedSerializer
+
     link = api.minted()
     _, csrf = open_page(client, link["token"])
     nonce = client.get_cookie(pages.NONCE_COOKIE, path="/l/").value
     forged = URLSafeTimedSerializer(b"x" * 32, salt="linksvc.pages.confirm").dumps(
-        {"j": link["jti"], "n": codes.completion_hash(nonce)})
+        {"j": link["jti"], "n": codes.completion_hash(nonce)}
+    )
     _refused(press(client, link["token"], forged), api, link["jti"])
     _refused(press(client, link["token"], csrf[:-3] + "AAA"), api, link["jti"])
     _refused(press(client, link["token"], "A" * 5000), api, link["jti"])
@@ -260,8 +288,15 @@ def test_form_token_replayed_from_another_browser_is_refused(api, app):
 def test_cross_site_post_is_refused(api, client):
     link = api.minted()
     _, csrf = open_page(client, link["token"])
-    _refused(press(client, link["token"], csrf, headers={"Sec-Fetch-Site": "cross-site"}), api, link["jti"])
-    assert press(client, link["token"], csrf, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 303
+    _refused(
+        press(client, link["token"], csrf, headers={"Sec-Fetch-Site": "cross-site"}),
+        api,
+        link["jti"],
+    )
+    assert (
+        press(client, link["token"], csrf, headers={"Sec-Fetch-Site": "same-origin"}).status_code
+        == 303
+    )
 
 
 def test_expired_form_token_renders_fresh_form(app):
@@ -282,16 +317,26 @@ def test_expired_form_token_renders_fresh_form(app):
 
 # -- failure pages -------------------------------------------------------------------
 
+
 def _state_cases(api: Any, app: Any) -> list[tuple[str, str, int]]:
     used = api.minted(subject="u-used")
     assert api.redeem(used["token"]).status_code == 200
     revoked = api.minted(subject="u-revoked")
-    assert api.http.delete(f"/api/v1/links/{revoked['jti']}", headers=api.headers).status_code == 200
+    assert (
+        api.http.delete(f"/api/v1/links/{revoked['jti']}", headers=api.headers).status_code == 200
+    )
     old = api.minted("password_reset", subject="u-reset")
     api.minted("password_reset", subject="u-reset")
-    expired = hostile.CASES[[c.name for c in hostile.CASES].index("expired")].build(app, api.minted()["token"])
-    return [(used["token"], "used", 409), (revoked["token"], "revoked", 410), (old["token"], "superseded", 410),
-            (expired, "expired", 410), ("not-a-token", "invalid", 400)]
+    expired = hostile.CASES[[c.name for c in hostile.CASES].index("expired")].build(
+        app, api.minted()["token"]
+    )
+    return [
+        (used["token"], "used", 409),
+        (revoked["token"], "revoked", 410),
+        (old["token"], "superseded", 410),
+        (expired, "expired", 410),
+        ("not-a-token", "invalid", 400),
+    ]
 
 
 def test_failure_pages_get_and_post(api, app, client):
@@ -307,15 +352,21 @@ def test_failure_pages_get_and_post(api, app, client):
 
 def test_disabled_client_links_stop_working(api, app, client):
     import sqlalchemy as sa
+
     from linksvc import db
+
     link = api.minted()
     _, csrf = open_page(client, link["token"])
     with db.write(app.extensions["linksvc"].engine) as conn:
-        conn.execute(sa.update(db.clients).where(db.clients.c.id == api.client.id).values(disabled=True))
+        conn.execute(
+            sa.update(db.clients).where(db.clients.c.id == api.client.id).values(disabled=True)
+        )
     assert client.get(f"/l/{link['token']}").status_code == 400
     assert press(client, link["token"], csrf).status_code == 400
     with db.read(app.extensions["linksvc"].engine) as conn:
-        state = conn.execute(sa.select(db.links.c.state).where(db.links.c.jti == link["jti"])).scalar_one()
+        state = conn.execute(
+            sa.select(db.links.c.state).where(db.links.c.jti == link["jti"])
+        ).scalar_one()
     assert state == "issued"
 
 
@@ -336,12 +387,16 @@ def test_database_down_and_unexpected_errors_are_pages(api, app, client, monkeyp
 
     def down(*a: Any, **k: Any) -> Any:
         raise errors.ServiceUnavailable("database")
+
     monkeypatch.setattr(svc, "verify", down)
     resp = client.get(f"/l/{link['token']}")
-    assert resp.status_code == 503 and reason_of(resp) == "unavailable" and resp.headers["Retry-After"]
+    assert (
+        resp.status_code == 503 and reason_of(resp) == "unavailable" and resp.headers["Retry-After"]
+    )
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("secret internals")
+
     monkeypatch.setattr(svc, "verify", boom)
     resp = client.get(f"/l/{link['token']}")
     assert resp.status_code == 500 and reason_of(resp) == "error"
@@ -351,6 +406,7 @@ def test_database_down_and_unexpected_errors_are_pages(api, app, client, monkeyp
 
 def test_pages_never_log_the_token(api, client, caplog):
     from linksvc.logs import JsonFormatter
+
     caplog.set_level("INFO", logger="linksvc")
     link = api.minted()
     _, csrf = open_page(client, link["token"])
@@ -366,15 +422,25 @@ def test_pages_never_log_the_token(api, client, caplog):
 
 # -- hostile tokens on GET and POST ----------------------------------------------------
 
+
 @pytest.mark.parametrize("case", hostile.CASES, ids=[c.name for c in hostile.CASES])
 def test_hostile_tokens_are_refused_and_real_link_survives(api, app, case):
     link = api.minted()
     browser = app.test_client()
-    _, csrf = open_page(browser, link["token"])  # the attacker even holds a valid form for the real link
+    _, csrf = open_page(
+        browser, link["token"]
+    )  # the attacker even holds a valid form for the real link
     bad = case.build(app, link["token"])
     reason = "expired" if case.reason == "expired" else "invalid"
-    for resp in (browser.get(f"/l/{bad}"), browser.head(f"/l/{bad}"), browser.post(f"/l/{bad}", data={"csrf": csrf})):
-        assert resp.status_code == (410 if reason == "expired" else 400), (case.name, resp.status_code)
+    for resp in (
+        browser.get(f"/l/{bad}"),
+        browser.head(f"/l/{bad}"),
+        browser.post(f"/l/{bad}", data={"csrf": csrf}),
+    ):
+        assert resp.status_code == (410 if reason == "expired" else 400), (
+            case.name,
+            resp.status_code,
+        )
         assert resp.mimetype == "text/html"
         if resp.request.method != "HEAD":
             assert reason_of(resp) == reason
@@ -386,8 +452,10 @@ def test_hostile_tokens_are_refused_and_real_link_survives(api, app, case):
 
 def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path):
     from linksvc import create_app, migrate
+
     from .conftest import _prepare
     from .support import base_env
+
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
     migrate.upgrade(app.extensions["linksvc"].engine)
     _prepare(app)
@@ -402,7 +470,11 @@ def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path):
         code = code_of(first.headers["Location"])
         out = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
         assert out.status_code == 200 and out.get_json()["purpose"] == "password_reset"
-        assert api.http.post("/api/v1/codes/exchange", json={"code": code},
-                             headers=api.headers).get_json()["code"] == "code_used"
+        assert (
+            api.http.post(
+                "/api/v1/codes/exchange", json={"code": code}, headers=api.headers
+            ).get_json()["code"]
+            == "code_used"
+        )
     finally:
         app.extensions["linksvc"].engine.dispose()

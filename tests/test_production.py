@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -41,6 +42,7 @@ PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 # -- helpers ------------------------------------------------------------------------------
 
+
 def _workers(server: Server) -> set[int]:
     pid = server.proc.pid
     try:
@@ -58,10 +60,16 @@ def _wait_for(predicate, timeout: float, what: str) -> float:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _mint(server: Server, headers: dict[str, str], n: int, subject: str = "user") -> list[dict[str, Any]]:
+def _mint(
+    server: Server, headers: dict[str, str], n: int, subject: str = "user"
+) -> list[dict[str, Any]]:
     def one(i: int) -> dict[str, Any]:
-        r = requests.post(f"{server.url}/api/v1/links", json={"purpose": "magic_link", "subject": f"{subject}-{i}"},
-                          headers=headers, timeout=10)
+        r = requests.post(
+            f"{server.url}/api/v1/links",
+            json={"purpose": "magic_link", "subject": f"{subject}-{i}"},
+            headers=headers,
+            timeout=10,
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -75,8 +83,11 @@ def _ledger(url: str) -> tuple[dict[str, str], collections.Counter[str]]:
     try:
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT jti, state FROM links")).all())
-            consumed = collections.Counter(conn.execute(
-                sa.text("SELECT jti FROM link_events WHERE event = 'consumed'")).scalars())
+            consumed = collections.Counter(
+                conn.execute(
+                    sa.text("SELECT jti FROM link_events WHERE event = 'consumed'")
+                ).scalars()
+            )
     finally:
         engine.dispose()
     return states, consumed
@@ -91,6 +102,7 @@ def pg_env(tmp_path: Path, pg_url: str) -> Iterator[tuple[dict[str, str], dict[s
 
 # -- 1. two nodes, one database -------------------------------------------------------------
 
+
 def test_two_nodes_share_one_postgresql(tmp_path: Path, pg_env) -> None:
     env, headers = pg_env
     # Two nodes: separate masters, separate instance directories, the same database and the
@@ -103,12 +115,26 @@ def test_two_nodes_share_one_postgresql(tmp_path: Path, pg_env) -> None:
     try:
         link = _mint(a, headers, 1)[0]
         body = {"token": link["token"], "purpose": "magic_link"}
-        assert requests.post(f"{b.url}/api/v1/links/verify", json=body, headers=headers, timeout=10).status_code == 200
-        assert requests.post(f"{b.url}/api/v1/links/redeem", json=body, headers=headers, timeout=10).status_code == 200
-        replay = requests.post(f"{a.url}/api/v1/links/redeem", json=body, headers=headers, timeout=10)
+        assert (
+            requests.post(
+                f"{b.url}/api/v1/links/verify", json=body, headers=headers, timeout=10
+            ).status_code
+            == 200
+        )
+        assert (
+            requests.post(
+                f"{b.url}/api/v1/links/redeem", json=body, headers=headers, timeout=10
+            ).status_code
+            == 200
+        )
+        replay = requests.post(
+            f"{a.url}/api/v1/links/redeem", json=body, headers=headers, timeout=10
+        )
         assert replay.status_code == 409 and replay.json()["code"] == "used"
-        assert requests.get(f"{a.url}/.well-known/jwks.json", timeout=10).json() == \
-            requests.get(f"{b.url}/.well-known/jwks.json", timeout=10).json()
+        assert (
+            requests.get(f"{a.url}/.well-known/jwks.json", timeout=10).json()
+            == requests.get(f"{b.url}/.well-known/jwks.json", timeout=10).json()
+        )
 
         racers = 32
         for round_ in range(3):
@@ -121,7 +147,9 @@ def test_two_nodes_share_one_postgresql(tmp_path: Path, pg_env) -> None:
             def one(i: int) -> tuple[str, int]:
                 node = nodes[i % 2]  # half the racers at each node
                 barrier.wait()
-                r = sessions[i].post(f"{node.url}/api/v1/links/redeem", json=body, headers=headers, timeout=30)
+                r = sessions[i].post(
+                    f"{node.url}/api/v1/links/redeem", json=body, headers=headers, timeout=30
+                )
                 return node.url, r.status_code
 
             with ThreadPoolExecutor(max_workers=racers) as pool:
@@ -129,7 +157,9 @@ def test_two_nodes_share_one_postgresql(tmp_path: Path, pg_env) -> None:
             codes = collections.Counter(code for _, code in results)
             assert codes == {200: 1, 409: racers - 1}, codes
             assert {url for url, _ in results} == {a.url, b.url}
-            state = requests.get(f"{b.url}/api/v1/links/{link['jti']}", headers=headers, timeout=10).json()
+            state = requests.get(
+                f"{b.url}/api/v1/links/{link['jti']}", headers=headers, timeout=10
+            ).json()
             assert [e["event"] for e in state["events"]].count("consumed") == 1
     finally:
         for node in nodes:
@@ -141,6 +171,7 @@ def test_two_nodes_share_one_postgresql(tmp_path: Path, pg_env) -> None:
 
 
 # -- 2. the database goes away and comes back ---------------------------------------------
+
 
 class PgProxy:
     """A TCP proxy in front of PostgreSQL that the test can cut and restore.
@@ -202,10 +233,8 @@ class PgProxy:
         for s in socks:
             with self._lock:
                 self._socks.discard(s)
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def cut(self, mode: str) -> None:
@@ -227,20 +256,30 @@ class PgProxy:
 
 
 @pytest.mark.parametrize("mode", ["refuse", "hang"])
-def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path, pg_env, mode: str) -> None:
+def test_database_outage_answers_503_and_recovers_without_restart(
+    tmp_path: Path, pg_env, mode: str
+) -> None:
     env, headers = pg_env
     proxy = PgProxy()
     connect_timeout = 2
-    server = start_gunicorn({**env, "LINKSVC_DATABASE_URL": proxy.url(env["LINKSVC_DATABASE_URL"]),
-                             "LINKSVC_DB_CONNECT_TIMEOUT": str(connect_timeout)},
-                            workers=3, log_path=tmp_path / "server.log")
+    server = start_gunicorn(
+        {
+            **env,
+            "LINKSVC_DATABASE_URL": proxy.url(env["LINKSVC_DATABASE_URL"]),
+            "LINKSVC_DB_CONNECT_TIMEOUT": str(connect_timeout),
+        },
+        workers=3,
+        log_path=tmp_path / "server.log",
+    )
     workers_before = _workers(server)
     links = _mint(server, headers, 150)
     # A link whose redemption met the outage goes back in the queue, as a client would retry
     # it, so the load cannot run dry before the database returns.
     queue = collections.deque(links)
     lock = threading.Lock()
-    results: list[tuple[float, float, str, int, str, str]] = []  # start, end, jti, status, type, code
+    results: list[
+        tuple[float, float, str, int, str, str]
+    ] = []  # start, end, jti, status, type, code
     stop = threading.Event()
 
     def load() -> None:
@@ -254,14 +293,30 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
             for _ in range(2):  # the redemption, then a replay
                 start = time.monotonic()
                 try:
-                    r = s.post(f"{server.url}/api/v1/links/redeem",
-                               json={"token": link["token"], "purpose": "magic_link"}, headers=headers, timeout=30)
+                    r = s.post(
+                        f"{server.url}/api/v1/links/redeem",
+                        json={"token": link["token"], "purpose": "magic_link"},
+                        headers=headers,
+                        timeout=30,
+                    )
                 except requests.RequestException as exc:  # fails the status assertion below
-                    results.append((start, time.monotonic(), link["jti"], 0, type(exc).__name__, ""))
+                    results.append(
+                        (start, time.monotonic(), link["jti"], 0, type(exc).__name__, "")
+                    )
                     continue
-                body = r.json() if r.headers.get("Content-Type", "").startswith("application/") else {}
-                results.append((start, time.monotonic(), link["jti"], r.status_code,
-                                r.headers.get("Content-Type", ""), body.get("code", "")))
+                body = (
+                    r.json() if r.headers.get("Content-Type", "").startswith("application/") else {}
+                )
+                results.append(
+                    (
+                        start,
+                        time.monotonic(),
+                        link["jti"],
+                        r.status_code,
+                        r.headers.get("Content-Type", ""),
+                        body.get("code", ""),
+                    )
+                )
                 statuses.append(r.status_code)
             if statuses and statuses[0] == 503:
                 with lock:
@@ -279,21 +334,32 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
         ready = requests.get(f"{server.url}/readyz", timeout=30)
         ready_seconds = time.monotonic() - cut_at - 0.5
         # The other ways in fail just as cleanly: a mint, and a user clicking a link.
-        mint = requests.post(f"{server.url}/api/v1/links", json={"purpose": "magic_link", "subject": "u"},
-                             headers=headers, timeout=30)
+        mint = requests.post(
+            f"{server.url}/api/v1/links",
+            json={"purpose": "magic_link", "subject": "u"},
+            headers=headers,
+            timeout=30,
+        )
         page = requests.get(f"{server.url}/l/{links[-1]['token']}", timeout=30)
         time.sleep(4)
         restored_at = time.monotonic()
         proxy.restore()
-        recovery = _wait_for(lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 200, 20,
-                             "/readyz to pass again")
+        recovery = _wait_for(
+            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 200,
+            20,
+            "/readyz to pass again",
+        )
         time.sleep(1.5)
         stop.set()
         for t in threads:
             t.join(timeout=60)
         fresh = _mint(server, headers, 1, subject="after")[0]
-        after = requests.post(f"{server.url}/api/v1/links/redeem", json={"token": fresh["token"], "purpose": "magic_link"},
-                              headers=headers, timeout=10)
+        after = requests.post(
+            f"{server.url}/api/v1/links/redeem",
+            json={"token": fresh["token"], "purpose": "magic_link"},
+            headers=headers,
+            timeout=10,
+        )
         workers_after = _workers(server)
         master_alive = server.proc.poll() is None
     finally:
@@ -312,7 +378,9 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
     during = [r for r in results if cut_at + 0.2 < r[0] and r[1] < restored_at]
     after_load = [r for r in results if r[0] > restored_at + recovery]
     assert during and after_load, (len(during), len(after_load))
-    assert {(r[3], r[4], r[5]) for r in during} == {(503, "application/problem+json", "unavailable")}
+    assert {(r[3], r[4], r[5]) for r in during} == {
+        (503, "application/problem+json", "unavailable")
+    }
     assert {r[3] for r in after_load} <= {200, 409} and 200 in {r[3] for r in after_load}
     assert {r[3] for r in results} <= {200, 409, 503}
     slowest = max(r[1] - r[0] for r in during)
@@ -325,11 +393,14 @@ def test_database_outage_answers_503_and_recovers_without_restart(tmp_path: Path
     for jti in wins:
         assert states[jti] == "consumed" and consumed[jti] == 1, jti
     assert max(consumed.values()) == 1
-    print(f"\n{mode}: {len(during)} redemptions during the outage, all 503, slowest {slowest:.2f}s; "
-          f"/readyz failed in {ready_seconds:.2f}s; recovered {recovery:.2f}s after the database returned")
+    print(
+        f"\n{mode}: {len(during)} redemptions during the outage, all 503, slowest {slowest:.2f}s; "
+        f"/readyz failed in {ready_seconds:.2f}s; recovered {recovery:.2f}s after the database returned"
+    )
 
 
 # -- 3. SIGKILL a worker under load --------------------------------------------------------
+
 
 def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
     env, headers = pg_env
@@ -349,8 +420,12 @@ def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
                     return
                 link = queue.pop(0)
             try:
-                r = s.post(f"{server.url}/api/v1/links/redeem", json={"token": link["token"], "purpose": "magic_link"},
-                           headers=headers, timeout=30)
+                r = s.post(
+                    f"{server.url}/api/v1/links/redeem",
+                    json={"token": link["token"], "purpose": "magic_link"},
+                    headers=headers,
+                    timeout=30,
+                )
                 results.append((link["jti"], r.status_code))
             except requests.RequestException:
                 results.append((link["jti"], "reset"))  # its worker died mid-request
@@ -370,10 +445,16 @@ def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
             killed.append(victim)
         for t in threads:
             t.join(timeout=120)
-        _wait_for(lambda: len(_workers(server)) == 3, 30, "the master to replace the killed workers")
+        _wait_for(
+            lambda: len(_workers(server)) == 3, 30, "the master to replace the killed workers"
+        )
         fresh = _mint(server, headers, 1, subject="after")[0]
-        after = requests.post(f"{server.url}/api/v1/links/redeem", json={"token": fresh["token"], "purpose": "magic_link"},
-                              headers=headers, timeout=10)
+        after = requests.post(
+            f"{server.url}/api/v1/links/redeem",
+            json={"token": fresh["token"], "purpose": "magic_link"},
+            headers=headers,
+            timeout=10,
+        )
         workers_now = _workers(server)
     finally:
         stop.set()
@@ -383,7 +464,9 @@ def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
     assert not set(killed) & workers_now and original != workers_now
     codes = collections.Counter(code for _, code in results)
     assert set(codes) <= {200, 409, "reset"}, codes
-    assert codes["reset"] >= 1, "no request was in flight when a worker was killed; the test proved nothing"
+    assert codes["reset"] >= 1, (
+        "no request was in flight when a worker was killed; the test proved nothing"
+    )
     wins = collections.Counter(jti for jti, code in results if code == 200)
     assert wins and max(wins.values()) == 1
     states, consumed = _ledger(env["LINKSVC_DATABASE_URL"])
@@ -394,13 +477,18 @@ def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
     unheard = {j for j, s in states.items() if s == "consumed"} - set(wins) - {fresh["jti"]}
     reset_jtis = {jti for jti, code in results if code == "reset"}
     assert unheard <= reset_jtis
-    print(f"\nSIGKILLed {len(killed)} workers: {dict(codes)}; {len(unheard)} consumed with the answer lost")
+    print(
+        f"\nSIGKILLed {len(killed)} workers: {dict(codes)}; {len(unheard)} consumed with the answer lost"
+    )
 
 
 # -- access log and reload -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+def sqlite_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Server, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("sqlite-node")
     env = base_env(tmp / "instance")
     creds = prepare_instance(env)
@@ -421,20 +509,38 @@ def test_access_log_holds_no_token(sqlite_server) -> None:
         secrets.append(token)
         secrets.append("grant-" + "x" * 40)
         enc = token.replace(".", "%2E")
-        paths = [f"/l/{token}", f"/d/{token}", f"/dl/{secrets[-1]}", f"/dl/{secrets[-1]}/file.pdf",
-                 f"/nothing?token={token}", f"/l/{token}?utm=1", f"/L/{token}", f"/x/{enc}",
-                 f"/api/v1/links?api_key={creds['api_key']}", f"//l/{token}", f"/l/{enc}"]
+        paths = [
+            f"/l/{token}",
+            f"/d/{token}",
+            f"/dl/{secrets[-1]}",
+            f"/dl/{secrets[-1]}/file.pdf",
+            f"/nothing?token={token}",
+            f"/l/{token}?utm=1",
+            f"/L/{token}",
+            f"/x/{enc}",
+            f"/api/v1/links?api_key={creds['api_key']}",
+            f"//l/{token}",
+            f"/l/{enc}",
+        ]
         for path in paths:
             requests.get(server.url + path, timeout=10, allow_redirects=False)
             requests.head(server.url + path, timeout=10, allow_redirects=False)
-        requests.post(f"{server.url}/l/{token}", data={"csrf": "x"}, timeout=10, allow_redirects=False)
+        requests.post(
+            f"{server.url}/l/{token}", data={"csrf": "x"}, timeout=10, allow_redirects=False
+        )
         # A request line gunicorn itself rejects goes to the error log; it is redacted there too.
-        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5) as s:
+        with socket.create_connection(
+            ("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5
+        ) as s:
             s.sendall(f"GET /l/{token} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())
             s.recv(1024)
         # A quote in a request line must not break the JSON of the access line.
-        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5) as s:
-            s.sendall(f'GET /quote"d?token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'.encode())
+        with socket.create_connection(
+            ("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5
+        ) as s:
+            s.sendall(
+                f'GET /quote"d?token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'.encode()
+            )
             s.recv(1024)
     finally:
         time.sleep(0.5)  # the access log line is written after the response
@@ -459,8 +565,12 @@ def test_hup_reloads_workers_without_dropping_requests(sqlite_server) -> None:
         s = requests.Session()
         while not stop.is_set():
             try:
-                r = s.post(f"{server.url}/api/v1/links", json={"purpose": "magic_link", "subject": "u"},
-                           headers=headers, timeout=30)
+                r = s.post(
+                    f"{server.url}/api/v1/links",
+                    json={"purpose": "magic_link", "subject": "u"},
+                    headers=headers,
+                    timeout=30,
+                )
                 done[r.status_code] += 1
                 if r.status_code != 201:
                     failures.append(str(r.status_code))
@@ -474,8 +584,11 @@ def test_hup_reloads_workers_without_dropping_requests(sqlite_server) -> None:
             t.start()
         time.sleep(1)
         os.kill(server.proc.pid, signal.SIGHUP)
-        _wait_for(lambda: len(_workers(server)) == 2 and not _workers(server) & before, 30,
-                  "new workers to replace the old ones")
+        _wait_for(
+            lambda: len(_workers(server)) == 2 and not _workers(server) & before,
+            30,
+            "new workers to replace the old ones",
+        )
         time.sleep(1)
         stop.set()
         for t in threads:

@@ -27,8 +27,12 @@ from linksvc import errors, tokens
 from . import forge
 
 EXAMPLES = int(os.environ.get("LINKSVC_PROPERTY_EXAMPLES", "200"))
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 # Tests that sign every example (RSA signing is the slow part) get half as many.
 SIGNING_SETTINGS = settings(SETTINGS, max_examples=max(EXAMPLES // 2, 10))
 
@@ -46,10 +50,14 @@ class StaticKeys:
         self.signing = {
             "ES256": tokens.SigningKey("es256-k", "ES256", ec.generate_private_key(ec.SECP256R1())),
             "EdDSA": tokens.SigningKey("eddsa-k", "EdDSA", ed25519.Ed25519PrivateKey.generate()),
-            "RS256": tokens.SigningKey("rs256-k", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+            "RS256": tokens.SigningKey(
+                "rs256-k", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            ),
         }
-        self.by_kid = {k.kid: tokens.VerificationKey(k.kid, k.alg, k.private_key.public_key())
-                       for k in self.signing.values()}
+        self.by_kid = {
+            k.kid: tokens.VerificationKey(k.kid, k.alg, k.private_key.public_key())
+            for k in self.signing.values()
+        }
 
     def signing_key(self) -> tokens.SigningKey:
         return self.signing["ES256"]
@@ -64,10 +72,23 @@ KEYS = StaticKeys()
 ALGS = list(KEYS.signing)
 
 
-def verify(token: Any, *, purposes: tuple[str, ...] = ("magic_link",), audience: str | None = AUDIENCE,
-           now: int = NOW) -> tokens.VerifiedToken:
-    return tokens.verify(token, keys=KEYS, issuer=ISSUER, purposes=purposes, audience=audience, now=now,
-                         leeway=LEEWAY, ceilings=CEILINGS)
+def verify(
+    token: Any,
+    *,
+    purposes: tuple[str, ...] = ("magic_link",),
+    audience: str | None = AUDIENCE,
+    now: int = NOW,
+) -> tokens.VerifiedToken:
+    return tokens.verify(
+        token,
+        keys=KEYS,
+        issuer=ISSUER,
+        purposes=purposes,
+        audience=audience,
+        now=now,
+        leeway=LEEWAY,
+        ceilings=CEILINGS,
+    )
 
 
 def refused(token: Any, **kw: Any) -> errors.LinkError:
@@ -79,9 +100,19 @@ def refused(token: Any, **kw: Any) -> errors.LinkError:
     raise AssertionError(f"accepted a token that must be refused: {token!r:.200}")
 
 
-def mint(alg: str = "ES256", sub: str = "user-1", pur: str = "magic_link", ttl: int = 300) -> tuple[str, tokens.Claims]:
-    claims = tokens.Claims(iss=ISSUER, aud=AUDIENCE, sub=sub, pur=pur, jti=tokens.new_jti(), iat=NOW - 10,
-                           nbf=NOW - 10, exp=NOW - 10 + ttl)
+def mint(
+    alg: str = "ES256", sub: str = "user-1", pur: str = "magic_link", ttl: int = 300
+) -> tuple[str, tokens.Claims]:
+    claims = tokens.Claims(
+        iss=ISSUER,
+        aud=AUDIENCE,
+        sub=sub,
+        pur=pur,
+        jti=tokens.new_jti(),
+        iat=NOW - 10,
+        nbf=NOW - 10,
+        exp=NOW - 10 + ttl,
+    )
     return tokens.sign(claims, KEYS.signing[alg]), claims
 
 
@@ -102,17 +133,30 @@ def test_a_minted_token_verifies():
 # -- 1. nothing but LinkError escapes -----------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=8,
 )
 B64_ALPHABET = string.ascii_letters + string.digits + "-_"
 
 
 @SETTINGS
-@given(st.one_of(st.none(), st.integers(), st.binary(max_size=300), json_values, st.text(max_size=300),
-                 st.text(alphabet=B64_ALPHABET + ".=+/ ", max_size=600)))
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.binary(max_size=300),
+        json_values,
+        st.text(max_size=300),
+        st.text(alphabet=B64_ALPHABET + ".=+/ ", max_size=600),
+    )
+)
 def test_arbitrary_input_only_raises_link_errors(value):
     assert only_link_errors(value) is None
 
@@ -125,16 +169,25 @@ def test_arbitrary_segments_only_raise_link_errors(segments):
 
 
 @SIGNING_SETTINGS
-@given(header=st.dictionaries(st.sampled_from(["alg", "kid", "typ", "jku", "jwk", "x5u", "x5c", "crit", "b64", "zip"])
-                              | st.text(max_size=5), json_values, max_size=6),
-       claims=st.dictionaries(st.text(max_size=5), json_values, max_size=9),
-       alg=st.sampled_from(ALGS))
+@given(
+    header=st.dictionaries(
+        st.sampled_from(["alg", "kid", "typ", "jku", "jwk", "x5u", "x5c", "crit", "b64", "zip"])
+        | st.text(max_size=5),
+        json_values,
+        max_size=6,
+    ),
+    claims=st.dictionaries(st.text(max_size=5), json_values, max_size=9),
+    alg=st.sampled_from(ALGS),
+)
 def test_arbitrary_json_signed_with_a_real_key_only_raises_link_errors(header, claims, alg):
     token = forge.resign(header, claims, KEYS.signing[alg])
-    assert only_link_errors(token) is None  # random JSON never has all eight claims of the right form
+    assert (
+        only_link_errors(token) is None
+    )  # random JSON never has all eight claims of the right form
 
 
 # -- 3. what is accepted obeys every rule, however the JSON was made --------------
+
 
 def _perturbed(valid: Any, wrong: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """Mostly (7 in 8) the valid value, sometimes a hostile one: some examples are all valid."""
@@ -145,20 +198,53 @@ def _perturbed(valid: Any, wrong: st.SearchStrategy[Any]) -> st.SearchStrategy[A
 def near_valid(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], str]:
     alg = draw(st.sampled_from(ALGS))
     key = KEYS.signing[alg]
-    iat = draw(_perturbed(NOW - 10, st.one_of(st.integers(NOW - 1000, NOW + 100), st.just(str(NOW)),
-                                                 st.just(float(NOW)), st.just(True), st.just(-1), st.just(2**63))))
+    iat = draw(
+        _perturbed(
+            NOW - 10,
+            st.one_of(
+                st.integers(NOW - 1000, NOW + 100),
+                st.just(str(NOW)),
+                st.just(float(NOW)),
+                st.just(True),
+                st.just(-1),
+                st.just(2**63),
+            ),
+        )
+    )
     ttl = draw(_perturbed(300, st.integers(-10, 1000)))
-    header = {"alg": draw(_perturbed(alg, st.sampled_from(["none", "None", "HS256", "ES256", "EdDSA", "RS256", "", 1]))),
-              "kid": draw(_perturbed(key.kid, st.sampled_from([*KEYS.by_kid, "../x", "", None, "x" * 70]))),
-              "typ": draw(_perturbed(tokens.TYP, st.sampled_from(["JWT", "LINK+JWT", None, "link+jwt "])))}
+    header = {
+        "alg": draw(
+            _perturbed(
+                alg, st.sampled_from(["none", "None", "HS256", "ES256", "EdDSA", "RS256", "", 1])
+            )
+        ),
+        "kid": draw(
+            _perturbed(key.kid, st.sampled_from([*KEYS.by_kid, "../x", "", None, "x" * 70]))
+        ),
+        "typ": draw(
+            _perturbed(tokens.TYP, st.sampled_from(["JWT", "LINK+JWT", None, "link+jwt "]))
+        ),
+    }
     if draw(st.booleans()) and draw(st.booleans()):
         header[draw(st.sampled_from(["jku", "jwk", "x5u", "x5c", "crit", "cty"]))] = "x"
     claims = {
-        "iss": draw(_perturbed(ISSUER, st.sampled_from([ISSUER + "/", "https://evil.example", None, [ISSUER]]))),
+        "iss": draw(
+            _perturbed(
+                ISSUER, st.sampled_from([ISSUER + "/", "https://evil.example", None, [ISSUER]])
+            )
+        ),
         "aud": draw(_perturbed(AUDIENCE, st.sampled_from([[AUDIENCE], "cl_other", "", None, 1]))),
         "sub": draw(_perturbed("user-1", st.sampled_from(["", None, 7, ["user-1"], "u" * 300]))),
-        "pur": draw(_perturbed("magic_link", st.sampled_from(["download", "password_reset", "admin", None, ""]))),
-        "jti": draw(_perturbed(tokens.new_jti(), st.sampled_from(["short", None, "A" * 23, "A" * 21 + "=", 5]))),
+        "pur": draw(
+            _perturbed(
+                "magic_link", st.sampled_from(["download", "password_reset", "admin", None, ""])
+            )
+        ),
+        "jti": draw(
+            _perturbed(
+                tokens.new_jti(), st.sampled_from(["short", None, "A" * 23, "A" * 21 + "=", 5])
+            )
+        ),
         "iat": iat,
         "nbf": draw(_perturbed(iat, st.integers(NOW - 1000, NOW + 100) | st.just(None))),
         "exp": (iat + ttl) if isinstance(iat, int) and not isinstance(iat, bool) else NOW + 100,
@@ -210,10 +296,14 @@ TOKEN_CHARS = B64_ALPHABET + ".=+/ %\x00é"
 
 @st.composite
 def mutation(draw: st.DrawFn, token: str) -> str:
-    kind = draw(st.sampled_from(["replace", "insert", "delete", "truncate", "extend", "swap", "resegment", "case"]))
+    kind = draw(
+        st.sampled_from(
+            ["replace", "insert", "delete", "truncate", "extend", "swap", "resegment", "case"]
+        )
+    )
     i = draw(st.integers(0, len(token) - 1))
     if kind == "replace":
-        return token[:i] + draw(st.sampled_from(TOKEN_CHARS)) + token[i + 1:]
+        return token[:i] + draw(st.sampled_from(TOKEN_CHARS)) + token[i + 1 :]
     if kind == "insert":
         return token[:i] + draw(st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=4)) + token[i:]
     if kind == "delete":
@@ -229,16 +319,20 @@ def mutation(draw: st.DrawFn, token: str) -> str:
         parts[a], parts[b] = parts[b], parts[a]
         return ".".join(parts)
     if kind == "case":
-        return token[:i] + token[i].swapcase() + token[i + 1:]
+        return token[:i] + token[i].swapcase() + token[i + 1 :]
     # re-encode one segment: padding, standard alphabet, or leftover bits
     parts = token.split(".")
     n = draw(st.integers(0, 2))
     raw = base64.urlsafe_b64decode(parts[n] + "=" * (-len(parts[n]) % 4))
-    parts[n] = draw(st.sampled_from([
-        base64.urlsafe_b64encode(raw).decode(),            # with padding
-        base64.b64encode(raw).decode().rstrip("="),        # + and / alphabet
-        parts[n] + "=",
-    ]))
+    parts[n] = draw(
+        st.sampled_from(
+            [
+                base64.urlsafe_b64encode(raw).decode(),  # with padding
+                base64.b64encode(raw).decode().rstrip("="),  # + and / alphabet
+                parts[n] + "=",
+            ]
+        )
+    )
     return ".".join(parts)
 
 
@@ -263,7 +357,7 @@ def test_every_single_character_change_is_refused(data):
     i = data.draw(st.integers(0, len(token) - 1))
     ch = data.draw(st.sampled_from(B64_ALPHABET))
     assume(ch != token[i])
-    refused(token[:i] + ch + token[i + 1:])
+    refused(token[:i] + ch + token[i + 1 :])
 
 
 def test_ecdsa_high_s_twin_is_refused():
@@ -275,8 +369,12 @@ def test_ecdsa_high_s_twin_is_refused():
     twin = forge.b64(r.to_bytes(32, "big") + (tokens._P256_N - s).to_bytes(32, "big"))
     # the twin really is a valid signature to a lax verifier
     from jwt.algorithms import ECAlgorithm
-    assert ECAlgorithm(ECAlgorithm.SHA256).verify(f"{head}.{body}".encode(), KEYS.by_kid["es256-k"].public_key,
-                                                  base64.urlsafe_b64decode(twin + "=" * (-len(twin) % 4)))
+
+    assert ECAlgorithm(ECAlgorithm.SHA256).verify(
+        f"{head}.{body}".encode(),
+        KEYS.by_kid["es256-k"].public_key,
+        base64.urlsafe_b64decode(twin + "=" * (-len(twin) % 4)),
+    )
     assert isinstance(refused(f"{head}.{body}.{twin}"), errors.BadSignature)
     assert verify(token).claims == claims
 
@@ -291,8 +389,11 @@ def test_signature_of_one_token_never_verifies_another(alg):
 def test_claims_reserialised_but_unsigned_are_refused():
     token, claims = MINTED["ES256"]
     head, _, sig = token.split(".")
-    for body in (json.dumps(claims.as_dict()), json.dumps(claims.as_dict(), sort_keys=True),
-                 json.dumps(claims.as_dict(), separators=(",", ":"))[:-1] + ' }'):
+    for body in (
+        json.dumps(claims.as_dict()),
+        json.dumps(claims.as_dict(), sort_keys=True),
+        json.dumps(claims.as_dict(), separators=(",", ":"))[:-1] + " }",
+    ):
         encoded = forge.b64(body.encode())
         if encoded != token.split(".")[1]:
             assert isinstance(refused(f"{head}.{encoded}.{sig}"), errors.BadSignature)

@@ -39,7 +39,10 @@ def test_purge_removes_only_what_is_past_retention(app, api):
     svc.clock = lambda: t0
     old = {name: api.minted(subject=f"old-{name}") for name in ("issued", "consumed", "revoked")}
     assert api.redeem(old["consumed"]["token"]).status_code == 200
-    assert api.http.delete(f"/api/v1/links/{old['revoked']['jti']}", headers=api.headers).status_code == 200
+    assert (
+        api.http.delete(f"/api/v1/links/{old['revoked']['jti']}", headers=api.headers).status_code
+        == 200
+    )
     svc.clock = lambda: t0 + 20
     boundary = api.minted(subject="boundary")  # exp = t0 + 320: inside retention at `now` below
 
@@ -47,12 +50,30 @@ def test_purge_removes_only_what_is_past_retention(app, api):
     svc.clock = lambda: now - 10
     live = {name: api.minted(subject=f"live-{name}") for name in ("issued", "consumed", "revoked")}
     assert api.redeem(live["consumed"]["token"]).status_code == 200
-    assert api.http.delete(f"/api/v1/links/{live['revoked']['jti']}", headers=api.headers).status_code == 200
+    assert (
+        api.http.delete(f"/api/v1/links/{live['revoked']['jti']}", headers=api.headers).status_code
+        == 200
+    )
     with db.write(svc.engine) as conn:
-        conn.execute(sa.insert(db.codes), [
-            {"code_hash": "a" * 64, "jti": "x", "client_id": api.client.id, "created_at": t0, "expires_at": t0 + 60},
-            {"code_hash": "b" * 64, "jti": "y", "client_id": api.client.id, "created_at": now, "expires_at": now + 60},
-        ])
+        conn.execute(
+            sa.insert(db.codes),
+            [
+                {
+                    "code_hash": "a" * 64,
+                    "jti": "x",
+                    "client_id": api.client.id,
+                    "created_at": t0,
+                    "expires_at": t0 + 60,
+                },
+                {
+                    "code_hash": "b" * 64,
+                    "jti": "y",
+                    "client_id": api.client.id,
+                    "created_at": now,
+                    "expires_at": now + 60,
+                },
+            ],
+        )
         # An event left behind by a link purged earlier (a replay attempt noted mid-purge).
         ledger.add_event(conn, "orphan", "rejected", t0 - 2 * DAY, reason="expired")
     events_before = _rows(app, db.link_events)
@@ -88,7 +109,9 @@ def test_purge_works_in_bounded_batches(app, api):
     for i in range(23):
         api.minted(subject=f"u{i}")
     now = t0 + 300 + 8 * DAY
-    first = ledger.purge(svc.engine, now=now, retention_seconds=7 * DAY, batch_size=5, max_batches=2)
+    first = ledger.purge(
+        svc.engine, now=now, retention_seconds=7 * DAY, batch_size=5, max_batches=2
+    )
     assert first["links"] == 10
     assert len(_states(app)) == 13
     rest = ledger.purge(svc.engine, now=now, retention_seconds=7 * DAY, batch_size=5)
@@ -115,18 +138,39 @@ def test_purge_command_reports_what_it_removed(app, api, runner):
         result = runner.invoke(args=["purge", "--json"])
         text = runner.invoke(args=["purge"]).output
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"links": 1, "events": 1, "codes": 0, "batches": 4, "retention_days": 7}
+    assert json.loads(result.output) == {
+        "links": 1,
+        "events": 1,
+        "codes": 0,
+        "batches": 4,
+        "retention_days": 7,
+    }
     assert text.startswith("purged 0 link(s), 0 event(s), 0 code(s) older than 7 day(s)")
 
 
 def _seed_expired(engine: sa.Engine, client_id: str, n: int, exp: int) -> list[str]:
     jtis = [f"seed{exp}x{i:06d}" for i in range(n)]
     with db.write(engine) as conn:
-        conn.execute(sa.insert(db.links), [
-            {"jti": j, "client_id": client_id, "purpose": "magic_link", "subject": "old", "kid": "k",
-             "iat": exp - 300, "exp": exp, "state": "consumed" if i % 2 else "issued"} for i, j in enumerate(jtis)])
-        conn.execute(sa.insert(db.link_events), [
-            {"jti": j, "at": exp - 300, "event": "minted"} for j in jtis])
+        conn.execute(
+            sa.insert(db.links),
+            [
+                {
+                    "jti": j,
+                    "client_id": client_id,
+                    "purpose": "magic_link",
+                    "subject": "old",
+                    "kid": "k",
+                    "iat": exp - 300,
+                    "exp": exp,
+                    "state": "consumed" if i % 2 else "issued",
+                }
+                for i, j in enumerate(jtis)
+            ],
+        )
+        conn.execute(
+            sa.insert(db.link_events),
+            [{"jti": j, "at": exp - 300, "event": "minted"} for j in jtis],
+        )
     return jtis
 
 
@@ -153,17 +197,29 @@ def test_purge_under_load(tmp_path: Path, request: pytest.FixtureRequest, backen
         s = requests.Session()
         i = 0
         while not stop.is_set():
-            link = s.post(f"{server.url}/api/v1/links", json={"purpose": "magic_link", "subject": f"w{worker}-{i}"},
-                          headers=headers, timeout=30)
+            link = s.post(
+                f"{server.url}/api/v1/links",
+                json={"purpose": "magic_link", "subject": f"w{worker}-{i}"},
+                headers=headers,
+                timeout=30,
+            )
             outcomes["mint", link.status_code] += 1
             if link.status_code != 201:
                 continue
             body = {"token": link.json()["token"], "purpose": "magic_link"}
             minted.append(link.json()["jti"])
-            outcomes["redeem", s.post(f"{server.url}/api/v1/links/redeem", json=body, headers=headers,
-                                      timeout=30).status_code] += 1
-            outcomes["replay", s.post(f"{server.url}/api/v1/links/redeem", json=body, headers=headers,
-                                      timeout=30).status_code] += 1
+            outcomes[
+                "redeem",
+                s.post(
+                    f"{server.url}/api/v1/links/redeem", json=body, headers=headers, timeout=30
+                ).status_code,
+            ] += 1
+            outcomes[
+                "replay",
+                s.post(
+                    f"{server.url}/api/v1/links/redeem", json=body, headers=headers, timeout=30
+                ).status_code,
+            ] += 1
             i += 1
 
     threads = [threading.Thread(target=traffic, args=(w,)) for w in range(3)]
@@ -172,9 +228,14 @@ def test_purge_under_load(tmp_path: Path, request: pytest.FixtureRequest, backen
             t.start()
         time.sleep(0.5)
         started = time.monotonic()
-        purge = subprocess.run([venv_bin("flask"), "--app", "app", "purge", "--batch-size", "100", "--json"],
-                               cwd=ROOT, env={**_clean_environ(), **env}, text=True, capture_output=True,
-                               timeout=120)
+        purge = subprocess.run(
+            [venv_bin("flask"), "--app", "app", "purge", "--batch-size", "100", "--json"],
+            cwd=ROOT,
+            env={**_clean_environ(), **env},
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
         purge_seconds = time.monotonic() - started
         time.sleep(0.5)
     finally:
@@ -193,5 +254,7 @@ def test_purge_under_load(tmp_path: Path, request: pytest.FixtureRequest, backen
     assert not set(old) & states.keys()
     assert set(recent) <= states.keys()
     assert all(states[j] == "consumed" for j in minted), "a live link lost its row or its state"
-    print(f"\n{backend}: purged {report['links']} links in {purge_seconds:.1f}s beside {sum(outcomes.values())} "
-          f"requests ({dict(outcomes)})")
+    print(
+        f"\n{backend}: purged {report['links']} links in {purge_seconds:.1f}s beside {sum(outcomes.values())} "
+        f"requests ({dict(outcomes)})"
+    )

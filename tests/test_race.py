@@ -24,12 +24,22 @@ def _run_race(tmp_path, database_url=None):
     try:
         results = []
         for round_ in range(3):
-            link = requests.post(f"{server.url}/api/v1/links", json={"purpose": "magic_link", "subject": f"u{round_}"},
-                                 headers=headers, timeout=10).json()
-            codes = race(f"{server.url}/api/v1/links/redeem", RACERS,
-                         {"token": link["token"], "purpose": "magic_link"}, headers)
+            link = requests.post(
+                f"{server.url}/api/v1/links",
+                json={"purpose": "magic_link", "subject": f"u{round_}"},
+                headers=headers,
+                timeout=10,
+            ).json()
+            codes = race(
+                f"{server.url}/api/v1/links/redeem",
+                RACERS,
+                {"token": link["token"], "purpose": "magic_link"},
+                headers,
+            )
             results.append(collections.Counter(codes))
-            state = requests.get(f"{server.url}/api/v1/links/{link['jti']}", headers=headers, timeout=10).json()
+            state = requests.get(
+                f"{server.url}/api/v1/links/{link['jti']}", headers=headers, timeout=10
+            ).json()
             assert state["state"] == "consumed"
             assert [e["event"] for e in state["events"]].count("consumed") == 1
         return results, server, env
@@ -45,12 +55,16 @@ def test_race_sqlite(tmp_path):
 
 
 def test_race_postgresql(tmp_path, pg_url):
-    results, server, env = _run_race(tmp_path, pg_url)
+    results, _server, _env = _run_race(tmp_path, pg_url)
     for counts in results:
         assert counts == {200: 1, 409: RACERS - 1}, counts
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:
-        consumed = conn.execute(sa.text("SELECT count(*) FROM links WHERE state = 'consumed'")).scalar()
-        events = conn.execute(sa.text("SELECT count(*) FROM link_events WHERE event = 'consumed'")).scalar()
+        consumed = conn.execute(
+            sa.text("SELECT count(*) FROM links WHERE state = 'consumed'")
+        ).scalar()
+        events = conn.execute(
+            sa.text("SELECT count(*) FROM link_events WHERE event = 'consumed'")
+        ).scalar()
     engine.dispose()
     assert consumed == 3 and events == 3

@@ -34,11 +34,14 @@ def assert_limited_problem(resp, window: int) -> dict:
 
 def comparable(resp) -> tuple:
     """Everything a caller can see in an answer, minus the per-request id."""
-    headers = sorted((k, v) for k, v in resp.headers.items() if k not in ("X-Request-Id", "Retry-After"))
+    headers = sorted(
+        (k, v) for k, v in resp.headers.items() if k not in ("X-Request-Id", "Retry-After")
+    )
     return resp.status_code, headers, resp.get_data()
 
 
 # -- in memory ------------------------------------------------------------------------
+
 
 def test_client_mint_limit_is_per_client(app):
     unique_prefix(app)
@@ -96,8 +99,11 @@ def test_limited_mint_changes_nothing(app):
     import sqlalchemy as sa
 
     from linksvc import db
+
     with db.read(svc.engine) as conn:
-        n = conn.execute(sa.select(sa.func.count()).select_from(db.links).where(db.links.c.subject == "user-5")).scalar()
+        n = conn.execute(
+            sa.select(sa.func.count()).select_from(db.links).where(db.links.c.subject == "user-5")
+        ).scalar()
     assert n == 1
     assert api.redeem(first["token"], "password_reset").status_code == 200
 
@@ -109,6 +115,7 @@ def test_limits_changed_later_apply(app):
     assert api.mint(subject="a").status_code == 201
     assert api.mint(subject="b").status_code == 429
     from linksvc import clients, db
+
     with db.write(app.extensions["linksvc"].engine) as conn:
         clients.update(conn, api.client.id, mint_limit="100 per minute")
     cache = getattr(app.extensions["linksvc"], "client_cache", None)
@@ -145,18 +152,25 @@ def test_pages_limited_per_ip_with_html_429(page_app):
 def test_forwarded_for_is_ignored_without_trusted_proxies(page_app):
     """With LINKSVC_TRUSTED_PROXIES=0 a client cannot pick a fresh address per request."""
     http = page_app.test_client()
-    codes = [http.get("/l/x", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(5)]
+    codes = [
+        http.get("/l/x", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+        for i in range(5)
+    ]
     assert codes[3:] == [429, 429]
 
 
 def test_forwarded_for_honoured_behind_one_trusted_proxy(env):
-    app = create_app({**env, "LINKSVC_PAGE_RATE_LIMIT": "2 per minute", "LINKSVC_TRUSTED_PROXIES": "1"})
+    app = create_app(
+        {**env, "LINKSVC_PAGE_RATE_LIMIT": "2 per minute", "LINKSVC_TRUSTED_PROXIES": "1"}
+    )
     _prepare(app)
     unique_prefix(app)
     http = app.test_client()
     # Behind one proxy, the proxy's own (right-most) entry is the client; the left one is made up.
     for _ in range(2):
-        assert http.get("/l/x", headers={"X-Forwarded-For": "1.2.3.4, 203.0.113.1"}).status_code != 429
+        assert (
+            http.get("/l/x", headers={"X-Forwarded-For": "1.2.3.4, 203.0.113.1"}).status_code != 429
+        )
     assert http.get("/l/x", headers={"X-Forwarded-For": "9.9.9.9, 203.0.113.1"}).status_code == 429
     assert http.get("/l/x", headers={"X-Forwarded-For": "203.0.113.2"}).status_code != 429
     app.extensions["linksvc"].engine.dispose()
@@ -169,6 +183,7 @@ def test_unreachable_store_falls_back_to_memory(env):
     unique_prefix(app)
     api = make_api_user(app, "app", mint_limit="2 per minute")
     import logging
+
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -178,14 +193,18 @@ def test_unreachable_store_falls_back_to_memory(env):
     finally:
         logging.getLogger("linksvc.ratelimit").removeHandler(handler)
     # The dead store was tried once, then left alone for a pause (not once per request).
-    assert [r.getMessage() for r in records].count("rate limit storage unavailable; counting in memory") == 1
+    assert [r.getMessage() for r in records].count(
+        "rate limit storage unavailable; counting in memory"
+    ) == 1
     app.extensions["linksvc"].engine.dispose()
 
 
 # -- real Redis: two app instances, one limit ------------------------------------------
 
+
 def redis_client():
     import redis
+
     r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
         r.ping()
@@ -198,7 +217,11 @@ def redis_client():
 def redis_pair(env) -> Iterator[tuple[Flask, Flask, str]]:
     """Two independent app instances (two workers, or two nodes) on one database and one Redis."""
     r = redis_client()
-    shared = {**env, "LINKSVC_RATELIMIT_STORAGE_URL": REDIS_URL, "LINKSVC_PAGE_RATE_LIMIT": "4 per minute"}
+    shared = {
+        **env,
+        "LINKSVC_RATELIMIT_STORAGE_URL": REDIS_URL,
+        "LINKSVC_PAGE_RATE_LIMIT": "4 per minute",
+    }
     a, b = create_app(shared), create_app(shared)
     _prepare(a)
     prefix = unique_prefix(a)
@@ -264,6 +287,7 @@ def test_redis_limit_holds_under_a_race_across_gunicorn_workers(env, tmp_path):
     import requests
 
     from .support import start_gunicorn
+
     redis_client()
     env = {**env, "LINKSVC_RATELIMIT_STORAGE_URL": REDIS_URL}
     setup = create_app(env)
@@ -280,8 +304,12 @@ def test_redis_limit_holds_under_a_race_across_gunicorn_workers(env, tmp_path):
         def one(i: int) -> int:
             with requests.Session() as s:
                 barrier.wait()
-                return s.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": f"u{i}"},
-                              headers=headers, timeout=30).status_code
+                return s.post(
+                    server.url + "/api/v1/links",
+                    json={"purpose": "magic_link", "subject": f"u{i}"},
+                    headers=headers,
+                    timeout=30,
+                ).status_code
 
         with ThreadPoolExecutor(max_workers=n) as pool:
             codes = list(pool.map(one, range(n)))

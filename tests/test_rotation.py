@@ -24,7 +24,15 @@ import requests
 
 from linksvc import config, db, keys
 
-from .support import ROOT, base_env, flask_cli, free_port, pg_database, prepare_instance, start_gunicorn
+from .support import (
+    ROOT,
+    base_env,
+    flask_cli,
+    free_port,
+    pg_database,
+    prepare_instance,
+    start_gunicorn,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +54,38 @@ def _rotate(env: dict[str, str], *args: str) -> str:
     return out.split("active ", 1)[1].split(";", 1)[0].strip()
 
 
-def _verify_outside(jwks_url: str, token: str, issuer: str, audience: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), jwks_url, "--issuer", issuer, "--audience", audience,
-                           "--purpose", "magic_link"], input=token, text=True, capture_output=True, timeout=60)
+def _verify_outside(
+    jwks_url: str, token: str, issuer: str, audience: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            jwks_url,
+            "--issuer",
+            issuer,
+            "--audience",
+            audience,
+            "--purpose",
+            "magic_link",
+        ],
+        input=token,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
-def _instance(tmp_path: Path, database_url: str | None = None) -> tuple[dict[str, str], dict[str, str], int]:
+def _instance(
+    tmp_path: Path, database_url: str | None = None
+) -> tuple[dict[str, str], dict[str, str], int]:
     port = free_port()
-    env = base_env(tmp_path / "instance", database_url, LINKSVC_KEY_REFRESH_SECONDS=str(REFRESH),
-                   LINKSVC_BASE_URL=f"http://127.0.0.1:{port}")
+    env = base_env(
+        tmp_path / "instance",
+        database_url,
+        LINKSVC_KEY_REFRESH_SECONDS=str(REFRESH),
+        LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
+    )
     return env, prepare_instance(env), port
 
 
@@ -66,7 +97,11 @@ def test_outside_verifier_with_only_the_jwks_url_accepts_every_algorithm(tmp_pat
     jwks_url = f"{server.url}/.well-known/jwks.json"
 
     def mint() -> dict:
-        resp = api.post(server.url + "/api/v1/links", json={"purpose": "magic_link", "subject": "user-42"}, timeout=30)
+        resp = api.post(
+            server.url + "/api/v1/links",
+            json={"purpose": "magic_link", "subject": "user-42"},
+            timeout=30,
+        )
         assert resp.status_code == 201, resp.text
         return resp.json()
 
@@ -78,19 +113,28 @@ def test_outside_verifier_with_only_the_jwks_url_accepts_every_algorithm(tmp_pat
                 kid = _rotate(env)
                 deadline = time.monotonic() + PICKUP_BOUND
                 while _header(link := mint()["token"])["kid"] != kid:
-                    assert time.monotonic() < deadline, f"workers still sign with an old key after {PICKUP_BOUND} s"
+                    assert time.monotonic() < deadline, (
+                        f"workers still sign with an old key after {PICKUP_BOUND} s"
+                    )
             minted[alg] = link = mint()
             assert _header(link["token"])["alg"] == alg
 
             done = _verify_outside(jwks_url, link["url"], server.url, client["client_id"])
             assert done.returncode == 0, done.stderr
             claims = json.loads(done.stdout)
-            assert claims["jti"] == link["jti"] and claims["aud"] == client["client_id"] and claims["pur"] == "magic_link"
+            assert (
+                claims["jti"] == link["jti"]
+                and claims["aud"] == client["client_id"]
+                and claims["pur"] == "magic_link"
+            )
             assert link["token"] not in done.stdout + done.stderr
 
         # Links signed by the retired keys still verify outside (their keys stay published).
         for alg, link in minted.items():
-            assert _verify_outside(jwks_url, link["token"], server.url, client["client_id"]).returncode == 0, alg
+            assert (
+                _verify_outside(jwks_url, link["token"], server.url, client["client_id"]).returncode
+                == 0
+            ), alg
 
         # The outside verifier refuses what it must: another audience, a changed claim.
         es = minted["ES256"]["token"]
@@ -98,7 +142,9 @@ def test_outside_verifier_with_only_the_jwks_url_accepts_every_algorithm(tmp_pat
         h, c, s = es.split(".")
         body = json.loads(base64.urlsafe_b64decode(c + "=" * (-len(c) % 4)))
         body["sub"] = "admin"
-        tampered = f"{h}.{base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip('=')}.{s}"
+        tampered = (
+            f"{h}.{base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip('=')}.{s}"
+        )
         assert _verify_outside(jwks_url, tampered, server.url, client["client_id"]).returncode == 1
 
         # Emergency revocation of the (retired) EdDSA key: it leaves the JWKS within the
@@ -109,22 +155,31 @@ def test_outside_verifier_with_only_the_jwks_url_accepts_every_algorithm(tmp_pat
         while any(k["kid"] == ed_kid for k in requests.get(jwks_url, timeout=10).json()["keys"]):
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        refused = _verify_outside(jwks_url, minted["EdDSA"]["token"], server.url, client["client_id"])
+        refused = _verify_outside(
+            jwks_url, minted["EdDSA"]["token"], server.url, client["client_id"]
+        )
         assert refused.returncode == 1 and "rejected" in refused.stderr
         time.sleep(REFRESH + 0.2)  # every worker, not only the one that served the JWKS
         for _ in range(4):
-            resp = api.post(server.url + "/api/v1/links/redeem",
-                            json={"token": minted["EdDSA"]["token"], "purpose": "magic_link"}, timeout=30)
+            resp = api.post(
+                server.url + "/api/v1/links/redeem",
+                json={"token": minted["EdDSA"]["token"], "purpose": "magic_link"},
+                timeout=30,
+            )
             assert resp.status_code == 401 and resp.json()["code"] == "unknown_key"
         for alg in ("ES256", "RS256"):
-            resp = api.post(server.url + "/api/v1/links/redeem",
-                            json={"token": minted[alg]["token"], "purpose": "magic_link"}, timeout=30)
+            resp = api.post(
+                server.url + "/api/v1/links/redeem",
+                json={"token": minted[alg]["token"], "purpose": "magic_link"},
+                timeout=30,
+            )
             assert resp.status_code == 200, (alg, resp.text)
     finally:
         server.stop()
 
 
 # -- rotation under load -------------------------------------------------------------------
+
 
 @dataclass
 class Minted:
@@ -148,26 +203,42 @@ class Load:
         self.failures: list[tuple[str, int, str]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
+        ]
 
     def mint(self, subject: str) -> Minted | None:
         start = time.monotonic()
-        resp = requests.post(self.url + "/api/v1/links", json={"purpose": "magic_link", "subject": subject},
-                             headers=self.headers, timeout=60)
+        resp = requests.post(
+            self.url + "/api/v1/links",
+            json={"purpose": "magic_link", "subject": subject},
+            headers=self.headers,
+            timeout=60,
+        )
         if resp.status_code != 201:
             with self._lock:
                 self.failures.append(("mint", resp.status_code, resp.text[:300]))
             return None
         body = resp.json()
-        m = Minted(start, time.monotonic(), _header(body["token"])["kid"], int(resp.headers["X-Worker-Pid"]),
-                   body["token"], body["jti"])
+        m = Minted(
+            start,
+            time.monotonic(),
+            _header(body["token"])["kid"],
+            int(resp.headers["X-Worker-Pid"]),
+            body["token"],
+            body["jti"],
+        )
         with self._lock:
             self.minted.append(m)
         return m
 
     def redeem(self, m: Minted) -> bool:
-        resp = requests.post(self.url + "/api/v1/links/redeem", json={"token": m.token, "purpose": "magic_link"},
-                             headers=self.headers, timeout=60)
+        resp = requests.post(
+            self.url + "/api/v1/links/redeem",
+            json={"token": m.token, "purpose": "magic_link"},
+            headers=self.headers,
+            timeout=60,
+        )
         with self._lock:
             if resp.status_code == 200 and resp.json()["jti"] == m.jti:
                 self.redeemed.append(m)
@@ -238,8 +309,13 @@ def database_url(request):
 
 def test_two_rotations_under_load_fail_no_redemption(tmp_path, database_url):
     env, client, port = _instance(tmp_path, database_url)
-    server = start_gunicorn(env, workers=3, port=port, log_path=tmp_path / "gunicorn.log",
-                            wsgi="tests.rotation_wsgi:app")
+    server = start_gunicorn(
+        env,
+        workers=3,
+        port=port,
+        log_path=tmp_path / "gunicorn.log",
+        wsgi="tests.rotation_wsgi:app",
+    )
     load = Load(server.url, client["api_key"])
     settings = config.load(env)
     engine = db.make_engine(settings.database_url)
@@ -258,14 +334,21 @@ def test_two_rotations_under_load_fail_no_redemption(tmp_path, database_url):
             # In-process, so that ``rotated`` is the commit itself (the CLI's own start-up
             # takes seconds on a loaded machine; the CLI is exercised in the test above).
             with db.write(engine) as conn:
-                _, kid, _ = keys.rotate(conn, settings.key_encryption_key, int(time.time()), min_age=0)
+                _, kid, _ = keys.rotate(
+                    conn, settings.key_encryption_key, int(time.time()), min_age=0
+                )
             rotated = time.monotonic()
             assert kid not in kids
-            _wait(lambda: set(load.pids_since(rotated, kid)) >= workers, f"every worker signing with {kid}",
-                  PICKUP_BOUND)
+            _wait(
+                lambda: set(load.pids_since(rotated, kid)) >= workers,
+                f"every worker signing with {kid}",
+                PICKUP_BOUND,
+            )
             pickup.append(max(load.pids_since(rotated, kid).values()) - rotated)
             # No worker signs with an older key once one refresh has passed since the rotation.
-            late = [m for m in list(load.minted) if m.start >= rotated + REFRESH + 0.5 and m.kid != kid]
+            late = [
+                m for m in list(load.minted) if m.start >= rotated + REFRESH + 0.5 and m.kid != kid
+            ]
             assert not late, f"{len(late)} links signed with an old key after the refresh bound"
             kids.append(kid)
             if r == 0:
@@ -283,10 +366,12 @@ def test_two_rotations_under_load_fail_no_redemption(tmp_path, database_url):
         redeemed_by_kid = collections.Counter(m.kid for m in load.redeemed)
         assert all(redeemed_by_kid[k] >= 20 for k in kids), redeemed_by_kid
         assert len(load.redeemed) == len(load.minted)
-        print(f"\n[{database_url and 'postgresql' or 'sqlite'}] {len(load.minted)} links minted and redeemed "
-              f"across 2 rotations, 0 failures; every worker signing with the new key "
-              f"{', '.join(f'{p:.2f}' for p in pickup)} s after each rotation's commit (bound {PICKUP_BOUND} s, "
-              f"refresh {REFRESH} s); by kid {dict(redeemed_by_kid)}")
+        print(
+            f"\n[{(database_url and 'postgresql') or 'sqlite'}] {len(load.minted)} links minted and redeemed "
+            f"across 2 rotations, 0 failures; every worker signing with the new key "
+            f"{', '.join(f'{p:.2f}' for p in pickup)} s after each rotation's commit (bound {PICKUP_BOUND} s, "
+            f"refresh {REFRESH} s); by kid {dict(redeemed_by_kid)}"
+        )
     finally:
         load.stop()
         server.stop()

@@ -24,7 +24,15 @@ from linksvc.downloads import check_download
 from linksvc.storage import S3Storage
 
 from .conftest import _prepare, make_api_user
-from .support import ROOT, base_env, free_port, mint_download, missing, prepare_instance, start_gunicorn
+from .support import (
+    ROOT,
+    base_env,
+    free_port,
+    mint_download,
+    missing,
+    prepare_instance,
+    start_gunicorn,
+)
 from .test_downloads import NAMES, browser_downloads, check_disposition, link_state
 
 S3RVER_DIR = ROOT / "tests" / "s3rver"
@@ -35,9 +43,14 @@ BUCKET = "linksvc-test"
 OTHER_BUCKET = "other-bucket"
 URL_SECONDS = 3
 
-AWS_ENV = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_SESSION_TOKEN": "",
-           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_SESSION_TOKEN": "",
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +63,23 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("s3rver")
     port = free_port()
     log = open(data.parent / "s3rver.log", "wb")
-    proc = subprocess.Popen([node, str(S3RVER_BIN), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--silent",
-                             "--no-vhost-buckets"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            node,
+            str(S3RVER_BIN),
+            "-d",
+            str(data),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--silent",
+            "--no-vhost-buckets",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -60,7 +88,9 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"s3rver did not start: {(data.parent / 's3rver.log').read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"s3rver did not start: {(data.parent / 's3rver.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.1)
         endpoint = f"http://127.0.0.1:{port}"
         s3 = s3_client(endpoint)
@@ -76,27 +106,50 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def s3_client(endpoint: str) -> Any:
     import boto3
     from botocore.config import Config
+
     return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY, config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
 
 
 def s3_env(instance: Path, endpoint: str, **extra: str) -> dict[str, str]:
-    return base_env(instance, LINKSVC_STORAGE="s3", LINKSVC_S3_BUCKET=BUCKET, LINKSVC_S3_ENDPOINT_URL=endpoint,
-                    LINKSVC_S3_REGION=REGION, LINKSVC_S3_ADDRESSING_STYLE="path",
-                    LINKSVC_DOWNLOAD_URL_SECONDS=str(URL_SECONDS), LINKSVC_PAGE_RATE_LIMIT="100000 per minute", **extra)
+    return base_env(
+        instance,
+        LINKSVC_STORAGE="s3",
+        LINKSVC_S3_BUCKET=BUCKET,
+        LINKSVC_S3_ENDPOINT_URL=endpoint,
+        LINKSVC_S3_REGION=REGION,
+        LINKSVC_S3_ADDRESSING_STYLE="path",
+        LINKSVC_DOWNLOAD_URL_SECONDS=str(URL_SECONDS),
+        LINKSVC_PAGE_RATE_LIMIT="100000 per minute",
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
 def server(s3rver: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("dl-s3")
     port = free_port()
-    env = {**s3_env(tmp / "instance", s3rver, LINKSVC_BASE_URL=f"http://127.0.0.1:{port}"), **AWS_ENV}
+    env = {
+        **s3_env(tmp / "instance", s3rver, LINKSVC_BASE_URL=f"http://127.0.0.1:{port}"),
+        **AWS_ENV,
+    }
     creds = prepare_instance(env)
     srv = start_gunicorn(env, workers=2, port=port, log_path=tmp / "server.log")
     try:
-        yield {"url": srv.url, "env": env, "server": srv, "s3": s3_client(s3rver), "tmp": tmp,
-               "headers": {"Authorization": f"Bearer {creds['api_key']}"}}
+        yield {
+            "url": srv.url,
+            "env": env,
+            "server": srv,
+            "s3": s3_client(s3rver),
+            "tmp": tmp,
+            "headers": {"Authorization": f"Bearer {creds['api_key']}"},
+        }
     finally:
         srv.stop()
     assert "Traceback" not in srv.log()
@@ -131,9 +184,15 @@ def test_s3_end_to_end_exact_bytes_then_used(server: dict[str, Any], s3rver: str
     part = requests.get(location, headers={"Range": "bytes=1000-1999"}, timeout=10)
     assert part.status_code == 206 and part.content == data[1000:2000]
     again = requests.get(link["url"], allow_redirects=False, timeout=10)
-    assert again.status_code == 409 and "already been used" in again.text and "Location" not in again.headers
+    assert (
+        again.status_code == 409
+        and "already been used" in again.text
+        and "Location" not in again.headers
+    )
     log = server["server"].log()
-    assert link["token"] not in log and "X-Amz-Signature" not in log  # neither link nor storage URL is logged
+    assert (
+        link["token"] not in log and "X-Amz-Signature" not in log
+    )  # neither link nor storage URL is logged
 
 
 def test_presigned_url_stops_working_after_its_seconds(server: dict[str, Any]) -> None:
@@ -152,14 +211,20 @@ def _recompute_signature(location: str, *, expires: int) -> str:
     from botocore.auth import S3SigV4QueryAuth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
+
     parts = urlsplit(location)
     query = parse_qsl(parts.query, keep_blank_values=True)
     params = dict(query)
     # Rebuild the request as it was before signing, then let botocore add the auth
     # parameters for the URL's own timestamp and sign it.
     plain = [(k, v) for k, v in query if not k.startswith("X-Amz-")]
-    req = AWSRequest(method="GET", url=urlunsplit((parts.scheme, parts.netloc, parts.path,
-                                                   urlencode(plain, quote_via=quote), "")), headers={})
+    req = AWSRequest(
+        method="GET",
+        url=urlunsplit(
+            (parts.scheme, parts.netloc, parts.path, urlencode(plain, quote_via=quote), "")
+        ),
+        headers={},
+    )
     auth = S3SigV4QueryAuth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION, expires=expires)
     req.context["timestamp"] = params["X-Amz-Date"]
     auth._modify_request_before_signing(req)
@@ -167,24 +232,36 @@ def _recompute_signature(location: str, *, expires: int) -> str:
     return auth.signature(auth.string_to_sign(req, canonical), req)
 
 
-def test_presigned_url_is_sigv4_with_configured_expiry_and_signed_overrides(server: dict[str, Any]) -> None:
-    link = _mint(server, key=_put(server, b"sig"), filename="résumé 2026.pdf", content_type="application/pdf")
+def test_presigned_url_is_sigv4_with_configured_expiry_and_signed_overrides(
+    server: dict[str, Any],
+) -> None:
+    link = _mint(
+        server, key=_put(server, b"sig"), filename="résumé 2026.pdf", content_type="application/pdf"
+    )
     location = _click(link["url"])
     params = dict(parse_qsl(urlsplit(location).query, keep_blank_values=True))
     assert "Signature" not in params and "AWSAccessKeyId" not in params  # not SigV2
     assert params["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
-    assert params["X-Amz-Credential"].startswith(f"{ACCESS_KEY}/") and params["X-Amz-Credential"].endswith(
-        f"/{REGION}/s3/aws4_request")
+    assert params["X-Amz-Credential"].startswith(f"{ACCESS_KEY}/") and params[
+        "X-Amz-Credential"
+    ].endswith(f"/{REGION}/s3/aws4_request")
     assert params["X-Amz-Expires"] == str(URL_SECONDS) and params["X-Amz-SignedHeaders"] == "host"
     assert params["response-content-type"] == "application/pdf"
     check_disposition(params["response-content-disposition"], "résumé 2026.pdf")
     assert _recompute_signature(location, expires=URL_SECONDS) == params["X-Amz-Signature"]
     # The overrides and the expiry are inside the signature: change any and it no longer matches.
-    for old, new in (("application%2Fpdf", "text%2Fhtml"), ("attachment", "inline"),
-                     (f"X-Amz-Expires={URL_SECONDS}", "X-Amz-Expires=604800")):
+    for old, new in (
+        ("application%2Fpdf", "text%2Fhtml"),
+        ("attachment", "inline"),
+        (f"X-Amz-Expires={URL_SECONDS}", "X-Amz-Expires=604800"),
+    ):
         assert old in location
-        assert _recompute_signature(location.replace(old, new), expires=URL_SECONDS if "Expires" not in old
-                                    else 604800) != params["X-Amz-Signature"]
+        assert (
+            _recompute_signature(
+                location.replace(old, new), expires=URL_SECONDS if "Expires" not in old else 604800
+            )
+            != params["X-Amz-Signature"]
+        )
 
 
 def test_s3_file_names_in_headers_and_in_chromium(server: dict[str, Any]) -> None:
@@ -212,31 +289,47 @@ def test_presign_failure_answers_503_and_keeps_the_link(server: dict[str, Any]) 
     then delivers the same link."""
     data = b"still mine"
     link = _mint(server, key=_put(server, data))
-    env = {**server["env"], **{k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
+    env = {**server["env"], **dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "")}
     broken = start_gunicorn(env, workers=1, log_path=server["tmp"] / "broken.log")
     try:
         path = urlsplit(link["url"]).path
         resp = requests.get(broken.url + path, allow_redirects=False, timeout=20)
-        assert resp.status_code == 503 and resp.headers.get("Retry-After") and "Location" not in resp.headers
+        assert (
+            resp.status_code == 503
+            and resp.headers.get("Retry-After")
+            and "Location" not in resp.headers
+        )
         assert "try again" in resp.text.lower() and "Traceback" not in resp.text
         assert "Traceback" not in broken.log()
     finally:
         broken.stop()
-    state = requests.get(f"{server['url']}/api/v1/links/{link['jti']}", headers=server["headers"], timeout=10).json()
+    state = requests.get(
+        f"{server['url']}/api/v1/links/{link['jti']}", headers=server["headers"], timeout=10
+    ).json()
     assert state["state"] == "issued"
     assert requests.get(link["url"], timeout=10).content == data
 
 
 def test_confirm_page_posts_then_redirects_to_s3(server: dict[str, Any], s3rver: str) -> None:
     data = b"confirmed"
-    resp = requests.post(f"{server['url']}/api/v1/links", headers=server["headers"], timeout=10,
-                         json={"purpose": "download", "subject": "u", "confirm": True,
-                               "download": {"key": _put(server, data), "filename": "报告.pdf"}})
+    resp = requests.post(
+        f"{server['url']}/api/v1/links",
+        headers=server["headers"],
+        timeout=10,
+        json={
+            "purpose": "download",
+            "subject": "u",
+            "confirm": True,
+            "download": {"key": _put(server, data), "filename": "报告.pdf"},
+        },
+    )
     link = resp.json()
     http = requests.Session()
     page = http.get(link["url"], timeout=10)
     assert page.status_code == 200 and "报告.pdf" in page.text and "9 bytes" in page.text
-    assert s3rver in page.headers["Content-Security-Policy"]  # the form may land on the storage origin
+    assert (
+        s3rver in page.headers["Content-Security-Policy"]
+    )  # the form may land on the storage origin
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     resp = http.post(link["url"], data={"csrf": csrf}, allow_redirects=False, timeout=10)
     assert resp.status_code == 303 and resp.headers["Location"].startswith(s3rver)
@@ -245,8 +338,11 @@ def test_confirm_page_posts_then_redirects_to_s3(server: dict[str, Any], s3rver:
 
 # -- in-process against the same s3rver: the mint-time checks -------------------------
 
+
 @pytest.fixture
-def s3_app(s3rver: str, tmp_path: Path, migrated_sqlite: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3_app(
+    s3rver: str, tmp_path: Path, migrated_sqlite: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
     for k, v in AWS_ENV.items():
         monkeypatch.setenv(k, v)
     instance = tmp_path / "instance"
@@ -265,17 +361,30 @@ def test_s3_mint_checks(s3_app: Any, s3rver: str) -> None:
     anyone = make_api_user(s3_app, "anyone")
     ok = anyone.mint("download", download={"key": "reports/a.pdf"})
     assert ok.status_code == 201
-    for key, code in (("reports/missing.pdf", "object_not_found"), ("reports/../a.pdf", "invalid_key"),
-                      ("/reports/a.pdf", "invalid_key")):
+    for key, code in (
+        ("reports/missing.pdf", "object_not_found"),
+        ("reports/../a.pdf", "invalid_key"),
+        ("/reports/a.pdf", "invalid_key"),
+    ):
         resp = anyone.mint("download", download={"key": key})
         assert resp.status_code == 422 and resp.get_json()["code"] == code, (key, resp.get_json())
     # No prefixes: the configured bucket only.
     resp = anyone.mint("download", download={"bucket": OTHER_BUCKET, "key": "public/b.txt"})
     assert resp.status_code == 403 and resp.get_json()["code"] == "download_not_allowed"
-    scoped = make_api_user(s3_app, "scoped", download_prefixes=[f"{OTHER_BUCKET}:public/", "reports/"])
-    assert scoped.mint("download", download={"bucket": OTHER_BUCKET, "key": "public/b.txt"}).status_code == 201
+    scoped = make_api_user(
+        s3_app, "scoped", download_prefixes=[f"{OTHER_BUCKET}:public/", "reports/"]
+    )
+    assert (
+        scoped.mint(
+            "download", download={"bucket": OTHER_BUCKET, "key": "public/b.txt"}
+        ).status_code
+        == 201
+    )
     assert scoped.mint("download", download={"key": "reports/a.pdf"}).status_code == 201
-    assert scoped.mint("download", download={"bucket": OTHER_BUCKET, "key": "private/c"}).status_code == 403
+    assert (
+        scoped.mint("download", download={"bucket": OTHER_BUCKET, "key": "private/c"}).status_code
+        == 403
+    )
     resp = scoped.mint("download", download={"bucket": "Bad_Bucket", "key": "public/b.txt"})
     assert resp.status_code == 422 and resp.get_json()["field"] == "download.bucket"
     # A bucket-qualified link is served from that bucket.
@@ -296,13 +405,19 @@ def test_presigned_url_never_outlives_the_link(s3_app: Any, s3rver: str) -> None
     assert dict(parse_qsl(urlsplit(location).query))["X-Amz-Expires"] == "1"
 
 
-def test_storage_outage_answers_503_on_mint_and_on_click(s3_app: Any, s3rver: str, tmp_path: Path) -> None:
+def test_storage_outage_answers_503_on_mint_and_on_click(
+    s3_app: Any, s3rver: str, tmp_path: Path
+) -> None:
     s3_client(s3rver).put_object(Bucket=BUCKET, Key="outage.txt", Body=b"o")
     api = make_api_user(s3_app)
     link = api.minted("download", download={"key": "outage.txt"})
     store = s3_app.extensions["linksvc.storage"]
-    dead = S3Storage(bucket=BUCKET, endpoint_url=f"http://127.0.0.1:{free_port()}", region=REGION,
-                     addressing_style="path")
+    dead = S3Storage(
+        bucket=BUCKET,
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region=REGION,
+        addressing_style="path",
+    )
     s3_app.extensions["linksvc.storage"] = dead
     s3_app.extensions["linksvc"].download_checker = lambda c, d: check_download(dead, c, d)
     resp = api.mint("download", download={"key": "outage.txt"})

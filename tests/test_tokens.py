@@ -60,15 +60,30 @@ def ring() -> Ring:
 
 
 def claims(**over) -> tokens.Claims:
-    base = dict(iss=ISS, aud="cl_acme", sub="user-42", pur="magic_link", jti=tokens.new_jti(), iat=NOW, nbf=NOW,
-                exp=NOW + 300)
+    base = {
+        "iss": ISS,
+        "aud": "cl_acme",
+        "sub": "user-42",
+        "pur": "magic_link",
+        "jti": tokens.new_jti(),
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 300,
+    }
     base.update(over)
     return tokens.Claims(**base)
 
 
 def verify(token, ring, **over):
-    kw = dict(keys=ring, issuer=ISS, purposes=("magic_link",), audience="cl_acme", now=NOW + 10, leeway=5,
-              ceilings=CEILINGS)
+    kw = {
+        "keys": ring,
+        "issuer": ISS,
+        "purposes": ("magic_link",),
+        "audience": "cl_acme",
+        "now": NOW + 10,
+        "leeway": 5,
+        "ceilings": CEILINGS,
+    }
     kw.update(over)
     return tokens.verify(token, **kw)
 
@@ -120,8 +135,9 @@ def test_known_kid_with_another_alg_in_header_is_refused(ring, key_alg, header_a
     with pytest.raises(errors.WrongAlgorithm):
         verify(forge.resign(header, claims().as_dict(), key), ring)
     # ... and the classic confusion: HMAC keyed with our public key's bytes.
-    pem = key.private_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with pytest.raises(errors.WrongAlgorithm):
         verify(forge.hs256(header, claims().as_dict(), pem), ring)
 
@@ -132,13 +148,15 @@ def test_signature_of_another_algorithm_with_right_header_fails(ring, alg):
     other = next(a for a in ALGS if a != alg)
     header = {"alg": alg, "kid": key_of(ring, alg).kid, "typ": "link+jwt"}
     forged = forge.resign({**header, "alg": other}, claims().as_dict(), key_of(ring, other))
-    h, c, s = forged.split(".")
+    _h, c, s = forged.split(".")
     with pytest.raises(errors.BadSignature):
         verify(f"{forge.seg(header)}.{c}.{s}", ring)
 
 
 def test_unknown_kid(ring):
-    token = tokens.sign(claims(), tokens.SigningKey("nobody", "ES256", ec.generate_private_key(ec.SECP256R1())))
+    token = tokens.sign(
+        claims(), tokens.SigningKey("nobody", "ES256", ec.generate_private_key(ec.SECP256R1()))
+    )
     with pytest.raises(errors.UnknownKey):
         verify(token, ring)
 
@@ -188,9 +206,15 @@ def test_claim_checks_apply_to_every_algorithm(ring, alg):
 @pytest.mark.parametrize("alg", ALGS)
 def test_extra_header_member_is_refused_even_when_signed(ring, alg):
     key = key_of(ring, alg)
-    for extra in ({"jku": "https://evil.example/jwks"}, {"jwk": {"kty": "oct", "k": "AAAA"}}, {"crit": ["exp"]}):
+    for extra in (
+        {"jku": "https://evil.example/jwks"},
+        {"jwk": {"kty": "oct", "k": "AAAA"}},
+        {"crit": ["exp"]},
+    ):
         header = {"alg": alg, "kid": key.kid, "typ": "link+jwt", **extra}
         with pytest.raises(errors.BadHeader):
             verify(forge.resign(header, claims().as_dict(), key), ring)
     with pytest.raises(errors.BadHeader):
-        verify(forge.resign({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims().as_dict(), key), ring)
+        verify(
+            forge.resign({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims().as_dict(), key), ring
+        )
