@@ -18,7 +18,7 @@ from . import codes, errors
 from .clients import Client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
-from .service import SUBJECT_RE, LinkService
+from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .tokens import JTI_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -250,10 +250,16 @@ def mint() -> tuple[Response, int]:
         redirect_uri=f["redirect_uri"],
         download=f["download"],
         data=f["data"],
-        confirm=bool(f["confirm"]),
+        # A mailed download link confirms unless told not to: a mail scanner's GET must not
+        # spend it. The links it supersedes stay working until its mail has been accepted.
+        confirm=(f["email"] is not None and f["purpose"] == "download")
+        if f["confirm"] is None
+        else f["confirm"],
+        defer_supersede=f["email"] is not None,
     )
     if f["email"] is not None and mailer is not None:
         mailer(client, minted, f["email"])
+        minted = service().supersede(minted)
     rec = minted.record
     body = {
         "url": minted.url,
@@ -345,7 +351,9 @@ def revoke(jti: str) -> Response:
     return jsonify({"jti": rec.jti, "state": rec.state, "revoked": n})
 
 
-@bp.post("/subjects/<subject>/revoke")
+# <path:subject>: a subject may hold '/' (sent as '/' or '%2F', which the server decodes
+# before routing); merge_slashes=False so 'a//b' is not redirected to another subject.
+@bp.post("/subjects/<path:subject>/revoke", merge_slashes=False)
 def revoke_subject(subject: str) -> Response:
     f = fields(json_body(required=False), {"purposes": (list, False)})
     purposes = f["purposes"]
@@ -358,12 +366,7 @@ def revoke_subject(subject: str) -> Response:
                 field="purposes",
             )
     if not SUBJECT_RE.fullmatch(subject):
-        raise BadRequest(
-            422,
-            "invalid_field",
-            "subject must be 1-255 printable ASCII characters without spaces.",
-            field="subject",
-        )
+        raise BadRequest(422, "invalid_field", SUBJECT_RULE, field="subject")
     n = service().revoke_subject(current_client(), subject, purposes)
     return jsonify({"subject": subject, "revoked": n})
 

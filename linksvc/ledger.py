@@ -9,6 +9,7 @@ This module knows nothing of Flask; ``now`` is always a parameter.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -75,6 +76,7 @@ def _record(row: sa.RowMapping) -> LinkRecord:
 # CPU than running it. Parameters are bound at execution; the compiled SQL is cached.
 _INSERT_EVENT = sa.insert(db.link_events)
 _INSERT_LINK = sa.insert(db.links)
+_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("k", type_=sa.BigInteger())))
 _GET = sa.select(db.links).where(db.links.c.jti == sa.bindparam("k_jti"))
 _CONSUME = (
     sa.update(db.links)
@@ -140,16 +142,7 @@ def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int)
     for this subject and purpose. Returns how many were superseded."""
     superseded = 0
     if supersede:
-        superseded = _change_outstanding(
-            conn,
-            SUPERSEDED,
-            now,
-            via="mint",
-            detail=rec.jti,
-            client_id=rec.client_id,
-            subject=rec.subject,
-            purposes=[rec.purpose],
-        )
+        superseded = supersede_older(conn, rec, now=now, check_self=False)
     conn.execute(
         _INSERT_LINK,
         {
@@ -169,6 +162,48 @@ def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int)
     )
     add_event(conn, rec.jti, "minted", now, via="api")
     return superseded
+
+
+def lock_subject(conn: Connection, client_id: str, subject: str, purpose: str) -> None:
+    """Serialise supersession for one (client, subject, purpose) until the transaction ends.
+
+    Two concurrent mints each see only committed rows, so without a lock both would find
+    nothing to supersede and both links would stay issued. On PostgreSQL a transaction-level
+    advisory lock, keyed by a stable 64-bit hash, makes the second wait for the first; a
+    unique index cannot do it, as ``links`` is partitioned by ``exp`` and a unique index on
+    a partitioned table must include the partition key. SQLite needs nothing: every write
+    transaction starts with ``BEGIN IMMEDIATE`` and so holds the database's one write lock.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(
+        f"{client_id}\0{subject}\0{purpose}".encode(), digest_size=8, person=b"linksvc.sup"
+    ).digest()
+    conn.execute(_LOCK, {"k": int.from_bytes(digest, "big", signed=True)})
+
+
+def supersede_older(conn: Connection, rec: LinkRecord, *, now: int, check_self: bool) -> int:
+    """Retire the other outstanding links of ``rec``'s client, subject and purpose, under
+    :func:`lock_subject`. With ``check_self`` (``rec`` is already recorded, its mail just
+    accepted), nothing happens unless ``rec`` is itself still issued: of links minted
+    concurrently, the first to get here wins and the others find themselves superseded.
+    Returns how many were superseded."""
+    lock_subject(conn, rec.client_id, rec.subject, rec.purpose)
+    if check_self:
+        current = get(conn, rec.jti)
+        if current is None or current.state != ISSUED:
+            return 0
+    return _change_outstanding(
+        conn,
+        SUPERSEDED,
+        now,
+        via="mint",
+        detail=rec.jti,
+        client_id=rec.client_id,
+        subject=rec.subject,
+        purposes=[rec.purpose],
+        except_jti=rec.jti,
+    )
 
 
 def get(conn: Connection, jti: str) -> LinkRecord | None:
@@ -282,6 +317,7 @@ def _change_outstanding(
     subject: str | None = None,
     purposes: Collection[str] | None = None,
     jti: str | None = None,
+    except_jti: str | None = None,
 ) -> int:
     t = db.links
     # A token still verifies up to the clock-skew leeway past its exp, so a link in that
@@ -293,14 +329,14 @@ def _change_outstanding(
         cond.append(t.c.purpose.in_(list(purposes)))
     if jti is not None:
         cond.append(t.c.jti == jti)
-    jtis = [r[0] for r in conn.execute(sa.select(t.c.jti).where(*cond))]
-    if not jtis:
-        return 0
-    # Re-check the state in the UPDATE itself: a link consumed meanwhile stays consumed.
+    if except_jti is not None:
+        cond.append(t.c.jti != except_jti)
+    # One conditional UPDATE: under READ COMMITTED PostgreSQL re-checks the condition on a
+    # row changed meanwhile, so a link consumed concurrently stays consumed.
     changed = (
         conn.execute(
             sa.update(t)
-            .where(t.c.jti.in_(jtis), t.c.state == ISSUED)
+            .where(*cond)
             .values(state=state, state_at=now, state_via=via, state_detail=detail)
             .returning(t.c.jti)
         )

@@ -176,10 +176,15 @@ SCHEMAS: dict[str, Any] = {
             "data": {
                 "description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`)."
             },
-            "email": {"type": ["string", "null"], "description": "Send the link to this address."},
+            "email": {
+                "type": ["string", "null"],
+                "description": "Send the link to this address. The links it supersedes stay "
+                "valid until the mail has been accepted (a failed mail supersedes nothing).",
+            },
             "confirm": {
                 "type": ["boolean", "null"],
-                "description": "Download links only: show a confirmation page first.",
+                "description": "Download links only: show a confirmation page first "
+                "(default: true when `email` is given, else false).",
             },
         },
     },

@@ -24,8 +24,13 @@ log = logging.getLogger("linksvc.links")
 
 PAGE_PURPOSES = ("magic_link", "password_reset")
 _EMAILISH = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-#: A subject as minted: opaque, printable ASCII, no spaces.
-SUBJECT_RE = re.compile(r"[\x21-\x7e]{1,255}")
+#: A subject as minted: opaque, printable ASCII, no spaces, not starting with ``/`` — so
+#: that every subject is addressable in the subject routes (``<path:subject>``: ``tenant/42``
+#: or ``tenant%2F42``; Werkzeug's path converter cannot match a leading ``/``).
+SUBJECT_RE = re.compile(r"(?!/)[\x21-\x7e]{1,255}")
+SUBJECT_RULE = (
+    "subject must be 1-255 printable ASCII characters without spaces, not starting with '/'."
+)
 
 
 MAX_DATA_DEPTH = 32
@@ -99,7 +104,10 @@ class LinkService:
         data: Any = None,
         confirm: bool = False,
         now: int | None = None,
+        defer_supersede: bool = False,
     ) -> Minted:
+        """Mint a link. With ``defer_supersede`` (its mail is still to be sent) the older
+        links it would supersede stay issued until :meth:`supersede` is called."""
         now = self.now() if now is None else now
         s = self.settings
         if purpose not in PURPOSES:
@@ -114,11 +122,7 @@ class LinkService:
                 field="purpose",
             )
         if not SUBJECT_RE.fullmatch(subject):
-            raise errors.RequestRefused(
-                "invalid_field",
-                "subject must be 1-255 printable ASCII characters without spaces.",
-                field="subject",
-            )
+            raise errors.RequestRefused("invalid_field", SUBJECT_RULE, field="subject")
         # Claims are readable by anyone who holds the link, so an e-mail address there leaks.
         if _EMAILISH.fullmatch(subject) and not client.allow_pii_subject:
             raise errors.RequestRefused(
@@ -218,7 +222,10 @@ class LinkService:
         )
         with db.write(self.engine) as conn:
             superseded = ledger.record_mint(
-                conn, rec, supersede=purpose in s.supersede_purposes, now=now
+                conn,
+                rec,
+                supersede=purpose in s.supersede_purposes and not defer_supersede,
+                now=now,
             )
         path = "d" if purpose == "download" else "l"
         log.info(
@@ -236,6 +243,22 @@ class LinkService:
         return Minted(
             token=token, url=f"{s.base_url}/{path}/{token}", record=rec, superseded=superseded
         )
+
+    def supersede(self, minted: Minted, now: int | None = None) -> Minted:
+        """The deferred half of a mint with ``defer_supersede``: once its mail has been
+        accepted, retire the older links of its subject (a failed mail leaves them working)."""
+        rec = minted.record
+        if rec.purpose not in self.settings.supersede_purposes:
+            return minted
+        now = self.now() if now is None else now
+        with db.write(self.engine) as conn:
+            n = ledger.supersede_older(conn, rec, now=now, check_self=True)
+        if n:
+            log.info(
+                "links superseded",
+                extra={"jti": rec.jti, "client": rec.client_id, "superseded": n},
+            )
+        return dataclasses.replace(minted, superseded=n)
 
     # -- verifying and redeeming -------------------------------------------------------
 

@@ -369,3 +369,32 @@ def test_path_parameters_never_reach_postgresql_malformed(pg_url, tmp_path):
         assert user.status(link["jti"]).get_json()["state"] == "issued"
     finally:
         svc.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "subject, path",
+    [
+        ("tenant/42", "tenant%2F42"),
+        ("tenant/42", "tenant/42"),
+        ("a//b", "a%2F%2Fb"),
+        ("a//b", "a//b"),
+        ("team/", "team%2F"),
+        ("x%2Fy", "x%252Fy"),
+        ("q?x#y", "q%3Fx%23y"),
+    ],
+)
+def test_every_mintable_subject_is_revocable_by_subject(api, subject, path):
+    """Issue 17 item 2: a subject with '/' (or anything else the mint accepts) is
+    addressable in the subject routes, so sign-out-everywhere reaches it."""
+    link = api.minted("magic_link", subject)
+    other = api.minted("magic_link", subject.replace("/", "-") + "-other")
+    resp = api.http.post(f"/api/v1/subjects/{path}/revoke", headers=api.headers)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json() == {"subject": subject, "revoked": 1}
+    assert api.status(link["jti"]).get_json()["state"] == "revoked"
+    assert api.status(other["jti"]).get_json()["state"] == "issued"
+
+
+def test_mint_refuses_a_subject_no_route_could_address(api):
+    resp = api.mint("magic_link", "/leading-slash")
+    assert resp.status_code == 422 and resp.get_json()["field"] == "subject"

@@ -433,6 +433,22 @@ def test_confirm_page_then_csrf_protected_post(dl_api: Any, dl_app: Any) -> None
     assert http.get(f"/d/{link['token']}").status_code == 409
 
 
+def test_mailed_download_link_confirms_by_default(dl_api: Any, dl_app: Any) -> None:
+    """Issue 14 item 7: a mail scanner's GET must not spend a download link sent by mail."""
+    engine = dl_app.extensions["linksvc"].engine
+    http = dl_app.test_client()
+    mailed = dl_api.minted("download", email="a@mail.example", download={"key": "public/hello.txt"})
+    page = http.get(f"/d/{mailed['token']}")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert http.get(f"/d/{mailed['token']}").status_code == 200  # a second scanner, too
+    assert link_state(engine, mailed["jti"]) == "issued"
+    # confirm: false stays possible, and a link the application shows itself is unchanged.
+    for extra in ({"email": "a@mail.example", "confirm": False}, {}):
+        link = dl_api.minted("download", download={"key": "public/hello.txt"}, **extra)
+        assert http.get(f"/d/{link['token']}").status_code == 303
+        assert link_state(engine, link["jti"]) == "consumed"
+
+
 def test_ledger_records_a_keyed_hash_of_the_requester(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()

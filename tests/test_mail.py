@@ -201,6 +201,42 @@ def test_send_failure_answers_502_and_revokes_the_link(env, logbuf):
     svc.engine.dispose()
 
 
+def test_failed_mail_leaves_the_older_link_working(env):
+    """Issue 14 item 8: a reset whose mail was refused supersedes nothing, so the user keeps
+    the link they already had."""
+    handler = Collect(refuse=True)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}")
+        api = make_api_user(app)
+        old = api.minted("password_reset", "user-9")
+        resp = api.mint("password_reset", "user-9", email=ADDRESS)
+    finally:
+        controller.stop()
+    assert resp.status_code == 502
+    assert api.verify(old["token"], "password_reset").get_json()["state"] == "issued"
+    assert api.redeem(old["token"], "password_reset").status_code == 200
+    app.extensions["linksvc"].engine.dispose()
+
+
+def test_accepted_mail_supersedes_the_older_link(env, smtp):
+    handler, port = smtp
+    app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{port}")
+    api = make_api_user(app)
+    old = api.minted("password_reset", "user-9")
+    new = api.minted("password_reset", "user-9", email=ADDRESS)
+    assert new["superseded"] == 1 and len(handler.messages) == 1
+    assert api.verify(old["token"], "password_reset").get_json()["code"] == "superseded"
+    assert api.verify(new["token"], "password_reset").get_json()["state"] == "issued"
+    # A reset minted (and mailed) while this one was in flight supersedes it in turn.
+    newer = api.minted("password_reset", "user-9", email=ADDRESS)
+    assert newer["superseded"] == 1
+    assert api.verify(new["token"], "password_reset").get_json()["code"] == "superseded"
+    app.extensions["linksvc"].engine.dispose()
+
+
 def test_unreachable_smtp_server_answers_502(env):
     app = make_app(env, LINKSVC_SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
     api = make_api_user(app)

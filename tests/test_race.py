@@ -68,3 +68,56 @@ def test_race_postgresql(tmp_path, pg_url):
         ).scalar()
     engine.dispose()
     assert consumed == 3 and events == 3
+
+
+# -- supersede under a real race (issue 17 item 1) -------------------------------------
+
+MINTERS = 6
+ROUNDS = 10
+
+
+def _supersede_race(tmp_path, database_url=None):
+    """``MINTERS`` concurrent password_reset mints for one subject, ``ROUNDS`` times over,
+    through gunicorn workers; returns, per subject, the states of its links."""
+    env = base_env(tmp_path / "instance", database_url)
+    creds = prepare_instance(env)
+    headers = {"Authorization": f"Bearer {creds['api_key']}"}
+    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    try:
+        for round_ in range(ROUNDS):
+            codes = race(
+                f"{server.url}/api/v1/links",
+                MINTERS,
+                {"purpose": "password_reset", "subject": f"reset-{round_}"},
+                headers,
+            )
+            assert codes == [201] * MINTERS, codes
+        log = server.log()
+    finally:
+        server.stop()
+    engine = sa.create_engine(env["LINKSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT subject, state FROM links")).all()
+    engine.dispose()
+    states: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for subject, state in rows:
+        states[subject][state] += 1
+    return states, log
+
+
+def _assert_one_issued(states):
+    assert len(states) == ROUNDS
+    for subject, counts in states.items():
+        assert counts == {"issued": 1, "superseded": MINTERS - 1}, (subject, counts)
+
+
+def test_supersede_race_sqlite(tmp_path):
+    states, log = _supersede_race(tmp_path)
+    _assert_one_issued(states)
+    assert "Traceback" not in log
+
+
+def test_supersede_race_postgresql(tmp_path, pg_url):
+    states, log = _supersede_race(tmp_path, pg_url)
+    _assert_one_issued(states)
+    assert "Traceback" not in log
