@@ -1,4 +1,5 @@
-# linksvc — `make run` serves the service on 127.0.0.1:8000; `make test` runs the suite.
+# linksvc — `make run` serves the whole development journey: linksvc on 127.0.0.1:8000, the
+# example application on 127.0.0.1:5001 and the mail outbox page; `make test` runs the suite.
 # Both set everything up on a fresh machine: virtual environment, dependencies, database,
 # development key and demo client.
 
@@ -6,6 +7,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+APP_PORT ?= 5001
 export FLASK_APP := app
 
 .PHONY: run test lint serve init-db venv venv-test bench clean
@@ -20,16 +22,29 @@ $(VENV)/.test: requirements-test.txt requirements.txt $(VENV)/.runtime
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-test.txt
 	touch $@
 
+$(VENV)/.examples: examples/requirements.txt $(VENV)/.runtime
+	$(BIN)/pip install --disable-pip-version-check -q -r examples/requirements.txt
+	touch $@
+
 venv: $(VENV)/.runtime
 venv-test: $(VENV)/.test
 
 init-db: venv
 	$(BIN)/flask --app app init-db
 
-run: init-db
-	@$(BIN)/flask --app app demo --port $(PORT)
-	@echo "serving linksvc on http://127.0.0.1:$(PORT)  (Ctrl-C to stop)"
-	$(BIN)/gunicorn -c gunicorn.conf.py --workers 2 --bind 127.0.0.1:$(PORT) app:app
+# `make run`: linksvc, the example application and the development outbox page
+# (http://127.0.0.1:$(PORT)/dev/outbox), supervised by scripts/dev_run.py: one NAME=COMMAND
+# line per process (add yours), Ctrl-C stops them all. PORT and APP_PORT choose the ports;
+# everything printed and minted follows them.
+run: export LINKSVC_ENV ?= development
+run: export LINKSVC_BASE_URL ?= http://127.0.0.1:$(PORT)
+run: init-db $(VENV)/.examples
+	@$(BIN)/flask --app app demo --app-url http://127.0.0.1:$(APP_PORT) --env-file instance/demo.env
+	@$(BIN)/python scripts/dev_run.py --env-file instance/demo.env \
+	  --ready $(LINKSVC_BASE_URL)/healthz --ready http://127.0.0.1:$(APP_PORT)/ \
+	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
+	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --workers 2 --bind 127.0.0.1:$(PORT) app:app" \
+	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)"
 
 # The production shape: several workers (LINKSVC_WORKERS, default 2 x cores + 1) on LINKSVC_BIND,
 # redacted access log, graceful reload on HUP. See README "Production" and docs/deploy.md.

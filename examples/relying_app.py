@@ -14,7 +14,10 @@ really ends it.
 Settings (environment): ``LINKSVC_URL``, ``LINKSVC_API_KEY``, ``RELYING_APP_URL`` (this
 app's own public URL, default http://127.0.0.1:5001; its ``/callback`` must be a registered
 redirect URI of the client), ``RELYING_APP_ENV`` (``development`` allows a non-Secure
-cookie on http://).
+cookie on http://), ``RELYING_APP_MAIL_DOMAIN`` (when set, linksvc mails the link to
+``<user id>@<domain>`` instead of the app showing it; `make run` sets it and
+``RELYING_APP_OUTBOX_URL``, linksvc's development outbox page, which the "check your inbox"
+page links to).
 """
 
 from __future__ import annotations
@@ -83,12 +86,13 @@ class Linksvc:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {api_key}"
 
-    def mint(self, purpose: str, subject: str, redirect_uri: str) -> dict[str, Any]:
-        resp = self.http.post(
-            f"{self.url}/api/v1/links",
-            timeout=10,
-            json={"purpose": purpose, "subject": subject, "redirect_uri": redirect_uri},
-        )
+    def mint(
+        self, purpose: str, subject: str, redirect_uri: str, email: str | None = None
+    ) -> dict[str, Any]:
+        body = {"purpose": purpose, "subject": subject, "redirect_uri": redirect_uri}
+        if email:
+            body["email"] = email
+        resp = self.http.post(f"{self.url}/api/v1/links", timeout=10, json=body)
         body = resp.json()
         if resp.status_code != 201:
             raise LinksvcError(body.get("code", "error"), body.get("detail", ""))
@@ -116,6 +120,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         raise SystemExit("relying_app: set LINKSVC_API_KEY (make run prints the demo client's key)")
     own_url = env.get("RELYING_APP_URL", "http://127.0.0.1:5001").rstrip("/")
     development = env.get("RELYING_APP_ENV", "development") == "development"
+    mail_domain = env.get("RELYING_APP_MAIL_DOMAIN") or None
+    outbox_url = env.get("RELYING_APP_OUTBOX_URL") or None
     if not own_url.startswith("https://") and not development:
         raise SystemExit("relying_app: RELYING_APP_URL must be https outside development")
 
@@ -182,7 +188,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
                 "index.html", 422, error="Enter a user id: letters, digits, '.', '_' or '-'."
             )
         try:
-            link = linksvc.mint(purpose, user_id, callback)
+            email = f"{user_id}@{mail_domain}" if mail_domain else None
+            link = linksvc.mint(purpose, user_id, callback, email)
         except (LinksvcError, requests.RequestException, ValueError) as exc:
             app.logger.warning("mint failed: %s", getattr(exc, "code", type(exc).__name__))
             return page(
@@ -190,6 +197,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             )
         # A real application e-mails link["url"] (or asks linksvc to, with "email") and shows
         # "check your inbox" — the same page whether or not the account exists.
+        if mail_domain:
+            return page("sent.html", url=None, outbox_url=outbox_url, purpose=purpose)
         return page("sent.html", url=link["url"], purpose=purpose)
 
     @app.get("/callback")

@@ -6,12 +6,14 @@ Thin commands over the plain functions of the domain modules.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 from flask import Flask, current_app
@@ -98,6 +100,7 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
         "subject_limit": c.subject_limit,
         "allow_pii_subject": c.allow_pii_subject,
         "disabled": c.disabled,
+        "restart_uri": c.restart_uri,
     }
 
 
@@ -122,6 +125,10 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
     help="Allowed download key prefix ('bucket:prefix' or 'prefix'). Repeatable.",
 )
 @click.option("--display-name", help="Name shown to end users (default: NAME).")
+@click.option(
+    "--restart-uri",
+    help="Where a user whose link failed can request a new one (shown on the failure pages).",
+)
 @click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
 @click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
 @click.option(
@@ -136,6 +143,7 @@ def clients_create(
     redirect_uris: tuple[str, ...],
     download_prefixes: tuple[str, ...],
     display_name: str | None,
+    restart_uri: str | None,
     mint_limit: str | None,
     subject_limit: str | None,
     allow_pii_subject: bool,
@@ -155,6 +163,7 @@ def clients_create(
                 subject_limit=subject_limit,
                 allow_pii_subject=allow_pii_subject,
                 allow_http_redirects=not _settings().is_production,
+                restart_uri=restart_uri,
                 now=int(time.time()),
             )
     except clients_mod.ClientError as exc:
@@ -214,29 +223,96 @@ def clients_enable(client: str) -> None:
 
 @clients_cli.command("update")
 @click.argument("client")
-@click.option("--mint-limit")
-@click.option("--subject-limit")
-@click.option("--display-name")
+@click.option("--display-name", help="Name shown to end users.")
+@click.option("--purposes", help="Comma-separated purposes; replaces the list.")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="Replace the redirect URIs with these (repeatable).",
+)
+@click.option("--add-redirect-uri", multiple=True, help="Add a redirect URI (repeatable).")
+@click.option("--remove-redirect-uri", multiple=True, help="Remove a redirect URI (repeatable).")
+@click.option(
+    "--download-prefix",
+    "download_prefixes",
+    multiple=True,
+    help="Replace the download prefixes with these (repeatable).",
+)
+@click.option("--add-download-prefix", multiple=True, help="Add a download prefix (repeatable).")
+@click.option(
+    "--remove-download-prefix", multiple=True, help="Remove a download prefix (repeatable)."
+)
+@click.option("--restart-uri", help="The 'Request a new link' page; '' removes it.")
+@click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
+@click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the client as JSON afterwards.")
 def clients_update(
-    client: str, mint_limit: str | None, subject_limit: str | None, display_name: str | None
+    client: str,
+    display_name: str | None,
+    purposes: str | None,
+    redirect_uris: tuple[str, ...],
+    add_redirect_uri: tuple[str, ...],
+    remove_redirect_uri: tuple[str, ...],
+    download_prefixes: tuple[str, ...],
+    add_download_prefix: tuple[str, ...],
+    remove_download_prefix: tuple[str, ...],
+    restart_uri: str | None,
+    mint_limit: str | None,
+    subject_limit: str | None,
+    as_json: bool,
 ) -> None:
-    """Change a client's limits or display name."""
-    changes = {
-        k: v
-        for k, v in (
-            ("mint_limit", mint_limit),
-            ("subject_limit", subject_limit),
-            ("display_name", display_name),
-        )
-        if v is not None
-    }
+    """Change a client's registration: display name, purposes, redirect URIs, download
+    prefixes, restart URI, limits. Takes effect within 5 seconds (workers cache clients)."""
     try:
         with db.write(_svc().engine) as conn:
             c = _find_client(conn, client)
-            clients_mod.update(conn, c.id, **changes)
+            changes: dict[str, object] = {
+                k: v
+                for k, v in (
+                    ("display_name", display_name),
+                    ("mint_limit", mint_limit),
+                    ("subject_limit", subject_limit),
+                    ("restart_uri", restart_uri),
+                )
+                if v is not None
+            }
+            if purposes is not None:
+                changes["purposes"] = purposes.split(",")
+            for field, replace, add, remove in (
+                ("redirect_uris", redirect_uris, add_redirect_uri, remove_redirect_uri),
+                (
+                    "download_prefixes",
+                    download_prefixes,
+                    add_download_prefix,
+                    remove_download_prefix,
+                ),
+            ):
+                if not (replace or add or remove):
+                    continue
+                current: list[str] = list(replace or getattr(c, field))
+                missing = [v for v in remove if v not in current]
+                if missing:
+                    raise clients_mod.ClientError(
+                        f"{c.name} has no {field[:-1].replace('_', ' ')} {missing[0]!r}"
+                    )
+                changes[field] = [v for v in [*current, *add] if v not in remove]
+            if not changes:
+                raise click.UsageError("nothing to change: give at least one option")
+            clients_mod.update(
+                conn,
+                c.id,
+                allow_http_redirects=not _settings().is_production,
+                **cast(dict[str, Any], changes),
+            )
+            updated = _find_client(conn, c.id)
     except clients_mod.ClientError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"updated {c.id} ({c.name})")
+    _svc().client_cache.clear()
+    if as_json:
+        click.echo(json.dumps(_client_json(updated)))
+    else:
+        click.echo(f"updated {c.id} ({c.name}): {', '.join(sorted(changes))}")
 
 
 @clients_cli.command("rotate-key")
@@ -491,38 +567,92 @@ def purge_cmd(
         )
 
 
+#: The demo client: the example application's registration, made by ``make run``.
+DEMO_CLIENT = "demo"
+#: One name for the demo client and the example application, on every page and mail.
+DEMO_DISPLAY_NAME = "Example App"
+
+
+def demo_api_key(secret_key: bytes) -> str:
+    """The demo client's development API key: derived from the instance's secret, so it stays
+    the same across `make run`s (an example application started with it keeps working) and
+    is worth nothing outside this instance. Only ever used with ``LINKSVC_ENV=development``."""
+    digest = hmac.new(secret_key, b"linksvc demo client api key v1", hashlib.sha256).digest()
+    return clients_mod.API_KEY_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 @click.command("demo")
-@click.option("--port", default=8000)
-def demo_cmd(port: int) -> None:
-    """Create (or re-key) the demo client and print a ready curl line. For `make run`."""
+@click.option(
+    "--app-url",
+    default="http://127.0.0.1:5001",
+    show_default=True,
+    help="The example application's URL; its /callback becomes the demo client's redirect URI.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write LINKSVC_URL, LINKSVC_API_KEY and RELYING_APP_URL there (mode 0600), "
+    "for the example application.",
+)
+def demo_cmd(app_url: str, env_file: Path | None) -> None:
+    """Create or refresh the demo client (the example application's) and print a ready curl
+    line. For `make run`. In development the API key is the same on every run."""
     svc = _svc()
     s = _settings()
+    if s.is_production:
+        raise click.ClickException("`demo` is for development: it registers a demo client")
+    app_url = app_url.rstrip("/")
+    try:
+        clients_mod.validate_redirect_uri(app_url + "/callback", allow_http=True)
+    except clients_mod.ClientError as exc:
+        raise click.ClickException(f"--app-url: {exc}") from None
+    stable = s.env == "development" and s.secret_key is not None
+    api_key = (
+        demo_api_key(s.secret_key)  # type: ignore[arg-type]
+        if stable
+        else clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
+    )
+    registration: dict[str, Any] = {
+        "display_name": DEMO_DISPLAY_NAME,
+        "purposes": list(PURPOSES),
+        "redirect_uris": [app_url + "/callback"],
+        "restart_uri": app_url + "/",
+        "disabled": False,
+    }
     with db.write(svc.engine) as conn:
-        existing = clients_mod.find(conn, "demo")
-        if existing is None:
-            client, api_key = clients_mod.create(
+        client = clients_mod.find(conn, DEMO_CLIENT)
+        if client is None:
+            client, _ = clients_mod.create(
                 conn,
-                "demo",
-                display_name="Demo App",
+                DEMO_CLIENT,
+                display_name=DEMO_DISPLAY_NAME,
                 purposes=list(PURPOSES),
-                redirect_uris=["http://127.0.0.1:5001/callback"],
+                redirect_uris=[app_url + "/callback"],
                 mint_limit="10000 per minute",
                 subject_limit="1000 per minute",
                 now=int(time.time()),
             )
-        else:
-            # The key is stored only as a hash, so the demo gets a fresh one each start.
-            api_key = clients_mod.API_KEY_PREFIX + secrets.token_urlsafe(32)
-            conn.execute(
-                db.clients.update()
-                .where(db.clients.c.id == existing.id)
-                .values(api_key_hash=clients_mod.hash_api_key(api_key), disabled=False)
+        # The key is stored only as a hash: set it (again) each run, with the registration,
+        # so a changed --app-url (make run APP_PORT=…) is the one registered.
+        clients_mod.update(conn, client.id, **registration)
+        conn.execute(
+            db.clients.update()
+            .where(db.clients.c.id == client.id)
+            .values(api_key_hash=clients_mod.hash_api_key(api_key))
+        )
+    svc.client_cache.clear()
+    if env_file is not None:
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                f"LINKSVC_URL={s.base_url}\nLINKSVC_API_KEY={api_key}\nRELYING_APP_URL={app_url}\n"
             )
-            client = existing
     base = s.base_url
+    lifetime = "the same on every `make run`" if stable else "new each run"
     click.echo(f"""
-linksvc demo client {client.id} ("Demo App")
-  API key (new each `make run`; shown only here): {api_key}
+linksvc demo client {client.id} ("{DEMO_DISPLAY_NAME}", redirect URI {app_url}/callback)
+  API key ({lifetime}; development only): {api_key}
 
   export KEY={api_key}
   curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" \\
@@ -534,7 +664,11 @@ linksvc demo client {client.id} ("Demo App")
         where = (
             "SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) "
         ) + mailer.transport.describe()
-        click.echo(f'  Mail ("email" in the mint body) goes to: {where}\n')
+        click.echo(f'  Mail ("email" in the mint body) goes to: {where}')
+        if "linksvc.dev_outbox" in current_app.extensions:
+            click.echo(f"  Read it in the browser: {base}/dev/outbox\n")
+        else:
+            click.echo("")
     if s.storage == "local":
         # A file to link to: `make run` shows a download link working out of the box.
         sample = s.storage_dir / "samples" / "welcome.txt"

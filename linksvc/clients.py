@@ -42,6 +42,8 @@ class Client:
     allow_pii_subject: bool
     disabled: bool
     created_at: int
+    #: Where a user whose link failed can ask for a new one ("Request a new link").
+    restart_uri: str | None = None
 
 
 class ClientError(ValueError):
@@ -65,6 +67,7 @@ def _row_to_client(row: sa.RowMapping) -> Client:
         allow_pii_subject=bool(row["allow_pii_subject"]),
         disabled=bool(row["disabled"]),
         created_at=row["created_at"],
+        restart_uri=row.get("restart_uri"),
     )
 
 
@@ -78,6 +81,17 @@ def validate_redirect_uri(uri: str, *, allow_http: bool) -> str:
     if parts.scheme == "http" and not (allow_http or local):
         raise ClientError(f"redirect URI must use https: {uri!r}")
     return uri
+
+
+def validate_restart_uri(uri: str | None, *, allow_http: bool) -> str | None:
+    """The page where a user asks the application for a new link; the failure pages link to
+    it. Same rules as a redirect URI (it is shown to users who hold a dead link)."""
+    if uri is None or uri == "":
+        return None
+    try:
+        return validate_redirect_uri(uri, allow_http=allow_http)
+    except ClientError as exc:
+        raise ClientError(str(exc).replace("redirect URI", "restart URI")) from None
 
 
 def validate_limit(limit: str | None, what: str) -> str | None:
@@ -101,6 +115,7 @@ def create(
     subject_limit: str | None = None,
     allow_pii_subject: bool = False,
     allow_http_redirects: bool = True,
+    restart_uri: str | None = None,
     now: int,
 ) -> tuple[Client, str]:
     """Register a client; returns it and its API key (which is not stored)."""
@@ -133,6 +148,7 @@ def create(
         "allow_pii_subject": allow_pii_subject,
         "disabled": False,
         "created_at": now,
+        "restart_uri": validate_restart_uri(restart_uri, allow_http=allow_http_redirects),
     }
     conn.execute(sa.insert(db.clients).values(**values))
     return _row_to_client(values), api_key  # type: ignore[arg-type]
@@ -218,8 +234,18 @@ def list_all(conn: Connection) -> list[Client]:
     ]
 
 
-def update(conn: Connection, client_id: str, **values: object) -> None:
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ClientError("expected a list of strings")
+    return [str(v) for v in value]
+
+
+def update(
+    conn: Connection, client_id: str, *, allow_http_redirects: bool = True, **values: object
+) -> None:
+    """Change some of a client's fields; each is checked as :func:`create` checks it."""
     allowed = {
+        "restart_uri",
         "disabled",
         "mint_limit",
         "subject_limit",
@@ -232,6 +258,31 @@ def update(conn: Connection, client_id: str, **values: object) -> None:
     unknown = set(values) - allowed
     if unknown:
         raise ClientError(f"cannot update {', '.join(sorted(unknown))}")
+    if "purposes" in values:
+        purposes = tuple(
+            dict.fromkeys(p.strip() for p in _strings(values["purposes"]) if p.strip())
+        )
+        if not purposes or set(purposes) - set(PURPOSES):
+            raise ClientError(f"purposes must be some of {', '.join(PURPOSES)}")
+        values["purposes"] = purposes
+    if "redirect_uris" in values:
+        values["redirect_uris"] = tuple(
+            dict.fromkeys(
+                validate_redirect_uri(u, allow_http=allow_http_redirects)
+                for u in _strings(values["redirect_uris"])
+            )
+        )
+    if "download_prefixes" in values:
+        values["download_prefixes"] = tuple(
+            dict.fromkeys(p.strip() for p in _strings(values["download_prefixes"]) if p.strip())
+        )
+    if "restart_uri" in values:
+        values["restart_uri"] = validate_restart_uri(
+            values["restart_uri"],  # type: ignore[arg-type]
+            allow_http=allow_http_redirects,
+        )
+    if "display_name" in values and not str(values["display_name"]).strip():
+        raise ClientError("display name must not be empty")
     for key in ("redirect_uris", "download_prefixes", "purposes"):
         if key in values:
             values[key] = json.dumps(list(values[key]))  # type: ignore[call-overload]

@@ -39,6 +39,7 @@ clients = sa.Table(
     sa.Column("allow_pii_subject", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("restart_uri", sa.Text(), nullable=True),  # "Request a new link" on failure pages
 )
 
 links = sa.Table(

@@ -81,3 +81,123 @@ def test_mint_by_hand(tmp_path):
     out = flask_cli(env, "mint", "acme", "--purpose", "magic_link", "--subject", "user-1")
     assert out.stdout.startswith("http://127.0.0.1:8000/l/ey")
     assert "jti" in out.stderr
+
+
+def _demo_env(tmp_path, mode: str = "development") -> dict[str, str]:
+    return {"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_ENV": mode}
+
+
+def _demo_key(out: str) -> str:
+    return next(w for w in out.split() if w.startswith("lsk_"))
+
+
+def test_demo_key_stays_the_same_across_runs_in_development(tmp_path):
+    """`make run` runs `demo` each time: an example app started with the printed key keeps working."""
+    from linksvc import create_app
+
+    env = _demo_env(tmp_path)
+    flask_cli(env, "init-db")
+    first = flask_cli(env, "demo", "--env-file", str(tmp_path / "demo.env")).stdout
+    second = flask_cli(env, "demo", "--env-file", str(tmp_path / "demo.env")).stdout
+    key = _demo_key(first)
+    assert _demo_key(second) == key
+    assert f"LINKSVC_API_KEY={key}" in (tmp_path / "demo.env").read_text()
+    assert stat.S_IMODE(os.stat(tmp_path / "demo.env").st_mode) == 0o600
+    app = create_app(env)
+    try:
+        resp = app.test_client().post(
+            "/api/v1/links",
+            json={"purpose": "magic_link", "subject": "user-42"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert resp.status_code == 201, resp.get_json()
+    finally:
+        app.extensions["linksvc"].engine.dispose()
+
+
+def test_demo_key_is_new_each_run_outside_development_and_refused_in_production(tmp_path):
+    env = _demo_env(tmp_path, "test")
+    flask_cli(env, "init-db")
+    first = _demo_key(flask_cli(env, "demo").stdout)
+    assert _demo_key(flask_cli(env, "demo").stdout) != first
+    prod = {
+        **env,
+        "LINKSVC_ENV": "production",
+        "LINKSVC_KEY_ENCRYPTION_KEY": (tmp_path / "kek.key").read_text().strip(),
+        "LINKSVC_SECRET_KEY": (tmp_path / "secret.key").read_text().strip(),
+    }
+    refused = flask_cli(prod, "demo", check=False)
+    assert refused.returncode != 0 and "development" in refused.stderr
+    assert "lsk_" not in refused.stdout
+
+
+def test_demo_follows_the_ports_of_make_run(tmp_path):
+    """`make run PORT=8123 APP_PORT=5077`: the printed lines, the minted URLs and the demo
+    client's redirect and restart URIs all name those ports (never 8000 or 5001)."""
+    env = {**_demo_env(tmp_path), "LINKSVC_BASE_URL": "http://127.0.0.1:8123"}
+    flask_cli(env, "init-db")
+    out = flask_cli(env, "demo", "--app-url", "http://127.0.0.1:5077").stdout
+    assert "http://127.0.0.1:8123/api/v1/links" in out and ":8000" not in out
+    assert "http://127.0.0.1:5077/callback" in out and ":5001" not in out
+    demo = next(
+        c
+        for c in json.loads(flask_cli(env, "clients", "list", "--json").stdout)
+        if c["name"] == "demo"
+    )
+    assert demo["redirect_uris"] == ["http://127.0.0.1:5077/callback"]
+    assert demo["restart_uri"] == "http://127.0.0.1:5077/"
+    minted = flask_cli(env, "mint", "demo", "--purpose", "magic_link", "--subject", "u-1").stdout
+    assert minted.startswith("http://127.0.0.1:8123/l/")
+
+
+def test_clients_update_changes_redirects_prefixes_purposes_and_restart_uri(tmp_path):
+    """A mistake at creation no longer means a new client."""
+    env = {"LINKSVC_INSTANCE_PATH": str(tmp_path)}
+    flask_cli(env, "init-db")
+    flask_cli(env, "clients", "create", "acme", "--redirect-uri", "https://acme.example/cb")
+
+    def show() -> dict:
+        return json.loads(flask_cli(env, "clients", "list", "--json").stdout)[0]
+
+    flask_cli(
+        env,
+        "clients",
+        "update",
+        "acme",
+        "--add-redirect-uri",
+        "https://acme.example/cb2",
+        "--purposes",
+        "magic_link,download",
+        "--download-prefix",
+        "reports/",
+        "--restart-uri",
+        "https://acme.example/sign-in",
+    )
+    c = show()
+    assert c["redirect_uris"] == ["https://acme.example/cb", "https://acme.example/cb2"]
+    assert c["purposes"] == ["magic_link", "download"]
+    assert c["download_prefixes"] == ["reports/"]
+    assert c["restart_uri"] == "https://acme.example/sign-in"
+
+    flask_cli(env, "clients", "update", "acme", "--remove-redirect-uri", "https://acme.example/cb")
+    flask_cli(env, "clients", "update", "acme", "--redirect-uri", "https://acme.example/new")
+    flask_cli(env, "clients", "update", "acme", "--add-download-prefix", "exports/")
+    flask_cli(env, "clients", "update", "acme", "--restart-uri", "")
+    c = show()
+    assert c["redirect_uris"] == ["https://acme.example/new"]
+    assert c["download_prefixes"] == ["reports/", "exports/"]
+    assert c["restart_uri"] is None
+
+    # Each value is checked as at creation; a refused update changes nothing.
+    for bad in (
+        ("--purposes", "magic_link,teleport"),
+        ("--redirect-uri", "javascript:alert(1)"),
+        ("--restart-uri", "ftp://acme.example/"),
+        ("--remove-redirect-uri", "https://not.registered/"),
+    ):
+        refused = flask_cli(env, "clients", "update", "acme", *bad, check=False)
+        assert refused.returncode != 0 and "Error" in refused.stderr, bad
+        assert "Traceback" not in refused.stderr
+    assert show() == c
+    nothing = flask_cli(env, "clients", "update", "acme", check=False)
+    assert nothing.returncode != 0 and "nothing to change" in nothing.stderr
