@@ -54,13 +54,25 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     )
     app.extensions["linksvc"] = LinkService(settings, engine, keyring)
 
-    from . import api, cli, devoutbox, downloads, mail, metrics, openapi, ops, pages, ratelimit
+    from . import (
+        api,
+        cli,
+        devoutbox,
+        downloads,
+        mail,
+        metrics,
+        openapi,
+        ops,
+        pages,
+        ratelimit,
+        signin_pages,
+    )
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     # Each concern registers its own blueprint, hooks and services; order matters only in
     # that rate limits and metrics wrap the blueprints registered before them.
-    for module in (pages, downloads, mail, devoutbox, ratelimit, metrics, openapi):
+    for module in (pages, signin_pages, downloads, mail, devoutbox, ratelimit, metrics, openapi):
         module.init_app(app)
     cli.init_app(app)
 

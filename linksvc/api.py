@@ -14,7 +14,7 @@ from typing import Any, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import codes, errors
+from . import codes, errors, signins
 from .clients import Client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
@@ -390,3 +390,60 @@ def exchange_code() -> Response:
     return jsonify(
         {"subject": done.subject, "purpose": done.purpose, "jti": done.jti, "data": done.data}
     )
+
+
+# -- sign-ins that complete on the device that asked (linksvc.signins) ---------------
+
+SIGN_IN_SPEC: dict[str, tuple[Any, bool]] = {
+    "subject": (str, True),
+    "email": (str, True),
+    "redirect_uri": (str, False),
+    "ip": (str, True),
+    "user_agent": (str, True),
+}
+
+
+@bp.post("/sign-ins")
+def start_sign_in() -> tuple[Response, int]:
+    """Start a sign-in: mint its link, mail link and code, answer where the browser waits.
+
+    The address goes to the mailer and nowhere else: not to the sign-in, not to a log.
+    """
+    f = fields(json_body(), SIGN_IN_SPEC)
+    client = current_client()
+    mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
+    sis: signins.SignIns | None = current_app.extensions.get("linksvc.signins")
+    if mailer is None or sis is None:
+        raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
+    if hasattr(mailer, "check_address"):
+        mailer.check_address(f["email"])  # refuse before anything is minted
+    guard: Callable[[Client, str, str], None] | None = current_app.extensions.get(
+        "linksvc.mint_guard"
+    )
+    if guard is not None:
+        guard(client, f["subject"], "magic_link")
+    address = f["email"]
+
+    def send(minted: Any, code: str) -> None:
+        mailer(client, minted, address, code=code)  # type: ignore[call-arg]
+
+    svc = service()
+    started = sis.start(
+        client,
+        subject=f["subject"],
+        redirect_uri=f["redirect_uri"],
+        ip=f["ip"],
+        user_agent=f["user_agent"],
+        send=send,
+        now=svc.now(),
+    )
+    si = started.signin
+    return jsonify(
+        {
+            "id": si.id,
+            "wait_url": f"{svc.settings.base_url}/s/{si.id}",
+            "jti": si.jti,
+            "subject": started.minted.record.subject,
+            "expires_at": iso(si.exp),
+        }
+    ), 201

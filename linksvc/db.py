@@ -93,6 +93,28 @@ codes = sa.Table(
     sa.Index("ix_codes_expires_at", "expires_at"),
 )
 
+#: Sign-ins that complete on the device that asked (linksvc.signins), keyed by the jti of
+#: the magic link that approves them. Only keyed hashes of the mailed code and of the
+#: browser binding are kept; the e-mail address is never stored.
+sign_ins = sa.Table(
+    "sign_ins",
+    metadata,
+    sa.Column("jti", sa.String(43), primary_key=True),
+    sa.Column("id", sa.String(43), nullable=False, unique=True),
+    sa.Column("client_id", sa.String(40), nullable=False),
+    sa.Column("state", sa.String(12), nullable=False),  # pending | approved | completed | denied
+    sa.Column("state_at", sa.BigInteger(), nullable=True),
+    sa.Column("state_detail", sa.String(20), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("exp", sa.BigInteger(), nullable=False),
+    sa.Column("browser", sa.String(64), nullable=False),
+    sa.Column("match_number", sa.Integer(), nullable=False),
+    sa.Column("code_hash", sa.String(64), nullable=False),
+    sa.Column("code_failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("binding_hash", sa.String(64), nullable=True),
+    sa.Index("ix_sign_ins_exp", "exp"),
+)
+
 signing_keys = sa.Table(
     "signing_keys",
     metadata,

@@ -165,7 +165,9 @@ class Mailer:
             key, b"mail-address\0" + address.strip().lower().encode(), hashlib.sha256
         ).hexdigest()[:16]
 
-    def render(self, client: Client, minted: Minted, address: str) -> EmailMessage:
+    def render(
+        self, client: Client, minted: Minted, address: str, *, code: str | None = None
+    ) -> EmailMessage:
         rec = minted.record
         app_name = _header_text(client.display_name or client.name)
         expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec.exp))
@@ -175,6 +177,8 @@ class Mailer:
             "purpose": rec.purpose,
             "expires_at": expires,
             "minutes": max(1, round((rec.exp - rec.iat) / 60)),
+            # A sign-in's code (linksvc.signins), typed on the waiting page instead of the link.
+            "code": code,
         }
         msg = EmailMessage()
         msg["Subject"] = SUBJECTS[rec.purpose].format(app=app_name)
@@ -190,7 +194,9 @@ class Mailer:
         msg.add_alternative(render_template(f"email/{rec.purpose}.html", **context), subtype="html")
         return msg
 
-    def __call__(self, client: Client, minted: Minted, address: str) -> None:
+    def __call__(
+        self, client: Client, minted: Minted, address: str, *, code: str | None = None
+    ) -> None:
         self.check_address(address)
         jti = minted.record.jti
         extra = {
@@ -200,7 +206,7 @@ class Mailer:
             "to_hash": self.address_hash(address),
         }
         try:
-            self.transport.send(self.render(client, minted, address))
+            self.transport.send(self.render(client, minted, address, code=code))
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             # The exception text can quote the recipient; log only its type and SMTP code.
             log.warning(

@@ -355,6 +355,53 @@ SCHEMAS: dict[str, Any] = {
         "required": ["subject", "purpose", "jti", "data"],
         "properties": {"subject": _STR, "purpose": _PURPOSE, "jti": _JTI, "data": {}},
     },
+    "SignInRequest": {
+        "type": "object",
+        "required": ["subject", "email", "ip", "user_agent"],
+        "additionalProperties": False,
+        "properties": {
+            "subject": {
+                "type": "string",
+                "pattern": "^[\\x21-\\x7e]{1,255}$",
+                "description": "The application's opaque user id (not an e-mail address).",
+            },
+            "email": {
+                "type": "string",
+                "description": "Where the link and code are sent. Used to send and kept nowhere.",
+            },
+            "redirect_uri": {
+                "type": ["string", "null"],
+                "description": "One of the client's registered redirect URIs (exact match); "
+                "may be left out when the client has exactly one.",
+            },
+            "ip": {
+                "type": "string",
+                "description": "The requesting browser's IP address (IPv4 or IPv6).",
+            },
+            "user_agent": {
+                "type": "string",
+                "maxLength": 1024,
+                "description": "The requesting browser's User-Agent; the approval page names "
+                'it in words ("Firefox on Linux").',
+            },
+        },
+    },
+    "SignInStarted": {
+        "type": "object",
+        "required": ["id", "wait_url", "jti", "subject", "expires_at"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+            "wait_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "Send the requesting browser here: the waiting page.",
+            },
+            "jti": {**_JTI, "description": "The sign-in's magic link; its history has every step."},
+            "subject": _STR,
+            "expires_at": _DATETIME,
+        },
+    },
 }
 
 PATHS: dict[str, Any] = {
@@ -459,6 +506,33 @@ PATHS: dict[str, Any] = {
                     "400": _problem("The body or the code is malformed."),
                     "401": _problem(
                         "Missing or invalid API key, or the code is not valid.", authenticate=True
+                    ),
+                },
+            ),
+        },
+    },
+    f"{PREFIX}/sign-ins": {
+        "post": {
+            "operationId": "start_sign_in",
+            "summary": "Start a sign-in that completes on the device that asked",
+            "description": "Mints a `magic_link` tied to a new sign-in and mails the link with an "
+            "8-character code. Send the requesting browser to `wait_url`: the sign-in completes "
+            "there only, by the link opened in that browser, by the link approved on another "
+            "device with the match number, or by the code; it ends at `/callback?code=…` on the "
+            "redirect URI, exchanged through `/codes/exchange`.",
+            "requestBody": _body(_ref("SignInRequest")),
+            "responses": _responses(
+                {"201": _json(_ref("SignInStarted"), "The sign-in, waiting for its browser.")},
+                _BODY_ERRORS,
+                {
+                    "403": _problem(
+                        "magic_link or the redirect URI not allowed for this client "
+                        "(`purpose_not_allowed`, `redirect_uri_not_allowed`)."
+                    ),
+                    "502": _problem("The mail server refused the message (`mail_failed`)."),
+                    "503": _problem(
+                        "A backend (database, mail) is unavailable; nothing was sent.",
+                        retry_after=True,
                     ),
                 },
             ),

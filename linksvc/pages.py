@@ -248,6 +248,10 @@ def confirm(token: str) -> Response:
     now = svc.now()
     v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
     _note_view(svc, v.record.jti, now)
+    # A sign-in's link outside the browser that asked shows an approval page (linksvc.signin_pages).
+    sign_in_view = current_app.extensions.get("linksvc.sign_in_view")
+    if sign_in_view is not None and (page := sign_in_view(v)) is not None:
+        return cast(Response, page)
     return _confirmation(svc, v)
 
 
@@ -297,6 +301,10 @@ def press(token: str) -> Response:
     client = svc.client(claims.aud)
     if client is None or client.disabled:
         raise errors.UnknownLink(jti=claims.jti)
+    # A sign-in's link completes its sign-in, in the browser that asked only (linksvc.signin_pages).
+    sign_in_press = current_app.extensions.get("linksvc.sign_in_press")
+    if sign_in_press is not None and (page := sign_in_press(claims, now)) is not None:
+        return cast(Response, page)
     done = codes.complete(svc, token, nonce=nonce, now=now, actor=_actor(svc))
     rec = done.record
     if done.repeated:

@@ -39,9 +39,9 @@ log = logging.getLogger("linksvc.ratelimit")
 DEFAULT_MINT_LIMIT = "60 per minute"
 DEFAULT_SUBJECT_LIMIT = "5 per 15 minutes"
 
-#: Paths of the end-user pages, limited per IP. Not /dl/: a download in progress makes
+#: Paths of the end-user pages (``/s/``: sign-ins' waiting pages), limited per IP. Not /dl/: a download in progress makes
 #: many Range requests against one short-lived grant.
-PAGE_PREFIXES = ("/l/", "/d/")
+PAGE_PREFIXES = ("/l/", "/d/", "/s/")
 
 #: After the shared store fails, count in memory this long before trying it again.
 STORE_RETRY_SECONDS = 5.0

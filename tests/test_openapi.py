@@ -302,6 +302,18 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
         rec.call("POST", f"{v1}/codes/exchange", key=key, json={"code": code})  # 200
         rec.call("POST", f"{v1}/codes/exchange", key=key, json={"code": code})  # 409
         rec.call("POST", f"{v1}/codes/exchange", key=key, json={})  # 422
+    # sign-ins
+    sign_in = {
+        "subject": "user-5",
+        "email": "user5@example.com",
+        "ip": "192.0.2.10",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    }
+    rec.call("POST", f"{v1}/sign-ins", key=key, json=sign_in)  # 201
+    rec.call("POST", f"{v1}/sign-ins", key=key, json={**sign_in, "ip": "nowhere"})  # 422
+    rec.call(
+        "POST", f"{v1}/sign-ins", key=key, json={**sign_in, "redirect_uri": "https://evil.test/"}
+    )  # 403
     return rec
 
 

@@ -1,0 +1,628 @@
+"""Sign-ins that complete on the device that asked (linksvc.signins, linksvc.signin_pages):
+every path through the Flask test client, with one test client per browser, and the
+attacks on them. The real-browser journeys are in test_signin_browser.py, the race on
+PostgreSQL in test_signin_race.py."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from linksvc import signins
+
+from .conftest import REDIRECT, make_api_user
+from .support import dump_database
+
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+ADDRESS = "alice.liddell@example.org"
+
+
+@dataclass
+class Started:
+    id: str
+    jti: str
+    wait_path: str
+    link_path: str
+    code: str  # as the mail shows it: XXXX-XXXX
+    body: dict[str, Any]
+
+
+def _mail(app: Any, jti: str) -> email.message.EmailMessage:
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    for path in outbox.glob("*.eml"):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if msg["X-Linksvc-Jti"] == jti:
+            return msg  # type: ignore[return-value]
+    raise AssertionError(f"no mail for {jti}")
+
+
+def start(app: Any, api: Any, subject: str = "user-42", **extra: Any) -> Started:
+    resp = api.http.post(
+        "/api/v1/sign-ins",
+        json={
+            "subject": subject,
+            "email": ADDRESS,
+            "ip": "203.0.113.7",
+            "user_agent": FIREFOX_LINUX,
+            **extra,
+        },
+        headers=api.headers,
+    )
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    text = _mail(app, body["jti"]).get_body(("plain",)).get_content()
+    link = re.search(r"https?://\S+/l/\S+", text).group(0)
+    code = re.search(r"\b([0-9A-Z]{4}-[0-9A-Z]{4})\b", text).group(1)
+    return Started(
+        body["id"],
+        body["jti"],
+        "/s/" + body["id"],
+        "/l/" + link.split("/l/", 1)[1],
+        code,
+        body,
+    )
+
+
+def csrf_of(resp: Any) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', resp.get_data(as_text=True)).group(1)
+
+
+def match_of(resp: Any) -> str:
+    return re.search(r'id="match-number"[^>]*>(\d\d)<', resp.get_data(as_text=True)).group(1)
+
+
+def reason_of(resp: Any) -> str:
+    return re.search(r'id="reason">([a-z_]+)<', resp.get_data(as_text=True)).group(1)
+
+
+def wrong_number(right: str) -> str:
+    return "10" if right != "10" else "11"
+
+
+def events(api: Any, jti: str) -> list[tuple[str, str | None]]:
+    return [(e["event"], e["via"]) for e in api.status(jti).get_json()["events"]]
+
+
+def link_state(api: Any, jti: str) -> str:
+    return api.status(jti).get_json()["state"]
+
+
+def code_from(resp: Any) -> str:
+    assert resp.status_code == 303, resp.get_data(as_text=True)
+    location = resp.headers["Location"]
+    assert location.startswith(REDIRECT + "?code=")
+    return location.split("code=", 1)[1]
+
+
+@pytest.fixture
+def laptop(app: Any) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def phone(app: Any) -> FlaskClient:
+    return app.test_client()
+
+
+# -- the pieces ---------------------------------------------------------------------------
+
+
+def test_codes_are_crockford_base32_and_typing_is_forgiving():
+    for _ in range(200):
+        code = signins.new_code()
+        assert len(code) == 8 and set(code) <= set(signins.CODE_ALPHABET)
+        assert not set(code) & set("ILOU")
+    assert signins.show_code("7KQ2M9XD") == "7KQ2-M9XD"
+    assert signins.normalise_code(" 7kq2-m9xd ") == "7KQ2M9XD"
+    assert signins.normalise_code("OIL2 M9XD") == "0112M9XD"
+    assert signins.normalise_code("7KQ2M9X") is None
+    assert signins.normalise_code("7KQ2M9XU") is None  # U is not in the alphabet
+    assert signins.normalise_code("x" * 100) is None
+
+
+@pytest.mark.parametrize(
+    ("agent", "words"),
+    [
+        (FIREFOX_LINUX, "Firefox on Linux"),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+            "Safari on iOS",
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Mobile Safari/537.36",
+            "Chrome on Android",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.0.0",
+            "Edge on Windows",
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+            "Version/17.4 Safari/605.1.15",
+            "Safari on macOS",
+        ),
+        ("curl/8.5.0", "an unknown browser"),
+        ("", "an unknown browser"),
+    ],
+)
+def test_the_requesting_browser_in_words(agent, words):
+    assert signins.describe_browser(agent) == words
+
+
+def test_ago():
+    assert signins.ago(5) == "less than a minute ago"
+    assert signins.ago(65) == "1 minute ago"
+    assert signins.ago(150) == "2 minutes ago"
+
+
+# -- starting -------------------------------------------------------------------------------
+
+
+def test_start_answers_the_wait_url_and_mails_link_and_code(app, api):
+    s = start(app, api)
+    assert s.body["wait_url"] == f"{app.config['LINKSVC'].base_url}/s/{s.id}"
+    assert set(s.body) == {"id", "wait_url", "jti", "subject", "expires_at"}
+    assert "token" not in s.body  # the link reaches the user only, by mail
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}", s.code)
+    html = _mail(app, s.jti).get_body(("html",)).get_content()
+    assert s.code in html
+    assert link_state(api, s.jti) == "issued"
+    assert events(api, s.jti)[:2] == [("minted", "api"), ("started", "api")]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"redirect_uri": "https://evil.example/steal"}, 403, "redirect_uri_not_allowed"),
+        ({"redirect_uri": REDIRECT + "/../other"}, 403, "redirect_uri_not_allowed"),
+        ({"ip": "localhost"}, 422, "invalid_field"),
+        ({"email": "not an address"}, 422, "invalid_field"),
+        ({"user_agent": "x" * 2000}, 422, "invalid_field"),
+        ({"subject": "alice@example.org"}, 422, "subject_looks_like_pii"),
+        ({"wait_url": "https://evil.example/"}, 422, "unknown_field"),
+        ({"email": None}, 422, "missing_field"),
+    ],
+)
+def test_start_refuses_bad_input_before_minting(app, api, change, status, code):
+    body = {
+        "subject": "user-42",
+        "email": ADDRESS,
+        "ip": "203.0.113.7",
+        "user_agent": FIREFOX_LINUX,
+        **change,
+    }
+    resp = api.http.post("/api/v1/sign-ins", json=body, headers=api.headers)
+    assert (resp.status_code, resp.get_json()["code"]) == (status, code)
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    assert not outbox.exists() or not list(outbox.glob("*.eml"))
+
+
+def test_redirect_uri_comes_from_registration_only(app, laptop):
+    """The completion goes to the registered URI named at start, whatever the browser sends."""
+    other = "http://127.0.0.1:5001/other-callback"
+    api = make_api_user(app, "two-uris", redirect_uris=[REDIRECT, other])
+    resp = api.http.post(
+        "/api/v1/sign-ins",
+        json={"subject": "u", "email": ADDRESS, "ip": "::1", "user_agent": ""},
+        headers=api.headers,
+    )
+    assert resp.get_json()["code"] == "redirect_uri_required"
+    s = start(app, api, redirect_uri=other)
+    wait = laptop.get(s.wait_path)
+    done = laptop.post(
+        s.wait_path + "/code?redirect_uri=https://evil.example/",
+        data={"csrf": csrf_of(wait), "code": s.code, "redirect_uri": "https://evil.example/"},
+    )
+    assert done.status_code == 303 and done.headers["Location"].startswith(other + "?code=")
+
+
+# -- the waiting page -------------------------------------------------------------------------
+
+
+def test_waiting_page_binds_the_first_browser_only(app, api, laptop, phone):
+    s = start(app, api)
+    head = laptop.head(s.wait_path)
+    # HEAD binds nothing (a link preview of the wait_url must not take the sign-in).
+    assert head.status_code == 403 and "Set-Cookie" not in head.headers
+    wait = laptop.get(s.wait_path)
+    assert wait.status_code == 200
+    cookie = wait.headers["Set-Cookie"]
+    assert cookie.startswith("linksvc_signin=")  # http:// in tests: no __Host- prefix
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/;" in cookie
+    assert re.fullmatch(r"[1-9][0-9]", match_of(wait))
+    csp = wait.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp and wait.headers["X-Frame-Options"] == "DENY"
+    assert "<script>" not in wait.get_data(as_text=True)  # only the same-origin file
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "pending"}
+    # The phone opening the same wait_url gets no binding and learns nothing.
+    other = phone.get(s.wait_path)
+    assert other.status_code == 403 and reason_of(other) == "other_browser"
+    assert match_of_or_none(other) is None
+    assert ("viewed", "wait") in events(api, s.jti)
+
+
+def match_of_or_none(resp: Any) -> str | None:
+    m = re.search(r'id="match-number"', resp.get_data(as_text=True))
+    return None if m is None else "shown"
+
+
+def test_the_secure_deployment_uses_a_host_prefixed_secure_cookie(env):
+    from linksvc import create_app
+
+    from .conftest import _prepare
+
+    app = create_app({**env, "LINKSVC_BASE_URL": "https://links.example.com"})
+    _prepare(app)
+    api = make_api_user(app)
+    s = start(app, api)
+    wait = app.test_client().get(s.wait_path, base_url="https://links.example.com")
+    cookie = wait.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-linksvc_signin=")
+    assert "Secure" in cookie and "Path=/;" in cookie and "Domain" not in cookie
+    app.extensions["linksvc"].engine.dispose()
+
+
+def test_head_and_get_of_the_link_change_nothing(app, api, laptop, phone):
+    s = start(app, api)
+    laptop.get(s.wait_path)
+    before = link_state(api, s.jti)
+    for _ in range(3):
+        assert phone.head(s.link_path).status_code == 200
+        assert phone.get(s.link_path).status_code == 200
+        assert laptop.get(s.link_path).status_code == 200
+    assert before == link_state(api, s.jti) == "issued"
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "pending"}
+
+
+# -- completing ---------------------------------------------------------------------------------
+
+
+def test_link_in_the_binding_browser_confirms_and_completes(app, api, laptop):
+    s = start(app, api)
+    laptop.get(s.wait_path)
+    page = laptop.get(s.link_path)
+    assert page.status_code == 200 and "Sign in to Acme" in page.get_data(as_text=True)
+    assert "approve-form" not in page.get_data(as_text=True)
+    code = code_from(laptop.post(s.link_path, data={"csrf": csrf_of(page)}))
+    # A double click reaches the same completion: one code, never two.
+    assert code_from(laptop.post(s.link_path, data={"csrf": csrf_of(page)})) == code
+    done = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
+    assert done.status_code == 200 and done.get_json()["subject"] == "user-42"
+    assert link_state(api, s.jti) == "consumed"
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "completed"}
+    evs = events(api, s.jti)
+    assert ("completed", "page") in evs and evs.count(("consumed", "page")) == 1
+    # The link opened after completion: used, in every browser.
+    assert laptop.get(s.link_path).status_code == 409
+
+
+def test_right_code_on_the_waiting_page_completes(app, api, laptop):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    typed = s.code.lower().replace("-", " ")  # as a user may type it
+    code = code_from(
+        laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": typed})
+    )
+    assert (
+        api.http.post(
+            "/api/v1/codes/exchange", json={"code": code}, headers=api.headers
+        ).get_json()["jti"]
+        == s.jti
+    )
+    assert link_state(api, s.jti) == "consumed"
+    assert ("completed", "code") in events(api, s.jti)
+    # The link, after the code spent its row, is used.
+    assert laptop.get(s.link_path).status_code == 409
+    again = laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": s.code})
+    assert code_from(again) == code  # the same browser's repeat: the same single code
+
+
+def test_five_wrong_codes_end_the_sign_in(app, api, laptop):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    csrf = csrf_of(wait)
+    right = signins.normalise_code(s.code)
+    wrong = "0000-0000" if right != "00000000" else "1111-1111"
+    for left in (4, 3, 2, 1):
+        resp = laptop.post(s.wait_path + "/code", data={"csrf": csrf, "code": wrong})
+        assert resp.status_code == 400
+        assert f"{left} {'try' if left == 1 else 'tries'} left" in resp.get_data(as_text=True)
+    fifth = laptop.post(s.wait_path + "/code", data={"csrf": csrf, "code": wrong})
+    assert fifth.status_code == 410 and reason_of(fifth) == "denied"
+    # Dead for good: the right code, the link, everything.
+    late = laptop.post(s.wait_path + "/code", data={"csrf": csrf, "code": s.code})
+    assert late.status_code == 410
+    assert link_state(api, s.jti) == "revoked"
+    assert laptop.get(s.link_path).status_code == 410
+    assert [e for e, _ in events(api, s.jti)].count("code_failed") == 5
+    assert ("denied", "sign_in") in events(api, s.jti)
+
+
+def test_approval_on_the_phone_completes_on_the_laptop(app, api, laptop, phone):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    page = phone.get(s.link_path)
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Sign in to Acme on another device?" in text
+    assert "Firefox on Linux" in text and "less than a minute ago" in text
+    assert 'value="approve"' in text and 'value="deny"' in text
+    assert match_of(wait) not in re.sub(r'value="[^"]*"', "", text)  # the phone is not told it
+    assert link_state(api, s.jti) == "issued"
+    ok = phone.post(
+        "/s/approve", data={"csrf": csrf_of(page), "number": match_of(wait), "action": "approve"}
+    )
+    assert ok.status_code == 200 and reason_of(ok) == "approved_elsewhere"
+    assert "you can close this page" in ok.get_data(as_text=True).lower()
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "approved"}
+    # The phone cannot complete it: it holds no binding.
+    assert phone.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)}).status_code == 403
+    code = code_from(laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)}))
+    assert code_from(laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)})) == code
+    assert link_state(api, s.jti) == "consumed"
+    evs = [e for e, _ in events(api, s.jti)]
+    assert evs.count("approved") == 1 and evs.count("completed") == 1
+    # The link opened after completion.
+    assert phone.get(s.link_path).status_code == 409
+
+
+def test_complete_before_approval_only_says_not_yet(app, api, laptop):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    resp = laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)})
+    assert resp.status_code == 200 and "Not approved yet" in resp.get_data(as_text=True)
+    assert link_state(api, s.jti) == "issued"
+
+
+@pytest.mark.parametrize("how", ["wrong_number", "deny"])
+def test_wrong_number_or_deny_ends_the_sign_in(app, api, laptop, phone, how):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    page = phone.get(s.link_path)
+    form = {"csrf": csrf_of(page), "action": "deny", "number": ""}
+    if how == "wrong_number":
+        form.update(action="approve", number=wrong_number(match_of(wait)))
+    resp = phone.post("/s/approve", data=form)
+    assert resp.status_code == 200
+    assert reason_of(resp) == ("wrong_number" if how == "wrong_number" else "denied_here")
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "denied"}
+    denied = laptop.get(s.wait_path)
+    assert denied.status_code == 410 and reason_of(denied) == "denied"
+    assert link_state(api, s.jti) == "revoked"
+    assert phone.get(s.link_path).status_code == 410
+    # Nothing brings it back: not the code, not the right number.
+    assert (
+        laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": s.code}).status_code
+        == 410
+    )
+    assert ("denied", "sign_in") in events(api, s.jti)
+
+
+def test_an_empty_or_malformed_number_asks_again(app, api, laptop, phone):
+    s = start(app, api)
+    laptop.get(s.wait_path)
+    page = phone.get(s.link_path)
+    for number in ("", "7", "abc", "123"):
+        resp = phone.post(
+            "/s/approve", data={"csrf": csrf_of(page), "number": number, "action": "approve"}
+        )
+        assert resp.status_code == 400 and "two-digit number" in resp.get_data(as_text=True)
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "pending"}
+
+
+def test_a_sign_in_revoked_through_the_api_ends(app, api, laptop):
+    s = start(app, api)
+    laptop.get(s.wait_path)
+    assert api.http.delete(f"/api/v1/links/{s.jti}", headers=api.headers).status_code == 200
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
+    assert reason_of(laptop.get(s.wait_path)) == "ended"
+
+
+def test_an_expired_sign_in_completes_nowhere(app, api, laptop):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    svc = app.extensions["linksvc"]
+    real = svc.clock
+    svc.clock = lambda: real() + 3600
+    try:
+        assert laptop.get(s.wait_path + "/status").get_json() == {"state": "expired"}
+        late = laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": s.code})
+        assert late.status_code == 410 and reason_of(late) == "expired"
+    finally:
+        svc.clock = real
+    assert link_state(api, s.jti) == "issued"  # nothing spent it; it simply expired
+
+
+# -- attacks ----------------------------------------------------------------------------------
+
+
+def test_status_reveals_nothing_without_the_binding(app, api, laptop, phone):
+    s = start(app, api)
+    laptop.get(s.wait_path)
+    unknown = phone.get("/s/" + "A" * 22 + "/status")
+    for resp in (
+        phone.get(s.wait_path + "/status"),
+        app.test_client().get(s.wait_path + "/status"),
+        unknown,
+    ):
+        assert resp.status_code == 404 and resp.get_json() == {"state": "unknown"}
+
+
+def test_a_forged_or_replayed_binding_cookie_is_refused(app, api, laptop, phone):
+    first = start(app, api, subject="user-a")
+    second = start(app, api, subject="user-b")
+    laptop.get(first.wait_path)
+    phone.get(second.wait_path)  # the phone asked for the second one itself
+    # Forged: a well-formed value of the attacker's choosing.
+    forger = app.test_client()
+    forger.set_cookie("linksvc_signin", "A" * 43)
+    assert forger.get(first.wait_path + "/status").status_code == 404
+    assert forger.get(first.wait_path).status_code == 403
+    # Replayed: the phone's genuine cookie (bound to the second sign-in) on the first.
+    phone_cookie = phone.get_cookie("linksvc_signin").value
+    replayer = app.test_client()
+    replayer.set_cookie("linksvc_signin", phone_cookie)
+    assert replayer.get(first.wait_path + "/status").status_code == 404
+    laptop_wait = laptop.get(first.wait_path)
+    stolen_form = {"csrf": csrf_of(laptop_wait), "code": first.code}
+    assert replayer.post(first.wait_path + "/code", data=stolen_form).status_code == 403
+    assert link_state(api, first.jti) == "issued"
+    # The laptop's cookie value opens no other sign-in's page (the hash is per sign-in).
+    from linksvc import db
+
+    svc = app.extensions["linksvc"]
+    with db.read(svc.engine) as conn:
+        hashes = [
+            r[0]
+            for r in conn.execute(
+                db.sign_ins.select().with_only_columns(db.sign_ins.c.binding_hash)
+            )
+        ]
+    assert laptop.get_cookie("linksvc_signin").value not in hashes
+
+
+def test_the_waiting_page_forms_need_their_token_and_the_same_origin(app, api, laptop):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    for data, headers in (
+        ({"code": s.code}, {}),
+        ({"code": s.code, "csrf": "x" * 43}, {}),
+        ({"code": s.code, "csrf": csrf_of(wait)}, {"Sec-Fetch-Site": "cross-site"}),
+        ({"code": s.code, "csrf": csrf_of(wait)}, {"Sec-Fetch-Site": "same-site"}),
+    ):
+        resp = laptop.post(s.wait_path + "/code", data=data, headers=headers)
+        assert resp.status_code == 400 and reason_of(resp) == "form_invalid"
+        resp = laptop.post(s.wait_path + "/complete", data=data, headers=headers)
+        assert resp.status_code == 400
+    assert link_state(api, s.jti) == "issued"
+
+
+def test_the_approval_page_is_not_framable_and_its_post_is_csrf_protected(app, api, laptop, phone):
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    page = phone.get(s.link_path)
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    approve_cookie = page.headers["Set-Cookie"]
+    assert "HttpOnly" in approve_cookie and "SameSite=Strict" in approve_cookie
+    number = match_of(wait)
+    attacks = [
+        ({"number": number, "action": "approve"}, {}, phone),  # no token
+        ({"csrf": "garbage", "number": number, "action": "approve"}, {}, phone),
+        (  # a cross-site post carrying the real token
+            {"csrf": csrf_of(page), "number": number, "action": "approve"},
+            {"Sec-Fetch-Site": "cross-site"},
+            phone,
+        ),
+        (  # the token lifted into another browser (without the approval cookie)
+            {"csrf": csrf_of(page), "number": number, "action": "approve"},
+            {},
+            app.test_client(),
+        ),
+    ]
+    for data, headers, browser in attacks:
+        resp = browser.post("/s/approve", data=data, headers=headers)
+        assert resp.status_code == 400 and reason_of(resp) == "form_invalid"
+    # A forged token naming the jti, signed with another key.
+    from itsdangerous import URLSafeTimedSerializer
+
+    forged = URLSafeTimedSerializer(b"k" * 32, salt="linksvc.signins.approve").dumps(
+        {"j": s.jti, "n": "0" * 64}
+    )
+    resp = phone.post("/s/approve", data={"csrf": forged, "number": number, "action": "approve"})
+    assert resp.status_code == 400
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "pending"}
+    assert link_state(api, s.jti) == "issued"
+
+
+def test_a_press_outside_the_binding_browser_never_completes(app, api, laptop, phone):
+    """The phone fetched the confirmation form somehow (say, before the laptop bound): its press
+    must not sign the phone in."""
+    s = start(app, api)
+    early = phone.get(s.link_path)  # nothing bound yet: the approval page, not the confirmation
+    assert "approve-form" in early.get_data(as_text=True)
+    laptop.get(s.wait_path)
+    # Post the confirmation form the way the laptop would, from the phone, with a valid press form.
+    from linksvc import pages
+
+    svc = app.extensions["linksvc"]
+    with app.test_request_context():
+        nonce = "n" * 43
+        token = pages._serializer(svc).dumps({"j": s.jti, "n": pages.codes.completion_hash(nonce)})
+    phone.set_cookie(pages.NONCE_COOKIE, nonce, path="/l/")
+    resp = phone.post(s.link_path, data={"csrf": token})
+    assert resp.status_code == 403 and reason_of(resp) == "other_browser"
+    assert link_state(api, s.jti) == "issued"
+
+
+def test_the_address_is_nowhere_but_in_the_outbound_mail(app, api, laptop, phone, caplog, env):
+    caplog.set_level("DEBUG")
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    phone.get(s.link_path)
+    laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": "0000-0000"})
+    code_from(laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": s.code}))
+    needles = [ADDRESS, ADDRESS.split("@")[0], ADDRESS.upper()]
+    # the token: claims carry no address
+    token = s.link_path.split("/l/", 1)[1]
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert not any(n.lower() in json.dumps(claims).lower() for n in needles)
+    # logs
+    logged = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert not any(n in logged for n in needles)
+    # every table, every column
+    dumped = dump_database(env["LINKSVC_DATABASE_URL"])
+    assert s.jti in dumped and s.id in dumped  # the dump holds the sign-in's row
+    assert not any(n.lower() in dumped.lower() for n in needles)
+    # metrics
+    scraped = app.test_client().get("/metrics").get_data(as_text=True)
+    assert re.search(r'linksvc_sign_ins_total\{event="completed"\} [1-9]', scraped)
+    assert not any(n.lower() in scraped.lower() for n in needles)
+    # the API answers
+    assert ADDRESS not in json.dumps(s.body) and ADDRESS not in api.status(s.jti).get_data(
+        as_text=True
+    )
+    # ... and the mail does carry it: the check looks in the right places.
+    assert _mail(app, s.jti)["To"] == ADDRESS
+
+
+def test_every_step_is_counted(app, api, laptop, phone):
+    from linksvc.signin_pages import SIGN_INS
+
+    def count(event: str) -> float:
+        return SIGN_INS.labels(event)._value.get()
+
+    before = {e: count(e) for e in signins.EVENTS}
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": "0000-0000"})
+    page = phone.get(s.link_path)
+    phone.post(
+        "/s/approve", data={"csrf": csrf_of(page), "number": match_of(wait), "action": "approve"}
+    )
+    code_from(laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)}))
+    other = start(app, api, subject="user-7")
+    laptop.get(other.wait_path)
+    page = phone.get(other.link_path)
+    phone.post("/s/approve", data={"csrf": csrf_of(page), "action": "deny"})
+    after = {e: count(e) - before[e] for e in signins.EVENTS}
+    assert after == {
+        "started": 2,
+        "viewed": 4,  # two waiting pages bound, two links shown
+        "approved": 1,
+        "denied": 1,
+        "code_failed": 1,
+        "completed": 1,
+    }
