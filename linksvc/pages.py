@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import codes, db, errors, ledger
 from .clients import Client
-from .html import csp, register_error_pages, render_failure, render_page
+from .html import clock, csp, lasts, register_error_pages, render_failure, render_page
 from .service import PAGE_PURPOSES, LinkService, Verified
 
 log = logging.getLogger("linksvc.pages")
@@ -187,6 +187,7 @@ def _confirmation(
         s.format(app=client.display_name) for s in ACTIONS[v.record.purpose]
     )
     origin = _origin(v.record.redirect_uri)
+    left = max(0, v.record.exp - svc.now())
     resp = render_page(
         "confirm.html",
         status,
@@ -196,6 +197,7 @@ def _confirmation(
         button=button,
         form_token=form_token,
         notice=notice,
+        valid_until=f"This link works until {clock(v.record.exp)} ({lasts(left)} from now), once.",
     )
     if new:
         resp.set_cookie(
