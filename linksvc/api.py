@@ -6,7 +6,10 @@ Errors are ``application/problem+json`` with a stable ``code``, mapped in one pl
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -14,7 +17,7 @@ from typing import Any, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import codes, errors, signins
+from . import codes, errors, idempotency, signins
 from .clients import Client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
@@ -230,6 +233,11 @@ MailHook = Callable[[Client, Any, str], None]
 def mint() -> tuple[Response, int]:
     f = fields(json_body(), MINT_SPEC)
     client = current_client()
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None:
+        replay = _idempotency_claim(client, idem_key, f)
+        if replay is not None:
+            return replay, replay.status_code
     purpose_field(f["purpose"])
     mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
     if f["email"] is not None and mailer is None:
@@ -273,7 +281,117 @@ def mint() -> tuple[Response, int]:
     }
     if f["email"] is not None:
         body["emailed"] = True
+    if idem_key is not None:
+        _idempotency_complete(client, minted, body)
     return jsonify(body), 201
+
+
+# -- idempotent minting (linksvc.idempotency) -----------------------------------------
+
+#: How long a request waits for another request with its key to finish minting.
+IDEMPOTENCY_WAIT_SECONDS = 5.0
+
+
+def _idempotency_claim(client: Client, key: str, f: dict[str, Any]) -> Response | None:
+    """Claim ``key`` for this mint (None: go on and mint), or the answer of the link it
+    already names. A request whose twin is still minting waits for it, a few seconds."""
+    if not idempotency.KEY_RE.fullmatch(key):
+        raise BadRequest(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 characters of letters, digits and ._:~+/=-.",
+        )
+    svc = service()
+    body_hash = idempotency.request_hash(f)
+    deadline = time.monotonic() + IDEMPOTENCY_WAIT_SECONDS
+    pause = 0.02
+    while True:
+        c = idempotency.claim(
+            svc.engine, client_id=client.id, key=key, body_hash=body_hash, now=svc.now()
+        )
+        if c.outcome == idempotency.NEW:
+            g.idempotency_claim = c
+            return None
+        if c.outcome == idempotency.MISMATCH:
+            raise BadRequest(
+                422,
+                "idempotency_mismatch",
+                "This Idempotency-Key was used with another request body; use a new key.",
+            )
+        if c.outcome == idempotency.DONE and c.link is not None:
+            return _idempotency_replay(client, c.link)
+        if time.monotonic() + pause > deadline:
+            resp = problem(
+                409,
+                "idempotency_in_progress",
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+            )
+            resp.headers["Retry-After"] = "1"
+            return resp
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def _idempotency_replay(client: Client, link: dict[str, Any]) -> Response:
+    token, url = service().resign(
+        client,
+        jti=link["jti"],
+        purpose=link["purpose"],
+        subject=link["subject"],
+        iat=link["iat"],
+        exp=link["exp"],
+    )
+    body: dict[str, Any] = {
+        "url": url,
+        "token": token,
+        "jti": link["jti"],
+        "purpose": link["purpose"],
+        "subject": link["subject"],
+        "issued_at": iso(link["iat"]),
+        "expires_at": iso(link["exp"]),
+        "superseded": link["superseded"] or 0,
+    }
+    if link["emailed"]:
+        body["emailed"] = True
+    resp = jsonify(body)
+    resp.status_code = 201  # the answer of the original request, again
+    resp.headers["Idempotent-Replayed"] = "true"
+    return resp
+
+
+def _idempotency_complete(client: Client, minted: Any, body: dict[str, Any]) -> None:
+    c: idempotency.Claim = g.pop("idempotency_claim")
+    rec = minted.record
+    try:
+        idempotency.complete(
+            service().engine,
+            client_id=client.id,
+            claim=c,
+            jti=rec.jti,
+            purpose=rec.purpose,
+            subject=rec.subject,
+            iat=rec.iat,
+            exp=rec.exp,
+            superseded=minted.superseded,
+            emailed=bool(body.get("emailed")),
+        )
+    except errors.ServiceUnavailable:
+        # The link is minted (and mailed): answer it. The claim stays pending, so a retry
+        # with this key waits, then is refused as in progress rather than minting again.
+        current_app.logger.warning(
+            "idempotency key not completed", extra={"jti": rec.jti, "client": client.id}
+        )
+
+
+@bp.teardown_request
+def _release_idempotency_claim(exc: BaseException | None) -> None:
+    # A mint that claimed a key and then failed (refused, mail failed, database down)
+    # gives the key back, so that the retry it invites can mint.
+    c: idempotency.Claim | None = g.pop("idempotency_claim", None)
+    if c is not None:
+        # Should the database be down, the claim is taken over after PENDING_SECONDS.
+        with contextlib.suppress(errors.ServiceUnavailable):
+            idempotency.release(service().engine, client_id=current_client().id, claim=c)
 
 
 TOKEN_SPEC: dict[str, tuple[Any, bool]] = {"token": (str, True), "purpose": (str, True)}
@@ -369,6 +487,96 @@ def revoke_subject(subject: str) -> Response:
         raise BadRequest(422, "invalid_field", SUBJECT_RULE, field="subject")
     n = service().revoke_subject(current_client(), subject, purposes)
     return jsonify({"subject": subject, "revoked": n})
+
+
+# -- the inventory: a subject's links -------------------------------------------------
+
+INVENTORY_STATES = ("issued", "consumed", "revoked", "superseded")
+INVENTORY_PARAMS = frozenset({"state", "purpose", "limit", "cursor"})
+INVENTORY_MAX_LIMIT = 200
+
+
+def _list_param(name: str, allowed: tuple[str, ...]) -> list[str] | None:
+    """``?state=issued&state=revoked`` or ``?state=issued,revoked``; each value allowed."""
+    raw = request.args.getlist(name)
+    if not raw:
+        return None
+    values = [v for item in raw for v in item.split(",")]
+    if not all(v in allowed for v in values):
+        raise BadRequest(
+            422, "invalid_field", f"{name} must be among {', '.join(allowed)}.", field=name
+        )
+    return values
+
+
+def _cursor(iat: int, jti: str) -> str:
+    return base64.urlsafe_b64encode(f"{iat}.{jti}".encode("ascii")).decode("ascii").rstrip("=")
+
+
+def _parse_cursor(raw: str) -> tuple[int, str]:
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+        iat, jti = text.split(".", 1)
+        if len(raw) > 64 or not iat.isdigit() or not JTI_RE.fullmatch(jti):
+            raise ValueError(raw)
+        return int(iat), jti
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(
+            422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
+        ) from None
+
+
+@bp.get("/subjects/<path:subject>/links")
+def links_of(subject: str) -> Response:
+    """The subject's links, newest first, a page at a time (``next_cursor`` names the next)."""
+    for name in request.args:
+        if name not in INVENTORY_PARAMS:
+            raise BadRequest(422, "unknown_field", f"Unknown parameter {name!r}.", field=name)
+    if not SUBJECT_RE.fullmatch(subject):
+        raise BadRequest(
+            422,
+            "invalid_field",
+            "subject must be 1-255 printable ASCII characters without spaces.",
+            field="subject",
+        )
+    states = _list_param("state", INVENTORY_STATES)
+    purposes = _list_param("purpose", tuple(PURPOSES))
+    raw_limit = request.args.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= INVENTORY_MAX_LIMIT:
+        raise BadRequest(
+            422,
+            "invalid_field",
+            f"limit must be an integer from 1 to {INVENTORY_MAX_LIMIT}.",
+            field="limit",
+        )
+    raw_cursor = request.args.get("cursor")
+    before = _parse_cursor(raw_cursor) if raw_cursor is not None else None
+    page, more = service().links_of(
+        current_client(),
+        subject,
+        states=states,
+        purposes=purposes,
+        before=before,
+        limit=int(raw_limit),
+    )
+    return jsonify(
+        {
+            "subject": subject,
+            "links": [
+                {
+                    "jti": rec.jti,
+                    "purpose": rec.purpose,
+                    "state": rec.state,
+                    "issued_at": iso(rec.iat),
+                    "expires_at": iso(rec.exp),
+                    "state_changed_at": iso(rec.state_at),
+                    "state_via": rec.state_via,
+                }
+                for rec in page
+            ],
+            "next_cursor": _cursor(*more) if more is not None else None,
+        }
+    )
 
 
 # -- one-time codes from the hosted pages (linksvc.codes) -----------------------------

@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import clients as clients_mod
-from . import db, errors, ledger, migrate
+from . import db, errors, idempotency, ledger, migrate
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
@@ -555,6 +555,10 @@ def purge_cmd(
             retention_seconds=days * 86400,
             batch_size=batch_size,
             max_batches=max_batches,
+        )
+        # Idempotency keys name their link for 24 h only (linksvc.idempotency).
+        removed["idempotency_keys"] = idempotency.purge(
+            _svc().engine, now=int(time.time()), batch_size=batch_size
         )
     except errors.ServiceUnavailable as exc:
         raise click.ClickException(exc.detail) from None

@@ -115,6 +115,25 @@ sign_ins = sa.Table(
     sa.Index("ix_sign_ins_exp", "exp"),
 )
 
+#: Idempotent minting (linksvc.idempotency): a client's key, by hash, names one link.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("client_id", sa.String(40), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),  # SHA-256 of the key
+    sa.Column("request_hash", sa.String(64), nullable=False),  # SHA-256 of the parsed body
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    # Null while the claiming request is minting; then the link's facts, to answer a replay.
+    sa.Column("jti", sa.String(43), nullable=True),
+    sa.Column("purpose", sa.String(20), nullable=True),
+    sa.Column("subject", sa.String(255), nullable=True),
+    sa.Column("iat", sa.BigInteger(), nullable=True),
+    sa.Column("exp", sa.BigInteger(), nullable=True),
+    sa.Column("superseded", sa.Integer(), nullable=True),
+    sa.Column("emailed", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
 signing_keys = sa.Table(
     "signing_keys",
     metadata,

@@ -219,6 +219,40 @@ def events(conn: Connection, jti: str, limit: int = 50) -> list[Event]:
     return [Event(*r) for r in rows]
 
 
+def links_of(
+    conn: Connection,
+    *,
+    client_id: str,
+    subject: str,
+    states: Collection[str] | None,
+    purposes: Collection[str] | None,
+    before: tuple[int, str] | None,
+    limit: int,
+) -> tuple[list[LinkRecord], tuple[int, str] | None]:
+    """A subject's links, newest first (by ``iat``, then ``jti``), at most ``limit``, after
+    the position ``before`` (keyset pagination: stable while links are minted). Returns the
+    page and the position of its last link when more follow, else None."""
+    t = db.links.c
+    cond = [t.client_id == client_id, t.subject == subject]
+    if states:
+        cond.append(t.state.in_(list(states)))
+    if purposes:
+        cond.append(t.purpose.in_(list(purposes)))
+    if before is not None:
+        iat, jti = before
+        cond.append(sa.or_(t.iat < iat, sa.and_(t.iat == iat, t.jti < jti)))
+    rows = (
+        conn.execute(
+            sa.select(db.links).where(*cond).order_by(t.iat.desc(), t.jti.desc()).limit(limit + 1)
+        )
+        .mappings()
+        .all()
+    )
+    page = [_record(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return page, ((page[-1].iat, page[-1].jti) if more and page else None)
+
+
 def check_outstanding(
     rec: LinkRecord | None, *, jti: str, client_id: str, purpose: str, subject: str
 ) -> LinkRecord:

@@ -121,6 +121,24 @@ _JTI_PARAM = {
     "description": "The link's `jti`, as returned when it was minted.",
 }
 
+_IDEMPOTENCY_KEY_PARAM = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~+/=-]{1,255}$"},
+    "description": "A key of the caller's choosing (a UUID): the same key with the same body "
+    "within 24 h answers the same link — no second mint, mail or supersede; with another body, "
+    "`422 idempotency_mismatch`. Keys are per client.",
+}
+
+_SUBJECT_PARAM = {
+    "name": "subject",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The subject as minted; percent-encode `/` and other reserved characters.",
+}
+
 SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -342,6 +360,44 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {"subject": _STR, "revoked": {"type": "integer", "minimum": 0}},
     },
+    "SubjectLinks": {
+        "type": "object",
+        "required": ["subject", "links", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "subject": _STR,
+            "links": {
+                "type": "array",
+                "description": "Newest first (by `issued_at`).",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "jti",
+                        "purpose",
+                        "state",
+                        "issued_at",
+                        "expires_at",
+                        "state_changed_at",
+                        "state_via",
+                    ],
+                    "additionalProperties": False,
+                    "properties": {
+                        "jti": _JTI,
+                        "purpose": _PURPOSE,
+                        "state": _STATE,
+                        "issued_at": _DATETIME,
+                        "expires_at": _DATETIME,
+                        "state_changed_at": _NULLABLE_DATETIME,
+                        "state_via": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        },
+    },
     "ExchangeRequest": {
         "type": "object",
         "required": ["code"],
@@ -411,11 +467,43 @@ PATHS: dict[str, Any] = {
             "summary": "Mint a link",
             "description": "Signs a short-lived token for one of the client's users and records it. A new "
             "`password_reset` link supersedes the subject's outstanding ones.",
+            "parameters": [_IDEMPOTENCY_KEY_PARAM],
             "requestBody": _body(_ref("MintRequest")),
             "responses": _responses(
-                {"201": _json(_ref("MintedLink"), "The link. Its `token` is shown only here.")},
+                {
+                    "201": {
+                        **_json(
+                            _ref("MintedLink"),
+                            "The link. Its `token` is shown only here (or, for a replayed "
+                            "`Idempotency-Key`, signed afresh: the same jti and claims).",
+                        ),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "description": "`true` when the answer is that of an earlier "
+                                "request with the same `Idempotency-Key`.",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            }
+                        },
+                    }
+                },
                 _BODY_ERRORS,
                 {
+                    "400": _problem(
+                        "The body is missing, not UTF-8 JSON, has duplicate members, or is not an "
+                        "object (`body_required`, `invalid_json`, `invalid_body`), or the "
+                        "`Idempotency-Key` header is malformed (`invalid_idempotency_key`)."
+                    ),
+                    "409": _problem(
+                        "A request with the same `Idempotency-Key` is still being processed "
+                        "(`idempotency_in_progress`); retry after `Retry-After`.",
+                        retry_after=True,
+                    ),
+                    "422": _problem(
+                        "A field is unknown, missing, of the wrong type or out of range "
+                        "(`unknown_field`, `missing_field`, `invalid_field`, …; `field` names "
+                        "it), or the `Idempotency-Key` was used with another body "
+                        "(`idempotency_mismatch`)."
+                    ),
                     "403": _problem(
                         "Purpose or redirect URI not allowed for this client "
                         "(`purpose_not_allowed`, `redirect_uri_not_allowed`, `location_not_allowed`)."
@@ -484,6 +572,55 @@ PATHS: dict[str, Any] = {
             "requestBody": _body(_ref("RevokeSubjectRequest"), required=False),
             "responses": _responses(
                 {"200": _json(_ref("SubjectRevoked"), "How many links were revoked.")}, _BODY_ERRORS
+            ),
+        },
+    },
+    f"{PREFIX}/subjects/{{subject}}/links": {
+        "parameters": [_SUBJECT_PARAM],
+        "get": {
+            "operationId": "links_of",
+            "summary": "A subject's links, newest first",
+            "description": "What was sent to one account, to show it or revoke a link. Keyset "
+            "pagination: a page is stable while new links are minted.",
+            "parameters": [
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Only links in these states (comma-separated or repeated): "
+                    "`issued`, `consumed`, `revoked`, `superseded`.",
+                },
+                {
+                    "name": "purpose",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Only links of these purposes (comma-separated or repeated).",
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "The `next_cursor` of the previous page.",
+                },
+            ],
+            "responses": _responses(
+                {"200": _json(_ref("SubjectLinks"), "One page of the subject's links.")},
+                {
+                    "422": _problem(
+                        "An unknown parameter (`unknown_field`), a bad subject, state, purpose "
+                        "or limit (`invalid_field`), or a cursor this API did not return "
+                        "(`invalid_cursor`); `field` names it."
+                    )
+                },
             ),
         },
     },

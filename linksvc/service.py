@@ -260,6 +260,26 @@ class LinkService:
             )
         return dataclasses.replace(minted, superseded=n)
 
+    def resign(
+        self, client: Client, *, jti: str, purpose: str, subject: str, iat: int, exp: int
+    ) -> tuple[str, str]:
+        """A token and URL for an already minted link (an idempotent mint's replay): the
+        same claims, signed afresh with the current key. Tokens are never stored; both
+        strings name the one ledger row, which is consumed once."""
+        claims = tokens.Claims(
+            iss=self.settings.issuer,
+            aud=client.id,
+            sub=subject,
+            pur=purpose,
+            jti=jti,
+            iat=iat,
+            nbf=iat,
+            exp=exp,
+        )
+        token = tokens.sign(claims, self.keyring.signing_key())
+        path = "d" if purpose == "download" else "l"
+        return token, f"{self.settings.base_url}/{path}/{token}"
+
     # -- verifying and redeeming -------------------------------------------------------
 
     def check_token(
@@ -427,6 +447,28 @@ class LinkService:
         )
         log.info("subject revoked", extra={"client": client.id, "outcome": "revoked", "count": n})
         return n
+
+    def links_of(
+        self,
+        client: Client,
+        subject: str,
+        *,
+        states: Collection[str] | None = None,
+        purposes: Collection[str] | None = None,
+        before: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> tuple[list[ledger.LinkRecord], tuple[int, str] | None]:
+        """The subject's links of this client, newest first, and where the next page starts."""
+        with db.read(self.engine) as conn:
+            return ledger.links_of(
+                conn,
+                client_id=client.id,
+                subject=subject,
+                states=states,
+                purposes=purposes,
+                before=before,
+                limit=limit,
+            )
 
     def client_by_key(self, api_key: str) -> Client | None:
         """The enabled client holding ``api_key``; a found client is cached for a few seconds,

@@ -121,8 +121,9 @@ class Recorder:
         json: Any = None,
         data: Any = None,
         content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
         resp = self.http.open(
             url, method=method, json=json, data=data, headers=headers, content_type=content_type
         )
@@ -234,6 +235,19 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
         json={"purpose": "magic_link", "subject": "u", "redirect_uri": "https://evil.example/cb"},
     )  # 403
     rec.call("GET", f"{v1}/links", key=key)  # 405
+    # idempotent minting: first answer, replay, another body, a malformed key
+    once = {"purpose": "magic_link", "subject": "user-5"}
+    idem = {"Idempotency-Key": "4f1c2a9e-key-1"}
+    first = rec.call("POST", f"{v1}/links", key=key, json=once, headers=idem)  # 201
+    again = rec.call("POST", f"{v1}/links", key=key, json=once, headers=idem)  # 201 replayed
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["jti"] == first.get_json()["jti"]
+    rec.call(
+        "POST", f"{v1}/links", key=key, json={**once, "ttl": 60}, headers=idem
+    )  # 422 idempotency_mismatch
+    rec.call(
+        "POST", f"{v1}/links", key=key, json=once, headers={"Idempotency-Key": "a b"}
+    )  # 400 invalid_idempotency_key
     # verify and redeem
     token = minted["token"]
     rec.call(
@@ -279,6 +293,16 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
     rec.call("POST", f"{v1}/subjects/user-1/revoke", key=key)  # 200, no body
     rec.call("POST", f"{v1}/subjects/user-1/revoke", key=key, json={"purposes": []})  # 422
     rec.call("POST", f"{v1}/subjects/user-1/revoke", json={})  # 401
+    # the inventory
+    rec.call("GET", f"{v1}/subjects/user-1/links", key=key)  # 200
+    rec.call(
+        "GET",
+        f"{v1}/subjects/user-1/links?state=revoked,superseded&purpose=password_reset&limit=1",
+        key=key,
+    )  # 200, with a next_cursor
+    rec.call("GET", f"{v1}/subjects/user-1/links?state=gone", key=key)  # 422
+    rec.call("GET", f"{v1}/subjects/user-1/links?cursor=zz", key=key)  # 422
+    rec.call("GET", f"{v1}/subjects/user-1/links")  # 401
     # expiry, by the clock
     svc = app.extensions["linksvc"]
     short = api.minted("magic_link", "user-3", ttl=30)

@@ -1,0 +1,258 @@
+"""Idempotent minting: one ``Idempotency-Key`` of one client names at most one link.
+
+Replays answer the same jti and claims with no second mail or supersede, another body is
+refused, keys are per client and expire after 24 h by the clock, a failed mint gives its
+key back, and concurrent requests with one key — real requests, real gunicorn workers,
+SQLite and PostgreSQL — mint exactly one link.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+import sqlalchemy as sa
+
+from linksvc import db, idempotency
+
+from .conftest import ApiUser
+from .support import base_env, prepare_instance, start_gunicorn
+
+
+def _mint(api: ApiUser, key: str | None, **body: object):
+    headers = dict(api.headers)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    payload = {"purpose": "magic_link", "subject": "user-42", **body}
+    return api.http.post("/api/v1/links", json=payload, headers=headers)
+
+
+def _claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def _links(app) -> int:
+    with db.read(app.extensions["linksvc"].engine) as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(db.links)).scalar_one()
+
+
+def test_same_key_same_body_answers_the_same_link(app, api):
+    first = _mint(api, "k-1", data={"cart": 7})
+    again = _mint(api, "k-1", data={"cart": 7})
+    assert first.status_code == again.status_code == 201
+    a, b = first.get_json(), again.get_json()
+    assert a["jti"] == b["jti"] and _claims(a["token"]) == _claims(b["token"])
+    assert {k: v for k, v in a.items() if k not in ("token", "url")} == {
+        k: v for k, v in b.items() if k not in ("token", "url")
+    }
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert _links(app) == 1
+    # Both strings name the one row: it is consumed once, whichever is presented.
+    assert api.redeem(b["token"]).status_code == 200
+    assert api.redeem(a["token"]).get_json()["code"] == "used"
+    # A replay after consumption still names the link (and its token is dead).
+    late = _mint(api, "k-1", data={"cart": 7}).get_json()
+    assert late["jti"] == a["jti"] and api.redeem(late["token"]).get_json()["code"] == "used"
+
+
+def test_member_order_and_explicit_nulls_are_the_same_body(api):
+    a = _mint(api, "k-order", ttl=60, data={"x": 1}).get_json()
+    headers = {**api.headers, "Idempotency-Key": "k-order", "Content-Type": "application/json"}
+    raw = b'{"data": {"x": 1}, "ttl": 60, "redirect_uri": null, "subject": "user-42", "purpose": "magic_link"}'
+    b = api.http.post("/api/v1/links", data=raw, headers=headers)
+    assert b.status_code == 201 and b.get_json()["jti"] == a["jti"]
+
+
+def test_another_body_is_refused(app, api):
+    assert _mint(api, "k-2").status_code == 201
+    for other in ({"subject": "user-43"}, {"ttl": 60}, {"data": {"a": 1}}):
+        resp = _mint(api, "k-2", **other)
+        assert resp.status_code == 422
+        assert resp.mimetype == "application/problem+json"
+        assert resp.get_json()["code"] == "idempotency_mismatch"
+    assert _links(app) == 1
+
+
+def test_without_a_key_every_mint_is_new(app, api):
+    assert _mint(api, None).get_json()["jti"] != _mint(api, None).get_json()["jti"]
+    assert _links(app) == 2
+
+
+def test_keys_are_per_client(app, api, other_api):
+    a = _mint(api, "shared-key").get_json()
+    b = _mint(other_api, "shared-key").get_json()
+    assert a["jti"] != b["jti"]
+    assert _claims(b["token"])["aud"] == other_api.client.id
+    # Another client's key with another body is not a mismatch: it is not the same key.
+    assert _mint(other_api, "k-3", subject="user-9").status_code == 201
+    assert _mint(api, "k-3").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "a b", "x" * 256, "ключ", "k\x00", 'k"', "k,v", "k;v"],
+    ids=["empty", "space", "too-long", "non-ascii", "nul", "quote", "comma", "semicolon"],
+)
+def test_malformed_keys_are_refused_with_a_stable_code(app, api, key):
+    headers = {**api.headers}
+    try:
+        headers["Idempotency-Key"] = key
+        resp = api.http.post(
+            "/api/v1/links", json={"purpose": "magic_link", "subject": "u"}, headers=headers
+        )
+    except ValueError:  # the test client refuses to send a NUL byte in a header at all
+        pytest.skip("the HTTP client cannot send this header")
+    assert resp.status_code == 400, resp.get_json()
+    assert resp.get_json()["code"] == "invalid_idempotency_key"
+    assert _links(app) == 0
+
+
+def test_longest_and_all_allowed_characters_work(api):
+    for key in ("k" * 255, "AZaz09._:~+/=-", "0190f6a4-7c1b-7e2f-8a3d-5b6c7d8e9f00"):
+        assert _mint(api, key).status_code == 201
+        assert _mint(api, key).headers["Idempotent-Replayed"] == "true"
+
+
+def test_key_is_stored_only_as_a_hash(app, api):
+    _mint(api, "very-recognisable-key-0042")
+    from .support import dump_database
+
+    dump = dump_database(app.config["LINKSVC"].database_url)
+    assert "very-recognisable-key-0042" not in dump
+    assert idempotency.key_hash("very-recognisable-key-0042") in dump
+
+
+def test_a_refused_mint_gives_the_key_back(app, api):
+    bad = _mint(api, "k-4", ttl=100_000)
+    assert bad.status_code == 422 and bad.get_json()["code"] == "ttl_out_of_range"
+    # The retry with the corrected body is not a mismatch: nothing was minted under the key.
+    good = _mint(api, "k-4", ttl=60)
+    assert good.status_code == 201 and "Idempotent-Replayed" not in good.headers
+
+
+def test_replay_sends_no_second_mail_and_supersedes_nothing(app, api):
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    body = {"purpose": "password_reset", "email": "someone@example.com"}
+    first = _mint(api, "k-5", **body).get_json()
+    sent = sorted(outbox.iterdir())
+    assert len(sent) == 1 and first["emailed"] is True
+    again = _mint(api, "k-5", **body).get_json()
+    assert again["jti"] == first["jti"] and again["emailed"] is True
+    assert sorted(outbox.iterdir()) == sent
+    # The replay did not supersede the link it names.
+    assert api.status(first["jti"]).get_json()["state"] == "issued"
+    assert api.redeem(again["token"], "password_reset").status_code == 200
+
+
+def test_a_key_expires_after_24_hours(app, api):
+    svc = app.extensions["linksvc"]
+    first = _mint(api, "k-6").get_json()
+    real = svc.clock
+    svc.clock = lambda: real() + idempotency.WINDOW_SECONDS + 1
+    try:
+        later = _mint(api, "k-6", subject="user-7")
+    finally:
+        svc.clock = real
+    assert later.status_code == 201 and later.get_json()["jti"] != first["jti"]
+
+
+def test_a_pending_claim_answers_in_progress_then_is_taken_over(app, api, monkeypatch):
+    from linksvc import api as api_mod
+
+    svc = app.extensions["linksvc"]
+    body = {"purpose": "magic_link", "subject": "user-42"}
+    # A claim left pending (the worker that took it died before minting).
+    idempotency.claim(
+        svc.engine,
+        client_id=api.client.id,
+        key="k-7",
+        body_hash=idempotency.request_hash({**body}),
+        now=svc.now(),
+    )
+    monkeypatch.setattr(api_mod, "IDEMPOTENCY_WAIT_SECONDS", 0.1)
+    busy = _mint(api, "k-7")
+    assert busy.status_code == 409 and busy.get_json()["code"] == "idempotency_in_progress"
+    assert busy.headers["Retry-After"] == "1"
+    real = svc.clock
+    svc.clock = lambda: real() + idempotency.PENDING_SECONDS + 1
+    try:
+        taken = _mint(api, "k-7")
+    finally:
+        svc.clock = real
+    assert taken.status_code == 201 and _links(app) == 1
+
+
+def test_purge_removes_old_keys_only(app, api):
+    svc = app.extensions["linksvc"]
+    _mint(api, "old")
+    now = svc.now()
+    assert idempotency.purge(svc.engine, now=now) == 0
+    assert idempotency.purge(svc.engine, now=now + idempotency.WINDOW_SECONDS + 10**4) == 1
+
+
+# -- the race: real concurrent requests on real gunicorn workers ---------------------------
+
+RACERS = 24
+
+
+def _race_one_key(tmp_path: Path, database_url: str | None = None) -> None:
+    env = base_env(tmp_path / "instance", database_url)
+    creds = prepare_instance(env)
+    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    try:
+        for round_ in range(3):
+            key = f"race-{round_}"
+            headers = {"Authorization": f"Bearer {creds['api_key']}", "Idempotency-Key": key}
+            payload = {"purpose": "password_reset", "subject": f"racer-{round_}"}
+            barrier = threading.Barrier(RACERS)
+            sessions = [requests.Session() for _ in range(RACERS)]
+
+            def one(i: int) -> tuple[int, str | None, str | None]:
+                barrier.wait()
+                r = sessions[i].post(
+                    f"{server.url}/api/v1/links", json=payload, headers=headers, timeout=30
+                )
+                j = r.json()
+                return r.status_code, j.get("jti"), j.get("code")
+
+            with ThreadPoolExecutor(max_workers=RACERS) as pool:
+                results = list(pool.map(one, range(RACERS)))
+            statuses = collections.Counter(s for s, _, _ in results)
+            # Every racer got the link or was told to retry: none minted another.
+            assert set(statuses) <= {201, 409}, results
+            assert {c for s, _, c in results if s == 409} <= {"idempotency_in_progress"}
+            jtis = {j for s, j, _ in results if s == 201}
+            assert len(jtis) == 1, results
+            state = requests.get(
+                f"{server.url}/api/v1/links/{jtis.pop()}",
+                headers={"Authorization": f"Bearer {creds['api_key']}"},
+                timeout=10,
+            ).json()
+            assert state["state"] == "issued"  # no racer superseded it
+        engine = sa.create_engine(env["LINKSVC_DATABASE_URL"])
+        with engine.connect() as conn:
+            minted = conn.execute(sa.text("SELECT count(*) FROM links")).scalar()
+            superseded = conn.execute(
+                sa.text("SELECT count(*) FROM links WHERE state <> 'issued'")
+            ).scalar()
+        engine.dispose()
+        assert (minted, superseded) == (3, 0)
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_race_one_key_sqlite(tmp_path):
+    _race_one_key(tmp_path)
+
+
+@pytest.mark.slow
+def test_race_one_key_postgresql(tmp_path, pg_url):
+    _race_one_key(tmp_path, pg_url)
