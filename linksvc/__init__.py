@@ -66,13 +66,24 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         pages,
         ratelimit,
         signin_pages,
+        webhooks_cli,
     )
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     # Each concern registers its own blueprint, hooks and services; order matters only in
     # that rate limits and metrics wrap the blueprints registered before them.
-    for module in (pages, signin_pages, downloads, mail, devoutbox, ratelimit, metrics, openapi):
+    for module in (
+        pages,
+        signin_pages,
+        downloads,
+        mail,
+        devoutbox,
+        ratelimit,
+        metrics,
+        openapi,
+        webhooks_cli,
+    ):
         module.init_app(app)
     cli.init_app(app)
 

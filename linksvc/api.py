@@ -592,7 +592,14 @@ def exchange_code() -> Response:
     f = fields(json_body(), {"code": (str, True)})
     svc = service()
     try:
-        done = codes.exchange(svc.engine, f["code"], client_id=current_client().id, now=svc.now())
+        client = current_client()
+        done = codes.exchange(
+            svc.engine,
+            f["code"],
+            client_id=client.id,
+            now=svc.now(),
+            sink=svc.sinks.get(svc.engine, client.id),
+        )
     except codes.CodeError as exc:
         return problem(exc.status, exc.reason, exc.detail)
     return jsonify(

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import db, errors, ledger
+from . import db, errors, ledger, outbox
 from .service import PAGE_PURPOSES, LinkService
 
 log = logging.getLogger("linksvc.codes")
@@ -130,7 +130,14 @@ def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl:
         pass  # the racing press inserted the same row first
 
 
-def exchange(engine: Engine, code: Any, *, client_id: str, now: int) -> Exchanged:
+def exchange(
+    engine: Engine,
+    code: Any,
+    *,
+    client_id: str,
+    now: int,
+    sink: outbox.Sink | None = None,
+) -> Exchanged:
     """Spend ``code`` for ``client_id``, once. Raises :class:`CodeError`.
 
     Another client's attempt is refused as ``invalid_code`` and does **not** spend the
@@ -159,6 +166,15 @@ def exchange(engine: Engine, code: Any, *, client_id: str, now: int) -> Exchange
             if rec is None:  # purged under us: cannot happen within a code's lifetime
                 raise InvalidCode()
             ledger.add_event(conn, rec.jti, "exchanged", now, via="code")
+            if sink is not None:
+                sink.emit(
+                    conn,
+                    "code.exchanged",
+                    jti=rec.jti,
+                    purpose=rec.purpose,
+                    subject=rec.subject,
+                    now=now,
+                )
             return Exchanged(
                 subject=rec.subject,
                 purpose=rec.purpose,

@@ -64,6 +64,10 @@ class Settings:
     page_rate_limit: str
     log_level: str
     trusted_proxies: int
+    #: Webhook endpoints may resolve to private, loopback and link-local addresses.
+    webhook_allow_private: bool = False
+    #: Seconds a webhook delivery may take to connect and for each read.
+    webhook_timeout: int = 5
 
     @property
     def issuer(self) -> str:
@@ -87,6 +91,13 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     if not lo <= value <= hi:
         raise ConfigError(name, f"must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "0").strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(name, f"must be 1 or 0, got {value!r}")
+    return value in ("1", "true", "yes")
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -226,6 +237,8 @@ def load(
         page_rate_limit=page_limit,
         log_level=_choice(env, "LINKSVC_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         trusted_proxies=_int(env, "LINKSVC_TRUSTED_PROXIES", 0, 0, 5),
+        webhook_allow_private=_flag(env, "LINKSVC_WEBHOOK_ALLOW_PRIVATE"),
+        webhook_timeout=_int(env, "LINKSVC_WEBHOOK_TIMEOUT", 5, 1, 30),
     )
 
 

@@ -149,6 +149,77 @@ signing_keys = sa.Table(
     sa.Column("private_key_enc", sa.LargeBinary(), nullable=False),
 )
 
+# -- webhooks (linksvc.webhooks, linksvc.outbox, linksvc.relay) ------------------------
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("client_id", sa.String(40), nullable=False),
+    sa.Column("url", sa.Text(), nullable=False),
+    # ",link.minted,link.consumed," (matched with LIKE in the outbox insert), NULL for all.
+    sa.Column("events", sa.Text(), nullable=True),
+    # The whsec_ secret, AES-256-GCM under the key-encryption key, nonce prepended.
+    sa.Column("secret_enc", sa.LargeBinary(), nullable=False),
+    # The secret before the last rotation, still signing until old_secret_until.
+    sa.Column("old_secret_enc", sa.LargeBinary(), nullable=True),
+    sa.Column("old_secret_until", sa.BigInteger(), nullable=True),
+    sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("disabled_reason", sa.String(40), nullable=True),
+    sa.Column("disabled_at", sa.BigInteger(), nullable=True),
+    # First failure since the last success; 3 days of it disable the endpoint.
+    sa.Column("failing_since", sa.BigInteger(), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Index("ix_webhook_endpoints_client", "client_id"),
+)
+
+webhook_clients = sa.Table(
+    "webhook_clients",
+    metadata,
+    sa.Column("client_id", sa.String(40), primary_key=True),
+    # What a replayed consumed link does besides its event: NULL, or "revoke-subject".
+    sa.Column("on_replay", sa.String(20), nullable=True),
+    # link.expired has been emitted for every link of this client with exp <= swept_until.
+    sa.Column("swept_until", sa.BigInteger(), nullable=False),
+)
+
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("msg_id", sa.String(40), nullable=False),  # the webhook-id, same on every retry
+    sa.Column("endpoint_id", sa.String(40), nullable=False),
+    sa.Column("client_id", sa.String(40), nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("jti", sa.String(43), nullable=True),
+    sa.Column("payload", sa.Text(), nullable=False),  # the exact body that is signed
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.BigInteger(), nullable=False),
+    sa.Column("lease_token", sa.String(40), nullable=True),
+    sa.Column("lease_until", sa.BigInteger(), nullable=True),
+    sa.Column("delivered_at", sa.BigInteger(), nullable=True),
+    sa.Column("last_status", sa.Integer(), nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=True),
+    sa.UniqueConstraint("msg_id", "endpoint_id", name="uq_webhook_outbox_msg_endpoint"),
+    sa.Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
+    sa.Index("ix_webhook_outbox_link", "endpoint_id", "jti", "id"),
+    sa.Index("ix_webhook_outbox_client", "client_id", "id"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("outbox_id", BigId, nullable=False),
+    sa.Column("at", sa.BigInteger(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=True),
+    sa.Column("error", sa.String(200), nullable=True),
+    sa.Column("duration_ms", sa.Integer(), nullable=False),
+    sa.Index("ix_webhook_attempts_outbox", "outbox_id", "id"),
+)
+
 
 def make_engine(
     url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000, connect_timeout: int = 3

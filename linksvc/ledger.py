@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import db, errors
+from . import db, errors, outbox
 from .config import HARD_MAX_LEEWAY, HARD_MAX_TTL
 
 ISSUED, CONSUMED, REVOKED, SUPERSEDED = "issued", "consumed", "revoked", "superseded"
@@ -137,12 +137,20 @@ def add_rejection(
         add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
 
 
-def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int) -> int:
+def record_mint(
+    conn: Connection,
+    rec: LinkRecord,
+    *,
+    supersede: bool,
+    now: int,
+    sink: outbox.Sink | None = None,
+) -> int:
     """Insert ``rec``; with ``supersede``, first retire the same client's outstanding links
-    for this subject and purpose. Returns how many were superseded."""
+    for this subject and purpose. Returns how many were superseded. With ``sink``, the
+    webhook events (``link.superseded``, ``link.minted``) go into the same transaction."""
     superseded = 0
     if supersede:
-        superseded = supersede_older(conn, rec, now=now, check_self=False)
+        superseded = supersede_older(conn, rec, now=now, check_self=False, sink=sink)
     conn.execute(
         _INSERT_LINK,
         {
@@ -161,6 +169,16 @@ def record_mint(conn: Connection, rec: LinkRecord, *, supersede: bool, now: int)
         },
     )
     add_event(conn, rec.jti, "minted", now, via="api")
+    if sink is not None:
+        sink.emit(
+            conn,
+            "link.minted",
+            jti=rec.jti,
+            purpose=rec.purpose,
+            subject=rec.subject,
+            now=now,
+            facts={"expires_at": outbox.iso(rec.exp), "superseded": superseded},
+        )
     return superseded
 
 
@@ -182,7 +200,14 @@ def lock_subject(conn: Connection, client_id: str, subject: str, purpose: str) -
     conn.execute(_LOCK, {"k": int.from_bytes(digest, "big", signed=True)})
 
 
-def supersede_older(conn: Connection, rec: LinkRecord, *, now: int, check_self: bool) -> int:
+def supersede_older(
+    conn: Connection,
+    rec: LinkRecord,
+    *,
+    now: int,
+    check_self: bool,
+    sink: outbox.Sink | None = None,
+) -> int:
     """Retire the other outstanding links of ``rec``'s client, subject and purpose, under
     :func:`lock_subject`. With ``check_self`` (``rec`` is already recorded, its mail just
     accepted), nothing happens unless ``rec`` is itself still issued: of links minted
@@ -203,6 +228,7 @@ def supersede_older(conn: Connection, rec: LinkRecord, *, now: int, check_self: 
         subject=rec.subject,
         purposes=[rec.purpose],
         except_jti=rec.jti,
+        sink=sink,
     )
 
 
@@ -281,9 +307,12 @@ def consume(
     via: str,
     actor: str | None = None,
     completion_hash: str | None = None,
+    sink: outbox.Sink | None = None,
 ) -> LinkRecord:
     """Consume a link once: exactly one caller racing for ``jti`` gets its record back;
-    every other gets :class:`~linksvc.errors.Used` (or the state it is in)."""
+    every other gets :class:`~linksvc.errors.Used` (or the state it is in). With ``sink``,
+    ``link.consumed`` (or ``link.replayed``, and the client's replay policy) is written in
+    the same transaction."""
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
         # RETURNING hands the winner its row in the same statement: no second read.
@@ -305,6 +334,16 @@ def consume(
         )
         if row is not None:
             add_event(conn, jti, "consumed", now, via=via, actor=actor)
+            if sink is not None:
+                sink.emit(
+                    conn,
+                    "link.consumed",
+                    jti=jti,
+                    purpose=purpose,
+                    subject=subject,
+                    now=now,
+                    facts={"via": via},
+                )
             return _record(row)
         rec = get(conn, jti)
         try:
@@ -317,7 +356,60 @@ def consume(
         if rec is not None and rec.client_id == client_id:
             # Committed with the transaction: the history shows the replay attempt.
             add_rejection(conn, jti, now, reason=failure.reason, via=via, actor=actor)
+            if sink is not None and rec.state == CONSUMED:
+                _replayed(conn, rec, now, via=via, completion_hash=completion_hash, sink=sink)
     raise failure
+
+
+#: A second press of the same browser this soon is a double click, not a replay
+#: (linksvc.codes answers it with the same completion).
+SAME_PRESS_SECONDS = 10
+
+
+def _replayed(
+    conn: Connection,
+    rec: LinkRecord,
+    now: int,
+    *,
+    via: str,
+    completion_hash: str | None,
+    sink: outbox.Sink,
+) -> None:
+    """A consumed link presented again: a sign it leaked. ``link.replayed``, and with the
+    client's ``revoke-subject`` policy every outstanding link of the subject revoked."""
+    if (
+        completion_hash is not None
+        and rec.completion_hash == completion_hash
+        and rec.state_at is not None
+        and abs(now - rec.state_at) <= SAME_PRESS_SECONDS
+    ):
+        return
+    revoked = 0
+    if sink.on_replay == outbox.REVOKE_SUBJECT:
+        revoked = _change_outstanding(
+            conn,
+            REVOKED,
+            now,
+            via="replay",
+            detail=rec.jti,
+            client_id=rec.client_id,
+            subject=rec.subject,
+            sink=sink,
+        )
+        add_event(conn, rec.jti, "replay_revoked", now, reason=f"revoked {revoked}", via="replay")
+    sink.emit(
+        conn,
+        "link.replayed",
+        jti=rec.jti,
+        purpose=rec.purpose,
+        subject=rec.subject,
+        now=now,
+        facts={
+            "via": via,
+            "consumed_at": outbox.iso(rec.state_at) if rec.state_at else None,
+            "revoked_subject_links": revoked,
+        },
+    )
 
 
 def record_rejection(
@@ -352,6 +444,7 @@ def _change_outstanding(
     purposes: Collection[str] | None = None,
     jti: str | None = None,
     except_jti: str | None = None,
+    sink: outbox.Sink | None = None,
 ) -> int:
     t = db.links
     # A token still verifies up to the clock-skew leeway past its exp, so a link in that
@@ -372,18 +465,22 @@ def _change_outstanding(
             sa.update(t)
             .where(*cond)
             .values(state=state, state_at=now, state_via=via, state_detail=detail)
-            .returning(t.c.jti)
+            .returning(t.c.jti, t.c.purpose, t.c.subject)
         )
-        .scalars()
-        .all()
-    )
+    ).all()
     event = "revoked" if state == REVOKED else "superseded"
-    for j in changed:
+    for j, _purpose, _subject in changed:
         add_event(conn, j, event, now, via=via)
+    if sink is not None:
+        facts = {"via": via, **({"by": detail} if state == SUPERSEDED else {})}
+        for j, p, subj in changed:
+            sink.emit(conn, "link." + event, jti=j, purpose=p, subject=subj, now=now, facts=facts)
     return len(changed)
 
 
-def revoke(engine: Engine, *, jti: str, client_id: str, now: int) -> tuple[LinkRecord, int]:
+def revoke(
+    engine: Engine, *, jti: str, client_id: str, now: int, sink: outbox.Sink | None = None
+) -> tuple[LinkRecord, int]:
     """Revoke one link of ``client_id``. Returns its record and 1, or 0 if it had already
     left ``issued`` by revocation or supersession (idempotent). Raises UnknownLink / Used."""
     with db.write(engine) as conn:
@@ -392,14 +489,22 @@ def revoke(engine: Engine, *, jti: str, client_id: str, now: int) -> tuple[LinkR
             raise errors.UnknownLink(jti=jti)
         if rec.state == CONSUMED:
             raise errors.Used(jti=jti, at=rec.state_at)
-        n = _change_outstanding(conn, REVOKED, now, via="api", client_id=client_id, jti=jti)
+        n = _change_outstanding(
+            conn, REVOKED, now, via="api", client_id=client_id, jti=jti, sink=sink
+        )
         rec2 = get(conn, jti)
         assert rec2 is not None
         return rec2, n
 
 
 def revoke_subject(
-    engine: Engine, *, client_id: str, subject: str, purposes: Collection[str] | None, now: int
+    engine: Engine,
+    *,
+    client_id: str,
+    subject: str,
+    purposes: Collection[str] | None,
+    now: int,
+    sink: outbox.Sink | None = None,
 ) -> int:
     """Revoke every outstanding link of ``subject`` (optionally of ``purposes``)."""
     with db.write(engine) as conn:
@@ -411,6 +516,7 @@ def revoke_subject(
             client_id=client_id,
             subject=subject,
             purposes=purposes,
+            sink=sink,
         )
 
 

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, render_template
 
-from . import errors
+from . import db, errors
 from .clients import Client
 from .config import ConfigError, Settings
 from .service import LinkService, Minted
@@ -226,6 +226,28 @@ class Mailer:
                 field="email",
             ) from None
         log.info("mail sent", extra={**extra, "outcome": "mailed"})
+        self._sent(client, minted)
+
+    def _sent(self, client: Client, minted: Minted) -> None:
+        """``link.sent`` for webhooks: the SMTP server (or the outbox folder) took it. Its own
+        transaction: no ledger row changes when a mail goes out. Best effort: the mail is gone."""
+        svc: LinkService = current_app.extensions["linksvc"]
+        rec = minted.record
+        try:
+            sink = svc.sinks.get(svc.engine, client.id)
+            if sink is not None:
+                with db.write(svc.engine) as conn:
+                    sink.emit(
+                        conn,
+                        "link.sent",
+                        jti=rec.jti,
+                        purpose=rec.purpose,
+                        subject=rec.subject,
+                        now=svc.now(),
+                        facts={"transport": "smtp" if self.settings.smtp_url else "outbox"},
+                    )
+        except errors.ServiceUnavailable:
+            log.warning("link.sent not recorded", extra={"jti": rec.jti, "client": client.id})
 
     def _revoke(self, client: Client, jti: str) -> None:
         svc: LinkService = current_app.extensions["linksvc"]

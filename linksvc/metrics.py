@@ -150,6 +150,8 @@ def scrape(app: Flask) -> bytes:
     else:
         registry.register(_Forward(REGISTRY))
     registry.register(KeyAgeCollector(app))
+    for collector in app.extensions.get("linksvc.collectors", ()):  # e.g. the webhook backlog
+        registry.register(collector(app))
     return generate_latest(registry)
 
 

@@ -20,7 +20,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -29,7 +29,7 @@ from flask import Blueprint, Flask, Response, current_app, redirect, request
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
-from . import codes, db, errors, ledger
+from . import codes, db, errors, ledger, scanners
 from .clients import Client
 from .html import clock, csp, lasts, register_error_pages, render_failure, render_page
 from .service import PAGE_PURPOSES, LinkService, Verified
@@ -159,9 +159,10 @@ def _nonce() -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-def _note_view(svc: LinkService, jti: str, now: int) -> None:
-    """Record a "viewed" event, for the first few views only. Best effort: a page still
-    shows when the history cannot be written."""
+def _note_view(svc: LinkService, rec: ledger.LinkRecord, now: int) -> None:
+    """Record a "viewed" event (and ``link.viewed`` for webhooks), for the first few views
+    only. Best effort: a page still shows when the history cannot be written."""
+    jti = rec.jti
     e = db.link_events.c
     try:
         with db.read(svc.engine) as conn:
@@ -171,8 +172,25 @@ def _note_view(svc: LinkService, jti: str, now: int) -> None:
                 .where(e.jti == jti, e.event == "viewed")
             ).scalar_one()
         if n < MAX_VIEW_EVENTS:
+            sink = svc.sinks.get(svc.engine, rec.client_id)
             with db.write(svc.engine) as conn:
                 ledger.add_event(conn, jti, "viewed", now, via="page", actor=_actor(svc))
+                if sink is not None:
+                    found = scanners.signals(
+                        method=request.method,
+                        headers=cast(Mapping[str, str], request.headers),
+                        has_cookie=bool(request.cookies.get(NONCE_COOKIE)),
+                        earlier_views=n,
+                    )
+                    sink.emit(
+                        conn,
+                        "link.viewed",
+                        jti=jti,
+                        purpose=rec.purpose,
+                        subject=rec.subject,
+                        now=now,
+                        facts={"suspected_scanner": bool(found), "signals": found},
+                    )
     except errors.ServiceUnavailable:
         pass
 
@@ -249,7 +267,7 @@ def confirm(token: str) -> Response:
     svc = service()
     now = svc.now()
     v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
-    _note_view(svc, v.record.jti, now)
+    _note_view(svc, v.record, now)
     # A sign-in's link outside the browser that asked shows an approval page (linksvc.signin_pages).
     sign_in_view = current_app.extensions.get("linksvc.sign_in_view")
     if sign_in_view is not None and (page := sign_in_view(v)) is not None:

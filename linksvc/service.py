@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from . import clients, db, errors, ledger, tokens
+from . import clients, db, errors, ledger, outbox, tokens
 from .clients import Client
 from .config import PURPOSES, Settings
 from .keys import KeyRing
@@ -86,6 +86,8 @@ class LinkService:
         self.observers: list[Callable[[str, str, Collection[str], str | None], None]] = []
         #: API key → client, for a few seconds (see :class:`clients.ClientCache`).
         self.client_cache = clients.ClientCache()
+        #: client id → its webhook wishes, for a few seconds (see :class:`outbox.SinkCache`).
+        self.sinks = outbox.SinkCache()
 
     def now(self) -> int:
         return int(self.clock())
@@ -220,12 +222,14 @@ class LinkService:
             data=data,
             confirm=confirm,
         )
+        sink = self.sinks.get(self.engine, client.id)
         with db.write(self.engine) as conn:
             superseded = ledger.record_mint(
                 conn,
                 rec,
                 supersede=purpose in s.supersede_purposes and not defer_supersede,
                 now=now,
+                sink=sink,
             )
         path = "d" if purpose == "download" else "l"
         log.info(
@@ -251,8 +255,9 @@ class LinkService:
         if rec.purpose not in self.settings.supersede_purposes:
             return minted
         now = self.now() if now is None else now
+        sink = self.sinks.get(self.engine, rec.client_id)
         with db.write(self.engine) as conn:
-            n = ledger.supersede_older(conn, rec, now=now, check_self=True)
+            n = ledger.supersede_older(conn, rec, now=now, check_self=True, sink=sink)
         if n:
             log.info(
                 "links superseded",
@@ -358,6 +363,7 @@ class LinkService:
                 via=via,
                 actor=actor,
                 completion_hash=completion_hash,
+                sink=self.sinks.get(self.engine, claims.aud),
             )
         except errors.LinkError as exc:
             # consume() has already written the history of a link that left ``issued``.
@@ -431,7 +437,13 @@ class LinkService:
         self, client: Client, jti: str, now: int | None = None
     ) -> tuple[ledger.LinkRecord, int]:
         now = self.now() if now is None else now
-        rec, n = ledger.revoke(self.engine, jti=jti, client_id=client.id, now=now)
+        rec, n = ledger.revoke(
+            self.engine,
+            jti=jti,
+            client_id=client.id,
+            now=now,
+            sink=self.sinks.get(self.engine, client.id),
+        )
         log.info(
             "link revoked",
             extra={"jti": jti, "client": client.id, "outcome": "revoked", "count": n},
@@ -443,7 +455,12 @@ class LinkService:
     ) -> int:
         now = self.now() if now is None else now
         n = ledger.revoke_subject(
-            self.engine, client_id=client.id, subject=subject, purposes=purposes, now=now
+            self.engine,
+            client_id=client.id,
+            subject=subject,
+            purposes=purposes,
+            now=now,
+            sink=self.sinks.get(self.engine, client.id),
         )
         log.info("subject revoked", extra={"client": client.id, "outcome": "revoked", "count": n})
         return n

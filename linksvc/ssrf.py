@@ -1,0 +1,237 @@
+"""Where a webhook may be sent: URL rules, address checks after DNS, and a pinned connection.
+
+A client chooses its endpoint URLs, so without care it could aim linksvc at the internal
+network (a metadata service at 169.254.169.254, a database admin page on 10.0.0.5). The
+rules:
+
+- ``https://`` only; ``http://`` only to a loopback address, and only outside production
+  (development and tests), where a receiver on the same machine is the normal case.
+- No credentials or fragment in the URL.
+- The host is resolved, and **every** address it resolves to must be allowed: loopback only
+  outside production, private, link-local, shared and other non-global ranges only with
+  ``LINKSVC_WEBHOOK_ALLOW_PRIVATE``; multicast and unspecified addresses never.
+- The request then goes to the very address that was checked (the connection is pinned to
+  it, TLS still verifies the certificate against the host name): a DNS answer that changes
+  between the check and the connection (DNS rebinding) cannot redirect it.
+- Redirects are never followed (``http.client`` does not follow them; a 3xx is a failure).
+
+This module knows nothing of Flask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[..., Sequence[tuple[Any, ...]]]
+
+#: Bytes of the receiver's answer read (and discarded) before the connection is closed.
+MAX_RESPONSE_BYTES = 4096
+
+
+class Refused(ValueError):
+    """A URL or address webhooks may not be sent to; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What the operator allows: loopback (outside production), private ranges (opt-in)."""
+
+    allow_loopback: bool = False
+    allow_private: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str  # path and query, as sent in the request line
+
+
+def parse(url: str, policy: Policy) -> Target:
+    """Check the form of ``url`` (no DNS). Raises :class:`Refused`."""
+    if (
+        not isinstance(url, str)
+        or len(url) > 2000
+        or not url.isascii()
+        or not url.isprintable()
+        or " " in url
+    ):
+        raise Refused("the URL must be printable ASCII without spaces, at most 2000 characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise Refused(f"the URL must be an absolute https URL: {url!r}")
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        raise Refused("the URL must not carry credentials or a fragment")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Refused(f"the URL has an invalid port: {url!r}") from None
+    if parts.scheme == "http" and not (policy.allow_loopback and _loopback_literal(parts.hostname)):
+        raise Refused(
+            "the URL must use https (http is allowed only to 127.0.0.1, [::1] or localhost,"
+            " outside production)"
+        )
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(parts.scheme, parts.hostname, port, path)
+
+
+def _loopback_literal(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def classify(addr: Address) -> str | None:
+    """The kind of a non-global address (``loopback``, ``private``…), ``None`` if global."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return classify(addr.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
+    if addr.is_unspecified:
+        return "unspecified"
+    if addr.is_multicast:
+        return "multicast"
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_private:
+        return "private"
+    if not addr.is_global:
+        return "reserved"
+    return None
+
+
+def check_address(addr: Address, policy: Policy) -> None:
+    kind = classify(addr)
+    if kind is None:
+        return
+    if kind in ("unspecified", "multicast"):
+        raise Refused(f"{addr} is a {kind} address")
+    if kind == "loopback" and (policy.allow_loopback or policy.allow_private):
+        return
+    if kind != "loopback" and policy.allow_private:
+        return
+    raise Refused(
+        f"{addr} is a {kind} address (set LINKSVC_WEBHOOK_ALLOW_PRIVATE=1 to allow such endpoints)"
+    )
+
+
+def resolve(
+    target: Target, policy: Policy, resolver: Resolver = socket.getaddrinfo
+) -> list[Address]:
+    """Every address ``target.host`` resolves to, each checked against ``policy``.
+
+    One refused address refuses the URL: were any allowed, an attacker could mix a public
+    and a private answer and win whenever the private one is tried first.
+    """
+    try:
+        infos = resolver(target.host, target.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise Refused(f"{target.host} does not resolve ({type(exc).__name__})") from None
+    addrs: list[Address] = []
+    for info in infos:
+        try:
+            # The scope of an IPv6 link-local address ("fe80::1%eth0") is not part of it.
+            addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        except ValueError:
+            raise Refused(f"{target.host} resolves to an unusable address") from None
+        if addr not in addrs:
+            addrs.append(addr)
+    if not addrs:
+        raise Refused(f"{target.host} does not resolve")
+    for addr in addrs:
+        check_address(addr, policy)
+    if target.scheme == "http" and not all(_loopback(a) for a in addrs):
+        raise Refused("http is allowed only to a loopback address")
+    return addrs
+
+
+def _loopback(addr: Address) -> bool:
+    return classify(addr) == "loopback"
+
+
+def check_url(url: str, policy: Policy, resolver: Resolver = socket.getaddrinfo) -> Target:
+    """Form and addresses of ``url`` (what ``webhooks add`` checks). Raises :class:`Refused`."""
+    target = parse(url, policy)
+    resolve(target, policy, resolver)
+    return target
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What a delivery attempt got: a status, or an error (``status`` is then ``None``)."""
+
+    status: int | None
+    error: str | None
+    seconds: float
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    policy: Policy,
+    timeout: float,
+    resolver: Resolver = socket.getaddrinfo,
+    tls: ssl.SSLContext | None = None,
+) -> Answer:
+    """POST ``body`` to ``url`` under the rules above; never raises for network trouble.
+
+    ``timeout`` bounds the connection and each read; redirects are answered, not followed.
+    """
+    t0 = time.monotonic()
+    try:
+        target = parse(url, policy)
+        addrs = resolve(target, policy, resolver)
+    except Refused as exc:
+        return Answer(None, f"refused: {exc}"[:200], time.monotonic() - t0)
+    last = "unreachable"
+    for addr in addrs:
+        conn = _connection(target, addr, timeout, tls)
+        try:
+            conn.request("POST", target.path, body=body, headers=dict(headers))
+            resp = conn.getresponse()
+            resp.read(MAX_RESPONSE_BYTES)
+            return Answer(resp.status, None, time.monotonic() - t0)
+        except (ConnectionRefusedError, TimeoutError) as exc:
+            last = type(exc).__name__
+        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+            return Answer(None, type(exc).__name__, time.monotonic() - t0)
+        finally:
+            conn.close()
+    return Answer(None, last, time.monotonic() - t0)
+
+
+def _connection(
+    target: Target, addr: Address, timeout: float, tls: ssl.SSLContext | None
+) -> http.client.HTTPConnection:
+    conn: http.client.HTTPConnection
+    if target.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            target.host, target.port, timeout=timeout, context=tls or ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+
+    # Pinned: the socket goes to the address that was checked, whatever DNS says now; the
+    # Host header and the TLS server name (certificate check) stay the URL's host.
+    def _create(address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
+        return socket.create_connection((str(addr), target.port), timeout, source_address)
+
+    conn._create_connection = _create  # type: ignore[attr-defined]
+    return conn
