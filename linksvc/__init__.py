@@ -15,6 +15,9 @@ from .http import problem, security_headers
 from .keys import KeyRing
 from .service import LinkService
 
+#: The service's version, shown on the landing page.
+__version__ = "1.0.0"
+
 log = logging.getLogger("linksvc.app")
 
 
@@ -58,6 +61,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         api,
         cli,
         devoutbox,
+        docs,
         downloads,
         mail,
         metrics,
@@ -79,6 +83,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         downloads,
         mail,
         devoutbox,
+        docs,
         ratelimit,
         metrics,
         openapi,

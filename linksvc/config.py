@@ -68,6 +68,8 @@ class Settings:
     webhook_allow_private: bool = False
     #: Seconds a webhook delivery may take to connect and for each read.
     webhook_timeout: int = 5
+    #: When set, ``GET /metrics`` wants ``Authorization: Bearer <this>`` (off by default).
+    metrics_token: str | None = None
 
     @property
     def issuer(self) -> str:
@@ -199,6 +201,14 @@ def load(
             "LINKSVC_PAGE_RATE_LIMIT", f"must look like '60 per minute', got {page_limit!r}"
         )
 
+    metrics_token = (env.get("LINKSVC_METRICS_TOKEN") or "").strip() or None
+    if metrics_token is not None and (
+        len(metrics_token) < 16 or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", metrics_token)
+    ):
+        raise ConfigError(
+            "LINKSVC_METRICS_TOKEN", "must be at least 16 characters of a bearer token (RFC 6750)"
+        )
+
     return Settings(
         env=envname,
         instance_path=instance,
@@ -239,6 +249,7 @@ def load(
         trusted_proxies=_int(env, "LINKSVC_TRUSTED_PROXIES", 0, 0, 5),
         webhook_allow_private=_flag(env, "LINKSVC_WEBHOOK_ALLOW_PRIVATE"),
         webhook_timeout=_int(env, "LINKSVC_WEBHOOK_TIMEOUT", 5, 1, 30),
+        metrics_token=metrics_token,
     )
 
 

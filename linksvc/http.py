@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, json
+from flask import Response, current_app, json
 
 from . import errors
 
-PROBLEM_TYPE = "https://linksvc.dev/problems/"
+#: Problem ``type`` URIs are ``<base URL>/problems#<code>``: a section of a page this service
+#: serves (linksvc.docs) explaining the code.
+PROBLEM_PAGE = "/problems#"
 
 #: Status code of each link failure reason on the API and the pages.
 REASON_STATUS: dict[str, int] = {
@@ -52,10 +54,17 @@ def link_error_status(exc: errors.LinkError) -> int:
     return REASON_STATUS.get(exc.reason, 401)
 
 
+def problem_type(code: str) -> str:
+    """The URI of the section of ``/problems`` that explains ``code``."""
+    settings = current_app.config.get("LINKSVC") if current_app else None
+    base = settings.base_url if settings is not None else ""
+    return f"{base}{PROBLEM_PAGE}{code}"
+
+
 def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
     """An RFC 9457 problem document with our stable ``code``."""
     body = {
-        "type": PROBLEM_TYPE + code,
+        "type": problem_type(code),
         "title": TITLES.get(status, "Error"),
         "status": status,
         "code": code,

@@ -16,6 +16,7 @@ label is the client's public id.
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Collection, Iterator
@@ -176,7 +177,22 @@ def _stop_timer(resp: Response) -> Response:
     return resp
 
 
+def _authorised() -> bool:
+    """With ``LINKSVC_METRICS_TOKEN`` set, a scrape must bring it as a bearer token."""
+    token = current_app.config["LINKSVC"].metrics_token
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
 def metrics_view() -> Response:
+    if not _authorised():
+        from .http import problem
+
+        return problem(401, "unauthorized", "Send the metrics token as 'Authorization: Bearer'.")
     return Response(
         scrape(current_app._get_current_object()),  # type: ignore[attr-defined]
         mimetype=None,

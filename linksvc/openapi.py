@@ -744,9 +744,12 @@ def openapi_path(rule: str) -> str:
 
 
 def routed_operations(app: Flask) -> set[tuple[str, str]]:
-    """Every (OpenAPI path, method) the app serves under ``/api/v1``, HEAD and OPTIONS aside."""
+    """Every (OpenAPI path, method) the app serves under ``/api/v1``, HEAD and OPTIONS aside
+    (and the HTML reference of :mod:`linksvc.docs`, which is about the API, not part of it)."""
     ops = set()
     for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("docs."):
+            continue
         if rule.rule == PREFIX or rule.rule.startswith(PREFIX + "/"):
             for method in rule.methods or ():
                 if method not in ("HEAD", "OPTIONS"):

@@ -371,3 +371,37 @@ def test_gunicorn_without_a_named_directory_makes_and_removes_its_own(tmp_path: 
     finally:
         server.stop()
     assert not next(iter(dirs)).exists()  # removed when the master exits
+
+
+def test_metrics_token_is_off_by_default_and_required_when_set(env) -> None:
+    from linksvc import create_app
+    from linksvc.config import ConfigError
+
+    open_app = create_app(env)
+    try:
+        assert open_app.test_client().get("/metrics").status_code == 200
+    finally:
+        open_app.extensions["linksvc"].engine.dispose()
+
+    token = "scrape-" + "x" * 24
+    app = create_app({**env, "LINKSVC_METRICS_TOKEN": token})
+    try:
+        http = app.test_client()
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-of-some-length"},
+            {"Authorization": f"Basic {token}"},
+            {"Authorization": f"Bearer {token}x"},
+            {"Authorization": f"Bearer {token[:-1]}"},
+        ):
+            refused = http.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "linksvc_" not in refused.get_data(as_text=True)
+        ok = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and "linksvc_redemptions_total" in ok.get_data(as_text=True)
+    finally:
+        app.extensions["linksvc"].engine.dispose()
+    with pytest.raises(ConfigError) as info:
+        create_app({**env, "LINKSVC_METRICS_TOKEN": "short"})
+    assert info.value.name == "LINKSVC_METRICS_TOKEN"
