@@ -362,7 +362,7 @@ def test_waiting_page_without_javascript(browser, phone, stack):
         )
     )
     try:
-        started, mail, number = _wait(nojs, stack, "user-nojs")
+        _, mail, number = _wait(nojs, stack, "user-nojs")
         phone.page.goto(mail.link)
         phone.page.get_by_label("Number shown where you asked").fill(number)
         phone.page.get_by_role("button", name="Approve").click()
