@@ -41,7 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import codes, db, errors, ledger
+from . import codes, db, errors, ledger, outbox
 from .clients import Client
 from .service import LinkService, Minted
 
@@ -50,6 +50,10 @@ log = logging.getLogger("linksvc.signins")
 PENDING, APPROVED, COMPLETED, DENIED = "pending", "approved", "completed", "denied"
 #: The history events (and metric labels) of a sign-in.
 EVENTS = ("started", "viewed", "approved", "denied", "code_failed", "completed")
+# Webhook event types of PRODUCT §7: ``sign_in.started`` …, written in the step's transaction.
+outbox.EXTRA_EVENT_TYPES.extend(
+    f"sign_in.{e}" for e in EVENTS if f"sign_in.{e}" not in outbox.EXTRA_EVENT_TYPES
+)
 
 #: Crockford's base32: no I, L, O or U, so nothing reads as something else.
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -93,7 +97,8 @@ class SignIn:
     code_failures: int
     code_hash: str
     binding_hash: str | None
-    #: From the link's row: its state and the redirect URI registered at mint time.
+    #: From the link's row: its subject, state and the redirect URI registered at mint time.
+    subject: str
     link_state: str
     redirect_uri: str | None
 
@@ -230,7 +235,7 @@ def ago(seconds: int) -> str:
 # -- reading -------------------------------------------------------------------------
 
 _t, _l = db.sign_ins, db.links
-_SELECT = sa.select(*_t.c, _l.c.state.label("link_state"), _l.c.redirect_uri).join(
+_SELECT = sa.select(*_t.c, _l.c.subject, _l.c.state.label("link_state"), _l.c.redirect_uri).join(
     _l, _l.c.jti == _t.c.jti
 )
 
@@ -280,6 +285,27 @@ class SignIns:
         if secret is None:
             raise errors.NotInitialised("LINKSVC_SECRET_KEY")
         return secret
+
+    def _emit(
+        self,
+        conn: Connection,
+        signin: SignIn,
+        event: str,
+        now: int,
+        facts: dict[str, Any] | None = None,
+    ) -> None:
+        """The webhook event of a step, in the step's transaction (clients with endpoints only)."""
+        sink = self.service.sinks.get(self.engine, signin.client_id)
+        if sink is not None:
+            sink.emit(
+                conn,
+                event,
+                jti=signin.jti,
+                purpose="magic_link",
+                subject=signin.subject,
+                now=now,
+                facts={"sign_in": signin.id, **(facts or {})},
+            )
 
     def _notify(self, event: str, signin: SignIn) -> None:
         for fn in self.observers:
@@ -351,10 +377,13 @@ class SignIns:
             "code_failures": 0,
             "binding_hash": None,
         }
+        signin = SignIn(
+            **values, subject=rec.subject, link_state=ledger.ISSUED, redirect_uri=rec.redirect_uri
+        )
         with db.write(self.engine) as conn:
             conn.execute(sa.insert(_t).values(**values))
             ledger.add_event(conn, rec.jti, "started", now, via="api", actor=actor(secret, ip))
-        signin = SignIn(**values, link_state=ledger.ISSUED, redirect_uri=rec.redirect_uri)
+            self._emit(conn, signin, "sign_in.started", now, {"browser": signin.browser})
         self._notify("started", signin)
         send(minted, show_code(code))
         return Started(signin, minted)
@@ -377,6 +406,7 @@ class SignIns:
             ).rowcount
             if won:
                 ledger.add_event(conn, signin.jti, "viewed", now, via="wait")
+                self._emit(conn, signin, "sign_in.viewed", now, {"via": "wait"})
         if won:
             self._notify("viewed", signin)
             return True
@@ -396,9 +426,9 @@ class SignIns:
         ).rowcount
         if changed != 1:
             raise _Ended()
-        ledger.add_event(
-            conn, signin.jti, "consumed" if state == ledger.CONSUMED else "revoked", now, via=via
-        )
+        event = "consumed" if state == ledger.CONSUMED else "revoked"
+        ledger.add_event(conn, signin.jti, event, now, via=via)
+        self._emit(conn, signin, "link." + event, now, {"via": via})
 
     def _step(
         self,
@@ -432,6 +462,7 @@ class SignIns:
                 if link_to is not None:
                     self._spend_link(conn, signin, link_to, via, now)
                 ledger.add_event(conn, signin.jti, event, now, reason=detail, via=via)
+                self._emit(conn, signin, "sign_in." + event, now, {"via": via, "reason": detail})
                 if code is not None:
                     conn.execute(
                         sa.insert(db.codes).values(
@@ -558,6 +589,7 @@ class SignIns:
             ).scalar()
             if failures is not None:
                 ledger.add_event(conn, signin.jti, "code_failed", now, via="code")
+                self._emit(conn, signin, "sign_in.code_failed", now, {"failures": failures})
         current = by_jti(self.engine, signin.jti)
         if current is None:
             raise SignInError("unknown")

@@ -626,3 +626,35 @@ def test_every_step_is_counted(app, api, laptop, phone):
         "code_failed": 1,
         "completed": 1,
     }
+
+
+def test_every_step_is_a_webhook_event_in_its_transaction(app, api, laptop, phone):
+    from .test_webhooks import add_endpoint, rows
+
+    add_endpoint(app, api.client.id)
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    laptop.post(s.wait_path + "/code", data={"csrf": csrf_of(wait), "code": "0000-0000"})
+    page = phone.get(s.link_path)
+    phone.post(
+        "/s/approve", data={"csrf": csrf_of(page), "number": match_of(wait), "action": "approve"}
+    )
+    code_from(laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)}))
+    mine = [r for r in rows(app, api.client.id) if r["jti"] == s.jti]
+    kinds = [r["event_type"] for r in mine]
+    for kind in (
+        "sign_in.started",
+        "sign_in.viewed",
+        "sign_in.code_failed",
+        "sign_in.approved",
+        "link.consumed",
+        "sign_in.completed",
+    ):
+        assert kinds.count(kind) == 1, kinds
+    assert kinds.index("sign_in.started") < kinds.index("sign_in.approved")
+    for r in mine:
+        assert ADDRESS not in r["payload"] and s.code not in r["payload"]
+        data = json.loads(r["payload"])["data"]
+        assert data["jti"] == s.jti
+        if r["event_type"].startswith("sign_in."):
+            assert data["sign_in"] == s.id
