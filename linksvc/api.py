@@ -152,7 +152,7 @@ def authenticate() -> Response | None:
     try:
         client = service().client_by_key(key.strip())
     except errors.ServiceUnavailable as exc:
-        return problem(503, "unavailable", exc.detail)
+        return _unavailable(exc)
     if client is None:
         return problem(401, "unauthorized", "The API key is not valid.")
     g.client = client

@@ -31,7 +31,9 @@ def jwks() -> Response:
     try:
         body = current_app.extensions["linksvc"].keyring.jwks()
     except errors.ServiceUnavailable as exc:
-        return problem(503, "unavailable", exc.detail)
+        resp = problem(503, "unavailable", exc.detail)
+        resp.headers["Retry-After"] = "5"
+        return resp
     resp = jsonify(body)
     resp.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
     resp.headers["Access-Control-Allow-Origin"] = "*"

@@ -325,6 +325,30 @@ def test_readyz_fails_without_database(tmp_path):
     assert resp.status_code == 503 and resp.get_json()["code"] == "database_unavailable"
 
 
+def test_api_key_lookup_without_database_is_503_with_retry_after(tmp_path):
+    """With no database (a failover in progress) even the API-key lookup answers a 503 that
+    tells the caller when to come back — the failover test met it without Retry-After."""
+    import sqlalchemy as sa
+
+    from linksvc import create_app
+
+    from .support import base_env
+
+    app = create_app(base_env(tmp_path))
+    svc = app.extensions["linksvc"]
+    svc.engine.dispose()
+    svc.engine = sa.create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
+    resp = app.test_client().post(
+        "/api/v1/links/redeem",
+        json={"token": "x", "purpose": "magic_link"},
+        headers={"Authorization": "Bearer lsk_not-looked-up-yet"},
+    )
+    assert resp.status_code == 503 and resp.get_json()["code"] == "unavailable"
+    assert resp.headers["Retry-After"] == "5"
+
+
 def test_no_key_yet_is_503_not_500(tmp_path, migrated_sqlite):
     import shutil
 
