@@ -17,6 +17,23 @@ def test_defaults(tmp_path):
     assert s.key_encryption_key is None  # never invented: init-db writes it
 
 
+def test_multi_host_database_url_reaches_libpq_whole(tmp_path):
+    """The failover shape: every data host in one URL, libpq keeping the one that accepts
+    writes. The URL passes the checks and the engine hands libpq both hosts and the attribute."""
+    from linksvc import db
+
+    url = (
+        "postgresql://linksvc@/linksvc?host=db-a,db-b&port=5432,6432"
+        "&target_session_attrs=read-write"
+    )
+    s = config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_DATABASE_URL": url})
+    assert s.database_url == "postgresql+psycopg" + url[len("postgresql") :]
+    engine = db.make_engine(s.database_url)
+    _, params = engine.dialect.create_connect_args(engine.url)
+    assert params["host"] == "db-a,db-b" and params["port"] == "5432,6432"
+    assert params["target_session_attrs"] == "read-write"
+
+
 @pytest.mark.parametrize(
     "name,value",
     [
