@@ -10,7 +10,7 @@ PORT   ?= 8000
 APP_PORT ?= 5001
 export FLASK_APP := app
 
-.PHONY: run test lint serve init-db venv venv-test bench clean
+.PHONY: run test lint serve init-db venv venv-test bench clean system-deps
 
 # Reinstall whenever a requirements file changes.
 $(VENV)/.runtime: requirements.txt
@@ -54,7 +54,7 @@ serve: init-db
 # s3rver, the real S3-API server of the download tests, from the committed lock file. Without
 # npm the S3 tests skip and say why (in CI, where CI=true, they fail instead).
 S3RVER := tests/s3rver/node_modules/.bin/s3rver
-$(S3RVER): tests/s3rver/package-lock.json
+$(S3RVER): tests/s3rver/package-lock.json | system-deps
 	@if command -v npm >/dev/null; then cd tests/s3rver && npm ci --no-audit --no-fund && touch node_modules/.bin/s3rver; \
 	 else echo "npm not found: the S3 download tests will skip"; fi
 
@@ -64,7 +64,24 @@ lint: venv-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy linksvc app.py
 
-test: venv-test init-db $(S3RVER)
+# What the tests need from the system: Debian's Chromium (the browser tests; Playwright drives
+# it and never downloads one) and npm (s3rver). Installed with apt-get when we are root and
+# they are missing; otherwise `make test` says which tests will skip, and pytest's summary
+# lists each skipped test with its reason (in CI they fail instead).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+CHROMIUM ?= /usr/bin/chromium
+system-deps:
+	@missing=""; [ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	 command -v npm >/dev/null || missing="$$missing npm"; \
+	 if [ -z "$$missing" ]; then exit 0; fi; \
+	 if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	   echo "make test: installing$$missing with apt-get"; \
+	   (apt-get update -q && $(APT_INSTALL) $$missing) || echo "make test: apt-get could not install$$missing"; \
+	 fi; \
+	 [ -x $(CHROMIUM) ] || echo "make test: SKIPPING the browser tests: no Chromium at $(CHROMIUM) (as root: apt-get install chromium)"; \
+	 command -v npm >/dev/null || echo "make test: SKIPPING the S3 tests: no npm for s3rver (as root: apt-get install npm)"
+
+test: venv-test init-db system-deps $(S3RVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The side-by-side benchmark (bench/README.md): Flask hello-world vs linksvc on SQLite and

@@ -135,3 +135,19 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database (skips outside CI when the server is absent)."""
     with pg_database() as url:
         yield url
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """Say plainly what this machine did not test: each skip reason once, with its count
+    (the reasons name the missing part and how to install it)."""
+    from collections import Counter
+
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("not tested on this machine")
+        for reason, n in reasons.most_common():
+            terminalreporter.write_line(f"{n:4d} skipped: {reason}")
