@@ -587,7 +587,7 @@ def exchange_code() -> Response:
     """Spend the ``code`` a hosted sign-in or reset sent to the redirect URI, once.
 
     ``invalid_code`` (404) for an unknown code or another client's (which is not spent),
-    ``code_used`` (409), ``code_expired`` (410).
+    ``code_used`` (409), ``code_expired`` or ``code_revoked`` (410).
     """
     f = fields(json_body(), {"code": (str, True)})
     svc = service()

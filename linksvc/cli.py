@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import clients as clients_mod
-from . import db, errors, idempotency, ledger, migrate
+from . import codes, db, errors, idempotency, ledger, migrate
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
@@ -203,10 +203,12 @@ def _find_client(conn: object, ident: str) -> clients_mod.Client:
 @clients_cli.command("disable")
 @click.argument("client")
 def clients_disable(client: str) -> None:
-    """Disable a client: its API key stops working within 5 seconds (workers cache keys that long)."""
+    """Disable a client: its API key stops working within 5 seconds (workers cache keys that long);
+    its one-time codes not yet exchanged are voided at once."""
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
         clients_mod.update(conn, c.id, disabled=True)
+        codes.void_client(conn, c.id, int(time.time()))
     _svc().client_cache.clear()
     click.echo(f"disabled {c.id} ({c.name})")
 

@@ -8,7 +8,10 @@ purpose, jti and data of the link. A code:
 - is derived, not stored: ``HMAC(secret, jti | browser nonce)``; only its SHA-256 is in
   the ``codes`` table, so a database dump holds nothing a browser could use;
 - lives ``settings.code_ttl`` seconds (60 by default) and is bound to the link's client;
-- is spent by one conditional UPDATE whose row count picks the single winner.
+- is spent by one conditional UPDATE whose row count picks the single winner;
+- is stored in the transaction that consumes its link, and voided before its exchange by a
+  revocation of its subject, the disabling of its client or the removal of the key that
+  signed its link (``410 code_revoked``): an account suspended mid-sign-in stays out.
 
 Because the code is a function of the link and of the nonce cookie of the browser that
 pressed the button, a second press from the same browser (a double click, a resubmitted
@@ -26,7 +29,7 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from . import db, errors, ledger, outbox
 from .service import PAGE_PURPOSES, LinkService
@@ -65,6 +68,15 @@ class CodeExpired(CodeError):
     reason = "code_expired"
     status = 410
     default_detail = "The code has expired; the user must request a new link."
+
+
+class CodeRevoked(CodeError):
+    reason = "code_revoked"
+    status = 410
+    default_detail = (
+        "The code was voided (its subject was revoked, its client disabled, or its key "
+        "removed); the user must request a new link."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +118,38 @@ def hash_code(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
+def _insert(conn: Connection, h: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
+    conn.execute(
+        _INSERT,
+        {
+            "code_hash": h,
+            "jti": jti,
+            "client_id": client_id,
+            "created_at": now,
+            "expires_at": now + ttl,
+            "used_at": None,
+        },
+    )
+
+
+_INSERT = sa.insert(db.codes)
+
+
+def void_client(conn: Connection, client_id: str, now: int) -> int:
+    """Void every live code of ``client_id`` (the client is being disabled). Returns how many."""
+    c = db.codes
+    return conn.execute(
+        sa.update(c)
+        .where(
+            c.c.client_id == client_id,
+            c.c.used_at.is_(None),
+            c.c.voided_at.is_(None),
+            c.c.expires_at > now,
+        )
+        .values(voided_at=now)
+    ).rowcount
+
+
 def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
     """Record ``code`` (by its hash) unless it is already recorded: a repeated press, or
     two presses racing, leave one row with the first press's expiry."""
@@ -116,18 +160,28 @@ def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl:
                 sa.select(db.codes.c.code_hash).where(db.codes.c.code_hash == h)
             ).first()
             if exists is None:
-                conn.execute(
-                    sa.insert(db.codes).values(
-                        code_hash=h,
-                        jti=jti,
-                        client_id=client_id,
-                        created_at=now,
-                        expires_at=now + ttl,
-                        used_at=None,
-                    )
-                )
+                _insert(conn, h, jti=jti, client_id=client_id, now=now, ttl=ttl)
     except sa.exc.IntegrityError:
         pass  # the racing press inserted the same row first
+
+
+_c, _l, _k, _cl = db.codes.c, db.links.c, db.signing_keys.c, db.clients.c
+#: Spend a code: one conditional UPDATE, which also checks — in the same statement, so no
+#: cached client or key ring can be stale — that the client is enabled and that the key
+#: that signed the code's link has not been removed.
+_EXCHANGE = (
+    sa.update(db.codes)
+    .where(
+        _c.code_hash == sa.bindparam("k_hash"),
+        _c.client_id == sa.bindparam("k_client"),
+        _c.used_at.is_(None),
+        _c.voided_at.is_(None),
+        _c.expires_at > sa.bindparam("k_now"),
+        sa.exists().where(_cl.id == _c.client_id, _cl.disabled == sa.false()),
+        ~sa.exists().where(_l.jti == _c.jti, _k.kid == _l.kid, _k.state == "removed"),
+    )
+    .values(used_at=sa.bindparam("k_now"))
+)
 
 
 def exchange(
@@ -150,16 +204,7 @@ def exchange(
     c = db.codes
     failure: CodeError
     with db.write(engine) as conn:
-        result = conn.execute(
-            sa.update(c)
-            .where(
-                c.c.code_hash == h,
-                c.c.client_id == client_id,
-                c.c.used_at.is_(None),
-                c.c.expires_at > now,
-            )
-            .values(used_at=now)
-        )
+        result = conn.execute(_EXCHANGE, {"k_hash": h, "k_client": client_id, "k_now": now})
         row = conn.execute(sa.select(c).where(c.c.code_hash == h)).mappings().first()
         if result.rowcount == 1 and row is not None:
             rec = ledger.get(conn, row["jti"])
@@ -196,8 +241,10 @@ def exchange(
             failure = InvalidCode()
         elif row["used_at"] is not None:
             failure = CodeUsed()
-        else:
+        elif row["voided_at"] is None and row["expires_at"] <= now:
             failure = CodeExpired()
+        else:  # voided, or its client disabled or its key removed since the press
+            failure = CodeRevoked()
         log.info(
             "code rejected",
             extra={
@@ -230,6 +277,15 @@ def complete(
         raise errors.NotInitialised("LINKSVC_SECRET_KEY")
     ch = completion_hash(nonce)
     repeated = False
+    ttl = service.settings.code_ttl
+
+    def store_code(conn: Connection, rec: ledger.LinkRecord) -> None:
+        # In the consuming transaction: a revocation either comes before the consume (which
+        # then fails) or after this code is committed (and voids it).
+        if rec.redirect_uri is not None:
+            code = derive(secret, rec.jti, nonce)
+            _insert(conn, hash_code(code), jti=rec.jti, client_id=rec.client_id, now=now, ttl=ttl)
+
     try:
         rec = service.redeem(
             token,
@@ -239,6 +295,7 @@ def complete(
             via=via,
             actor=actor,
             completion_hash=ch,
+            on_consumed=store_code,
         ).record
     except errors.Used as exc:
         with db.read(service.engine) as conn:
@@ -249,15 +306,9 @@ def complete(
         rec, repeated = rec_or_none, True
     if rec.redirect_uri is None:
         return Completion(rec, None, repeated)
+    # The code itself was stored by the press that consumed the link (a repeated press
+    # re-derives the same one, already stored, and possibly since voided or spent).
     code = derive(secret, rec.jti, nonce)
-    store(
-        service.engine,
-        code,
-        jti=rec.jti,
-        client_id=rec.client_id,
-        now=now,
-        ttl=service.settings.code_ttl,
-    )
     # A repeated press goes back to the application with the same code even when the
     # application has already exchanged it: in a double click the browser may show the
     # second answer, not the first, and the application (which set its session in this very

@@ -21,6 +21,8 @@ PURPOSES: tuple[str, ...] = ("magic_link", "password_reset", "download")
 #: No purpose may ever carry a lifetime above this, whatever the configuration says.
 HARD_MAX_TTL = 900
 HARD_MAX_LEEWAY = 60
+#: The longest a one-time code may live (``LINKSVC_CODE_TTL``).
+HARD_MAX_CODE_TTL = 300
 
 
 class ConfigError(ValueError):
@@ -227,7 +229,7 @@ def load(
         key_refresh_seconds=_int(env, "LINKSVC_KEY_REFRESH_SECONDS", 5, 1, 10),
         max_body_bytes=_int(env, "LINKSVC_MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024),
         max_data_bytes=_int(env, "LINKSVC_MAX_DATA_BYTES", 4096, 0, 64 * 1024),
-        code_ttl=_int(env, "LINKSVC_CODE_TTL", 60, 10, 300),
+        code_ttl=_int(env, "LINKSVC_CODE_TTL", 60, 10, HARD_MAX_CODE_TTL),
         db_pool_size=_int(env, "LINKSVC_DB_POOL_SIZE", 5, 1, 100),
         db_statement_timeout_ms=_int(env, "LINKSVC_DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
         db_connect_timeout=_int(env, "LINKSVC_DB_CONNECT_TIMEOUT", 3, 1, 60),

@@ -90,6 +90,8 @@ codes = sa.Table(
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("expires_at", sa.BigInteger(), nullable=False),
     sa.Column("used_at", sa.BigInteger(), nullable=True),
+    # Set when a revocation voids the code before its exchange (linksvc.codes).
+    sa.Column("voided_at", sa.BigInteger(), nullable=True),
     sa.Index("ix_codes_expires_at", "expires_at"),
 )
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import db, errors, outbox
-from .config import HARD_MAX_LEEWAY, HARD_MAX_TTL
+from .config import HARD_MAX_CODE_TTL, HARD_MAX_LEEWAY, HARD_MAX_TTL
 
 ISSUED, CONSUMED, REVOKED, SUPERSEDED = "issued", "consumed", "revoked", "superseded"
 
@@ -308,11 +308,13 @@ def consume(
     actor: str | None = None,
     completion_hash: str | None = None,
     sink: outbox.Sink | None = None,
+    on_consumed: Callable[[Connection, LinkRecord], None] | None = None,
 ) -> LinkRecord:
     """Consume a link once: exactly one caller racing for ``jti`` gets its record back;
     every other gets :class:`~linksvc.errors.Used` (or the state it is in). With ``sink``,
     ``link.consumed`` (or ``link.replayed``, and the client's replay policy) is written in
-    the same transaction."""
+    the same transaction. ``on_consumed`` runs in the consuming transaction too (the one-time
+    code is stored there, so a revocation either comes first or finds the code to void)."""
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
         # RETURNING hands the winner its row in the same statement: no second read.
@@ -344,7 +346,10 @@ def consume(
                     now=now,
                     facts={"via": via},
                 )
-            return _record(row)
+            won = _record(row)
+            if on_consumed is not None:
+                on_consumed(conn, won)
+            return won
         rec = get(conn, jti)
         try:
             check_outstanding(rec, jti=jti, client_id=client_id, purpose=purpose, subject=subject)
@@ -506,9 +511,11 @@ def revoke_subject(
     now: int,
     sink: outbox.Sink | None = None,
 ) -> int:
-    """Revoke every outstanding link of ``subject`` (optionally of ``purposes``)."""
+    """Revoke every outstanding link of ``subject`` (optionally of ``purposes``), and void
+    the one-time codes of its links consumed but not yet exchanged: an account suspended
+    mid-sign-in stays out."""
     with db.write(engine) as conn:
-        return _change_outstanding(
+        n = _change_outstanding(
             conn,
             REVOKED,
             now,
@@ -518,6 +525,31 @@ def revoke_subject(
             purposes=purposes,
             sink=sink,
         )
+        # After the UPDATE above: a consume racing it holds the link's row until it commits
+        # its code with it, so this statement (a fresh snapshot) sees that code.
+        t, c = db.links, db.codes
+        cond = [
+            t.c.client_id == client_id,
+            t.c.subject == subject,
+            t.c.state == CONSUMED,
+            # A live code was made at most its lifetime ago, by a consume within the leeway
+            # past the link's exp: older links cannot have one (and their partitions are skipped).
+            t.c.exp >= now - HARD_MAX_CODE_TTL - HARD_MAX_LEEWAY,
+        ]
+        if purposes:
+            cond.append(t.c.purpose.in_(list(purposes)))
+        conn.execute(
+            sa.update(c)
+            .where(
+                c.c.client_id == client_id,
+                c.c.used_at.is_(None),
+                c.c.voided_at.is_(None),
+                c.c.expires_at > now,
+                c.c.jti.in_(sa.select(t.c.jti).where(*cond)),
+            )
+            .values(voided_at=now)
+        )
+        return n
 
 
 #: The shortest retention ``purge`` accepts. A purged link must fail as ``expired`` before

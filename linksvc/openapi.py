@@ -636,7 +636,11 @@ PATHS: dict[str, Any] = {
                     "200": _json(_ref("Exchanged"), "The completed link."),
                     "404": _problem("No such code for this client."),
                     "409": _problem("The code was already exchanged."),
-                    "410": _problem("The code has expired."),
+                    "410": _problem(
+                        "The code has expired (`code_expired`), or was voided by a revocation of"
+                        " its subject, the disabling of its client or the removal of its link's"
+                        " signing key (`code_revoked`)."
+                    ),
                 },
                 _BODY_ERRORS,
                 {

@@ -225,6 +225,12 @@ PROBLEMS: dict[str, Problem] = {
         "A browser that already has your session sent it twice: treat as signed in.",
     ),
     "code_expired": Problem(410, "Code expired", "Codes live 60 seconds (`LINKSVC_CODE_TTL`)."),
+    "code_revoked": Problem(
+        410,
+        "Code voided",
+        "The subject was revoked, the client disabled or the link's signing key removed after "
+        "the press and before the exchange: do not sign the user in; they must request a new link.",
+    ),
 }
 
 #: Codes the scan in tests/test_problems.py finds that are end-user page reasons, never a

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from . import clients, db, errors, ledger, outbox, tokens
 from .clients import Client
@@ -348,8 +348,10 @@ class LinkService:
         via: str = "api",
         actor: str | None = None,
         completion_hash: str | None = None,
+        on_consumed: Callable[[Connection, ledger.LinkRecord], None] | None = None,
     ) -> Verified:
-        """Verify and consume, once. Raises LinkError (``used`` for every loser of a race)."""
+        """Verify and consume, once. Raises LinkError (``used`` for every loser of a race).
+        ``on_consumed`` runs in the consuming transaction (see :func:`ledger.consume`)."""
         now = self.now() if now is None else now
         try:
             claims = self.check_token(token, purposes=purposes, audience=audience, now=now)
@@ -364,6 +366,7 @@ class LinkService:
                 actor=actor,
                 completion_hash=completion_hash,
                 sink=self.sinks.get(self.engine, claims.aud),
+                on_consumed=on_consumed,
             )
         except errors.LinkError as exc:
             # consume() has already written the history of a link that left ``issued``.

@@ -116,6 +116,18 @@ def _race(engine: Any, n: int) -> list[str]:
     now = int(time.time())
     with db.write(engine) as conn:
         conn.execute(
+            sa.insert(db.clients).values(
+                id="cl_a",
+                name="a",
+                display_name="A",
+                api_key_hash="h" * 64,
+                purposes='["magic_link"]',
+                redirect_uris="[]",
+                download_prefixes="[]",
+                created_at=now,
+            )
+        )
+        conn.execute(
             sa.insert(db.links).values(
                 jti="J" * 22,
                 client_id="cl_a",
@@ -213,3 +225,143 @@ def test_same_press_across_a_second_boundary(api, app):
     except Exception as exc:
         other = exc
     assert getattr(other, "reason", None) == "used"
+
+
+# -- codes voided by revocations (issue 17 item 3) -------------------------------------
+
+
+def test_subject_revocation_voids_a_code_not_yet_exchanged(api, app):
+    _, code = pressed(api, app, purpose="magic_link", subject="user-5")
+    _, reset_code = pressed(api, app, purpose="password_reset", subject="user-5")
+    _, other_code = pressed(api, app, purpose="magic_link", subject="user-6")
+    resp = api.http.post(
+        "/api/v1/subjects/user-5/revoke", json={"purposes": ["magic_link"]}, headers=api.headers
+    )
+    assert resp.status_code == 200
+    voided = exchange(api, code)
+    assert voided.status_code == 410 and voided.get_json()["code"] == "code_revoked"
+    # Other purposes (not named) and other subjects are untouched.
+    assert exchange(api, reset_code).status_code == 200
+    assert exchange(api, other_code).status_code == 200
+    # A spent code stays spent (409), not "revoked", whatever comes after.
+    api.http.post("/api/v1/subjects/user-6/revoke", headers=api.headers)
+    assert exchange(api, other_code).get_json()["code"] == "code_used"
+
+
+def test_client_disable_voids_codes_even_after_enabling_again(api, app, runner):
+    _, code = pressed(api, app)
+    assert runner.invoke(args=["clients", "disable", api.client.id]).exit_code == 0
+    assert runner.invoke(args=["clients", "enable", api.client.id]).exit_code == 0
+    resp = exchange(api, code)
+    assert resp.status_code == 410 and resp.get_json()["code"] == "code_revoked"
+
+
+def test_client_disabled_directly_in_the_database_refuses_its_codes(api, app):
+    """The exchange checks the client in its own statement: no cached client is trusted."""
+    _, code = pressed(api, app)
+    svc = app.extensions["linksvc"]
+    api.http.get("/api/v1/links/" + "A" * 22, headers=api.headers)  # the key is now cached
+    with db.write(svc.engine) as conn:
+        conn.execute(sa.update(db.clients).values(disabled=True))
+    resp = exchange(api, code)
+    assert resp.status_code == 410 and resp.get_json()["code"] == "code_revoked"
+
+
+def test_signing_key_revocation_voids_its_codes(api, app, runner):
+    link, code = pressed(api, app)
+    with db.read(app.extensions["linksvc"].engine) as conn:
+        kid = conn.execute(sa.select(db.links.c.kid).where(db.links.c.jti == link["jti"])).scalar()
+    result = runner.invoke(args=["keys", "revoke", kid, "--yes"])
+    assert result.exit_code == 0, result.output
+    resp = exchange(api, code)
+    assert resp.status_code == 410 and resp.get_json()["code"] == "code_revoked"
+
+
+PRESSERS = 6
+REVOKE_ROUNDS = 8
+
+
+def _press_revoke_race(tmp_path, database_url=None):
+    """Through gunicorn: ``PRESSERS`` browsers press their link of one subject while the
+    application revokes that subject, all released at once. Afterwards no code that any
+    press produced may be exchanged: the press either lost (its link was revoked) or its
+    code was voided."""
+    import re
+
+    import requests
+
+    from .support import base_env, prepare_instance, start_gunicorn
+
+    env = base_env(tmp_path / "instance", database_url, LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+    creds = prepare_instance(env)
+    headers = {"Authorization": f"Bearer {creds['api_key']}"}
+    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    outcomes: list[str] = []
+    try:
+        for round_ in range(REVOKE_ROUNDS):
+            subject = f"suspended-{round_}"
+            browsers = []
+            for _ in range(PRESSERS):
+                link = requests.post(
+                    f"{server.url}/api/v1/links",
+                    json={"purpose": "magic_link", "subject": subject},
+                    headers=headers,
+                    timeout=10,
+                ).json()
+                s = requests.Session()
+                page = s.get(f"{server.url}/l/{link['token']}", timeout=10)
+                csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+                browsers.append((s, link["token"], csrf))
+            barrier = threading.Barrier(PRESSERS + 1)
+
+            def one(i: int) -> Any:
+                barrier.wait()
+                if i == PRESSERS:
+                    return requests.post(
+                        f"{server.url}/api/v1/subjects/{subject}/revoke",
+                        headers=headers,
+                        timeout=30,
+                    )
+                s, token, csrf = browsers[i]
+                return s.post(
+                    f"{server.url}/l/{token}",
+                    data={"csrf": csrf},
+                    allow_redirects=False,
+                    timeout=30,
+                )
+
+            with ThreadPoolExecutor(max_workers=PRESSERS + 1) as pool:
+                answers = list(pool.map(one, range(PRESSERS + 1)))
+            assert answers[-1].status_code == 200
+            for resp in answers[:-1]:
+                if resp.status_code == 303:
+                    code = code_of(resp.headers["Location"])
+                    done = requests.post(
+                        f"{server.url}/api/v1/codes/exchange",
+                        json={"code": code},
+                        headers=headers,
+                        timeout=10,
+                    )
+                    outcomes.append(f"{done.status_code} {done.json().get('code', 'exchanged')}")
+                else:
+                    assert resp.status_code == 410, resp.status_code  # the link was revoked
+                    outcomes.append("press refused")
+        log = server.log()
+    finally:
+        server.stop()
+    return outcomes, log
+
+
+def _assert_no_code_survived(outcomes, log):
+    assert set(outcomes) <= {"410 code_revoked", "press refused"}, outcomes
+    # The race was real: some presses got in before the revocation and made a code.
+    assert "410 code_revoked" in outcomes, outcomes
+    assert "Traceback" not in log
+
+
+def test_press_revoke_race_sqlite(tmp_path):
+    _assert_no_code_survived(*_press_revoke_race(tmp_path))
+
+
+def test_press_revoke_race_postgresql(tmp_path, pg_url):
+    _assert_no_code_survived(*_press_revoke_race(tmp_path, pg_url))
