@@ -1,7 +1,7 @@
 """codes.voided_at: a code voided before its exchange (subject revoked, client disabled)
 
 Revision ID: 0002
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-01
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0002"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
