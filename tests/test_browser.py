@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -86,8 +88,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from werkzeug.serving import make_server
 
     tmp = tmp_path_factory.mktemp("browser")
-    shots = tmp_path_factory.getbasetemp() / "screenshots"
-    shots.mkdir(exist_ok=True)
+    where = os.environ.get("LINKSVC_TEST_ARTEFACTS")
+    shots = Path(where) if where else tmp_path_factory.getbasetemp() / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     port, app_port = free_port(), free_port()
     env = base_env(
         tmp / "instance",
@@ -335,3 +338,66 @@ def test_phone_viewport_and_accessibility(browser, stack):
             context_nojs.close()
     finally:
         context.close()
+
+
+#: The screen sizes every page is photographed at.
+VIEWPORTS = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
+}
+#: The screenshots the README shows (copied to docs/screenshots/ with LINKSVC_UPDATE_SCREENSHOTS=1).
+README_SHOTS = {"failure_used_phone.png", "api_docs_desktop.png"}
+
+
+def test_screenshots_of_every_failure_page_the_landing_page_and_the_api_reference(browser, stack):
+    """Every failure page (with its application's name, the time in words and "Request a new
+    link"), the landing page and the API reference, at desktop and phone sizes, in the test
+    artefacts; pages fit a phone without horizontal scrolling, and the reference loads with no
+    CSP violation (its assets are served by linksvc)."""
+    import shutil
+
+    from .support import flask_cli
+
+    restart = f"{stack.app}/"
+    flask_cli(stack.env, "clients", "update", "acme", "--restart-uri", restart)
+    cases = _failure_cases(stack)
+    for size, options in VIEWPORTS.items():
+        context = browser.new_context(**options)
+        try:
+            pg = context.new_page()
+            pg.set_default_timeout(15000)
+            problems: list[str] = []
+            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            for reason, url, status in cases:
+                resp = pg.goto(url)
+                assert resp.status == status, (reason, size)
+                text = pg.locator("main").inner_text()
+                if reason in ("used", "revoked", "superseded", "expired"):
+                    assert "Acme" in text, (reason, text)
+                    assert pg.locator("#restart").get_attribute("href") == restart
+                    assert re.search(r"ago|just now|expired at \d\d:\d\d UTC", text), text
+                assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+                pg.screenshot(
+                    path=str(stack.shots / f"failure_{reason}_{size}.png"), full_page=True
+                )
+            pg.goto(stack.linksvc + "/")
+            assert pg.locator("h1").inner_text() == "linksvc"
+            assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            pg.screenshot(path=str(stack.shots / f"landing_{size}.png"), full_page=True)
+            pg.click("#api-docs")
+            pg.wait_for_selector(".opblock")
+            assert pg.locator(".opblock").count() >= 8
+            pg.screenshot(path=str(stack.shots / f"api_docs_{size}.png"))
+            blocked = [p for p in problems if "Content Security Policy" in p]
+            assert not blocked, blocked
+        finally:
+            context.close()
+    taken = {p.name for p in stack.shots.glob("*_desktop.png")} | {
+        p.name for p in stack.shots.glob("*_phone.png")
+    }
+    assert len(taken) >= 2 * (len(cases) + 2)
+    if os.environ.get("LINKSVC_UPDATE_SCREENSHOTS") == "1":
+        target = ROOT / "docs" / "screenshots"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in README_SHOTS:
+            shutil.copy(stack.shots / name, target / name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -57,9 +58,10 @@ def _rotate(env: dict[str, str], *args: str) -> str:
 def _verify_outside(
     jwks_url: str, token: str, issuer: str, audience: str
 ) -> subprocess.CompletedProcess[str]:
+    # Run as the README shows it, as a command (it is executable), with this venv's python3.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.run(
         [
-            sys.executable,
             str(SCRIPT),
             jwks_url,
             "--issuer",
@@ -73,6 +75,7 @@ def _verify_outside(
         text=True,
         capture_output=True,
         timeout=60,
+        env={**os.environ, "PATH": path},
     )
 
 
