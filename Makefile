@@ -44,10 +44,13 @@ run: init-db $(VENV)/.examples
 	  --ready $(LINKSVC_BASE_URL)/healthz --ready http://127.0.0.1:$(APP_PORT)/ \
 	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
 	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --workers 2 --bind 127.0.0.1:$(PORT) app:app" \
-	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)"
+	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \
+	  "webhooks=$(BIN)/flask --app app webhooks run"
 
 # The production shape: several workers (LINKSVC_WORKERS, default 2 x cores + 1) on LINKSVC_BIND,
 # redacted access log, graceful reload on HUP. See README "Production" and docs/deploy.md.
+# Webhooks need the relay beside it (as its own service, on one node or several):
+#   .venv/bin/flask --app app webhooks run
 serve: init-db
 	$(BIN)/gunicorn -c gunicorn.conf.py app:app
 
