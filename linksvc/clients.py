@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
@@ -94,6 +95,18 @@ def validate_restart_uri(uri: str | None, *, allow_http: bool) -> str | None:
         raise ClientError(str(exc).replace("redirect URI", "restart URI")) from None
 
 
+def validate_display_name(name: str) -> str:
+    """Shown on pages and in mail: no control or format characters (bidi overrides such as
+    U+202E, zero-width characters, BOM), which could make it read as something else."""
+    if not name.strip() or len(name) > 200:
+        raise ClientError("display name must be 1-200 characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+        raise ClientError(
+            "display name must not contain control or format characters (bidi, zero-width)"
+        )
+    return name
+
+
 def validate_limit(limit: str | None, what: str) -> str | None:
     if limit is None:
         return None
@@ -138,7 +151,7 @@ def create(
     values = {
         "id": client_id,
         "name": name,
-        "display_name": display_name or name,
+        "display_name": validate_display_name(display_name) if display_name else name,
         "api_key_hash": hash_api_key(api_key),
         "purposes": json.dumps(purposes),
         "redirect_uris": json.dumps(uris),
@@ -281,8 +294,8 @@ def update(
             values["restart_uri"],  # type: ignore[arg-type]
             allow_http=allow_http_redirects,
         )
-    if "display_name" in values and not str(values["display_name"]).strip():
-        raise ClientError("display name must not be empty")
+    if "display_name" in values:
+        validate_display_name(str(values["display_name"]))
     for key in ("redirect_uris", "download_prefixes", "purposes"):
         if key in values:
             values[key] = json.dumps(list(values[key]))  # type: ignore[call-overload]

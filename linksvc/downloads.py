@@ -77,6 +77,19 @@ def prefix_allows(
     return False
 
 
+def resolved_allowed(
+    store: storage.LocalStorage | storage.S3Storage, client: Client, key: str
+) -> bool:
+    """Whether the file ``key`` resolves to (symlinks followed) is still within ``client``'s
+    prefixes: a symlink in ``reports/`` pointing at ``other/`` must not serve ``other/``.
+    Object stores have no symlinks."""
+    if not isinstance(store, storage.LocalStorage) or not client.download_prefixes:
+        return True
+    return prefix_allows(
+        client.download_prefixes, bucket=None, key=store.resolved_key(key), default_bucket=None
+    )
+
+
 def check_download(
     store: storage.LocalStorage | storage.S3Storage, client: Client, download: dict[str, Any]
 ) -> dict[str, Any]:
@@ -126,6 +139,13 @@ def check_download(
         info = store.stat(bucket, key)
     except storage.ObjectMissing:
         raise _refuse("object_not_found", "No such object in storage.", "download.key") from None
+    if not resolved_allowed(store, client, key):
+        raise _refuse(
+            "download_not_allowed",
+            "That object is a link to a file outside this client's download prefixes.",
+            "download.key",
+            kind="forbidden",
+        )
     return {
         "storage": store.kind,
         "bucket": info.bucket,
@@ -341,6 +361,7 @@ def _deliver(token: str, rec: ledger.LinkRecord, now: int) -> Response:
         now=now,
     )
     store.stat(d.get("bucket"), d["key"])
+    _check_resolved(svc, store, rec, d["key"])
     v = svc.redeem(
         token, purposes=["download"], audience=None, now=now, via="download", actor=actor_hash()
     )
@@ -355,6 +376,22 @@ def _deliver(token: str, rec: ledger.LinkRecord, now: int) -> Response:
         },
     )
     return cast(Response, redirect(url, 303))
+
+
+def _check_resolved(
+    svc: LinkService, store: storage.LocalStorage | storage.S3Storage, rec: Any, key: str
+) -> None:
+    """Again when serving: a file swapped after minting for a symlink that leaves the
+    client's prefixes is, to the user, a file that is not there (and the link is not spent)."""
+    if not isinstance(store, storage.LocalStorage):
+        return
+    client = svc.client(rec.client_id)
+    if client is None or not resolved_allowed(store, client, key):
+        log.warning(
+            "download refused: resolves outside the client's prefixes",
+            extra={"jti": rec.jti, "client": rec.client_id, "outcome": "rejected"},
+        )
+        raise storage.ObjectMissing(key)
 
 
 @bp.route("/dl/<grant>", methods=["GET", "HEAD"])
@@ -412,6 +449,7 @@ def grant(grant: str) -> Response:
         )
     d = rec.download
     path = storage.file_path_for_serving(store, d["key"])
+    _check_resolved(svc, store, rec, d["key"])
     mimetype = (
         d.get("content_type")
         or mimetypes.guess_type(d["filename"])[0]

@@ -192,7 +192,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"key": _STR, "bucket": _STR, "filename": _STR, "content_type": _STR},
             },
             "data": {
-                "description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`)."
+                "description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`; "
+                "finite numbers and valid Unicode only)."
             },
             "email": {
                 "type": ["string", "null"],

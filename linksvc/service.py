@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Collection
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -23,7 +24,24 @@ from .keys import KeyRing
 log = logging.getLogger("linksvc.links")
 
 PAGE_PURPOSES = ("magic_link", "password_reset")
-_EMAILISH = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+#: An address anywhere in the subject: a local-part character, an at sign (or its
+#: full-width and small forms), a domain character — "victim@localhost", "x:victim@ex.com@y".
+_ADDRESS_LIKE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-][@\uff20\ufe6b][A-Za-z0-9\[]")
+
+
+def looks_like_address(subject: str) -> bool:
+    """Whether ``subject`` holds something that reads as an e-mail address once
+    percent-decoded (up to three times: ``victim%2540example.com``). Opaque ids
+    (``user-42``, UUIDs, ``auth0|5f…``, ``tenant/42``) do not."""
+    text = subject
+    for _ in range(3):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return _ADDRESS_LIKE.search(text) is not None
+
+
 #: A subject as minted: opaque, printable ASCII, no spaces, not starting with ``/`` — so
 #: that every subject is addressable in the subject routes (``<path:subject>``: ``tenant/42``
 #: or ``tenant%2F42``; Werkzeug's path converter cannot match a leading ``/``).
@@ -49,6 +67,16 @@ def _depth(value: Any) -> int:
                 (child, level + 1) for child in (item.values() if isinstance(item, dict) else item)
             )
     return deepest
+
+
+def _strict_json(value: Any) -> bool:
+    """Whether ``value`` serialises as strict JSON: ``json.dumps(allow_nan=False)`` accepts
+    it and its strings are valid Unicode (no lone surrogates)."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, TypeError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +154,7 @@ class LinkService:
         if not SUBJECT_RE.fullmatch(subject):
             raise errors.RequestRefused("invalid_field", SUBJECT_RULE, field="subject")
         # Claims are readable by anyone who holds the link, so an e-mail address there leaks.
-        if _EMAILISH.fullmatch(subject) and not client.allow_pii_subject:
+        if not client.allow_pii_subject and looks_like_address(subject):
             raise errors.RequestRefused(
                 "subject_looks_like_pii",
                 "subject looks like an e-mail address; use an opaque user id.",
@@ -189,6 +217,14 @@ class LinkService:
             # could exhaust the recursion limit after the link is consumed.
             raise errors.RequestRefused(
                 "data_too_deep", f"data may nest at most {MAX_DATA_DEPTH} levels.", field="data"
+            )
+        if data is not None and not _strict_json(data):
+            # 1e400 parses as a float infinity and would come back as Infinity, which strict
+            # parsers refuse — after the link is spent. Refuse it (and lone surrogates) now.
+            raise errors.RequestRefused(
+                "invalid_field",
+                "data must be plain JSON: finite numbers, valid Unicode strings.",
+                field="data",
             )
         if data is not None and len(json.dumps(data, separators=(",", ":"))) > s.max_data_bytes:
             raise errors.RequestRefused(

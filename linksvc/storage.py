@@ -137,6 +137,15 @@ def check_filename(filename: str) -> str:
             "download.filename must be valid Unicode.",
             field="download.filename",
         ) from None
+    # Format characters reorder or hide what is shown: "invoice\u202efdp.exe" reads as
+    # "invoiceexe.pdf" on the confirmation page.
+    if any(unicodedata.category(ch) == "Cf" for ch in filename):
+        raise errors.RequestRefused(
+            "invalid_filename",
+            "download.filename must not contain format characters (bidi controls, "
+            "zero-width characters, BOM).",
+            field="download.filename",
+        )
     return filename
 
 
@@ -203,6 +212,11 @@ class LocalStorage:
                 field="download.key",
             )
         return target
+
+    def resolved_key(self, key: str) -> str:
+        """``key`` as the file it resolves to, relative to the root (symlinks followed): what
+        a client's download prefixes are checked against, at mint and when serving."""
+        return self.path(key).relative_to(self.root.resolve()).as_posix()
 
     def stat(self, bucket: str | None, key: str) -> ObjectInfo:
         path = self.path(key)
@@ -385,7 +399,8 @@ def from_settings(settings: Settings) -> LocalStorage | S3Storage:
 
 
 def file_path_for_serving(storage: LocalStorage, key: str) -> Path:
-    """Re-check the path when serving: a file swapped for a symlink after minting is refused."""
+    """Re-check the path when serving: a file swapped for a symlink after minting is refused.
+    The path returned is the resolved one, so what is served is the file that was checked."""
     path = storage.path(key)
     if not path.is_file():
         raise ObjectMissing(key)

@@ -422,3 +422,42 @@ def test_every_mintable_subject_is_revocable_by_subject(api, subject, path):
 def test_mint_refuses_a_subject_no_route_could_address(api):
     resp = api.mint("magic_link", "/leading-slash")
     assert resp.status_code == 422 and resp.get_json()["field"] == "subject"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "victim%40example.com",
+        "victim%2540example.com",
+        "victim@example.com@x",
+        "victim@localhost",
+        "tenant:victim@example.com",
+        "VICTIM@EXAMPLE.COM",
+        "victim%EF%BC%A0example.com",  # full-width at sign, percent-encoded
+        "victim@[127.0.0.1]",
+        "a.b+tag@mail",
+    ],
+)
+def test_subject_guard_sees_through_encodings(api, subject):
+    """Issue 17 item 8: the e-mail-looking-subject guard works after percent-decoding."""
+    resp = api.mint(subject=subject)
+    assert resp.status_code == 422 and resp.get_json()["code"] == "subject_looks_like_pii", subject
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "user-42",
+        "8f14e45f-ceea-467f-a0e6-0bd6c2b4c7a1",
+        "auth0|5f7c8ec7c33c6c004bbafe82",
+        "google-oauth2|104455023344776655443",
+        "tenant/42",
+        "@handle",
+        "x%2Fy",
+        "100%",
+        "a.b.c",
+        "acct:42",
+    ],
+)
+def test_subject_guard_accepts_opaque_ids(api, subject):
+    assert api.mint(subject=subject).status_code == 201, subject

@@ -201,3 +201,18 @@ def test_clients_update_changes_redirects_prefixes_purposes_and_restart_uri(tmp_
     assert show() == c
     nothing = flask_cli(env, "clients", "update", "acme", check=False)
     assert nothing.returncode != 0 and "nothing to change" in nothing.stderr
+
+
+def test_display_names_with_format_characters_are_refused(runner):
+    """Issue 17 item 6: a display name is shown on pages and in mail; a bidi override or a
+    zero-width character could make it read as another application's."""
+    for name in ("Acme\u202eknaB", "Ac\u200bme", "\ufeffAcme", "Acme\r\nBcc: x"):
+        result = runner.invoke(args=["clients", "create", "spoof", "--display-name", name])
+        assert result.exit_code != 0 and "display name" in result.output, (name, result.output)
+    assert (
+        runner.invoke(args=["clients", "create", "acme", "--display-name", "Acmé"]).exit_code == 0
+    )
+    result = runner.invoke(args=["clients", "update", "acme", "--display-name", "A\u202ecme"])
+    assert result.exit_code != 0 and "display name" in result.output
+    listed = runner.invoke(args=["clients", "list", "--json"]).output
+    assert json.loads(listed)[0]["display_name"] == "Acmé"

@@ -201,6 +201,27 @@ def test_symlink_inside_the_directory_is_fine(dl_api: Any) -> None:
             "download.filename",
         ),
         ({"key": "public/hello.txt", "filename": ""}, "invalid_filename", "download.filename"),
+        # Format characters (issue 17 item 6): "invoice\u202efdp.exe" shows as "invoiceexe.pdf".
+        (
+            {"key": "public/hello.txt", "filename": "invoice\u202efdp.exe"},
+            "invalid_filename",
+            "download.filename",
+        ),
+        (
+            {"key": "public/hello.txt", "filename": "report\u200b.pdf"},
+            "invalid_filename",
+            "download.filename",
+        ),
+        (
+            {"key": "public/hello.txt", "filename": "\ufeffreport.pdf"},
+            "invalid_filename",
+            "download.filename",
+        ),
+        (
+            {"key": "public/hello.txt", "filename": "a\u2066b\u2069.pdf"},
+            "invalid_filename",
+            "download.filename",
+        ),
         (
             {"key": "public/hello.txt", "filename": "x" * 256},
             "invalid_filename",
@@ -235,6 +256,50 @@ def test_download_prefixes_limit_what_a_client_may_link(dl_app: Any) -> None:
     bucketed = make_api_user(dl_app, "bucketed", download_prefixes=["somebucket:reports/"])
     resp = bucketed.mint("download", download={"key": "reports/q1.pdf"})
     assert resp.status_code == 403  # a bucket prefix never matches local storage
+
+
+def test_symlink_leaving_the_prefix_is_refused_at_mint(dl_app: Any, files: Path) -> None:
+    """Issue 17 item 5: the prefix is checked on the resolved path."""
+    (files / "other").mkdir()
+    (files / "other" / "secret.txt").write_bytes(b"other prefix's secret")
+    (files / "reports" / "link_in.txt").symlink_to(files / "other" / "secret.txt")
+    (files / "reports" / "dir_in").symlink_to(files / "other")
+    (files / "reports" / "inside.txt").symlink_to(files / "reports" / "q1.pdf")
+    narrow = make_api_user(dl_app, "narrow", download_prefixes=["reports/"])
+    for key in ("reports/link_in.txt", "reports/dir_in/secret.txt", "reports/inside-link.txt"):
+        resp = narrow.mint("download", download={"key": key})
+        assert resp.status_code == 403, (key, resp.get_json())
+        assert resp.get_json()["code"] == "download_not_allowed"
+    # A symlink that stays inside the prefix is fine, and so is any link for an unlimited client.
+    assert narrow.mint("download", download={"key": "reports/inside.txt"}).status_code == 201
+    anyone = make_api_user(dl_app, "anyone")
+    assert anyone.mint("download", download={"key": "reports/link_in.txt"}).status_code == 201
+
+
+def test_file_swapped_for_a_symlink_leaving_the_prefix_is_not_served(
+    dl_app: Any, files: Path
+) -> None:
+    (files / "other").mkdir()
+    (files / "other" / "secret.txt").write_bytes(b"other prefix's secret")
+    (files / "reports" / "a.txt").write_bytes(b"a")
+    (files / "reports" / "b.txt").write_bytes(b"b")
+    narrow = make_api_user(dl_app, "narrow", download_prefixes=["reports/"])
+    engine = dl_app.extensions["linksvc"].engine
+    http = dl_app.test_client()
+    # Swapped before the click: refused, and the link is not spent.
+    before = narrow.minted("download", download={"key": "reports/a.txt"})
+    (files / "reports" / "a.txt").unlink()
+    (files / "reports" / "a.txt").symlink_to(files / "other" / "secret.txt")
+    resp = http.get(f"/d/{before['token']}")
+    assert resp.status_code == 404 and b"secret" not in resp.data
+    assert link_state(engine, before["jti"]) == "issued"
+    # Swapped between the click and the grant: the grant refuses it.
+    after = narrow.minted("download", download={"key": "reports/b.txt"})
+    grant = _grant_path(http.get(f"/d/{after['token']}").headers["Location"])
+    (files / "reports" / "b.txt").unlink()
+    (files / "reports" / "b.txt").symlink_to(files / "other" / "secret.txt")
+    resp = http.get(grant)
+    assert resp.status_code == 404 and b"secret" not in resp.data
 
 
 def test_token_carries_no_file_data_and_ledger_keeps_it(dl_api: Any, dl_app: Any) -> None:

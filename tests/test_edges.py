@@ -64,3 +64,22 @@ def test_replays_of_one_link_do_not_grow_its_history_without_bound(app, api):
             {"j": link["jti"]},
         ).scalar()
     assert n == ledger.MAX_REJECTION_EVENTS
+
+
+def test_data_that_is_not_strict_json_is_refused_at_mint(api):
+    """Issue 17 item 4: 1e400 parses as infinity and came back as Infinity after the link was
+    spent; a lone surrogate came back as a string strict parsers refuse."""
+    import json
+
+    for raw in ('{"x": 1e400}', "[-1e400]", "1e999", '{"\\ud800": 1}', '["\\udfff"]'):
+        body = '{"purpose":"magic_link","subject":"u","data":' + raw + "}"
+        resp = api.http.post(
+            "/api/v1/links", data=body, headers={**api.headers, "Content-Type": "application/json"}
+        )
+        assert resp.status_code == 422, (raw, resp.get_json())
+        assert resp.get_json()["code"] == "invalid_field" and resp.get_json()["field"] == "data"
+    ok = {"x": 1e300, "s": "\u00e9\U0001f600", "n": -0.5}
+    link = api.minted(data=ok)
+    out = api.redeem(link["token"])
+    assert out.get_json()["data"] == ok
+    json.loads(out.get_data(as_text=True), parse_constant=lambda c: 1 / 0)  # strict: no Infinity
