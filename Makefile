@@ -65,7 +65,7 @@ $(S3RVER): tests/s3rver/package-lock.json | system-deps
 lint: venv-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy linksvc app.py
+	$(BIN)/mypy linksvc app.py clients/python/src/linksvc_client
 
 # What the tests need from the system: Debian's Chromium (the browser tests; Playwright drives
 # it and never downloads one) and npm (s3rver). Installed with apt-get when we are root and
