@@ -635,8 +635,11 @@ PATHS: dict[str, Any] = {
             "responses": _responses(
                 {
                     "200": _json(_ref("Exchanged"), "The completed link."),
-                    "404": _problem("No such code for this client."),
-                    "409": _problem("The code was already exchanged."),
+                    "404": _problem(
+                        "No such code for this client: unknown, malformed or another client's, "
+                        "which is not spent (`invalid_code`)."
+                    ),
+                    "409": _problem("The code was already exchanged (`code_used`)."),
                     "410": _problem(
                         "The code has expired (`code_expired`), or was voided by a revocation of"
                         " its subject, the disabling of its client or the removal of its link's"
