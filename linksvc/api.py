@@ -292,7 +292,12 @@ def mint() -> tuple[Response, int]:
 IDEMPOTENCY_WAIT_SECONDS = 5.0
 
 
-def _idempotency_claim(client: Client, key: str, f: dict[str, Any]) -> Response | None:
+def _idempotency_claim(
+    client: Client,
+    key: str,
+    f: dict[str, Any],
+    replay: Callable[[Client, dict[str, Any]], Response] | None = None,
+) -> Response | None:
     """Claim ``key`` for this mint (None: go on and mint), or the answer of the link it
     already names. A request whose twin is still minting waits for it, a few seconds."""
     if not idempotency.KEY_RE.fullmatch(key):
@@ -319,7 +324,7 @@ def _idempotency_claim(client: Client, key: str, f: dict[str, Any]) -> Response 
                 "This Idempotency-Key was used with another request body; use a new key.",
             )
         if c.outcome == idempotency.DONE and c.link is not None:
-            return _idempotency_replay(client, c.link)
+            return (replay or _idempotency_replay)(client, c.link)
         if time.monotonic() + pause > deadline:
             resp = problem(
                 409,
@@ -630,6 +635,14 @@ def start_sign_in() -> tuple[Response, int]:
     sis: signins.SignIns | None = current_app.extensions.get("linksvc.signins")
     if mailer is None or sis is None:
         raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None:
+        # The key's row keeps a hash of the request; the address enters it only as a keyed
+        # hash, and the call's name keeps a key used on /links from answering here.
+        hashed = {**f, "email": sis.address_key(f["email"]), "call": "sign-ins"}
+        replay = _idempotency_claim(client, idem_key, hashed, replay=_sign_in_replay)
+        if replay is not None:
+            return replay, replay.status_code
     if hasattr(mailer, "check_address"):
         mailer.check_address(f["email"])  # refuse before anything is minted
     guard: Callable[[Client, str, str], None] | None = current_app.extensions.get(
@@ -652,13 +665,27 @@ def start_sign_in() -> tuple[Response, int]:
         send=send,
         now=svc.now(),
     )
-    si = started.signin
-    return jsonify(
-        {
-            "id": si.id,
-            "wait_url": f"{svc.settings.base_url}/s/{si.id}",
-            "jti": si.jti,
-            "subject": started.minted.record.subject,
-            "expires_at": iso(si.exp),
-        }
-    ), 201
+    if idem_key is not None:
+        _idempotency_complete(client, started.minted, {"emailed": True})
+    return jsonify(_sign_in_json(started.signin)), 201
+
+
+def _sign_in_json(si: signins.SignIn) -> dict[str, Any]:
+    return {
+        "id": si.id,
+        "wait_url": f"{service().settings.base_url}/s/{si.id}",
+        "jti": si.jti,
+        "subject": si.subject,
+        "expires_at": iso(si.exp),
+    }
+
+
+def _sign_in_replay(client: Client, link: dict[str, Any]) -> Response:
+    """The answer of the sign-in an Idempotency-Key already names: no second link, no mail."""
+    si = signins.by_jti(service().engine, link["jti"])
+    if si is None or si.client_id != client.id:  # pragma: no cover - purged with its link
+        raise errors.UnknownLink(jti=link["jti"])
+    resp = jsonify(_sign_in_json(si))
+    resp.status_code = 201
+    resp.headers["Idempotent-Replayed"] = "true"
+    return resp

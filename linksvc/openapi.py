@@ -665,11 +665,39 @@ PATHS: dict[str, Any] = {
             "there only, by the link opened in that browser, by the link approved on another "
             "device with the match number, or by the code; it ends at `/callback?code=…` on the "
             "redirect URI, exchanged through `/codes/exchange`.",
+            "parameters": [_IDEMPOTENCY_KEY_PARAM],
             "requestBody": _body(_ref("SignInRequest")),
             "responses": _responses(
-                {"201": _json(_ref("SignInStarted"), "The sign-in, waiting for its browser.")},
+                {
+                    "201": {
+                        **_json(_ref("SignInStarted"), "The sign-in, waiting for its browser."),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "description": "`true` when the answer is that of an earlier "
+                                "request with the same `Idempotency-Key` (no second mail).",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            }
+                        },
+                    }
+                },
                 _BODY_ERRORS,
                 {
+                    "400": _problem(
+                        "The body is missing, not UTF-8 JSON, has duplicate members, or is not an "
+                        "object (`body_required`, `invalid_json`, `invalid_body`), or the "
+                        "`Idempotency-Key` header is malformed (`invalid_idempotency_key`)."
+                    ),
+                    "409": _problem(
+                        "A request with the same `Idempotency-Key` is still being processed "
+                        "(`idempotency_in_progress`); retry after `Retry-After`.",
+                        retry_after=True,
+                    ),
+                    "422": _problem(
+                        "A field is unknown, missing, of the wrong type or out of range "
+                        "(`unknown_field`, `missing_field`, `invalid_field`, …; `field` names "
+                        "it), `redirect_uri_required`, `subject_looks_like_pii`, or the "
+                        "`Idempotency-Key` was used with another body (`idempotency_mismatch`)."
+                    ),
                     "403": _problem(
                         "magic_link or the redirect URI not allowed for this client "
                         "(`purpose_not_allowed`, `redirect_uri_not_allowed`)."

@@ -286,6 +286,11 @@ class SignIns:
             raise errors.NotInitialised("LINKSVC_SECRET_KEY")
         return secret
 
+    def address_key(self, address: str) -> str:
+        """A keyed hash standing in for an address where a request must be recognised
+        (idempotency): matchable by nobody without the service secret."""
+        return _mac(self.secret, "address", address.strip().lower())
+
     def _emit(
         self,
         conn: Connection,

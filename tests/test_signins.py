@@ -658,3 +658,26 @@ def test_every_step_is_a_webhook_event_in_its_transaction(app, api, laptop, phon
         assert data["jti"] == s.jti
         if r["event_type"].startswith("sign_in."):
             assert data["sign_in"] == s.id
+
+
+def test_idempotency_key_names_one_sign_in_and_one_mail(app, api, env):
+    body = {"subject": "user-idem", "email": ADDRESS, "ip": "203.0.113.7", "user_agent": ""}
+    headers = {**api.headers, "Idempotency-Key": "signin-0001"}
+    first = api.http.post("/api/v1/sign-ins", json=body, headers=headers)
+    again = api.http.post("/api/v1/sign-ins", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json() and "token" not in again.get_json()
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    assert len(list(outbox.glob("*.eml"))) == 1
+    other = api.http.post(
+        "/api/v1/sign-ins", json={**body, "email": "someone.else@example.org"}, headers=headers
+    )
+    assert (other.status_code, other.get_json()["code"]) == (422, "idempotency_mismatch")
+    # The key of a sign-in never answers a mint (which would hand out the token).
+    mint = api.http.post(
+        "/api/v1/links", json={"purpose": "magic_link", "subject": "user-idem"}, headers=headers
+    )
+    assert mint.status_code == 422 and "token" not in mint.get_json()
+    # The stored request hash is keyed: the address cannot be confirmed from the database.
+    assert ADDRESS not in dump_database(env["LINKSVC_DATABASE_URL"])
