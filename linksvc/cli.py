@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import clients as clients_mod
-from . import codes, db, errors, idempotency, ledger, migrate
+from . import codes, db, errors, idempotency, ledger, migrate, signins
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
@@ -557,6 +557,13 @@ def purge_cmd(
             retention_seconds=days * 86400,
             batch_size=batch_size,
             max_batches=max_batches,
+        )
+        # Sign-ins go with their links (linksvc.signins).
+        removed["sign_ins"] = signins.purge(
+            _svc().engine,
+            now=int(time.time()),
+            retention_seconds=days * 86400,
+            batch_size=batch_size,
         )
         # Idempotency keys name their link for 24 h only (linksvc.idempotency).
         removed["idempotency_keys"] = idempotency.purge(

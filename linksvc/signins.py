@@ -642,5 +642,28 @@ class SignIns:
         )
 
 
+def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int = 1000) -> int:
+    """Delete sign-ins whose link expired more than ``retention_seconds`` ago — the links'
+    own retention (:func:`linksvc.ledger.purge`), so a sign-in goes with its link. In
+    transactions of at most ``batch_size`` rows. Returns how many were removed."""
+    if retention_seconds < ledger.MIN_RETENTION_SECONDS:
+        raise ValueError(f"retention must be at least {ledger.MIN_RETENTION_SECONDS} seconds")
+    cutoff = now - retention_seconds
+    removed = 0
+    while True:
+        with db.write(engine) as conn:
+            jtis = [
+                r[0]
+                for r in conn.execute(
+                    sa.select(_t.c.jti).where(_t.c.exp < cutoff).limit(batch_size)
+                )
+            ]
+            if not jtis:
+                return removed
+            removed += conn.execute(
+                sa.delete(_t).where(_t.c.jti.in_(jtis), _t.c.exp < cutoff)
+            ).rowcount
+
+
 class _Ended(Exception):
     """The link left ``issued`` under a sign-in step: roll the step back."""

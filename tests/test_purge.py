@@ -144,6 +144,7 @@ def test_purge_command_reports_what_it_removed(app, api, runner):
         "codes": 0,
         "batches": 4,
         "idempotency_keys": 0,
+        "sign_ins": 0,
         "retention_days": 7,
     }
     assert text.startswith("purged 0 link(s), 0 event(s), 0 code(s) older than 7 day(s)")

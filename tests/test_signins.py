@@ -681,3 +681,21 @@ def test_idempotency_key_names_one_sign_in_and_one_mail(app, api, env):
     assert mint.status_code == 422 and "token" not in mint.get_json()
     # The stored request hash is keyed: the address cannot be confirmed from the database.
     assert ADDRESS not in dump_database(env["LINKSVC_DATABASE_URL"])
+
+
+def test_purge_removes_sign_ins_with_their_links_only_past_retention(app, api):
+    from linksvc import db, ledger
+
+    s = start(app, api)
+    engine = app.extensions["linksvc"].engine
+    exp = api.status(s.jti).get_json()["expires_at"]
+    assert exp
+    week = 7 * 86400
+    with db.read(engine) as conn:
+        (row_exp,) = conn.execute(db.sign_ins.select().with_only_columns(db.sign_ins.c.exp)).one()
+    assert signins.purge(engine, now=row_exp + week, retention_seconds=week) == 0
+    assert signins.purge(engine, now=row_exp + week + 1, retention_seconds=week) == 1
+    ledger.purge(engine, now=row_exp + week + 1, retention_seconds=week)
+    assert signins.by_id(engine, s.id) is None
+    with pytest.raises(ValueError):
+        signins.purge(engine, now=row_exp, retention_seconds=60)
