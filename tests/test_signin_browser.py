@@ -5,9 +5,9 @@ gunicorn and the example application's ``/callback``.
 Every path of PRODUCT §6: the link in the same browser; the link on the phone with the right
 number, a wrong number, Deny; the code typed on the desktop, right and wrong five times; the
 phone opening the ``wait_url``; the link opened after completion; the waiting page without
-JavaScript. Each page is screenshotted into ``<basetemp>/screenshots/signins``; with
-``LINKSVC_UPDATE_SCREENSHOTS=1`` into ``docs/screenshots/signins`` (committed, shown in the
-README) instead.
+JavaScript. Each page is screenshotted into ``<basetemp>/screenshots/signins`` (or
+``$LINKSVC_TEST_ARTEFACTS/signins``); with ``LINKSVC_UPDATE_SCREENSHOTS=1`` into
+``docs/screenshots/signins`` (committed, shown in the README) instead.
 """
 
 from __future__ import annotations
@@ -98,8 +98,11 @@ class Stack:
 
 
 def _shots_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("LINKSVC_UPDATE_SCREENSHOTS"):
+    where = os.environ.get("LINKSVC_TEST_ARTEFACTS")
+    if os.environ.get("LINKSVC_UPDATE_SCREENSHOTS") == "1":
         shots = ROOT / "docs" / "screenshots" / "signins"
+    elif where:
+        shots = Path(where) / "signins"
     else:
         shots = tmp_path_factory.getbasetemp() / "screenshots" / "signins"
     shots.mkdir(parents=True, exist_ok=True)
