@@ -93,6 +93,7 @@ test: venv-test init-db system-deps $(S3RVER)
 bench: venv-test
 	$(BIN)/pip install --disable-pip-version-check -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/webhooks.py   # what an outbox row costs on mint and redeem (in-process)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

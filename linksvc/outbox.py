@@ -142,6 +142,85 @@ _EMIT = sa.insert(_o).from_select(
 )
 
 
+def insert_from(source: Any) -> sa.Insert:
+    """The outbox rows of one event about the link row(s) of ``source`` — a CTE over a
+    data-modifying statement ``RETURNING`` the link's ``jti`` and ``client_id`` — so that on
+    PostgreSQL the change and its event are one statement, one round trip
+    (``WITH c AS (UPDATE links … RETURNING …) INSERT INTO webhook_outbox … SELECT … FROM c``).
+    Bound with :func:`bind_params`."""
+    return sa.insert(_o).from_select(
+        [
+            "msg_id",
+            "endpoint_id",
+            "client_id",
+            "event_type",
+            "jti",
+            "payload",
+            "created_at",
+            "state",
+            "attempts",
+            "next_attempt_at",
+        ],
+        sa.select(
+            sa.bindparam("w_msg", type_=sa.String()),
+            _e.c.id,
+            _e.c.client_id,
+            sa.bindparam("w_type", type_=sa.String()),
+            source.c.jti,
+            sa.bindparam("w_payload", type_=sa.Text()),
+            sa.bindparam("w_now", type_=sa.BigInteger()),
+            sa.literal(PENDING, type_=sa.String()),
+            sa.literal(0, type_=sa.Integer()),
+            sa.bindparam("w_now2", type_=sa.BigInteger()),
+        )
+        .select_from(source.join(_e, _e.c.client_id == source.c.client_id))
+        .where(
+            _e.c.disabled == sa.false(),
+            sa.or_(
+                _e.c.events.is_(None),
+                _e.c.events.like(sa.bindparam("w_like", type_=sa.String()), escape="\\"),
+            ),
+        ),
+    )
+
+
+def bind_params(
+    event_type: str,
+    *,
+    client_id: str,
+    jti: str | None,
+    purpose: str | None,
+    subject: str | None,
+    now: int,
+    facts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The parameters of :data:`_EMIT` and of :func:`insert_from` statements."""
+    payload = body(
+        event_type,
+        client_id=client_id,
+        jti=jti,
+        purpose=purpose,
+        subject=subject,
+        now=now,
+        facts=facts,
+    )
+    return {
+        "w_msg": new_msg_id(),
+        "w_type": event_type,
+        "w_jti": jti,
+        "w_payload": payload,
+        "w_now": now,
+        "w_now2": now,
+        "w_client": client_id,
+        "w_like": _like(event_type),
+    }
+
+
+def _like(event_type: str) -> str:
+    escaped = event_type.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return "%," + escaped + ",%"
+
+
 def new_msg_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
@@ -159,28 +238,17 @@ def emit(
 ) -> None:
     """Queue ``event_type`` for every endpoint of ``client_id`` that wants it, inside the
     caller's transaction on ``conn`` (so it commits or rolls back with the change)."""
-    payload = body(
-        event_type,
-        client_id=client_id,
-        jti=jti,
-        purpose=purpose,
-        subject=subject,
-        now=now,
-        facts=facts,
-    )
-    pattern = "%," + event_type.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%"
     conn.execute(
         _EMIT,
-        {
-            "w_msg": new_msg_id(),
-            "w_type": event_type,
-            "w_jti": jti,
-            "w_payload": payload,
-            "w_now": now,
-            "w_now2": now,
-            "w_client": client_id,
-            "w_like": pattern,
-        },
+        bind_params(
+            event_type,
+            client_id=client_id,
+            jti=jti,
+            purpose=purpose,
+            subject=subject,
+            now=now,
+            facts=facts,
+        ),
     )
 
 
