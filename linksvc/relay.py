@@ -169,6 +169,12 @@ class Relay:
                     down = True
                 handled = 0
                 stop.wait(1.0)
+            except Exception as exc:
+                # A relay that stops on the unexpected stops every delivery; its rows are
+                # safe in the outbox, so it logs, waits and tries again.
+                log.error("webhook relay: unexpected error", extra={"error": type(exc).__name__})
+                handled = 0
+                stop.wait(1.0)
             if not handled:
                 stop.wait(poll)
         log.info("webhook relay stopped")

@@ -368,3 +368,23 @@ def test_no_policy_revokes_nothing(app, api):
     api.redeem(used["token"])
     assert api.status(other["jti"]).get_json()["state"] == "issued"
     assert "link.replayed" in types(app, used["jti"])
+
+
+def test_metrics_report_a_failing_endpoint_and_the_backlog(app, api, client):
+    ep, _ = add_endpoint(app, api.client.id)
+    api.minted()
+    svc = app.extensions["linksvc"]
+    now = int(time.time())
+    [c] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)
+    outbox.finish(svc.engine, c, status=500, error=None, duration_ms=1, now=now - 4 * 86400)
+    [c] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)  # 4 days later
+    assert (
+        outbox.finish(
+            svc.engine, c, status=500, error=None, duration_ms=1, now=now
+        ).endpoint_disabled
+        == "failing"
+    )
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'linksvc_webhook_endpoints{reason="failing",state="disabled"} 1.0' in text
+    assert 'linksvc_webhook_outbox{state="pending"} 1.0' in text
+    assert "linksvc_webhook_oldest_pending_seconds" in text
