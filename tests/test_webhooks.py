@@ -388,3 +388,23 @@ def test_metrics_report_a_failing_endpoint_and_the_backlog(app, api, client):
     assert 'linksvc_webhook_endpoints{reason="failing",state="disabled"} 1.0' in text
     assert 'linksvc_webhook_outbox{state="pending"} 1.0' in text
     assert "linksvc_webhook_oldest_pending_seconds" in text
+
+
+def test_deliveries_and_replay_by_hand(app, api, runner):
+    add_endpoint(app, api.client.id)
+    api.minted()
+    svc = app.extensions["linksvc"]
+    now = int(time.time())
+    [c] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)
+    outbox.finish(svc.engine, c, status=204, error=None, duration_ms=3, now=now)
+    out = runner.invoke(args=["webhooks", "deliveries", api.client.id, "--attempts", "--json"])
+    [d] = json.loads(out.output)
+    assert d["state"] == "delivered" and d["msg_id"] == c.msg_id
+    assert [t["status"] for t in d["tries"]] == [204]
+    assert runner.invoke(args=["webhooks", "replay", api.client.id]).exit_code != 0
+    out = runner.invoke(args=["webhooks", "replay", api.client.id, "msg_nope"])
+    assert out.exit_code != 0 and "no delivery" in out.output
+    out = runner.invoke(args=["webhooks", "replay", api.client.id, c.msg_id])
+    assert out.exit_code == 0 and "queued 1" in out.output
+    [again] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)
+    assert again.msg_id == c.msg_id and again.id == c.id  # same webhook-id, same row
