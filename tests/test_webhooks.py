@@ -371,7 +371,7 @@ def test_no_policy_revokes_nothing(app, api):
 
 
 def test_metrics_report_a_failing_endpoint_and_the_backlog(app, api, client):
-    ep, _ = add_endpoint(app, api.client.id)
+    add_endpoint(app, api.client.id)
     api.minted()
     svc = app.extensions["linksvc"]
     now = int(time.time())
