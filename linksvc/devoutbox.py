@@ -51,7 +51,8 @@ def read_outbox(directory: Path, limit: int = MAX_MESSAGES) -> list[Mail]:
     mails = []
     for path in files:
         try:
-            msg = BytesParser(policy=policy.default).parse(path.open("rb"))
+            with path.open("rb") as fh:
+                msg = BytesParser(policy=policy.default).parse(fh)
             part = msg.get_body(preferencelist=("plain",))
             body = part.get_content() if part is not None else ""
         except (OSError, ValueError, LookupError):

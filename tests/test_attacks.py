@@ -81,9 +81,14 @@ class Live:
         )
 
     def page(self, token: str, method: str = "GET", prefix: str = "l") -> requests.Response:
+        quoted = urllib.parse.quote(token, safe="")
+        if quoted in (".", ".."):
+            # A bare dot segment would be resolved away by the HTTP client (/l/.. is /),
+            # and the request would never reach the link route.
+            quoted = quoted.replace(".", "%2E")
         return self.http.request(
             method,
-            f"{self.url}/{prefix}/{urllib.parse.quote(token, safe='')}",
+            f"{self.url}/{prefix}/{quoted}",
             timeout=10,
             allow_redirects=False,
         )
