@@ -9,10 +9,16 @@ epoch, the same on both databases.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -245,14 +251,18 @@ def make_engine(
             pool_pre_ping=False,
         )
         _sqlite_setup(engine)
+        if path and path != ":memory:":
+            _WRITE_LOCKS[engine] = WriteLock(f"{path}.writelock")
         return engine
     network_ms = statement_timeout_ms + connect_timeout * 1000
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=connect_timeout,
-        pool_pre_ping=True,
+        # Pinged on checkout only after PING_IDLE_SECONDS idle (see _ping_if_idle), not on
+        # every checkout: a ping is a round trip, as costly as the statement that follows.
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": connect_timeout,
@@ -268,6 +278,79 @@ def make_engine(
             f" -c idle_in_transaction_session_timeout={max(statement_timeout_ms * 2, 10000)}",
         },
     )
+    _ping_if_idle(engine)
+    return engine
+
+
+#: A pooled PostgreSQL connection idle this long is pinged before it is handed out.
+PING_IDLE_SECONDS = 1.0
+
+
+def _ping_if_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling, without a round trip per request.
+
+    A connection that served a request in the last second is handed out as it is; an older
+    one is pinged first, and a dead one replaced (SQLAlchemy retries the checkout on
+    ``DisconnectionError``). A server that restarts under load costs at most one 503 per
+    connection that was busy at that moment: its statement fails, the connection is
+    invalidated, and the next request gets a fresh one.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["linksvc_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        if time.monotonic() - record.info.get("linksvc_used", 0.0) < PING_IDLE_SECONDS:
+            return
+        try:
+            if not engine.dialect.do_ping(dbapi_conn):
+                raise sa.exc.DisconnectionError("ping failed")
+        except sa.exc.DisconnectionError:
+            raise
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(str(exc)) from exc
+
+
+class WriteLock:
+    """One SQLite writer at a time across this host's processes and threads, queued in the
+    kernel (``flock``) instead of in SQLite's busy handler.
+
+    SQLite's busy handler polls a held write lock with sleeps of 1, 2, 5, 10 … 100 ms, so a
+    writer that finds the lock taken waits until its next wake-up, not until the lock is
+    free: under load that was most of the p99. ``flock`` wakes the next writer the moment
+    the commit releases it. SQLite's own locking stays in force underneath (other tools,
+    the CLI), so correctness never rests on this lock; only the queueing does. A process
+    that dies holding it releases it with its file descriptor.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None or self._pid != os.getpid():  # opened after a fork: our own
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_WRITE_LOCKS: dict[Engine, WriteLock] = {}
+
+
+def write_lock(engine: Engine) -> contextlib.AbstractContextManager[None]:
+    """The host-wide writer queue of an SQLite file database; a no-op elsewhere."""
+    lock = _WRITE_LOCKS.get(engine)
+    return lock.held() if lock is not None else contextlib.nullcontext()
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -315,9 +398,10 @@ def write(engine: Engine) -> Iterator[Connection]:
     about a durable change; a commit that fails (the connection dropped) raises instead.
     """
     try:
-        with engine.connect().execution_options(sqlite_immediate=True) as conn:
-            with conn.begin():
-                yield conn
+        with write_lock(engine):
+            with engine.connect().execution_options(sqlite_immediate=True) as conn:
+                with conn.begin():
+                    yield conn
     except UNAVAILABLE as exc:
         raise _unavailable() from exc
 
@@ -341,3 +425,81 @@ def ping(engine: Engine) -> bool:
         return True
     except sa.exc.SQLAlchemyError:
         return False
+
+
+# -- the hot statements: compiled once per dialect, run on the driver connection ----------
+
+
+class Statement:
+    """A Core statement, compiled once per dialect and run straight on the DBAPI connection.
+
+    SQLAlchemy's execution machinery (execution context, result wrapping, events) costs more
+    CPU than a short statement on the driver; the hot path keeps the Core statement as the
+    one definition of its SQL and skips the machinery. Parameters are always a mapping
+    (SQLite compiled to ``:name``, psycopg to ``%(name)s``); literals of the statement are
+    bound from the compiled defaults.
+    """
+
+    def __init__(self, stmt: sa.sql.expression.Executable) -> None:
+        self.stmt = stmt
+        self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def sql(self, dialect: sa.engine.Dialect) -> tuple[str, dict[str, Any]]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            if dialect.name == "sqlite":
+                from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+                dialect = sqlite_dialect.dialect(paramstyle="named")
+            compiled = self.stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+            found = self._compiled[dialect.name] = (compiled.string, dict(compiled.params))
+        return found
+
+
+@contextlib.contextmanager
+def driver(engine: Engine, *, writes: bool) -> Iterator[Any]:
+    """The pool's DBAPI connection in autocommit: each statement is its own transaction,
+    committed (durably: ``synchronous=FULL``, ``synchronous_commit=on``) before it returns,
+    so a write statement is one round trip. Database trouble becomes 503; a connection that
+    failed is dropped from the pool."""
+    try:
+        with write_lock(engine) if writes else contextlib.nullcontext():
+            fairy = engine.raw_connection()
+            try:
+                conn = fairy.driver_connection
+                postgres = engine.dialect.name == "postgresql"
+                if postgres:
+                    conn.autocommit = True  # type: ignore[union-attr]
+                try:
+                    yield conn
+                finally:
+                    if postgres and not conn.closed:  # type: ignore[union-attr]
+                        conn.autocommit = False  # type: ignore[union-attr]
+            except psycopg.Error as exc:
+                if fairy.driver_connection.closed or engine.dialect.is_disconnect(  # type: ignore[union-attr]
+                    exc,  # type: ignore[arg-type]
+                    fairy.dbapi_connection,
+                    None,
+                ):
+                    fairy.invalidate(exc)
+                raise
+            finally:
+                fairy.close()
+    except UNAVAILABLE as exc:
+        raise _unavailable() from exc
+    except (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise _unavailable() from exc
+
+
+def execute(
+    engine: Engine, stmt: Statement, params: Mapping[str, Any], *, writes: bool
+) -> Sequence[Any] | None:
+    """Run ``stmt`` alone in autocommit; its first row (``RETURNING`` / ``SELECT``) or None."""
+    sql, defaults = stmt.sql(engine.dialect)
+    with driver(engine, writes=writes) as conn:
+        cur = conn.execute(sql, {**defaults, **params} if defaults else params)
+        # fetchall, not fetchone: SQLite commits an autocommit statement when it has run to
+        # its end, and an error of that commit must reach us, not be lost at cursor reset.
+        rows = cur.fetchall() if cur.description is not None else []
+        cur.close()
+        return rows[0] if rows else None

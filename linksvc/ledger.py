@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,7 +51,7 @@ class Event:
     via: str | None
 
 
-def _record(row: sa.RowMapping) -> LinkRecord:
+def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
     return LinkRecord(
         jti=row["jti"],
         client_id=row["client_id"],
@@ -95,6 +95,18 @@ _CONSUME = (
     )
     .returning(*db.links.c)
 )
+_LINK_COLUMNS = tuple(c.name for c in db.links.c)
+# The same statements for the driver (linksvc.db.Statement): one round trip, no machinery.
+_INSERT_LINK_SQL = db.Statement(
+    _INSERT_LINK.values(
+        {
+            c: sa.bindparam(c)
+            for c in _LINK_COLUMNS
+            if c not in ("state_at", "state_via", "state_detail", "completion_hash")
+        }
+    )
+)
+_CONSUME_SQL = db.Statement(_CONSUME)
 
 
 def add_event(
@@ -151,24 +163,8 @@ def record_mint(
     superseded = 0
     if supersede:
         superseded = supersede_older(conn, rec, now=now, check_self=False, sink=sink)
-    conn.execute(
-        _INSERT_LINK,
-        {
-            "jti": rec.jti,
-            "client_id": rec.client_id,
-            "purpose": rec.purpose,
-            "subject": rec.subject,
-            "kid": rec.kid,
-            "iat": rec.iat,
-            "exp": rec.exp,
-            "state": ISSUED,
-            "redirect_uri": rec.redirect_uri,
-            "download": json.dumps(rec.download) if rec.download is not None else None,
-            "data": json.dumps(rec.data) if rec.data is not None else None,
-            "confirm": rec.confirm,
-        },
-    )
-    add_event(conn, rec.jti, "minted", now, via="api")
+    # No "minted" event: the row itself says when and how (see history()).
+    conn.execute(_INSERT_LINK, _link_values(rec))
     if sink is not None:
         sink.emit(
             conn,
@@ -180,6 +176,29 @@ def record_mint(
             facts={"expires_at": outbox.iso(rec.exp), "superseded": superseded},
         )
     return superseded
+
+
+def _link_values(rec: LinkRecord) -> dict[str, Any]:
+    return {
+        "jti": rec.jti,
+        "client_id": rec.client_id,
+        "purpose": rec.purpose,
+        "subject": rec.subject,
+        "kid": rec.kid,
+        "iat": rec.iat,
+        "exp": rec.exp,
+        "state": ISSUED,
+        "redirect_uri": rec.redirect_uri,
+        "download": json.dumps(rec.download) if rec.download is not None else None,
+        "data": json.dumps(rec.data) if rec.data is not None else None,
+        "confirm": rec.confirm,
+    }
+
+
+def insert_link(engine: Engine, rec: LinkRecord) -> None:
+    """Record a mint that supersedes nothing and has no webhook event to write with it:
+    one INSERT in autocommit, durable when it returns (see :func:`linksvc.db.execute`)."""
+    db.execute(engine, _INSERT_LINK_SQL, _link_values(rec), writes=True)
 
 
 def lock_subject(conn: Connection, client_id: str, subject: str, purpose: str) -> None:
@@ -279,6 +298,33 @@ def links_of(
     return page, ((page[-1].iat, page[-1].jti) if more and page else None)
 
 
+#: Stored events that can only follow a consumption, so sort after it within its second.
+_AFTER_CONSUMED = {("exchanged", None), ("rejected", "used")}
+
+
+def history(conn: Connection, rec: LinkRecord, limit: int = 50) -> list[Event]:
+    """The link's history: its stored events, with ``minted`` and ``consumed`` derived from
+    the row itself (the hot path does not write them twice). A link recorded before that
+    change, or consumed on a page (whose event carries the actor), has them stored; they
+    are then not added again."""
+    stored = events(conn, rec.jti, limit)
+    kinds = {e.event for e in stored}
+    out = [] if "minted" in kinds else [Event(rec.iat, "minted", None, "api")]
+    if rec.state != CONSUMED or "consumed" in kinds or rec.state_at is None:
+        return (out + stored)[:limit]
+    consumed = Event(rec.state_at, "consumed", None, rec.state_via)
+    placed = False
+    for e in stored:
+        after = (e.event, e.reason if e.event == "rejected" else None) in _AFTER_CONSUMED
+        if not placed and (e.at > consumed.at or (e.at == consumed.at and after)):
+            out.append(consumed)
+            placed = True
+        out.append(e)
+    if not placed:
+        out.append(consumed)
+    return out[:limit]
+
+
 def check_outstanding(
     rec: LinkRecord | None, *, jti: str, client_id: str, purpose: str, subject: str
 ) -> LinkRecord:
@@ -314,28 +360,34 @@ def consume(
     every other gets :class:`~linksvc.errors.Used` (or the state it is in). With ``sink``,
     ``link.consumed`` (or ``link.replayed``, and the client's replay policy) is written in
     the same transaction. ``on_consumed`` runs in the consuming transaction too (the one-time
-    code is stored there, so a revocation either comes first or finds the code to void)."""
+    code is stored there, so a revocation either comes first or finds the code to void).
+
+    Without a sink, an ``actor`` or ``on_consumed`` (an API redemption) the winner's change
+    is one conditional ``UPDATE … RETURNING`` in autocommit: atomic and durable on its own, one
+    round trip, and no ``consumed`` event (the row says it; see :func:`history`). A page
+    press keeps its actor in a ``consumed`` event, in one transaction with the change.
+    The row is read again only on the losing path, to say why.
+    """
+    params = {
+        "k_jti": jti,
+        "k_client": client_id,
+        "k_purpose": purpose,
+        "k_subject": subject,
+        "k_now": now,
+        "k_via": via,
+        "k_hash": completion_hash,
+    }
+    if actor is None and sink is None and on_consumed is None:
+        changed = db.execute(engine, _CONSUME_SQL, params, writes=True)
+        if changed is not None:
+            return _record(dict(zip(_LINK_COLUMNS, changed, strict=True)))
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
         # RETURNING hands the winner its row in the same statement: no second read.
-        row = (
-            conn.execute(
-                _CONSUME,
-                {
-                    "k_jti": jti,
-                    "k_client": client_id,
-                    "k_purpose": purpose,
-                    "k_subject": subject,
-                    "k_now": now,
-                    "k_via": via,
-                    "k_hash": completion_hash,
-                },
-            )
-            .mappings()
-            .first()
-        )
+        row = conn.execute(_CONSUME, params).mappings().first()
         if row is not None:
-            add_event(conn, jti, "consumed", now, via=via, actor=actor)
+            if actor is not None:
+                add_event(conn, jti, "consumed", now, via=via, actor=actor)
             if sink is not None:
                 sink.emit(
                     conn,

@@ -259,14 +259,16 @@ class LinkService:
             confirm=confirm,
         )
         sink = self.sinks.get(self.engine, client.id)
-        with db.write(self.engine) as conn:
-            superseded = ledger.record_mint(
-                conn,
-                rec,
-                supersede=purpose in s.supersede_purposes and not defer_supersede,
-                now=now,
-                sink=sink,
-            )
+        supersede = purpose in s.supersede_purposes and not defer_supersede
+        if supersede or sink is not None:
+            with db.write(self.engine) as conn:
+                superseded = ledger.record_mint(
+                    conn, rec, supersede=supersede, now=now, sink=sink
+                )
+        else:
+            # Nothing to retire and no webhook event: one INSERT, durable on return.
+            ledger.insert_link(self.engine, rec)
+            superseded = 0
         path = "d" if purpose == "download" else "l"
         log.info(
             "link minted",
@@ -470,7 +472,7 @@ class LinkService:
             rec = ledger.get(conn, jti)
             if rec is None or rec.client_id != client.id:
                 raise errors.UnknownLink(jti=jti)
-            return rec, ledger.events(conn, jti)
+            return rec, ledger.history(conn, rec)
 
     def revoke(
         self, client: Client, jti: str, now: int | None = None

@@ -78,12 +78,15 @@ def _mint(
 
 
 def _ledger(url: str) -> tuple[dict[str, str], collections.Counter[str]]:
-    """Each link's state and how many `consumed` events each has, read straight from PostgreSQL."""
+    """Each link's state and how many times each was recorded consumed (its row, plus any
+    stored `consumed` event: an API redemption stores none), read straight from PostgreSQL."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT jti, state FROM links")).all())
             consumed = collections.Counter(
+                jti for jti, state in states.items() if state == "consumed"
+            ) + collections.Counter(
                 conn.execute(
                     sa.text("SELECT jti FROM link_events WHERE event = 'consumed'")
                 ).scalars()

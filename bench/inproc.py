@@ -1,0 +1,321 @@
+"""In-process CPU per request: hello-world, linksvc, the naive baseline and the lean ceiling.
+
+Each target is a Flask app driven through its test client (no sockets, no gunicorn) on
+SQLite in /dev/shm, where an fsync costs nothing: what is measured is the CPU a request
+costs in Python, ``time.process_time`` per request, so the other jobs on a shared machine
+move the numbers much less than wall-clock rates. Rounds are interleaved (every target
+and scenario runs once per round, the order rotated) and the ratio to hello-world is taken
+within each round, then the median.
+
+    .venv/bin/python bench/inproc.py [--n 1000] [--rounds 5] [--profile redeem]
+
+``--profile SCENARIO`` runs pyinstrument over ``--n`` requests of linksvc's SCENARIO and
+prints the call tree (what bench/README.md quotes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SCENARIOS = ("mint", "verify", "redeem", "exchange")
+REDIRECT = "http://127.0.0.1:5001/callback"
+
+
+class Target:
+    """A served app and, per scenario, a function making one request (asserting its status)."""
+
+    name = ""
+    scenarios: dict[str, Callable[[], None]]
+
+    def prepare(self, scenario: str, n: int) -> None:
+        """Untimed set-up before ``n`` requests of ``scenario`` (tokens to redeem, codes)."""
+
+
+def _expect(resp: Any, status: int) -> None:
+    if resp.status_code != status:
+        raise RuntimeError(f"expected {status}, got {resp.status_code}: {resp.get_data()[:300]!r}")
+
+
+class Hello(Target):
+    name = "hello"
+
+    def __init__(self) -> None:
+        from bench.hello import app
+
+        http = app.test_client()
+        self.scenarios = {"hello": lambda: _expect(http.get("/hello"), 200)}
+
+
+class Linksvc(Target):
+    """linksvc as deployed, on SQLite in tmpfs (rate limits, metrics, logs all on)."""
+
+    name = "linksvc"
+
+    def __init__(self, workdir: Path) -> None:
+        import base64
+        import logging
+        import secrets
+
+        from linksvc import clients, create_app, db, keys, migrate
+
+        instance = workdir / "linksvc"
+        instance.mkdir()
+
+        def secret() -> str:
+            return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+        env = {
+            "LINKSVC_ENV": "test",
+            "LINKSVC_INSTANCE_PATH": str(instance),
+            "LINKSVC_DATABASE_URL": f"sqlite:///{instance / 'linksvc.db'}",
+            "LINKSVC_KEY_ENCRYPTION_KEY": secret(),
+            "LINKSVC_SECRET_KEY": secret(),
+            "LINKSVC_LOG_LEVEL": "info",
+        }
+        self.app = app = create_app(env)
+        # The JSON log lines are built as in production, then dropped instead of written to a
+        # terminal: building them is the cost that belongs to linksvc.
+        for h in logging.getLogger("linksvc").handlers:
+            h.stream = open(os.devnull, "w")  # type: ignore[attr-defined]
+        svc = app.extensions["linksvc"]
+        migrate.upgrade(svc.engine)
+        now = int(time.time())
+        with db.write(svc.engine) as conn:
+            keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, now)
+            client, api_key = clients.create(
+                conn,
+                "bench",
+                purposes=["magic_link"],
+                redirect_uris=[REDIRECT],
+                mint_limit="100000000 per minute",
+                subject_limit="100000000 per minute",
+                now=now,
+            )
+        self.client = client
+        self.http = http = app.test_client()
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.counter = 0
+        self.token = self._mint()["token"]
+        self.pending: list[str] = []
+        self.codes: list[str] = []
+        self.scenarios = {
+            "mint": lambda: self._mint() and None,
+            "verify": lambda: _expect(
+                http.post(
+                    "/api/v1/links/verify",
+                    json={"token": self.token, "purpose": "magic_link"},
+                    headers=self.headers,
+                ),
+                200,
+            ),
+            "redeem": lambda: _expect(
+                http.post(
+                    "/api/v1/links/redeem",
+                    json={"token": self.pending.pop(), "purpose": "magic_link"},
+                    headers=self.headers,
+                ),
+                200,
+            ),
+            "exchange": lambda: _expect(
+                http.post(
+                    "/api/v1/codes/exchange", json={"code": self.codes.pop()}, headers=self.headers
+                ),
+                200,
+            ),
+        }
+
+    def _mint(self) -> dict[str, Any]:
+        self.counter += 1
+        resp = self.http.post(
+            "/api/v1/links",
+            json={"purpose": "magic_link", "subject": f"user-{self.counter}"},
+            headers=self.headers,
+        )
+        _expect(resp, 201)
+        return resp.get_json()  # type: ignore[no-any-return]
+
+    def prepare(self, scenario: str, n: int) -> None:
+        if scenario == "redeem":
+            self.pending = [self._mint()["token"] for _ in range(n)]
+        elif scenario == "exchange":
+            from linksvc import codes, ledger
+
+            svc = self.app.extensions["linksvc"]
+            now = svc.now()
+            self.codes = []
+            for _ in range(n):
+                minted = self._mint()
+                rec = ledger.consume(
+                    svc.engine,
+                    jti=minted["jti"],
+                    client_id=self.client.id,
+                    purpose="magic_link",
+                    subject=minted["subject"],
+                    now=now,
+                    via="page",
+                )
+                code = codes.derive(svc.settings.secret_key, rec.jti, minted["jti"])
+                codes.store(
+                    svc.engine, code, jti=rec.jti, client_id=rec.client_id, now=now, ttl=600
+                )
+                self.codes.append(code)
+
+
+def es256_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+class Baseline(Target):
+    """``bench/naive.py`` or ``bench/lean.py`` (mint, verify and redeem; no codes)."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        import importlib
+
+        self.name = name
+        self.module = importlib.import_module(f"bench.{name}")
+        self.url = f"sqlite:///{workdir / (name + '.db')}"
+        self.pem = es256_pem()
+        api_key = "bench-" + name
+        http = self.module.create_app(self.url, self.pem, api_key).test_client()
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.counter = 0
+        self.pending: list[str] = []
+
+        def mint() -> str:
+            self.counter += 1
+            resp = http.post(
+                "/api/v1/links",
+                json={"purpose": "magic_link", "subject": f"user-{self.counter}"},
+                headers=self.headers,
+            )
+            _expect(resp, 201)
+            return resp.get_json()["token"]  # type: ignore[no-any-return]
+
+        token = mint()
+        self.scenarios = {
+            "mint": lambda: mint() and None,
+            "verify": lambda: _expect(
+                http.post(
+                    "/api/v1/links/verify",
+                    json={"token": token, "purpose": "magic_link"},
+                    headers=self.headers,
+                ),
+                200,
+            ),
+            "redeem": lambda: _expect(
+                http.post(
+                    "/api/v1/links/redeem",
+                    json={"token": self.pending.pop(), "purpose": "magic_link"},
+                    headers=self.headers,
+                ),
+                200,
+            ),
+        }
+
+    def prepare(self, scenario: str, n: int) -> None:
+        if scenario == "redeem":
+            self.pending = self.module.premint(self.url, self.pem, n)
+
+
+def make_targets(workdir: Path, names: list[str]) -> list[Target]:
+    targets: list[Target] = [Hello()]
+    if "linksvc" in names:
+        targets.append(Linksvc(workdir))
+    for name in ("naive", "lean"):
+        if name in names:
+            targets.append(Baseline(name, workdir))
+    return targets
+
+
+def cpu_us(target: Target, scenario: str, n: int) -> float:
+    """Mean CPU time of one request over ``n``, in microseconds."""
+    fn = target.scenarios[scenario]
+    target.prepare(scenario, n + 5)
+    for _ in range(5):  # warm caches touched by prepare()
+        fn()
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def run(n: int, rounds: int, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(
+        prefix="linksvc-inproc-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+    ) as tmp:
+        targets = make_targets(Path(tmp), names)
+        hello = targets[0]
+        cells = [(t, s) for t in targets[1:] for s in t.scenarios]
+        raw: dict[str, list[float]] = {"hello/hello": []}
+        ratios: dict[str, list[float]] = {}
+        for r in range(rounds):
+            order = cells[r % len(cells) :] + cells[: r % len(cells)]
+            this = {}
+            for t, s in order:
+                # Hello-world right before each cell: the ratio compares neighbours in time.
+                base = cpu_us(hello, "hello", n)
+                us = cpu_us(t, s, n)
+                raw["hello/hello"].append(base)
+                raw.setdefault(f"{t.name}/{s}", []).append(us)
+                ratios.setdefault(f"{t.name}/{s}", []).append(us / base)
+                this[f"{t.name}/{s}"] = f"{us:.0f} ({us / base:.2f}x)"
+            log(f"  in-process round {r + 1}: " + json.dumps(this))
+        ratios["hello/hello"] = [1.0]
+    return {
+        "n": n,
+        "rounds": rounds,
+        "cpu_us": {k: round(statistics.median(v), 1) for k, v in raw.items()},
+        "ratio": {k: round(statistics.median(v), 2) for k, v in ratios.items()},
+    }
+
+
+def profile(scenario: str, n: int) -> str:
+    from pyinstrument import Profiler
+
+    with tempfile.TemporaryDirectory(prefix="linksvc-prof-", dir="/dev/shm") as tmp:
+        target = Linksvc(Path(tmp))
+        fn = target.scenarios[scenario]
+        target.prepare(scenario, n + 5)
+        for _ in range(5):
+            fn()
+        prof = Profiler(interval=0.0001)
+        prof.start()
+        for _ in range(n):
+            fn()
+        prof.stop()
+        return str(prof.output_text(unicode=False, color=False, show_all=False))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--targets", default="linksvc,naive,lean")
+    ap.add_argument("--profile", choices=SCENARIOS)
+    args = ap.parse_args()
+    if args.profile:
+        print(profile(args.profile, args.n))
+        return
+    res = run(args.n, args.rounds, args.targets.split(","), lambda m: print(m, file=sys.stderr))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
