@@ -262,9 +262,7 @@ class LinkService:
         supersede = purpose in s.supersede_purposes and not defer_supersede
         if supersede or sink is not None:
             with db.write(self.engine) as conn:
-                superseded = ledger.record_mint(
-                    conn, rec, supersede=supersede, now=now, sink=sink
-                )
+                superseded = ledger.record_mint(conn, rec, supersede=supersede, now=now, sink=sink)
         else:
             # Nothing to retire and no webhook event: one INSERT, durable on return.
             ledger.insert_link(self.engine, rec)
