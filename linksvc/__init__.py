@@ -103,8 +103,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     @app.after_request
     def _headers(resp: Response) -> Response:
-        resp.headers["X-Request-Id"] = g.get("request_id", "")
-        return security_headers(resp)
+        return security_headers(resp, g.get("request_id", ""))
 
     @app.errorhandler(404)
     def _not_found(exc: Any) -> Any:

@@ -91,14 +91,28 @@ def _purpose_label(purposes: Collection[str]) -> str:
     return next(iter(purposes)) if len(purposes) == 1 else "any"
 
 
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered: ``labels()`` takes a lock and builds its key
+    on every call, a dict lookup does not. The label sets are bounded (endpoints, status
+    codes, purposes, reason codes, registered clients)."""
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 def observe(action: str, outcome: str, purposes: Collection[str], client: str | None) -> None:
     """A :attr:`LinkService.observers` callback: count one mint, verification or redemption."""
     if action == "mint":
-        MINTED.labels(_purpose_label(purposes), client or "none").inc()
+        _child(MINTED, _purpose_label(purposes), client or "none").inc()
     elif action == "redeem":
-        REDEMPTIONS.labels(_purpose_label(purposes), outcome).inc()
+        _child(REDEMPTIONS, _purpose_label(purposes), outcome).inc()
     elif action == "verify":
-        VERIFICATIONS.labels(_purpose_label(purposes), outcome).inc()
+        _child(VERIFICATIONS, _purpose_label(purposes), outcome).inc()
 
 
 def _preinitialise() -> None:
@@ -172,8 +186,8 @@ def _stop_timer(resp: Response) -> Response:
     t0 = g.get("_metrics_t0")
     if t0 is not None:
         endpoint = request.endpoint or "none"
-        LATENCY.labels(endpoint).observe(time.perf_counter() - t0)
-        RESPONSES.labels(endpoint, str(resp.status_code)).inc()
+        _child(LATENCY, endpoint).observe(time.perf_counter() - t0)
+        _child(RESPONSES, endpoint, str(resp.status_code)).inc()
     return resp
 
 

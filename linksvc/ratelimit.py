@@ -20,13 +20,15 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 
 from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
+from limits.util import WindowStats
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import Client
@@ -68,6 +70,53 @@ class _SweepingMemoryStorage(MemoryStorage):
             self.timer.start()
 
 
+class LocalMovingWindow:
+    """A moving-window limiter in this process's memory, for ``memory://``.
+
+    Per key it keeps the times of the last ``amount`` hits only (a bounded deque), so a hit
+    costs the same whatever the limit — limits' own store inserted every hit at the front of
+    a list as long as the window's count (O(n) per hit) and ran a sweeping timer thread.
+    Keys idle for a whole window are dropped, oldest first, as later hits come by: each key
+    is dropped once, so the cleaning is paid a little per hit, never all at once.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        # expiry (s) -> key -> its hit times, least recently hit key first
+        self._windows: dict[int, OrderedDict[str, deque[float]]] = {}
+
+    def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        key, amount, expiry = item.key_for(*identifiers), item.amount, item.get_expiry()
+        now = self.clock()
+        with self._lock:
+            window = self._windows.setdefault(expiry, OrderedDict())
+            while window:
+                oldest = next(iter(window.values()))
+                if oldest[-1] > now - expiry:
+                    break
+                window.popitem(last=False)
+            hits = window.get(key)
+            if hits is None:
+                hits = window[key] = deque(maxlen=amount)
+            else:
+                window.move_to_end(key)
+            if len(hits) >= amount and hits[0] > now - expiry:
+                return False
+            hits.append(now)
+            return True
+
+    def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        key, amount, expiry = item.key_for(*identifiers), item.amount, item.get_expiry()
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get(expiry)
+            hits = window.get(key) if window is not None else None
+            live = [t for t in hits or () if t > now - expiry]
+        reset = (live[0] if len(live) >= amount else now) + expiry
+        return WindowStats(reset, max(0, amount - len(live)))
+
+
 @functools.lru_cache(maxsize=256)
 def _parse(limits: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(limits))
@@ -97,11 +146,11 @@ class RateLimits:
         #: First part of every key; tests give each run its own so parallel runs never share counters.
         self.prefix = prefix
 
-    #: Set for ``memory://``: counting in this process with a store that sweeps cheaply.
-    local: RateLimiter | None = None
+    #: Set for ``memory://``: counting in this process, O(1) per hit.
+    local: LocalMovingWindow | None = None
 
     @property
-    def strategy(self) -> RateLimiter:
+    def strategy(self) -> RateLimiter | LocalMovingWindow:
         return self.local if self.local is not None else self._limiter.limiter
 
     def hit(self, scope: str, limits: str, *keys: str) -> None:
@@ -132,7 +181,7 @@ class RateLimits:
 
     def _hit(
         self,
-        strategy: RateLimiter,
+        strategy: RateLimiter | LocalMovingWindow,
         items: Sequence[RateLimitItem],
         ident: tuple[str, ...],
         scope: str,
@@ -204,7 +253,7 @@ def init_app(app: Flask) -> None:
     app.before_request_funcs[None].remove(limiter._check_request_limit)
     limits = RateLimits(limiter)
     if url.startswith("memory://"):
-        limits.local = MovingWindowRateLimiter(_SweepingMemoryStorage())
+        limits.local = LocalMovingWindow()
     app.extensions["linksvc.ratelimit"] = limits
     # The mint view calls this with the parsed body (one parse, no second read of the body).
     app.extensions["linksvc.mint_guard"] = limits.check_mint

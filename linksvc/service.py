@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from sqlalchemy.engine import Connection, Engine
 
-from . import clients, db, errors, ledger, outbox, tokens
+from . import clients, db, errors, ledger, logs, outbox, tokens
 from .clients import Client
 from .config import PURPOSES, Settings
 from .keys import KeyRing
@@ -268,15 +268,14 @@ class LinkService:
             ledger.insert_link(self.engine, rec)
             superseded = 0
         path = "d" if purpose == "download" else "l"
-        log.info(
+        logs.info(
+            log,
             "link minted",
-            extra={
-                "jti": rec.jti,
-                "client": client.id,
-                "purpose": purpose,
-                "outcome": "minted",
-                "superseded": superseded,
-            },
+            jti=rec.jti,
+            client=client.id,
+            purpose=purpose,
+            outcome="minted",
+            superseded=superseded,
         )
         for fn in self.observers:
             fn("mint", "minted", (purpose,), client.id)
@@ -416,15 +415,14 @@ class LinkService:
                 recorded=isinstance(exc, (errors.Used, errors.Revoked, errors.Superseded)),
             )
             raise
-        log.info(
+        logs.info(
+            log,
             "link redeemed",
-            extra={
-                "jti": rec.jti,
-                "client": rec.client_id,
-                "purpose": rec.purpose,
-                "outcome": "consumed",
-                "via": via,
-            },
+            jti=rec.jti,
+            client=rec.client_id,
+            purpose=rec.purpose,
+            outcome="consumed",
+            via=via,
         )
         for fn in self.observers:
             fn("redeem", "consumed", (rec.purpose,), rec.client_id)
@@ -441,16 +439,15 @@ class LinkService:
         recorded: bool = False,
         purposes: Collection[str] = (),
     ) -> None:
-        log.info(
+        logs.info(
+            log,
             "link rejected",
-            extra={
-                "jti": exc.jti,
-                "client": audience,
-                "outcome": "rejected",
-                "reason": exc.reason,
-                "action": action,
-                "via": via,
-            },
+            jti=exc.jti,
+            client=audience,
+            outcome="rejected",
+            reason=exc.reason,
+            action=action,
+            via=via,
         )
         for fn in self.observers:
             fn(action, exc.reason, purposes, audience)

@@ -328,3 +328,25 @@ def test_limited_page_still_passes_through_the_app_hooks(page_app):
     assert resp.status_code == 429
     assert resp.headers["X-Request-Id"] == "trace-123"
     assert resp.headers["Content-Security-Policy"]
+
+
+def test_local_moving_window_counts_the_last_window_and_forgets_idle_keys() -> None:
+    from limits import parse
+
+    from linksvc.ratelimit import LocalMovingWindow
+
+    t = [1000.0]
+    lim = LocalMovingWindow(clock=lambda: t[0])
+    three = parse("3 per 10 seconds")
+    assert [lim.hit(three, "a") for _ in range(4)] == [True, True, True, False]
+    assert lim.hit(three, "b")  # another key counts apart
+    stats = lim.get_window_stats(three, "a")
+    assert stats.reset_time == 1010.0 and stats.remaining == 0
+    t[0] += 9.9
+    assert not lim.hit(three, "a")  # still inside the window of the first hit
+    t[0] += 0.2
+    # The three hits of t=1000 have left the window: three more, then full again.
+    assert [lim.hit(three, "a") for _ in range(4)] == [True, True, True, False]
+    t[0] += 60
+    assert lim.hit(three, "c")  # every idle key of this window is dropped
+    assert list(lim._windows[10]) == [three.key_for("c")]
