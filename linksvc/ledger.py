@@ -107,6 +107,7 @@ _INSERT_LINK_SQL = db.Statement(
     )
 )
 _CONSUME_SQL = db.Statement(_CONSUME)
+_GET_SQL = db.Statement(_GET)
 
 
 def add_event(
@@ -249,6 +250,12 @@ def supersede_older(
         except_jti=rec.jti,
         sink=sink,
     )
+
+
+def lookup(engine: Engine, jti: str) -> LinkRecord | None:
+    """The link ``jti`` as committed now: one SELECT on the driver, no transaction."""
+    row = db.execute(engine, _GET_SQL, {"k_jti": jti}, writes=False)
+    return None if row is None else _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
 
 
 def get(conn: Connection, jti: str) -> LinkRecord | None:

@@ -361,10 +361,12 @@ class LinkService:
         now = self.now() if now is None else now
         try:
             claims = self.check_token(token, purposes=purposes, audience=audience, now=now)
-            with db.read(self.engine) as conn:
-                rec = ledger.get(conn, claims.jti)
             rec = ledger.check_outstanding(
-                rec, jti=claims.jti, client_id=claims.aud, purpose=claims.pur, subject=claims.sub
+                ledger.lookup(self.engine, claims.jti),
+                jti=claims.jti,
+                client_id=claims.aud,
+                purpose=claims.pur,
+                subject=claims.sub,
             )
         except errors.LinkError as exc:
             self._rejected(exc, audience, now, via=via, action="verify", purposes=purposes)

@@ -82,7 +82,17 @@ class Claims:
     exp: int
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies field by field, a cost on every mint.
+        return {
+            "iss": self.iss,
+            "aud": self.aud,
+            "sub": self.sub,
+            "pur": self.pur,
+            "jti": self.jti,
+            "iat": self.iat,
+            "nbf": self.nbf,
+            "exp": self.exp,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,7 +142,7 @@ class Server:
 def start_gunicorn(
     env: Mapping[str, str],
     *,
-    workers: int = 2,
+    workers: int | None = 2,
     port: int | None = None,
     log_path: Path,
     extra_args: tuple[str, ...] = (),
@@ -156,8 +156,7 @@ def start_gunicorn(
         venv_bin("gunicorn"),
         "-c",
         str(ROOT / "gunicorn.conf.py"),
-        "--workers",
-        str(workers),
+        *(("--workers", str(workers)) if workers is not None else ()),
         "--bind",
         f"127.0.0.1:{port}",
         *extra_args,
