@@ -3,7 +3,8 @@
     LINKSVC_URL=http://127.0.0.1:8000 LINKSVC_API_KEY=lsk_... \\
         .venv/bin/flask --app examples/relying_app run --port 5001
 
-It asks for a user id, mints a link through linksvc's API and shows it (standing in for
+It asks for a user id, mints a link through linksvc's API — with the Python client,
+``linksvc_client``, its only way of talking to linksvc — and shows it (standing in for
 the e-mail). The user's press on linksvc's confirmation page comes back to ``/callback``
 with a one-time ``code``; the app exchanges it over the API (server to server, with its
 API key) and then keeps *its own* server-side session: a random id in an HttpOnly,
@@ -31,8 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 from flask import Flask, Response, abort, g, redirect, render_template, request
+
+from linksvc_client import CodeUsed, ExchangedCode, LinksvcError, RetryPolicy
+from linksvc_client.flask import Linksvc
 
 SESSION_COOKIE = "rp_session"
 SESSION_SECONDS = 8 * 3600
@@ -78,40 +81,6 @@ class SessionStore:
             self._data.pop(sid or "", None)
 
 
-class Linksvc:
-    """The two API calls the app needs."""
-
-    def __init__(self, url: str, api_key: str) -> None:
-        self.url = url.rstrip("/")
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {api_key}"
-
-    def mint(
-        self, purpose: str, subject: str, redirect_uri: str, email: str | None = None
-    ) -> dict[str, Any]:
-        body = {"purpose": purpose, "subject": subject, "redirect_uri": redirect_uri}
-        if email:
-            body["email"] = email
-        resp = self.http.post(f"{self.url}/api/v1/links", timeout=10, json=body)
-        body = resp.json()
-        if resp.status_code != 201:
-            raise LinksvcError(body.get("code", "error"), body.get("detail", ""))
-        return body
-
-    def exchange(self, code: str) -> dict[str, Any]:
-        resp = self.http.post(f"{self.url}/api/v1/codes/exchange", json={"code": code}, timeout=10)
-        body = resp.json()
-        if resp.status_code != 200:
-            raise LinksvcError(body.get("code", "error"), body.get("detail", ""))
-        return body
-
-
-class LinksvcError(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code, self.detail = code, detail
-
-
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
     env = dict(os.environ if config is None else config)
     linksvc_url = env.get("LINKSVC_URL", "http://127.0.0.1:8000")
@@ -127,8 +96,11 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
     app = Flask(__name__, template_folder="templates")
     app.config["MAX_CONTENT_LENGTH"] = 16 * 1024
+    app.config["LINKSVC_URL"] = linksvc_url
+    app.config["LINKSVC_API_KEY"] = api_key
     sessions = SessionStore()
-    linksvc = Linksvc(linksvc_url, api_key)
+    # The client retries what is safe to retry; a person is waiting, so within 10 s.
+    linksvc = Linksvc(app, timeout=5, retry=RetryPolicy(deadline=10))
     app.extensions["relying_app.sessions"] = sessions
     callback = f"{own_url}/callback"
 
@@ -189,43 +161,43 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             )
         try:
             email = f"{user_id}@{mail_domain}" if mail_domain else None
-            link = linksvc.mint(purpose, user_id, callback, email)
-        except (LinksvcError, requests.RequestException, ValueError) as exc:
-            app.logger.warning("mint failed: %s", getattr(exc, "code", type(exc).__name__))
+            link = linksvc.mint(purpose, user_id, redirect_uri=callback, email=email)
+        except LinksvcError as exc:
+            app.logger.warning("mint failed: %s (request %s)", exc.code, exc.request_id)
             return page(
                 "index.html", 502, error="We could not send a link right now. Try again shortly."
             )
-        # A real application e-mails link["url"] (or asks linksvc to, with "email") and shows
+        # A real application e-mails link.url (or asks linksvc to, with email=) and shows
         # "check your inbox" — the same page whether or not the account exists.
         if mail_domain:
             return page("sent.html", url=None, outbox_url=outbox_url, purpose=purpose)
-        return page("sent.html", url=link["url"], purpose=purpose)
+        return page("sent.html", url=link.url, purpose=purpose)
+
+    def signed_in(result: ExchangedCode) -> Any:
+        if result.purpose == "magic_link":
+            return start_session(
+                redirect("/", code=303), result.subject, "signed_in", SESSION_SECONDS
+            )
+        if result.purpose == "password_reset":
+            # A short session that can do one thing: set a new password for this subject.
+            return start_session(
+                redirect("/reset", code=303), result.subject, "reset", RESET_SECONDS
+            )
+        return page("error.html", 400, reason="unexpected_purpose")
+
+    def not_signed_in(exc: LinksvcError) -> Any:
+        if isinstance(exc, CodeUsed) and g.session is not None:
+            # A double click: the browser's first press already signed it in here, and
+            # linksvc sent the second press back with the same (spent) code.
+            return redirect("/reset" if g.session.kind == "reset" else "/", code=303)
+        if exc.status is None or exc.status >= 500:
+            return page("error.html", 502, reason="linksvc_unavailable")
+        return page("error.html", 400, reason=exc.code)
 
     @app.get("/callback")
     def callback_view() -> Any:
-        code = request.args.get("code", "")
-        if not code or len(code) > 128:
-            return page("error.html", 400, reason="missing_code")
-        try:
-            result = linksvc.exchange(code)
-        except LinksvcError as exc:
-            if exc.code == "code_used" and g.session is not None:
-                # A double click: the browser's first press already signed it in here, and
-                # linksvc sent the second press back with the same (spent) code.
-                return redirect("/reset" if g.session.kind == "reset" else "/", code=303)
-            return page("error.html", 400, reason=exc.code)
-        except (requests.RequestException, ValueError):
-            return page("error.html", 502, reason="linksvc_unavailable")
-        if result["purpose"] == "magic_link":
-            return start_session(
-                redirect("/", code=303), result["subject"], "signed_in", SESSION_SECONDS
-            )
-        if result["purpose"] == "password_reset":
-            # A short session that can do one thing: set a new password for this subject.
-            return start_session(
-                redirect("/reset", code=303), result["subject"], "reset", RESET_SECONDS
-            )
-        return page("error.html", 400, reason="unexpected_purpose")
+        # Exchanges ?code= once, server to server, then hands the result to signed_in.
+        return linksvc.callback(sign_in=signed_in, on_error=not_signed_in)
 
     @app.get("/reset")
     def reset() -> Any:

@@ -73,7 +73,7 @@ class Linksvc:
         try:
             if not code or len(code) > MAX_CODE_LENGTH:
                 raise errors.InvalidCode(
-                    "The request carries no one-time code.", status=None, code="missing_code"
+                    "The request carries no one-time code.", status=400, code="missing_code"
                 )
             result = self.client.exchange_code(code)
         except errors.LinksvcError as exc:
