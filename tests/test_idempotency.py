@@ -256,3 +256,35 @@ def test_race_one_key_sqlite(tmp_path):
 @pytest.mark.slow
 def test_race_one_key_postgresql(tmp_path, pg_url):
     _race_one_key(tmp_path, pg_url)
+
+
+# -- sign-ins (PRODUCT §6) take the header too ---------------------------------------------
+
+
+def _start(api: ApiUser, key: str, **body: object):
+    payload = {
+        "subject": "user-42",
+        "email": "someone@example.com",
+        "ip": "203.0.113.7",
+        "user_agent": "Firefox/140",
+        **body,
+    }
+    return api.http.post(
+        "/api/v1/sign-ins", json=payload, headers={**api.headers, "Idempotency-Key": key}
+    )
+
+
+def test_a_sign_in_with_a_key_starts_once_and_mails_once(app, api):
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    first = _start(api, "si-1")
+    assert first.status_code == 201, first.get_json()
+    again = _start(api, "si-1")
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert len(list(outbox.iterdir())) == 1 and _links(app) == 1
+    mismatch = _start(api, "si-1", subject="user-43")
+    assert mismatch.status_code == 422 and mismatch.get_json()["code"] == "idempotency_mismatch"
+    # A key is the endpoint's own: the same key on a mint is another request.
+    clash = _mint(api, "si-1")
+    assert clash.status_code == 422 and clash.get_json()["code"] == "idempotency_mismatch"
+    assert _start(api, "bad key").get_json()["code"] == "invalid_idempotency_key"
