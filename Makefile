@@ -18,8 +18,9 @@ $(VENV)/.runtime: requirements.txt
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 
-$(VENV)/.test: requirements-test.txt requirements.txt $(VENV)/.runtime
+$(VENV)/.test: requirements-test.txt requirements.txt clients/python/pyproject.toml $(VENV)/.runtime
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-test.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e ./clients/python
 	touch $@
 
 $(VENV)/.examples: examples/requirements.txt $(VENV)/.runtime
