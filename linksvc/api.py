@@ -245,11 +245,9 @@ def mint() -> tuple[Response, int]:
     if f["email"] is not None and hasattr(mailer, "check_address"):
         mailer.check_address(f["email"])  # type: ignore[union-attr]  # refuse before anything is minted
     # Rate limits (linksvc.ratelimit): raise RateLimited before the mint changes anything.
-    guard: Callable[[Client, str, str], None] | None = current_app.extensions.get(
-        "linksvc.mint_guard"
-    )
+    guard: Callable[..., None] | None = current_app.extensions.get("linksvc.mint_guard")
     if guard is not None:
-        guard(client, f["subject"], f["purpose"])
+        guard(client, f["subject"], f["purpose"], f["email"])
     minted = service().mint(
         client,
         purpose=f["purpose"],
@@ -645,11 +643,9 @@ def start_sign_in() -> tuple[Response, int]:
             return replay, replay.status_code
     if hasattr(mailer, "check_address"):
         mailer.check_address(f["email"])  # refuse before anything is minted
-    guard: Callable[[Client, str, str], None] | None = current_app.extensions.get(
-        "linksvc.mint_guard"
-    )
+    guard: Callable[..., None] | None = current_app.extensions.get("linksvc.mint_guard")
     if guard is not None:
-        guard(client, f["subject"], "magic_link")
+        guard(client, f["subject"], "magic_link", f["email"])
     address = f["email"]
 
     def send(minted: Any, code: str) -> None:

@@ -8,13 +8,20 @@ Nothing else in linksvc reads ``os.environ``.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PURPOSES: tuple[str, ...] = ("magic_link", "password_reset", "download")
 
@@ -66,6 +73,7 @@ class Settings:
     page_rate_limit: str
     log_level: str
     trusted_proxies: int
+    recipient_limit: str = "5 per 15 minutes"
     #: Webhook endpoints may resolve to private, loopback and link-local addresses.
     webhook_allow_private: bool = False
     #: Seconds a webhook delivery may take to connect and for each read.
@@ -83,6 +91,9 @@ class Settings:
 
     def ttl_ceiling(self, purpose: str) -> int:
         return self.max_ttl[purpose]
+
+
+_ONE_LIMIT = r"[0-9]+ ?(/|per) ?[0-9]* ?(second|minute|hour|day)s?"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -111,6 +122,53 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+GENERATE_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _char_entropy(text: str) -> float:
+    """Bits per character of ``text``'s own character frequencies: about 4.85 for a random
+    43-character base64url string (never below 4.2 in 200 000 draws), about 3.5 for words."""
+    counts = collections.Counter(text)
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def decode_secret(name: str, raw: str, *, production: bool) -> bytes:
+    """A secret given as base64url: canonical (nothing the decoder would silently drop or
+    ignore, such as characters outside the alphabet or spare trailing bits), at least 32
+    bytes, and — in production — random-looking: not all one byte or a short pattern, not a
+    passphrase of words (a one-case string, or few distinct characters)."""
+    text = raw.strip()
+    if not _B64URL.fullmatch(text):
+        raise ConfigError(
+            name, f"must be base64url (A-Z a-z 0-9 - _ only, nothing else); {GENERATE_HINT}"
+        )
+    body = text.rstrip("=")
+    value = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    if base64.urlsafe_b64encode(value).decode().rstrip("=") != body:
+        raise ConfigError(
+            name, f"is not canonical base64url (spare trailing bits); {GENERATE_HINT}"
+        )
+    if len(value) < 32:
+        raise ConfigError(name, f"must decode to at least 32 bytes; {GENERATE_HINT}")
+    if production:
+        letters = [c for c in body if c.isalpha()]
+        if (
+            len(set(value)) < 16
+            or len(set(body)) < 20
+            or all(c.islower() for c in letters)
+            or all(c.isupper() for c in letters)
+            or sum(c in "-_" for c in body) > 4 + len(body) // 8
+            or _char_entropy(body) < 4.0
+        ):
+            raise ConfigError(
+                name,
+                "looks degenerate (a repeated byte or pattern, or a passphrase rather than "
+                f"random bytes); {GENERATE_HINT}",
+            )
+    return value
+
+
 def _secret(
     env: Mapping[str, str], name: str, instance_file: Path, *, production: bool
 ) -> bytes | None:
@@ -121,13 +179,7 @@ def _secret(
     """
     raw = env.get(name)
     if raw:
-        try:
-            value = base64.urlsafe_b64decode(raw.strip() + "=" * (-len(raw.strip()) % 4))
-        except (ValueError, TypeError):
-            raise ConfigError(name, "must be base64url") from None
-        if len(value) < 32:
-            raise ConfigError(name, "must decode to at least 32 bytes")
-        return value
+        return decode_secret(name, raw, production=production)
     if production:
         raise ConfigError(name, "is required when LINKSVC_ENV=production")
     try:
@@ -137,10 +189,60 @@ def _secret(
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _split(name: str, url: str) -> SplitResult:
+    """``urlsplit`` whose every complaint (a bad IPv6 literal, a port out of range) is a
+    ConfigError naming the variable, not a traceback at start-up or a 500 later."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError as exc:
+        raise ConfigError(name, f"is not a valid URL ({exc})") from None
+    return parts
+
+
+#: The rate-limit stores whose client library linksvc installs (``redis``).
+RATELIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+_MAIL_ADDRESS = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*"
+)
+
+
+def _mail_from(env: Mapping[str, str]) -> str:
+    """The ``From:`` header: ``name <address>`` or ``address``, no line breaks or controls
+    (a CR/LF in it made every mint with ``email`` fail with 500 after minting)."""
+    name = "LINKSVC_MAIL_FROM"
+    value = (env.get(name) or "linksvc <no-reply@localhost>").strip()
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise ConfigError(name, "must not contain line breaks or control characters")
+    _display, address = parseaddr(value)
+    if not _MAIL_ADDRESS.fullmatch(address) or len(address) > 254:
+        raise ConfigError(
+            name, "must be an address, optionally with a name: 'linksvc <no-reply@example.com>'"
+        )
+    try:
+        EmailMessage()["From"] = value
+    except (ValueError, IndexError):  # pragma: no cover - the checks above come first
+        raise ConfigError(name, "is not a valid From header") from None
+    return value
+
+
+def _ratelimit_url(env: Mapping[str, str]) -> str:
+    name = "LINKSVC_RATELIMIT_STORAGE_URL"
+    value = (env.get(name) or "memory://").strip()
+    scheme = value.partition("://")[0] if "://" in value else ""
+    if scheme not in RATELIMIT_SCHEMES:
+        raise ConfigError(
+            name,
+            f"must be memory:// or a Redis URL ({', '.join(s + '://' for s in RATELIMIT_SCHEMES[1:])})",
+        )
+    _split(name, value)
+    return value
+
+
 def _base_url(env: Mapping[str, str], production: bool) -> str:
     name = "LINKSVC_BASE_URL"
     value = (env.get(name) or "http://127.0.0.1:8000").strip().rstrip("/")
-    parts = urlsplit(value)
+    parts = _split(name, value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(name, f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
@@ -170,6 +272,12 @@ def load(
         database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
     if not re.match(r"^(sqlite|postgresql\+psycopg)://", database_url):
         raise ConfigError("LINKSVC_DATABASE_URL", "must be a sqlite:/// or postgresql:// URL")
+    if database_url.startswith("postgresql"):
+        _split("LINKSVC_DATABASE_URL", database_url)
+        try:
+            make_url(database_url)
+        except ArgumentError:
+            raise ConfigError("LINKSVC_DATABASE_URL", "is not a valid database URL") from None
 
     max_ttl = {}
     for purpose in PURPOSES:
@@ -188,11 +296,18 @@ def load(
     if storage == "s3" and not s3_bucket:
         raise ConfigError("LINKSVC_S3_BUCKET", "is required when LINKSVC_STORAGE=s3")
     s3_endpoint = env.get("LINKSVC_S3_ENDPOINT_URL") or None
-    if s3_endpoint and urlsplit(s3_endpoint).scheme not in ("http", "https"):
+    if s3_endpoint and _split("LINKSVC_S3_ENDPOINT_URL", s3_endpoint).scheme not in (
+        "http",
+        "https",
+    ):
         raise ConfigError("LINKSVC_S3_ENDPOINT_URL", "must be an http(s) URL")
 
     smtp_url = env.get("LINKSVC_SMTP_URL") or None
-    if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps", "smtp+starttls"):
+    if smtp_url and _split("LINKSVC_SMTP_URL", smtp_url).scheme not in (
+        "smtp",
+        "smtps",
+        "smtp+starttls",
+    ):
         raise ConfigError(
             "LINKSVC_SMTP_URL", "must start with smtp://, smtp+starttls:// or smtps://"
         )
@@ -211,8 +326,24 @@ def load(
             "LINKSVC_METRICS_TOKEN", "must be at least 16 characters of a bearer token (RFC 6750)"
         )
 
+    recipient_limit = env.get("LINKSVC_RECIPIENT_LIMIT", "5 per 15 minutes").strip()
+    if not re.fullmatch(rf"{_ONE_LIMIT}(;{_ONE_LIMIT})*", recipient_limit):
+        raise ConfigError(
+            "LINKSVC_RECIPIENT_LIMIT",
+            f"must look like '5 per 15 minutes' (several joined by ';'), got {recipient_limit!r}",
+        )
+
+    kek = _secret(env, "LINKSVC_KEY_ENCRYPTION_KEY", instance / "kek.key", production=production)
+    secret_key = _secret(env, "LINKSVC_SECRET_KEY", instance / "secret.key", production=production)
+    if production and kek is not None and kek == secret_key:
+        raise ConfigError(
+            "LINKSVC_SECRET_KEY",
+            "must differ from LINKSVC_KEY_ENCRYPTION_KEY (two secrets, two uses)",
+        )
+
     return Settings(
         env=envname,
+        recipient_limit=recipient_limit,
         instance_path=instance,
         base_url=_base_url(env, production),
         database_url=database_url,
@@ -220,12 +351,8 @@ def load(
         max_ttl=max_ttl,
         supersede_purposes=supersede,
         retention_days=_int(env, "LINKSVC_RETENTION_DAYS", 7, 1, 3650),
-        key_encryption_key=_secret(
-            env, "LINKSVC_KEY_ENCRYPTION_KEY", instance / "kek.key", production=production
-        ),
-        secret_key=_secret(
-            env, "LINKSVC_SECRET_KEY", instance / "secret.key", production=production
-        ),
+        key_encryption_key=kek,
+        secret_key=secret_key,
         key_refresh_seconds=_int(env, "LINKSVC_KEY_REFRESH_SECONDS", 5, 1, 10),
         max_body_bytes=_int(env, "LINKSVC_MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024),
         max_data_bytes=_int(env, "LINKSVC_MAX_DATA_BYTES", 4096, 0, 64 * 1024),
@@ -244,8 +371,8 @@ def load(
         download_url_seconds=_int(env, "LINKSVC_DOWNLOAD_URL_SECONDS", 60, 1, 300),
         smtp_url=smtp_url,
         mail_outbox=Path(env.get("LINKSVC_MAIL_OUTBOX") or instance / "outbox").resolve(),
-        mail_from=env.get("LINKSVC_MAIL_FROM") or "linksvc <no-reply@localhost>",
-        ratelimit_storage_url=env.get("LINKSVC_RATELIMIT_STORAGE_URL") or "memory://",
+        mail_from=_mail_from(env),
+        ratelimit_storage_url=_ratelimit_url(env),
         page_rate_limit=page_limit,
         log_level=_choice(env, "LINKSVC_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         trusted_proxies=_int(env, "LINKSVC_TRUSTED_PROXIES", 0, 0, 5),

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
 import math
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -26,13 +28,14 @@ from collections.abc import Callable, Sequence
 from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
 from limits.util import WindowStats
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .clients import Client
-from .config import Settings
+from .config import ConfigError, Settings
 from .http import problem
 
 log = logging.getLogger("linksvc.ratelimit")
@@ -192,8 +195,26 @@ class RateLimits:
             reset = max(strategy.get_window_stats(item, *ident).reset_time for item in breached)
             raise RateLimited(scope, max(1, math.ceil(reset - now)))
 
-    def check_mint(self, client: Client, subject: str, purpose: str) -> None:
-        """The mint limits: the client's overall rate, then its rate for one subject and purpose."""
+    #: Limits per recipient of mail (``LINKSVC_RECIPIENT_LIMIT``), across subjects and clients.
+    recipient_limit = "5 per 15 minutes"
+    #: Key of the recipient hash (``LINKSVC_SECRET_KEY``; a per-process one without it).
+    recipient_key = b""
+
+    def recipient_hash(self, address: str) -> str:
+        """A keyed hash of the normalised address (case, surrounding space and ``+tag``
+        ignored): the store never holds the address, nor a hash anyone could recompute."""
+        local, _, domain = address.strip().lower().rpartition("@")
+        normal = f"{local.split('+', 1)[0]}@{domain}"
+        return hmac.new(
+            self.recipient_key, b"linksvc.recipient\0" + normal.encode(), hashlib.sha256
+        ).hexdigest()[:32]
+
+    def check_mint(
+        self, client: Client, subject: str, purpose: str, recipient: str | None = None
+    ) -> None:
+        """The mint limits: the client's overall rate, then its rate for one subject and
+        purpose, then (a mint that sends mail) the rate of mail to one address — rotating
+        the subject must not flood one mailbox."""
         self.hit("mint", client.mint_limit or DEFAULT_MINT_LIMIT, client.id)
         # The subject is an opaque id, but hashed all the same: keys stay short and carry
         # nothing an operator browsing the store could read.
@@ -205,6 +226,8 @@ class RateLimits:
             purpose,
             subject_key,
         )
+        if recipient is not None:
+            self.hit("recipient", self.recipient_limit, self.recipient_hash(recipient))
 
 
 def _storage_options(url: str) -> dict[str, float]:
@@ -238,20 +261,26 @@ def init_app(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     url = settings.ratelimit_storage_url
-    limiter = Limiter(
-        key_func=lambda: request.remote_addr or "-",
-        storage_uri=url,
-        storage_options=_storage_options(url),  # type: ignore[arg-type]
-        strategy="moving-window",
-        headers_enabled=False,
-        key_prefix="linksvc",
-    )
-    limiter.init_app(app)
+    try:
+        limiter = Limiter(
+            key_func=lambda: request.remote_addr or "-",
+            storage_uri=url,
+            storage_options=_storage_options(url),  # type: ignore[arg-type]
+            strategy="moving-window",
+            headers_enabled=False,
+            key_prefix="linksvc",
+        )
+        limiter.init_app(app)
+    except (LimitsConfigurationError, ValueError) as exc:
+        # Whatever config.load could not see in the URL: a message naming it, not a traceback.
+        raise ConfigError("LINKSVC_RATELIMIT_STORAGE_URL", str(exc).splitlines()[0]) from None
     # linksvc applies its limits itself (they depend on the authenticated client and the
     # parsed mint body) and declares none on routes, so Flask-Limiter's own per-request
     # check would only search for route limits that do not exist — about 7 % of a mint.
     app.before_request_funcs[None].remove(limiter._check_request_limit)
     limits = RateLimits(limiter)
+    limits.recipient_limit = settings.recipient_limit
+    limits.recipient_key = settings.secret_key or secrets.token_bytes(32)
     if url.startswith("memory://"):
         limits.local = LocalMovingWindow()
     app.extensions["linksvc.ratelimit"] = limits

@@ -46,6 +46,9 @@ def looks_like_address(subject: str) -> bool:
 #: that every subject is addressable in the subject routes (``<path:subject>``: ``tenant/42``
 #: or ``tenant%2F42``; Werkzeug's path converter cannot match a leading ``/``).
 SUBJECT_RE = re.compile(r"(?!/)[\x21-\x7e]{1,255}")
+#: A client id as the registry makes it (``cl_`` and 16 hex digits), or any short printable
+#: ASCII id an operator gave; the column holds 40.
+CLIENT_ID_RE = re.compile(r"[\x21-\x7e]{1,40}")
 SUBJECT_RULE = (
     "subject must be 1-255 printable ASCII characters without spaces, not starting with '/'."
 )
@@ -342,6 +345,12 @@ class LinkService:
             leeway=s.leeway,
             ceilings=s.max_ttl,
         ).claims
+        # Every claim that reaches the database in its minted form (the jti is checked by
+        # tokens.verify): a well-signed lone surrogate or NUL would make the driver raise.
+        if not SUBJECT_RE.fullmatch(claims.sub) or not CLIENT_ID_RE.fullmatch(claims.aud):
+            raise errors.InvalidClaims(
+                "Token sub or aud is not of the minted form.", jti=claims.jti
+            )
         if audience is None:
             client = self.client(claims.aud)
             if client is None or client.disabled:

@@ -608,6 +608,28 @@ SHAPE_CASES = {
         "malformed",
     ),
     "four_segments_jwe_shape": _case(lambda lv, t: t + ".AAAA.AAAA", "malformed"),
+    # Issue 14 item 6: claims not of their minted form, well signed, never reach the database
+    # (a lone surrogate in sub made the driver raise: 500).
+    **{
+        f"sub_{name}_with_our_key": _case(
+            lambda lv, t, sub=sub: forge.resign(
+                atk.parts(t)[0], {**atk.parts(t)[1], "sub": sub}, lv.our_key()
+            ),
+            "invalid_claims",
+        )
+        for name, sub in {
+            "lone_surrogate": "user-\ud800",
+            "nul": "user\x00",
+            "space": "user 42",
+            "non_ascii": "us\u00e9r",
+        }.items()
+    },
+    "aud_lone_surrogate_with_our_key": _case(
+        lambda lv, t: forge.resign(
+            atk.parts(t)[0], {**atk.parts(t)[1], "aud": "cl_\udfff"}, lv.our_key()
+        ),
+        {"wrong_audience", "invalid_claims"},
+    ),
     "token_not_a_string": _case(lambda lv, t: {"token": t}, "invalid_field"),
     "token_as_list": _case(lambda lv, t: t.split("."), "invalid_field"),
 }

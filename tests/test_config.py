@@ -92,3 +92,128 @@ def test_bad_setting_stops_startup_with_message(tmp_path):
     assert proc.returncode == 4  # gunicorn's 'app failed to load': no respawn loop
     assert "LINKSVC_LEEWAY" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- every setting fails cleanly, naming itself (issue 17 item 10) ----------------------
+
+MALFORMED = [
+    ("LINKSVC_MAIL_FROM", "linksvc <no-reply@example.com>\r\nBcc: victim@example.com"),
+    ("LINKSVC_MAIL_FROM", "no-reply@example.com\nBcc: x@example.com"),
+    ("LINKSVC_MAIL_FROM", "no-reply@example.com\x00"),
+    ("LINKSVC_MAIL_FROM", "not an address"),
+    ("LINKSVC_MAIL_FROM", "a@b@c"),
+    ("LINKSVC_MAIL_FROM", "<>"),
+    ("LINKSVC_RATELIMIT_STORAGE_URL", "redis//localhost"),
+    ("LINKSVC_RATELIMIT_STORAGE_URL", "foo://x"),
+    ("LINKSVC_RATELIMIT_STORAGE_URL", "redis://localhost:99999/0"),
+    ("LINKSVC_RATELIMIT_STORAGE_URL", "memcached://localhost"),
+    ("LINKSVC_DATABASE_URL", "postgresql://u@localhost:99999/x"),
+    ("LINKSVC_DATABASE_URL", "postgresql://u@[::1/x"),
+    ("LINKSVC_BASE_URL", "https://links.example.com:99999"),
+    ("LINKSVC_BASE_URL", "https://[::1"),
+    ("LINKSVC_SMTP_URL", "smtp://mail.example:99999"),
+    ("LINKSVC_SMTP_URL", "smtp://[::1"),
+    ("LINKSVC_S3_ENDPOINT_URL", "http://s3.example:99999"),
+    ("LINKSVC_PAGE_RATE_LIMIT", "lots"),
+    ("LINKSVC_RECIPIENT_LIMIT", "5 per fortnight"),
+    ("LINKSVC_LOG_LEVEL", "loud"),
+    ("LINKSVC_TRUSTED_PROXIES", "1.5"),
+    ("LINKSVC_SECRET_KEY", "A" * 20),
+    ("LINKSVC_KEY_ENCRYPTION_KEY", "not base64!" * 5),
+]
+
+
+@pytest.mark.parametrize("name,value", MALFORMED)
+def test_every_setting_fails_cleanly_naming_itself(env, name, value):
+    """create_app (what gunicorn and the CLI run) raises ConfigError naming the variable,
+    which app.py turns into one line and exit status 4 — never a traceback or a 500 later."""
+    from linksvc import create_app
+
+    with pytest.raises(ConfigError) as info:
+        app = create_app({**env, name: value})
+        app.extensions["linksvc"].engine.dispose()
+    assert info.value.name == name, info.value
+    assert "\n" not in str(info.value) and "\r" not in str(info.value)
+
+
+def test_malformed_ratelimit_url_stops_startup_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+
+    from .support import ROOT, venv_bin
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
+    env.update(
+        {"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_RATELIMIT_STORAGE_URL": "redis//x"}
+    )
+    proc = subprocess.run(
+        [venv_bin("python"), "-c", "import app"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 4
+    assert "LINKSVC_RATELIMIT_STORAGE_URL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- degenerate secrets refused in production (issue 17 item 9) ------------------------
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+DEGENERATE = {
+    "all_zero": _b64(bytes(32)),
+    "one_byte_repeated": _b64(b"\x5a" * 32),
+    "short_pattern": _b64(b"\x01\x02\x03\x04" * 8),
+    "passphrase": "correct-horse-battery-staple-correct-horse-battery",
+    "camel_passphrase": "CorrectHorseBatteryStapleCorrectHorseBattery",
+    "dashed_letters": "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-W-X-Y-Z",
+    "outside_alphabet": secret_b64()[:40] + "!!!" + secret_b64()[:10],
+    "spaces_inside": secret_b64()[:21] + " " + secret_b64()[:22],
+    "standard_base64": secret_b64()[:41] + "+/",
+    "spare_trailing_bits": secret_b64()[:42] + "B",
+    "too_short": secret_b64()[:40],
+}
+
+
+@pytest.mark.parametrize("which", ["LINKSVC_KEY_ENCRYPTION_KEY", "LINKSVC_SECRET_KEY"])
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_production_refuses_degenerate_secrets(tmp_path, which, case):
+    good = {"LINKSVC_KEY_ENCRYPTION_KEY": secret_b64(), "LINKSVC_SECRET_KEY": secret_b64()}
+    base = {
+        "LINKSVC_INSTANCE_PATH": str(tmp_path),
+        "LINKSVC_ENV": "production",
+        "LINKSVC_BASE_URL": "https://links.example.com",
+        **good,
+    }
+    with pytest.raises(ConfigError) as info:
+        config.load({**base, which: DEGENERATE[case]})
+    assert info.value.name == which
+    assert DEGENERATE[case] not in str(info.value)  # the message never echoes the secret
+    assert config.load(base).is_production  # and the good ones pass
+
+
+def test_production_refuses_the_same_secret_twice(tmp_path):
+    same = secret_b64()
+    with pytest.raises(ConfigError) as info:
+        config.load(
+            {
+                "LINKSVC_INSTANCE_PATH": str(tmp_path),
+                "LINKSVC_ENV": "production",
+                "LINKSVC_BASE_URL": "https://links.example.com",
+                "LINKSVC_KEY_ENCRYPTION_KEY": same,
+                "LINKSVC_SECRET_KEY": same,
+            }
+        )
+    assert info.value.name == "LINKSVC_SECRET_KEY"
+    assert "LINKSVC_KEY_ENCRYPTION_KEY" in str(info.value)
+
+
+def test_generated_secrets_are_accepted_in_production(tmp_path):
+    """What init-db writes and the README's one-liner prints always passes the checks."""
+    import secrets
+
+    for _ in range(2000):
+        config.decode_secret("X", secrets.token_urlsafe(32), production=True)
+        config.decode_secret("X", secret_b64(), production=True)

@@ -65,6 +65,43 @@ def test_subject_limit_default_five_per_fifteen_minutes(app):
     assert api.mint("password_reset", "user-1").status_code == 201
 
 
+def test_one_mailbox_cannot_be_flooded_by_rotating_the_subject(app):
+    """Issue 17 item 7: with default limits, 15 mints to one address under 15 subjects sent
+    15 mails. Now at most 5 per 15 minutes go to one address (case and +tags ignored), across
+    subjects and clients; the counter is keyed by a keyed hash, never the address."""
+    from pathlib import Path
+
+    unique_prefix(app)
+    api = make_api_user(app, "defaults", mint_limit=None, subject_limit=None)
+    other = make_api_user(app, "other", mint_limit=None, subject_limit=None)
+    victim = "victim.r8k2@mail.example"
+    sent = [
+        api.mint("magic_link", f"user-{i}", email=e).status_code
+        for i, e in enumerate(
+            [victim, victim.upper(), "victim.r8k2+1@mail.example", victim, victim]
+        )
+    ]
+    assert sent == [201] * 5
+    assert_limited_problem(api.mint("magic_link", "user-99", email=victim), 15 * 60)
+    assert_limited_problem(other.mint("magic_link", "elsewhere", email=victim), 15 * 60)
+    assert_limited_problem(
+        api.mint("magic_link", "user-98", email="victim.r8k2+x@mail.example"), 15 * 60
+    )
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    assert len(list(outbox.glob("*.eml"))) == 5
+    # Another address, and mints without mail, are not held back.
+    assert api.mint("magic_link", "user-97", email="someone@mail.example").status_code == 201
+    assert api.mint("magic_link", "user-96").status_code == 201
+    # What the store holds names nobody: no address, no local part, no plain hash of it.
+    import hashlib
+
+    limits = app.extensions["linksvc.ratelimit"]
+    keys = " ".join(str(k) for k in limits.strategy.storage.events)
+    assert "recipient" in keys
+    for needle in ("victim", "mail.example", hashlib.sha256(victim.encode()).hexdigest()[:16]):
+        assert needle not in keys
+
+
 def test_limited_mint_reveals_nothing_about_the_subject(app):
     """An attacker hammering 'reset my password' for many users learns nothing from the 429:
     the answer is the same byte for byte for a subject with links and one never seen."""
