@@ -107,6 +107,35 @@ _INSERT_LINK_SQL = db.Statement(
     )
 )
 _CONSUME_SQL = db.Statement(_CONSUME)
+
+
+def _with_event(change: Any, *returning: Any) -> db.Statement:
+    """``change`` (an INSERT or UPDATE of links ``RETURNING`` the row) and the webhook
+    outbox rows of its event, as one PostgreSQL statement: ``WITH c AS (change RETURNING …),
+    e AS (INSERT INTO webhook_outbox … SELECT … FROM c) SELECT … FROM c`` — the change and its
+    event in one round trip, committed together. Bound with :func:`outbox.bind_params`."""
+    changed = change.cte("changed")
+    return db.Statement(
+        sa.select(*(changed.c[c.name] for c in returning)).add_cte(
+            outbox.insert_from(changed).cte("emitted")
+        )
+    )
+
+
+# For clients with webhooks, on PostgreSQL (SQLite has no data-modifying CTE, and no
+# network round trip to save: there the event is a second statement in the transaction).
+_INSERT_LINK_EMIT_SQL = _with_event(
+    _INSERT_LINK_SQL.stmt.returning(db.links.c.jti, db.links.c.client_id),  # type: ignore[attr-defined]
+    db.links.c.jti,
+)
+_CONSUME_EMIT_SQL = _with_event(_CONSUME, *db.links.c)
+
+
+def one_statement_events(engine: Engine) -> bool:
+    """Can a change and its webhook event be one statement on this database?"""
+    return engine.dialect.name == "postgresql"
+
+
 _GET_SQL = db.Statement(_GET)
 
 
@@ -196,10 +225,23 @@ def _link_values(rec: LinkRecord) -> dict[str, Any]:
     }
 
 
-def insert_link(engine: Engine, rec: LinkRecord) -> None:
-    """Record a mint that supersedes nothing and has no webhook event to write with it:
-    one INSERT in autocommit, durable when it returns (see :func:`linksvc.db.execute`)."""
-    db.execute(engine, _INSERT_LINK_SQL, _link_values(rec), writes=True)
+def insert_link(engine: Engine, rec: LinkRecord, *, sink: outbox.Sink | None = None) -> None:
+    """Record a mint that supersedes nothing: one INSERT in autocommit, durable when it
+    returns (see :func:`linksvc.db.execute`). With a ``sink`` that has endpoints (PostgreSQL
+    only, see :func:`one_statement_events`) the same single statement writes ``link.minted``."""
+    if sink is None or not sink.endpoints:
+        db.execute(engine, _INSERT_LINK_SQL, _link_values(rec), writes=True)
+        return
+    event = outbox.bind_params(
+        "link.minted",
+        client_id=rec.client_id,
+        jti=rec.jti,
+        purpose=rec.purpose,
+        subject=rec.subject,
+        now=rec.iat,
+        facts={"expires_at": outbox.iso(rec.exp), "superseded": 0},
+    )
+    db.execute(engine, _INSERT_LINK_EMIT_SQL, {**_link_values(rec), **event}, writes=True)
 
 
 def lock_subject(conn: Connection, client_id: str, subject: str, purpose: str) -> None:
@@ -384,8 +426,21 @@ def consume(
         "k_via": via,
         "k_hash": completion_hash,
     }
-    if actor is None and sink is None and on_consumed is None:
-        changed = db.execute(engine, _CONSUME_SQL, params, writes=True)
+    if actor is None and on_consumed is None:
+        changed: Any = None
+        if sink is None:
+            changed = db.execute(engine, _CONSUME_SQL, params, writes=True)
+        elif sink.endpoints and one_statement_events(engine):
+            event = outbox.bind_params(
+                "link.consumed",
+                client_id=client_id,
+                jti=jti,
+                purpose=purpose,
+                subject=subject,
+                now=now,
+                facts={"via": via},
+            )
+            changed = db.execute(engine, _CONSUME_EMIT_SQL, {**params, **event}, writes=True)
         if changed is not None:
             return _record(dict(zip(_LINK_COLUMNS, changed, strict=True)))
     failure: errors.LinkError | None = None

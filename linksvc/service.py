@@ -263,13 +263,16 @@ class LinkService:
         )
         sink = self.sinks.get(self.engine, client.id)
         supersede = purpose in s.supersede_purposes and not defer_supersede
-        if supersede or sink is not None:
+        if not supersede and (
+            sink is None or not sink.endpoints or ledger.one_statement_events(self.engine)
+        ):
+            # Nothing to retire: one INSERT, durable on return (with its webhook event in the
+            # same statement on PostgreSQL).
+            ledger.insert_link(self.engine, rec, sink=sink)
+            superseded = 0
+        else:
             with db.write(self.engine) as conn:
                 superseded = ledger.record_mint(conn, rec, supersede=supersede, now=now, sink=sink)
-        else:
-            # Nothing to retire and no webhook event: one INSERT, durable on return.
-            ledger.insert_link(self.engine, rec)
-            superseded = 0
         path = "d" if purpose == "download" else "l"
         logs.info(
             log,

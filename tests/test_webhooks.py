@@ -408,3 +408,42 @@ def test_deliveries_and_replay_by_hand(app, api, runner):
     assert out.exit_code == 0 and "queued 1" in out.output
     [again] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)
     assert again.msg_id == c.msg_id and again.id == c.id  # same webhook-id, same row
+
+
+@pytest.fixture
+def pg_app(env, pg_url):
+    pg = create_app({**env, "LINKSVC_DATABASE_URL": pg_url})
+    from linksvc import migrate
+
+    migrate.upgrade(pg.extensions["linksvc"].engine)
+    _prepare(pg)
+    yield pg
+    pg.extensions["linksvc"].engine.dispose()
+
+
+def test_postgresql_change_and_event_in_one_statement(pg_app):
+    """On PostgreSQL the mint and the API redemption of a webhook client are each one
+    statement (a data-modifying CTE) that writes the link change and its outbox row."""
+    from linksvc import ledger
+
+    assert ledger.one_statement_events(pg_app.extensions["linksvc"].engine)
+    user = make_api_user(pg_app)
+    add_endpoint(pg_app, user.client.id, events=["link.minted", "link.consumed"])
+    add_endpoint(pg_app, user.client.id)
+    link = user.minted()
+    assert user.redeem(link["token"]).status_code == 200
+    assert user.redeem(link["token"]).status_code == 409
+    got = [(r["event_type"], r["jti"]) for r in rows(pg_app)]
+    jti = link["jti"]
+    assert sorted(got) == sorted(
+        [("link.minted", jti)] * 2 + [("link.consumed", jti)] * 2 + [("link.replayed", jti)]
+    )
+    assert len({r["msg_id"] for r in rows(pg_app) if r["event_type"] == "link.minted"}) == 1
+    body = json.loads(rows(pg_app)[0]["payload"])
+    assert body["data"]["jti"] == jti and body["type"] == "link.minted"
+    assert user.status(jti).get_json()["state"] == "consumed"
+    # A client without endpoints still takes the plain one-statement path and writes nothing.
+    plain = make_api_user(pg_app, "plain")
+    plain_link = plain.minted()
+    assert plain.redeem(plain_link["token"]).status_code == 200
+    assert not [r for r in rows(pg_app) if r["jti"] == plain_link["jti"]]
