@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import re
 import traceback
+from urllib.parse import unquote
 
 from gunicorn.glogging import Logger
 
@@ -46,7 +47,8 @@ access_log_format = (
     '"request_id":"%({x-request-id}o)s"}'
 )
 
-_SECRET_PATH = re.compile(r"/(l|d|dl)/[^\s?#\"/]+", re.IGNORECASE)
+# The whole rest of the path: the link routes take <path:token>, so '/l/a/b' is token 'a/b'.
+_SECRET_PATH = re.compile(r"/(l|d|dl)/[^\s?#\"]+", re.IGNORECASE)
 # A compact JWS (dots possibly percent-encoded) or an API key, wherever it appears.
 _TOKENISH = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]*"
@@ -56,8 +58,22 @@ _TOKENISH = re.compile(
 _QUERY_VALUE = re.compile(r"([?&][^=&\s\"#?]*=)[^&\s\"#]+")
 
 
+_PATH = re.compile(r"/[^\s\"?#]*")
+
+
+def _redact_path(path: str) -> str:
+    """A path as routing sees it: percent-decoded first (``/%64l/<grant>`` is routed to
+    ``/dl/``), so a secret path segment is found whatever encoding carried it."""
+    if "%" not in path:
+        return _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/[redacted]", path)
+    decoded = unquote(path, errors="replace")
+    if not _SECRET_PATH.search(decoded):
+        return path
+    return _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/[redacted]", decoded)
+
+
 def redact(text: str) -> str:
-    text = _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/[redacted]", text)
+    text = _PATH.sub(lambda m: _redact_path(m.group()), text)
     text = _QUERY_VALUE.sub(r"\1[redacted]", text)
     return _TOKENISH.sub("[redacted]", text)
 

@@ -557,6 +557,57 @@ def test_access_log_holds_no_token(sqlite_server) -> None:
             assert piece not in log, f"a secret reached the log: …{piece[-12:]}"
 
 
+def test_access_log_redacts_paths_as_routing_decodes_them(tmp_path: Path) -> None:
+    """Issue 17 item 11: ``GET /%64l/<grant>`` is routed to /dl/ (and served); its access line
+    must not hold the grant. The same for /l/ and /d/ spelled with percent-escapes."""
+    import http.client
+
+    from .support import mint_download
+
+    files = tmp_path / "files"
+    (files / "docs").mkdir(parents=True)
+    (files / "docs" / "r.pdf").write_bytes(b"%PDF-1.7 " + b"q" * 500)
+    env = base_env(tmp_path / "instance", LINKSVC_STORAGE_DIR=str(files))
+    creds = prepare_instance(env)
+    headers = {"Authorization": f"Bearer {creds['api_key']}"}
+    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def raw_get(path: str) -> int:
+        # Sent as written: an HTTP library could normalise the escapes away.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    try:
+        link = mint_download(server.url, headers, "u", key="docs/r.pdf")
+        location = requests.get(
+            f"{server.url}/d/{link['token']}", timeout=10, allow_redirects=False
+        ).headers["Location"]
+        grant = location.rsplit("/dl/", 1)[1]
+        assert raw_get(f"/%64l/{grant}") == 200  # routed: the attack is real
+        assert raw_get(f"/%64%6C/{grant}") == 200
+        page = requests.post(
+            f"{server.url}/api/v1/links",
+            json={"purpose": "magic_link", "subject": "u"},
+            headers=headers,
+            timeout=10,
+        ).json()["token"]
+        enc = page.replace(".", "%2E")
+        for path in (f"/%6C/{enc}", f"/%6c/{page}", f"/%64/{enc}", f"/l/{enc}"):
+            raw_get(path)
+    finally:
+        time.sleep(0.5)  # the access line is written after the response
+        server.stop()
+    log = server.log()
+    access = [line for line in log.splitlines() if line.startswith('{"remote"')]
+    assert len(access) >= 7 and "/dl/[redacted]" in log and "/l/[redacted]" in log
+    for secret in (grant, grant[:20], grant[-20:], *page.split("."), enc):
+        assert secret not in log, f"a secret reached the log: …{secret[-12:]}"
+
+
 def test_hup_reloads_workers_without_dropping_requests(sqlite_server) -> None:
     server, creds = sqlite_server
     headers = {"Authorization": f"Bearer {creds['api_key']}"}
