@@ -95,7 +95,10 @@ def test_env_file_reaches_the_processes_and_banner_waits_for_ready(tmp_path):
         deadline = time.monotonic() + 10
         seen = []
         assert sup.stdout is not None
-        while time.monotonic() < deadline and not any("READY-BANNER" in s for s in seen):
+        # Read until both lines are there (the banner may come before the child has run).
+        while time.monotonic() < deadline and not (
+            any("READY-BANNER" in s for s in seen) and any("show | key=" in s for s in seen)
+        ):
             seen.append(sup.stdout.readline())
         os.killpg(sup.pid, signal.SIGTERM)
         out = "".join(seen) + sup.communicate(timeout=20)[0]
