@@ -20,10 +20,16 @@ from urllib.parse import unquote
 from gunicorn.glogging import Logger
 
 bind = os.environ.get("LINKSVC_BIND", "127.0.0.1:8000")
-# Sync workers: one request at a time per process, so a slow database stalls one worker, not
-# all of them; the classic 2 × cores + 1.
-workers = int(os.environ.get("LINKSVC_WORKERS", str(multiprocessing.cpu_count() * 2 + 1)))
-worker_class = "sync"
+# Threaded workers, one per core, each with LINKSVC_THREADS requests in flight (bench/README.md,
+# "Serving model"). Every mint and redemption waits for its durable commit; a sync worker
+# sits idle through that wait, while a thread leaves the core to its neighbours (the fsync
+# and the database round trip release the GIL). On PostgreSQL, commits in flight together
+# share the server's WAL flush (group commit); on SQLite, writers queue in the kernel on
+# linksvc.db.WriteLock (no sleeping busy handler) and one commit per request stays the
+# simplest design that keeps up. A slow database still stalls only the threads waiting on it.
+workers = int(os.environ.get("LINKSVC_WORKERS", str(multiprocessing.cpu_count())))
+threads = int(os.environ.get("LINKSVC_THREADS", "4"))
+worker_class = "gthread" if threads > 1 else "sync"
 # gunicorn 27 opens a control socket at one fixed path per user; several masters on one host
 # (two nodes, tests) would fight over it, and nothing here uses it.
 control_socket_disable = True
