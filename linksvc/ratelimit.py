@@ -278,6 +278,15 @@ def init_app(app: Flask) -> None:
     # parsed mint body) and declares none on routes, so Flask-Limiter's own per-request
     # check would only search for route limits that do not exist — about 7 % of a mint.
     app.before_request_funcs[None].remove(limiter._check_request_limit)
+
+    # Its after-request (rate-limit headers, conditional deductions) and teardown (its
+    # per-request context) serve those route limits too: nothing to do on any request.
+    def _ours(hook: object) -> bool:
+        owner = getattr(hook, "__self__", None) or (getattr(hook, "args", None) or (None,))[0]
+        return owner is limiter
+
+    for hooks in (app.after_request_funcs, app.teardown_request_funcs):
+        hooks[None] = [h for h in hooks.get(None, []) if not _ours(h)]
     limits = RateLimits(limiter)
     limits.recipient_limit = settings.recipient_limit
     limits.recipient_key = settings.secret_key or secrets.token_bytes(32)
