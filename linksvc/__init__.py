@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
+from werkzeug.sansio.utils import host_is_trusted
 
 from . import config as config_mod
 from . import db, errors, logs
@@ -91,6 +92,22 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     ):
         module.init_app(app)
     cli.init_app(app)
+
+    hosts = settings.trusted_hosts
+
+    @app.before_request
+    def _trusted_host() -> Response | None:
+        # Only the base URL's host (LINKSVC_BASE_URL): a forged Host could otherwise steer
+        # a redirect built from it (/l//x answers 308 to the normalised path). Health
+        # probes and metrics scrapes often name the node's address, and build no URL.
+        if not hosts or request.path in ("/healthz", "/readyz", "/metrics"):
+            return None
+        if host_is_trusted(request.environ.get("HTTP_HOST"), hosts):
+            return None
+        log.info(
+            "untrusted host refused", extra={"outcome": "rejected", "reason": "untrusted_host"}
+        )
+        return problem(400, "untrusted_host", "This service does not answer for that host name.")
 
     @app.before_request
     def _request_id() -> None:

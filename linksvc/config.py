@@ -74,6 +74,9 @@ class Settings:
     log_level: str
     trusted_proxies: int
     recipient_limit: str = "5 per 15 minutes"
+    #: Host names a request may carry in ``Host`` (LINKSVC_BASE_URL's, LINKSVC_TRUSTED_HOSTS,
+    #: and outside production the loopback names). Empty: any (only for hand-made Settings).
+    trusted_hosts: tuple[str, ...] = ()
     #: Webhook endpoints may resolve to private, loopback and link-local addresses.
     webhook_allow_private: bool = False
     #: Seconds a webhook delivery may take to connect and for each read.
@@ -341,11 +344,26 @@ def load(
             "must differ from LINKSVC_KEY_ENCRYPTION_KEY (two secrets, two uses)",
         )
 
+    base_url = _base_url(env, production)
+    hosts = [urlsplit(base_url).hostname or ""]
+    for extra in (env.get("LINKSVC_TRUSTED_HOSTS") or "").split(","):
+        extra = extra.strip().lower()
+        if extra and not re.fullmatch(r"\.?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", extra):
+            raise ConfigError(
+                "LINKSVC_TRUSTED_HOSTS",
+                f"must be host names separated by commas ('.example.com' for subdomains), got {extra!r}",
+            )
+        if extra:
+            hosts.append(extra)
+    if not production:
+        hosts += ["127.0.0.1", "localhost"]
+
     return Settings(
         env=envname,
         recipient_limit=recipient_limit,
+        trusted_hosts=tuple(dict.fromkeys(hosts)),
         instance_path=instance,
-        base_url=_base_url(env, production),
+        base_url=base_url,
         database_url=database_url,
         leeway=_int(env, "LINKSVC_LEEWAY", 5, 0, HARD_MAX_LEEWAY),
         max_ttl=max_ttl,

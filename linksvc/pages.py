@@ -41,6 +41,16 @@ bp = Blueprint("pages", __name__)
 #: The browser nonce: binds the form to this browser (login CSRF) and makes a double
 #: click reach the same completion. SameSite=Strict: never sent on a cross-site post.
 NONCE_COOKIE = "linksvc_press"
+#: Its name where the base URL is https: a ``__Host-`` cookie is Secure, host-only and
+#: ``Path=/``, so a sibling subdomain or a plain-HTTP page cannot plant one (login CSRF).
+HOST_NONCE_COOKIE = "__Host-" + NONCE_COOKIE
+
+
+def nonce_cookie(svc: LinkService) -> tuple[str, str]:
+    """The nonce cookie's name and path for this deployment."""
+    if svc.settings.base_url.startswith("https://"):
+        return HOST_NONCE_COOKIE, "/"
+    return NONCE_COOKIE, "/l/"
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 #: How long a confirmation page's form stays valid. Longer than any link lives would be
 #: pointless; shorter would make a user who paused on the page press twice.
@@ -153,7 +163,7 @@ def with_code(uri: str, code: str) -> str:
 
 def _nonce() -> tuple[str, bool]:
     """This browser's nonce, and whether it is new (and must be set)."""
-    value = request.cookies.get(NONCE_COOKIE, "")
+    value = request.cookies.get(nonce_cookie(service())[0], "")
     if NONCE_RE.fullmatch(value):
         return value, False
     return secrets.token_urlsafe(32), True
@@ -179,7 +189,7 @@ def _note_view(svc: LinkService, rec: ledger.LinkRecord, now: int) -> None:
                     found = scanners.signals(
                         method=request.method,
                         headers=cast(Mapping[str, str], request.headers),
-                        has_cookie=bool(request.cookies.get(NONCE_COOKIE)),
+                        has_cookie=bool(request.cookies.get(nonce_cookie(svc)[0])),
                         earlier_views=n,
                     )
                     sink.emit(
@@ -218,11 +228,12 @@ def _confirmation(
         valid_until=f"This link works until {clock(v.record.exp)} ({lasts(left)} from now), once.",
     )
     if new:
+        name, path = nonce_cookie(svc)
         resp.set_cookie(
-            NONCE_COOKIE,
+            name,
             nonce,
             max_age=3600,
-            path="/l/",
+            path=path,
             httponly=True,
             samesite="Strict",
             secure=svc.settings.base_url.startswith("https://"),
@@ -232,7 +243,7 @@ def _confirmation(
 
 def _check_form(svc: LinkService, jti: str, now: int) -> str:
     """The browser's nonce, if the posted form token was made for this link and this browser."""
-    nonce = request.cookies.get(NONCE_COOKIE, "")
+    nonce = request.cookies.get(nonce_cookie(svc)[0], "")
     token = request.form.get("csrf", "")
     # Browsers say where a request comes from; a cross-site post is refused outright.
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):

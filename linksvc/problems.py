@@ -59,6 +59,12 @@ PROBLEMS: dict[str, Problem] = {
         "This path does not take this method; `Allow` lists those it takes.",
     ),
     "http_error": Problem(400, "HTTP error", "The request could not be handled as sent."),
+    "untrusted_host": Problem(
+        400,
+        "Untrusted host",
+        "The `Host` header names a host this service does not answer for: only the host of "
+        "`LINKSVC_BASE_URL` (and `LINKSVC_TRUSTED_HOSTS`). Call the service by its public name.",
+    ),
     "internal_error": Problem(
         500,
         "Internal error",

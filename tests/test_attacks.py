@@ -808,15 +808,43 @@ def test_mint_refuses_unregistered_redirect(live, uri):
 
 
 def test_link_urls_ignore_the_host_header(live):
+    # X-Forwarded-Host is not trusted (no proxy was configured to set it): the URL is the base URL's.
     resp = live.http.post(
         f"{live.url}/api/v1/links",
         json={"purpose": "magic_link", "subject": "u"},
-        headers={**live.headers(), "Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        headers={**live.headers(), "X-Forwarded-Host": "evil.example"},
         timeout=10,
     )
     assert resp.status_code == 201
     assert resp.json()["url"].startswith(live.url + "/l/")
     live.still_works(resp.json())
+
+
+def test_forged_host_is_refused(live):
+    """Issue 17 item 12: '/l//x' answered 308 to 'http://<Host header>/l/x'. Only the host of
+    LINKSVC_BASE_URL is answered now; a forged Host gets 400 and no Location."""
+    token = live.mint()["token"]
+    for method, path in (
+        ("GET", f"/l//{token}"),
+        ("GET", f"/l/{token}"),
+        ("POST", "/api/v1/links"),
+        ("GET", "/api/v1/openapi.json"),
+    ):
+        resp = live.http.request(
+            method,
+            live.url + path,
+            headers={**live.headers(), "Host": "evil.example"},
+            timeout=10,
+            allow_redirects=False,
+        )
+        assert resp.status_code == 400, (path, resp.status_code)
+        assert resp.json()["code"] == "untrusted_host" and "Location" not in resp.headers
+        assert "evil.example" not in resp.text and token not in resp.text
+    # The real host still gets its redirect, to itself; health probes may name any host.
+    resp = live.http.get(f"{live.url}/l//{token}", timeout=10, allow_redirects=False)
+    assert resp.status_code == 308 and resp.headers["Location"].startswith(live.url + "/l/")
+    probe = live.http.get(f"{live.url}/healthz", headers={"Host": "10.1.2.3"}, timeout=10)
+    assert probe.status_code == 200
 
 
 def test_pages_ignore_redirect_parameters(live):

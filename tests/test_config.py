@@ -118,6 +118,7 @@ MALFORMED = [
     ("LINKSVC_RECIPIENT_LIMIT", "5 per fortnight"),
     ("LINKSVC_LOG_LEVEL", "loud"),
     ("LINKSVC_TRUSTED_PROXIES", "1.5"),
+    ("LINKSVC_TRUSTED_HOSTS", "links.example.com, evil example"),
     ("LINKSVC_SECRET_KEY", "A" * 20),
     ("LINKSVC_KEY_ENCRYPTION_KEY", "not base64!" * 5),
 ]
@@ -217,3 +218,18 @@ def test_generated_secrets_are_accepted_in_production(tmp_path):
     for _ in range(2000):
         config.decode_secret("X", secrets.token_urlsafe(32), production=True)
         config.decode_secret("X", secret_b64(), production=True)
+
+
+def test_trusted_hosts_come_from_the_base_url(tmp_path):
+    base = {
+        "LINKSVC_INSTANCE_PATH": str(tmp_path),
+        "LINKSVC_ENV": "production",
+        "LINKSVC_BASE_URL": "https://Links.Example.com:8443",
+        "LINKSVC_KEY_ENCRYPTION_KEY": secret_b64(),
+        "LINKSVC_SECRET_KEY": secret_b64(),
+    }
+    assert config.load(base).trusted_hosts == ("links.example.com",)
+    extra = config.load({**base, "LINKSVC_TRUSTED_HOSTS": "internal.example, .svc.local"})
+    assert extra.trusted_hosts == ("links.example.com", "internal.example", ".svc.local")
+    dev = config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path)})
+    assert dev.trusted_hosts == ("127.0.0.1", "localhost")

@@ -478,3 +478,31 @@ def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path):
         )
     finally:
         app.extensions["linksvc"].engine.dispose()
+
+
+def test_press_cookie_is_host_prefixed_where_the_base_url_is_https(env):
+    """Issue 17 item 12: over https the nonce cookie is ``__Host-`` (Secure, Path=/, no
+    Domain), so neither a sibling subdomain nor a plain-HTTP page can plant one."""
+    from linksvc import create_app
+
+    from .conftest import _prepare, make_api_user
+
+    base = "https://links.example.com"
+    app = create_app({**env, "LINKSVC_BASE_URL": base})
+    _prepare(app)
+    try:
+        api = make_api_user(app)
+        link = api.minted()
+        browser = app.test_client()
+        # A cookie under the old name (planted over http or by a sibling) is not the nonce.
+        browser.set_cookie("linksvc_press", "p" * 43, path="/l/", domain="links.example.com")
+        page = browser.get(f"/l/{link['token']}", base_url=base)
+        assert page.status_code == 200
+        cookie = page.headers["Set-Cookie"]
+        assert cookie.startswith(pages.HOST_NONCE_COOKIE + "=")
+        assert "Secure" in cookie and "Path=/;" in cookie and "Domain" not in cookie
+        csrf = form_token(page)
+        done = browser.post(f"/l/{link['token']}", data={"csrf": csrf}, base_url=base)
+        assert done.status_code == 303 and "code=" in done.headers["Location"]
+    finally:
+        app.extensions["linksvc"].engine.dispose()
