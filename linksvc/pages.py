@@ -51,6 +51,8 @@ def nonce_cookie(svc: LinkService) -> tuple[str, str]:
     if svc.settings.base_url.startswith("https://"):
         return HOST_NONCE_COOKIE, "/"
     return NONCE_COOKIE, "/l/"
+
+
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 #: How long a confirmation page's form stays valid. Longer than any link lives would be
 #: pointless; shorter would make a user who paused on the page press twice.
