@@ -536,19 +536,14 @@ def _parse_cursor(raw: str) -> tuple[int, str]:
         ) from None
 
 
-@bp.get("/subjects/<path:subject>/links")
+@bp.get("/subjects/<path:subject>/links", merge_slashes=False)
 def links_of(subject: str) -> Response:
     """The subject's links, newest first, a page at a time (``next_cursor`` names the next)."""
     for name in request.args:
         if name not in INVENTORY_PARAMS:
             raise BadRequest(422, "unknown_field", f"Unknown parameter {name!r}.", field=name)
     if not SUBJECT_RE.fullmatch(subject):
-        raise BadRequest(
-            422,
-            "invalid_field",
-            "subject must be 1-255 printable ASCII characters without spaces.",
-            field="subject",
-        )
+        raise BadRequest(422, "invalid_field", SUBJECT_RULE, field="subject")
     states = _list_param("state", INVENTORY_STATES)
     purposes = _list_param("purpose", tuple(PURPOSES))
     raw_limit = request.args.get("limit", "50")

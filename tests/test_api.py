@@ -412,6 +412,10 @@ def test_every_mintable_subject_is_revocable_by_subject(api, subject, path):
     addressable in the subject routes, so sign-out-everywhere reaches it."""
     link = api.minted("magic_link", subject)
     other = api.minted("magic_link", subject.replace("/", "-") + "-other")
+    # The inventory follows the same rule: the subject's own links, not a neighbour's.
+    listed = api.http.get(f"/api/v1/subjects/{path}/links", headers=api.headers)
+    assert listed.status_code == 200, listed.get_json()
+    assert [x["jti"] for x in listed.get_json()["links"]] == [link["jti"]]
     resp = api.http.post(f"/api/v1/subjects/{path}/revoke", headers=api.headers)
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json() == {"subject": subject, "revoked": 1}
