@@ -234,10 +234,38 @@ class Baseline(Target):
             self.pending = self.module.premint(self.url, self.pem, n)
 
 
+class LinksvcWebhooks(Linksvc):
+    """linksvc for a client with a webhook endpoint: each mint and redemption also writes its
+    outbox row (``link.minted``, ``link.consumed``) in the same transaction. No relay runs."""
+
+    name = "linksvc-webhooks"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        from linksvc import db, ssrf, webhooks
+
+        svc = self.app.extensions["linksvc"]
+        with db.write(svc.engine) as conn:
+            webhooks.add(
+                conn,
+                self.app.config["LINKSVC"].key_encryption_key,
+                self.client.id,
+                "http://127.0.0.1:9/hook",
+                events=None,
+                rules=ssrf.Policy(allow_loopback=True),
+                now=int(time.time()),
+            )
+        svc.sinks.clear()
+        self.scenarios = {k: v for k, v in self.scenarios.items() if k in ("mint", "redeem")}
+
+
 def make_targets(workdir: Path, names: list[str]) -> list[Target]:
     targets: list[Target] = [Hello()]
     if "linksvc" in names:
         targets.append(Linksvc(workdir))
+    if "linksvc-webhooks" in names:
+        (workdir / "webhooks").mkdir()
+        targets.append(LinksvcWebhooks(workdir / "webhooks"))
     for name in ("naive", "lean"):
         if name in names:
             targets.append(Baseline(name, workdir))

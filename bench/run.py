@@ -653,6 +653,26 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{f'≤ {INPROC_TARGETS[scenario]}×' if scenario in INPROC_TARGETS else '-'} |"
             )
         out.append("")
+        # What a webhook client's outbox row costs (linksvc.outbox; bench/inproc.py).
+        wh = [
+            (
+                sc,
+                inproc["cpu_us"].get(f"linksvc/{sc}"),
+                inproc["cpu_us"].get(f"linksvc-webhooks/{sc}"),
+            )
+            for sc in ("mint", "redeem")
+        ]
+        if all(a and b for _, a, b in wh):
+            out += [
+                "With a webhook endpoint (its outbox row written with each change), CPU per "
+                "request: "
+                + ", ".join(
+                    f"{sc} {b:.0f} µs against {a:.0f} µs ({(b / a - 1) * 100:+.1f}%)"
+                    for sc, a, b in wh
+                )
+                + ".",
+                "",
+            ]
     out += [
         "| target / scenario | req/s | % of hello | vs naive | vs lean | p50 ms | p99 ms "
         "| non-2xx | RSS/worker MB |",
@@ -927,7 +947,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     log("in-process CPU per request")
     result["inproc"] = inproc.run(
-        args.inproc_n, args.inproc_rounds, ["linksvc", "naive", "lean"], log
+        args.inproc_n, args.inproc_rounds, ["linksvc", "linksvc-webhooks", "naive", "lean"], log
     )
     log("floor: signatures")
     result["floor"] = {"crypto": crypto_floor(args.floor_n)}

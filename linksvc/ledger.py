@@ -122,18 +122,48 @@ def _with_event(change: Any, *returning: Any) -> db.Statement:
     )
 
 
-# For clients with webhooks, on PostgreSQL (SQLite has no data-modifying CTE, and no
-# network round trip to save: there the event is a second statement in the transaction).
+# For clients with webhooks, on PostgreSQL. SQLite has no data-modifying CTE (and no
+# network round trip to save): there the event is a second statement in one transaction.
 _INSERT_LINK_EMIT_SQL = _with_event(
     _INSERT_LINK_SQL.stmt.returning(db.links.c.jti, db.links.c.client_id),  # type: ignore[attr-defined]
     db.links.c.jti,
 )
 _CONSUME_EMIT_SQL = _with_event(_CONSUME, *db.links.c)
+_EMIT_SQL = db.Statement(outbox.EMIT)
 
 
-def one_statement_events(engine: Engine) -> bool:
-    """Can a change and its webhook event be one statement on this database?"""
-    return engine.dialect.name == "postgresql"
+def _change_with_event(
+    engine: Engine,
+    change: tuple[db.Statement, db.Statement],
+    params: Mapping[str, Any],
+    event: Mapping[str, Any],
+    *,
+    returns: bool,
+) -> Any:
+    """Run a link change and its webhook event as one committed unit, on the driver (the
+    hot path's way, see :func:`linksvc.db.execute`): on PostgreSQL ``change[1]``, the one
+    statement that does both; on SQLite ``change[0]`` then the outbox insert, between
+    ``BEGIN IMMEDIATE`` and ``COMMIT`` (one commit, one fsync). With ``returns``, the event
+    is written only if the change returned a row (a conditional UPDATE that matched).
+    Returns the change's first row, or None."""
+    if engine.dialect.name == "postgresql":
+        return db.execute(engine, change[1], {**params, **event}, writes=True)
+    sql, defaults = change[0].sql(engine.dialect)
+    esql, edefaults = _EMIT_SQL.sql(engine.dialect)
+    with db.driver(engine, writes=True) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(sql, {**defaults, **params})
+            rows = cur.fetchall() if cur.description is not None else []
+            cur.close()
+            if rows or not returns:
+                conn.execute(esql, {**edefaults, **event}).close()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return rows[0] if rows else None
 
 
 _GET_SQL = db.Statement(_GET)
@@ -227,8 +257,8 @@ def _link_values(rec: LinkRecord) -> dict[str, Any]:
 
 def insert_link(engine: Engine, rec: LinkRecord, *, sink: outbox.Sink | None = None) -> None:
     """Record a mint that supersedes nothing: one INSERT in autocommit, durable when it
-    returns (see :func:`linksvc.db.execute`). With a ``sink`` that has endpoints (PostgreSQL
-    only, see :func:`one_statement_events`) the same single statement writes ``link.minted``."""
+    returns (see :func:`linksvc.db.execute`). With a ``sink`` that has endpoints,
+    ``link.minted`` is written with it (:func:`_change_with_event`)."""
     if sink is None or not sink.endpoints:
         db.execute(engine, _INSERT_LINK_SQL, _link_values(rec), writes=True)
         return
@@ -241,7 +271,13 @@ def insert_link(engine: Engine, rec: LinkRecord, *, sink: outbox.Sink | None = N
         now=rec.iat,
         facts={"expires_at": outbox.iso(rec.exp), "superseded": 0},
     )
-    db.execute(engine, _INSERT_LINK_EMIT_SQL, {**_link_values(rec), **event}, writes=True)
+    _change_with_event(
+        engine,
+        (_INSERT_LINK_SQL, _INSERT_LINK_EMIT_SQL),
+        _link_values(rec),
+        event,
+        returns=False,
+    )
 
 
 def lock_subject(conn: Connection, client_id: str, subject: str, purpose: str) -> None:
@@ -430,7 +466,7 @@ def consume(
         changed: Any = None
         if sink is None:
             changed = db.execute(engine, _CONSUME_SQL, params, writes=True)
-        elif sink.endpoints and one_statement_events(engine):
+        elif sink.endpoints:
             event = outbox.bind_params(
                 "link.consumed",
                 client_id=client_id,
@@ -440,7 +476,9 @@ def consume(
                 now=now,
                 facts={"via": via},
             )
-            changed = db.execute(engine, _CONSUME_EMIT_SQL, {**params, **event}, writes=True)
+            changed = _change_with_event(
+                engine, (_CONSUME_SQL, _CONSUME_EMIT_SQL), params, event, returns=True
+            )
         if changed is not None:
             return _record(dict(zip(_LINK_COLUMNS, changed, strict=True)))
     failure: errors.LinkError | None = None

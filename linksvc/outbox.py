@@ -107,7 +107,7 @@ _o, _e, _wc = db.webhook_outbox, db.webhook_endpoints, db.webhook_clients
 
 # Built once (the hot path of a webhook client runs it): one INSERT … SELECT writes a row
 # per enabled endpoint of the client that subscribes to the event, none if there is none.
-_EMIT = sa.insert(_o).from_select(
+EMIT = sa.insert(_o).from_select(
     [
         "msg_id",
         "endpoint_id",
@@ -194,7 +194,7 @@ def bind_params(
     now: int,
     facts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The parameters of :data:`_EMIT` and of :func:`insert_from` statements."""
+    """The parameters of :data:`EMIT` and of :func:`insert_from` statements."""
     payload = body(
         event_type,
         client_id=client_id,
@@ -239,7 +239,7 @@ def emit(
     """Queue ``event_type`` for every endpoint of ``client_id`` that wants it, inside the
     caller's transaction on ``conn`` (so it commits or rolls back with the change)."""
     conn.execute(
-        _EMIT,
+        EMIT,
         bind_params(
             event_type,
             client_id=client_id,

@@ -263,11 +263,9 @@ class LinkService:
         )
         sink = self.sinks.get(self.engine, client.id)
         supersede = purpose in s.supersede_purposes and not defer_supersede
-        if not supersede and (
-            sink is None or not sink.endpoints or ledger.one_statement_events(self.engine)
-        ):
+        if not supersede:
             # Nothing to retire: one INSERT, durable on return (with its webhook event in the
-            # same statement on PostgreSQL).
+            # same statement on PostgreSQL, the same transaction on SQLite).
             ledger.insert_link(self.engine, rec, sink=sink)
             superseded = 0
         else:
