@@ -577,6 +577,12 @@ def purge_cmd(
         click.echo(
             f"purged {removed['links']} link(s), {removed['events']} event(s), {removed['codes']} code(s) "
             f"older than {days} day(s) past expiry"
+            + (
+                f"; {removed['partitions_dropped']} day partition(s) dropped, "
+                f"{removed['partitions_created']} created ahead"
+                if removed["partitions_dropped"] or removed["partitions_created"]
+                else ""
+            )
         )
 
 

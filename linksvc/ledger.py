@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import db, errors, outbox
+from . import db, errors, outbox, partitions
 from .config import HARD_MAX_CODE_TTL, HARD_MAX_LEEWAY, HARD_MAX_TTL
 
 ISSUED, CONSUMED, REVOKED, SUPERSEDED = "issued", "consumed", "revoked", "superseded"
@@ -78,10 +78,13 @@ _INSERT_EVENT = sa.insert(db.link_events)
 _INSERT_LINK = sa.insert(db.links)
 _LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("k", type_=sa.BigInteger())))
 _GET = sa.select(db.links).where(db.links.c.jti == sa.bindparam("k_jti"))
+_GET_AT = _GET.where(db.links.c.exp == sa.bindparam("k_exp"))
 _CONSUME = (
     sa.update(db.links)
     .where(
         db.links.c.jti == sa.bindparam("k_jti"),
+        # The token's exp: on PostgreSQL the planner then touches one day's partition.
+        db.links.c.exp == sa.bindparam("k_exp"),
         db.links.c.state == ISSUED,
         db.links.c.client_id == sa.bindparam("k_client"),
         db.links.c.purpose == sa.bindparam("k_purpose"),
@@ -167,6 +170,7 @@ def _change_with_event(
 
 
 _GET_SQL = db.Statement(_GET)
+_GET_AT_SQL = db.Statement(_GET_AT)
 
 
 def add_event(
@@ -330,13 +334,22 @@ def supersede_older(
     )
 
 
-def lookup(engine: Engine, jti: str) -> LinkRecord | None:
-    """The link ``jti`` as committed now: one SELECT on the driver, no transaction."""
-    row = db.execute(engine, _GET_SQL, {"k_jti": jti}, writes=False)
+def lookup(engine: Engine, jti: str, exp: int | None = None) -> LinkRecord | None:
+    """The link ``jti`` as committed now: one SELECT on the driver, no transaction. With the
+    token's ``exp`` it reads one partition of the PostgreSQL ledger instead of each."""
+    if exp is not None:
+        row = db.execute(engine, _GET_AT_SQL, {"k_jti": jti, "k_exp": exp}, writes=False)
+    else:
+        row = db.execute(engine, _GET_SQL, {"k_jti": jti}, writes=False)
     return None if row is None else _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
 
 
-def get(conn: Connection, jti: str) -> LinkRecord | None:
+def get(conn: Connection, jti: str, exp: int | None = None) -> LinkRecord | None:
+    """The link ``jti``; with its token's ``exp`` (known once the token is verified) the
+    lookup reads one partition of the PostgreSQL ledger instead of probing each."""
+    if exp is not None:
+        row = conn.execute(_GET_AT, {"k_jti": jti, "k_exp": exp}).mappings().first()
+        return None if row is None else _record(row)
     row = conn.execute(_GET, {"k_jti": jti}).mappings().first()
     return None if row is None else _record(row)
 
@@ -431,6 +444,7 @@ def consume(
     engine: Engine,
     *,
     jti: str,
+    exp: int,
     client_id: str,
     purpose: str,
     subject: str,
@@ -455,6 +469,7 @@ def consume(
     """
     params = {
         "k_jti": jti,
+        "k_exp": exp,
         "k_client": client_id,
         "k_purpose": purpose,
         "k_subject": subject,
@@ -502,7 +517,7 @@ def consume(
             if on_consumed is not None:
                 on_consumed(conn, won)
             return won
-        rec = get(conn, jti)
+        rec = get(conn, jti, exp)
         try:
             check_outstanding(rec, jti=jti, client_id=client_id, purpose=purpose, subject=subject)
             failure = errors.Used(
@@ -726,6 +741,11 @@ def purge(
     Rows of links that could still be redeemed, and of used, revoked or superseded links
     within retention, are never touched: they are what answers a replay with ``used``.
     ``max_batches`` bounds the work of one run per table (the next run continues).
+
+    On PostgreSQL's partitioned ledger (migration 0007) links and events go a day at a time,
+    as whole partitions, and the partitions of the days ahead are created; codes are still
+    deleted in batches. The counts then include ``partitions_dropped`` and
+    ``partitions_created`` (always 0 on SQLite).
     """
     if retention_seconds < MIN_RETENTION_SECONDS:
         raise ValueError(f"retention must be at least {MIN_RETENTION_SECONDS} seconds")
@@ -733,7 +753,9 @@ def purge(
         raise ValueError("batch_size must be positive")
     t, e, c = db.links, db.link_events, db.codes
     cutoff = now - retention_seconds
-    removed = {"links": 0, "events": 0, "codes": 0, "batches": 0}
+    removed = dict.fromkeys(
+        ("links", "events", "codes", "batches", "partitions_dropped", "partitions_created"), 0
+    )
 
     def batches() -> Iterator[int]:
         n = 0
@@ -742,36 +764,52 @@ def purge(
             yield n
             n += 1
 
-    for _ in batches():
-        with db.write(engine) as conn:
-            jtis = [
-                r[0]
-                for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))
-            ]
-            if not jtis:
-                break
-            # The condition again in the DELETE: only what is past the cutoff, whatever was read.
-            gone = conn.execute(
-                sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
+    with db.read(engine) as conn:
+        partitioned = partitions.is_partitioned(conn)
+    if partitioned:
+        # PostgreSQL's partitioned ledger (linksvc.partitions): a day of links goes whole once
+        # its last second is past the cutoff, so a row is kept for between the retention and
+        # a day more. Every link left then expires at or after the cutoff's day, so its events
+        # all happened after that day's start minus the longest lifetime and leeway.
+        removed.update(
+            partitions.maintain(
+                engine,
+                now=now,
+                links_cutoff=cutoff,
+                events_cutoff=partitions.day_of(cutoff) - HARD_MAX_TTL - HARD_MAX_LEEWAY,
             )
-            gone_jtis = gone.scalars().all()
-            removed["links"] += len(gone_jtis)
-            if gone_jtis:
-                removed["events"] += conn.execute(
-                    sa.delete(e).where(e.c.jti.in_(gone_jtis))
-                ).rowcount
+        )
+    else:
+        for _ in batches():
+            with db.write(engine) as conn:
+                jtis = [
+                    r[0]
+                    for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))
+                ]
+                if not jtis:
+                    break
+                # The condition again in the DELETE: only what is past the cutoff, whatever was read.
+                gone = conn.execute(
+                    sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
+                )
+                gone_jtis = gone.scalars().all()
+                removed["links"] += len(gone_jtis)
+                if gone_jtis:
+                    removed["events"] += conn.execute(
+                        sa.delete(e).where(e.c.jti.in_(gone_jtis))
+                    ).rowcount
 
-    # An attempt noted in a link's history while the link was being purged leaves an event
-    # behind. An event older than the cutoff minus the longest lifetime and leeway can only
-    # belong to a purged link; such events are the oldest ids, found through the primary key.
-    event_cutoff = cutoff - HARD_MAX_TTL - HARD_MAX_LEEWAY
-    for _ in batches():
-        with db.write(engine) as conn:
-            rows = conn.execute(sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)).all()
-            ids = [i for i, at in rows if at < event_cutoff]
-            if not ids:
-                break
-            removed["events"] += conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
+        # An attempt noted in a link's history while the link was being purged leaves an event
+        # behind. An event older than the cutoff minus the longest lifetime and leeway can only
+        # belong to a purged link; such events are the oldest ids, found through the primary key.
+        event_cutoff = cutoff - HARD_MAX_TTL - HARD_MAX_LEEWAY
+        for _ in batches():
+            with db.write(engine) as conn:
+                rows = conn.execute(sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)).all()
+                ids = [i for i, at in rows if at < event_cutoff]
+                if not ids:
+                    break
+                removed["events"] += conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
 
     for _ in batches():
         with db.write(engine) as conn:

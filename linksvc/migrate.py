@@ -59,9 +59,18 @@ def diff(engine: Engine) -> list[Any]:
     from alembic.autogenerate import compare_metadata
 
     from .db import metadata
+    from .partitions import is_partition_name
 
     with engine.connect() as conn:
         ctx = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
+            conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                # The day partitions of the ledger are data, not schema (linksvc.partitions).
+                "include_name": lambda name, type_, _parents: (
+                    not (type_ == "table" and is_partition_name(name or ""))
+                ),
+            },
         )
         return list(compare_metadata(ctx, metadata))

@@ -372,7 +372,7 @@ class LinkService:
         try:
             claims = self.check_token(token, purposes=purposes, audience=audience, now=now)
             rec = ledger.check_outstanding(
-                ledger.lookup(self.engine, claims.jti),
+                ledger.lookup(self.engine, claims.jti, claims.exp),
                 jti=claims.jti,
                 client_id=claims.aud,
                 purpose=claims.pur,
@@ -405,6 +405,7 @@ class LinkService:
             rec = ledger.consume(
                 self.engine,
                 jti=claims.jti,
+                exp=claims.exp,
                 client_id=claims.aud,
                 purpose=claims.pur,
                 subject=claims.sub,

@@ -15,7 +15,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from linksvc import db, ledger
+from linksvc import db, ledger, partitions
 
 from .support import ROOT, _clean_environ, base_env, prepare_instance, start_gunicorn, venv_bin
 
@@ -148,6 +148,8 @@ def test_purge_command_reports_what_it_removed(app, api, runner):
         "codes": 0,
         "batches": 4,
         "idempotency_keys": 0,
+        "partitions_dropped": 0,
+        "partitions_created": 0,
         "sign_ins": 0,
         "retention_days": 7,
     }
@@ -192,8 +194,15 @@ def test_purge_under_load(tmp_path: Path, request: pytest.FixtureRequest, backen
     headers = {"Authorization": f"Bearer {creds['api_key']}"}
     engine = db.make_engine(env["LINKSVC_DATABASE_URL"])
     now = int(time.time())
-    old = _seed_expired(engine, creds["client_id"], 3000, now - 7 * DAY - 3600)
-    recent = _seed_expired(engine, creds["client_id"], 50, now - 7 * DAY + 3600)
+    cutoff = now - 7 * DAY
+    # Past retention by a whole day (the day before the cutoff's), so that PostgreSQL's
+    # partitioned ledger, which drops whole days, removes the same rows as SQLite's batches.
+    old_exp = partitions.day_of(cutoff) - DAY - 3600
+    if backend == "postgresql":
+        with db.write(engine) as conn:  # the partitions made back then, days ahead included
+            partitions.ensure(conn, now=old_exp - 300)
+    old = _seed_expired(engine, creds["client_id"], 3000, old_exp)
+    recent = _seed_expired(engine, creds["client_id"], 50, cutoff + 3600)
     server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
     outcomes: Counter[tuple[str, int]] = Counter()
     minted: list[str] = []
@@ -252,6 +261,8 @@ def test_purge_under_load(tmp_path: Path, request: pytest.FixtureRequest, backen
     assert purge.returncode == 0, purge.stderr
     report = json.loads(purge.stdout)
     assert report["links"] == len(old) and report["events"] == len(old), report
+    if backend == "postgresql":  # whole days: the old links' and their events'
+        assert report["partitions_dropped"] >= 2 and report["batches"] <= 2, report
     assert set(outcomes) == {("mint", 201), ("redeem", 200), ("replay", 409)}, outcomes
     assert outcomes["redeem", 200] > 0
     with engine.connect() as conn:
