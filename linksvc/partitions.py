@@ -163,18 +163,22 @@ def maintain(
     for the statements in flight (they last milliseconds), which queue behind it meanwhile."""
     from . import db
 
-    report = {"links": 0, "events": 0, "partitions_dropped": 0, "partitions_created": 0}
-    with db.write(engine) as conn:
+    def begin(conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MAINTENANCE_LOCK})
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        # Counting a big day's rows may take longer than the service's statement timeout.
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+
+    report = {"links": 0, "events": 0, "partitions_dropped": 0, "partitions_created": 0}
+    with db.write(engine) as conn:
+        begin(conn)
         report["partitions_created"] = len(ensure(conn, now=now))
     for table, cutoff, field in (
         ("links", links_cutoff, "links"),
         ("link_events", events_cutoff, "events"),
     ):
         with db.write(engine) as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MAINTENANCE_LOCK})
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+            begin(conn)
             dropped, rows = drop_before(conn, table, cutoff)
             report[field] += rows
             report["partitions_dropped"] += len(dropped)
