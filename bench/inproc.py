@@ -157,9 +157,12 @@ class Linksvc(Target):
             self.codes = []
             for _ in range(n):
                 minted = self._mint()
+                recorded = ledger.lookup(svc.engine, minted["jti"])
+                assert recorded is not None
                 rec = ledger.consume(
                     svc.engine,
                     jti=minted["jti"],
+                    exp=recorded.exp,
                     client_id=self.client.id,
                     purpose="magic_link",
                     subject=minted["subject"],

@@ -18,8 +18,8 @@ One run:
    - ``ledger``: the service's own ledger calls in-process, 4 threads for ``--seconds`` each:
      ``record_mint`` (one transaction: link + event), then ``consume`` of those links (the
      redemption's conditional UPDATE … RETURNING + event) — throughput and p50/p99;
-   - ``http``: linksvc under gunicorn (2 workers) driven by wrk, as bench/run.py does: mint
-     and first-use redeem over HTTP;
+   - ``service``: the whole request path in-process (Flask's test client, 4 threads):
+     ``POST /api/v1/links``, then a first-use ``POST /api/v1/links/redeem`` of each;
 4. purges one day of ``full`` (``ledger.purge`` as ``flask purge`` calls it, with ``now``
    set so that exactly the oldest day is past a 7-day retention) and, for comparison, times
    deleting 50,000 of the next day's links with their events the way SQLite's purge does
@@ -51,10 +51,10 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from bench import run as bench_run  # noqa: E402
+from bench import run as bench_run  # noqa: E402  (machine description)
 from linksvc import db, ledger, migrate, partitions, tokens  # noqa: E402
 from tests import ledger_fill  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.support import base_env, free_port, prepare_instance  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DAY = partitions.DAY
@@ -228,11 +228,71 @@ def ledger_load(url: str, client_id: str, seconds: float) -> dict[str, Any]:
     return out
 
 
-def http_load(inst: bench_run.Instance, workdir: Path, seconds: float) -> dict[str, Any]:
-    """Mint and first-use redeem over HTTP: gunicorn (2 workers) and wrk, as bench/run.py."""
-    res = bench_run.run_linksvc(inst, workdir, seconds, warmup=2, expected_rps=500)
-    keep = ("rps", "p50_ms", "p99_ms", "non2xx")
-    return {op: {k: res[op][k] for k in keep} for op in ("mint", "redeem")}
+def service_load(env: dict[str, str], api_key: str, seconds: float) -> dict[str, Any]:
+    """The whole request path in-process (Flask test client: authentication, rate limits,
+    signing, verification, ledger), ``THREADS`` at a time: POST /api/v1/links, then a
+    first-use POST /api/v1/links/redeem of each link minted."""
+    from linksvc import create_app
+
+    app = create_app(env)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    tokens_minted: list[str] = []
+    lock = threading.Lock()
+
+    def run(op: str) -> dict[str, Any]:
+        latencies: list[float] = []
+        failures = 0
+        stop = time.monotonic() + seconds
+
+        def worker(i: int) -> None:
+            nonlocal failures
+            client = app.test_client()
+            n = 0
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                if op == "mint":
+                    r = client.post(
+                        "/api/v1/links",
+                        json={"purpose": "magic_link", "subject": f"svc-{i}-{n}"},
+                        headers=headers,
+                    )
+                    ok = r.status_code == 201
+                    if ok:
+                        with lock:
+                            tokens_minted.append(r.get_json()["token"])
+                else:
+                    with lock:
+                        if not tokens_minted:
+                            return
+                        token = tokens_minted.pop()
+                    r = client.post(
+                        "/api/v1/links/redeem",
+                        json={"token": token, "purpose": "magic_link"},
+                        headers=headers,
+                    )
+                    ok = r.status_code == 200
+                latencies.append((time.perf_counter() - t0) * 1000)
+                failures += not ok
+                n += 1
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        return {
+            "ops": len(latencies),
+            "per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(_percentile(latencies, 0.50), 2),
+            "p99_ms": round(_percentile(latencies, 0.99), 2),
+            "failures": failures,
+        }
+
+    out = {"mint": run("mint"), "redeem": run("redeem")}
+    app.extensions["linksvc"].engine.dispose()
+    return out
 
 
 def sizes(url: str) -> dict[str, Any]:
@@ -317,12 +377,9 @@ def main() -> None:
     ap.add_argument("--links", type=int, default=10_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=6)
-    ap.add_argument("--no-http", action="store_true", help="the ledger layer only")
     ap.add_argument("--pg-url", help="a PostgreSQL server URL to use instead of a private one")
     ap.add_argument("--output", type=Path, default=RESULTS / "ledger_scale.json")
     args = ap.parse_args()
-    if not args.no_http:
-        bench_run.ensure_wrk()
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="linksvc-scale-"))
     result: dict[str, Any] = {
@@ -340,12 +397,15 @@ def main() -> None:
             server = args.pg_url or stack.enter_context(private_cluster())
             result["config"]["server"] = "private cluster" if not args.pg_url else "given"
             urls = {name: create_database(server, f"linksvc_{name}") for name in ("empty", "full")}
-            insts = {name: bench_run.Instance(name, workdir, url) for name, url in urls.items()}
+            insts = {}
+            for name, url in urls.items():
+                env = base_env(workdir / f"instance-{name}", url)
+                insts[name] = {"env": env, **prepare_instance(env, "bench")}
             today = partitions.day_of(int(time.time()))
             start = today - 6 * DAY  # seven whole days, today's among them
             log(f"filling {args.links:,} links over 7 days with COPY")
             t0 = time.monotonic()
-            fill_fast(urls["full"], args.links, insts["full"].client_id, start)
+            fill_fast(urls["full"], args.links, insts["full"]["client_id"], start)
             result["fill_seconds"] = round(time.monotonic() - t0, 1)
             result["sizes"] = {name: sizes(url) for name, url in urls.items()}
             log(f"filled in {result['fill_seconds']}s: {result['sizes']['full']}")
@@ -356,17 +416,19 @@ def main() -> None:
                 order = ["empty", "full"] if r % 2 == 0 else ["full", "empty"]
                 for name in order:
                     log(f"round {r + 1}: {name}")
-                    one = {"ledger": ledger_load(urls[name], insts[name].client_id, args.seconds)}
-                    if not args.no_http:
-                        one["http"] = http_load(insts[name], workdir, args.seconds)
+                    inst = insts[name]
+                    one = {
+                        "ledger": ledger_load(urls[name], inst["client_id"], args.seconds),
+                        "service": service_load(inst["env"], inst["api_key"], args.seconds),
+                    }
                     rounds[name].append(one)
                     log(f"  {json.dumps(one)}")
                     result["rounds"] = rounds
                     save(result, args.output)
             result["rounds"] = rounds
             summary: dict[str, Any] = {}
-            for layer in ("ledger", "http") if not args.no_http else ("ledger",):
-                rate = "per_s" if layer == "ledger" else "rps"
+            for layer in ("ledger", "service"):
+                rate = "per_s"
                 for op in ("mint", "redeem"):
                     row = {}
                     for name in ("empty", "full"):

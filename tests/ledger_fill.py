@@ -1,8 +1,9 @@
 """Fill a PostgreSQL ledger fast with COPY: links in every state spread over some days, and
 their history. Shared by the partition tests (100,000 links) and bench/ledger_scale.py
 (10 million). The rows look like the service's own: 22-character jtis, a few thousand
-subjects, states in a plausible mix, one ``minted`` event per link and one more for each
-link that left ``issued``.
+subjects, states in a plausible mix, and the history the service writes: an event for each
+revocation, supersession and page consumption (minted and API consumptions are implied by
+the row).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def _rows(
             f"{jti}\t{client_id}\tmagic_link\tuser-{k % 5000}\tk1\t{iat}\t{exp}\t{state}\t"
             f"{state_at}\t{via}\thttps://app.example/callback\tf\n"
         )
-        events = f"{jti}\t{iat}\tminted\tapi\n"
-        if state in EVENT_OF:
-            events += f"{jti}\t{iat + 10}\t{EVENT_OF[state]}\tapi\n"
+        # As the service writes them: minted and API consumptions live in the row itself; a
+        # consumption on a page (every other one here) keeps its event, as do the others.
+        events = ""
+        if state in EVENT_OF and not (state == "consumed" and k % 2):
+            events = f"{jti}\t{iat + 10}\t{EVENT_OF[state]}\tpage\n"
         yield link, events
 
 
