@@ -784,7 +784,9 @@ def purge(
             with db.write(engine) as conn:
                 jtis = [
                     r[0]
-                    for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))
+                    for r in conn.execute(
+                        sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size)
+                    )
                 ]
                 if not jtis:
                     break
@@ -805,7 +807,9 @@ def purge(
         event_cutoff = cutoff - HARD_MAX_TTL - HARD_MAX_LEEWAY
         for _ in batches():
             with db.write(engine) as conn:
-                rows = conn.execute(sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)).all()
+                rows = conn.execute(
+                    sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)
+                ).all()
                 ids = [i for i, at in rows if at < event_cutoff]
                 if not ids:
                     break

@@ -6,8 +6,8 @@ transaction; the primary keys take the partition key in (links (jti, exp), link_
 (id, at)), as a partitioned table requires. On SQLite only the primary key of links
 changes, to match the models; SQLite's purge keeps deleting in batches.
 
-The copy holds the old tables' lock for its duration — about 12 s for 100,000 links and
-160,000 events on a shared, busy 2-core machine (tests/test_partitions.py) — so a big
+The copy holds the old tables' lock for its duration — 8–12 s for 100,000 links and their
+history on a shared, busy 2-core machine (tests/test_partitions.py) — so a big
 ledger wants a quiet moment, and a purge first.
 
 Revision ID: 0007
