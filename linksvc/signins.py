@@ -455,6 +455,8 @@ class SignIns:
             cond.append(_t.c.exp >= deadline)
         if binding is not None:
             cond.append(_t.c.binding_hash == binding_hash(self.secret, signin.id, binding))
+        if via == "code":
+            cond.append(_t.c.code_failures < MAX_CODE_FAILURES)
         try:
             with db.write(self.engine) as conn:
                 won = conn.execute(
@@ -581,29 +583,54 @@ class SignIns:
         return self._wrong_code(signin, now)
 
     def _wrong_code(self, signin: SignIn, now: int) -> Completed:
-        with db.write(self.engine) as conn:
-            failures = conn.execute(
-                sa.update(_t)
-                .where(
-                    _t.c.jti == signin.jti,
-                    _t.c.state == PENDING,
-                    _t.c.code_failures < MAX_CODE_FAILURES,
-                )
-                .values(code_failures=_t.c.code_failures + 1)
-                .returning(_t.c.code_failures)
-            ).scalar()
-            if failures is not None:
-                ledger.add_event(conn, signin.jti, "code_failed", now, via="code")
-                self._emit(conn, signin, "sign_in.code_failed", now, {"failures": failures})
+        """Count a wrong code; the last allowed one denies the sign-in and revokes its link in
+        the same transaction, so no right code can slip in between."""
+        last = _t.c.code_failures + 1 >= MAX_CODE_FAILURES
+        denied = False
+        try:
+            with db.write(self.engine) as conn:
+                failures = conn.execute(
+                    sa.update(_t)
+                    .where(
+                        _t.c.jti == signin.jti,
+                        _t.c.state == PENDING,
+                        _t.c.code_failures < MAX_CODE_FAILURES,
+                    )
+                    .values(
+                        code_failures=_t.c.code_failures + 1,
+                        state=sa.case((last, DENIED), else_=_t.c.state),
+                        state_at=sa.case((last, now), else_=_t.c.state_at),
+                        state_detail=sa.case((last, "too_many_codes"), else_=_t.c.state_detail),
+                    )
+                    .returning(_t.c.code_failures)
+                ).scalar()
+                if failures is not None:
+                    ledger.add_event(conn, signin.jti, "code_failed", now, via="code")
+                    self._emit(conn, signin, "sign_in.code_failed", now, {"failures": failures})
+                    if failures >= MAX_CODE_FAILURES:
+                        self._spend_link(conn, signin, ledger.REVOKED, "sign_in", now)
+                        ledger.add_event(
+                            conn, signin.jti, DENIED, now, reason="too_many_codes", via="sign_in"
+                        )
+                        self._emit(
+                            conn,
+                            signin,
+                            "sign_in.denied",
+                            now,
+                            {"via": "sign_in", "reason": "too_many_codes"},
+                        )
+                        denied = True
+        except _Ended:
+            # The link was revoked through the API meanwhile: nothing counted, the sign-in ended.
+            failures = None
         current = by_jti(self.engine, signin.jti)
         if current is None:
             raise SignInError("unknown")
         if failures is None:
             raise SignInError(current.status(now), current)
         self._notify("code_failed", current)
-        if failures >= MAX_CODE_FAILURES:
-            self.deny(current, now, detail="too_many_codes")
-            current = by_jti(self.engine, signin.jti) or current
+        if denied:
+            self._notify("denied", current)
             raise SignInError("denied", current)
         raise SignInError("wrong_code", current)
 
