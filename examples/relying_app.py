@@ -19,6 +19,11 @@ cookie on http://), ``RELYING_APP_MAIL_DOMAIN`` (when set, linksvc mails the lin
 ``<user id>@<domain>`` instead of the app showing it; `make run` sets it and
 ``RELYING_APP_OUTBOX_URL``, linksvc's development outbox page, which the "check your inbox"
 page links to).
+
+With mail, a sign-in is one that completes on the device that asked (linksvc's sign-ins,
+PRODUCT §6): the app starts it with the browser's address and User-Agent and sends the
+browser to linksvc's waiting page; the mailed link (or the code in the mail) approves it
+from any device, and only this browser comes back to ``/callback`` with a code.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, g, redirect, render_template, request
 
@@ -129,12 +135,17 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             ):
                 abort(400)
 
+    # The sign-in form's answer redirects to linksvc's waiting page, and Chrome checks
+    # form-action against the redirect that follows a form post: name linksvc's origin too.
+    parts = urlsplit(linksvc_url)
+    csp = (
+        "default-src 'none'; style-src 'self'; "
+        f"form-action 'self' {parts.scheme}://{parts.netloc}; frame-ancestors 'none'"
+    )
+
     @app.after_request
     def headers(resp: Response) -> Response:
-        resp.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'",
-        )
+        resp.headers.setdefault("Content-Security-Policy", csp)
         resp.headers.setdefault("Referrer-Policy", "no-referrer")
         resp.headers.setdefault("Cache-Control", "no-store")
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -159,6 +170,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             return page(
                 "index.html", 422, error="Enter a user id: letters, digits, '.', '_' or '-'."
             )
+        if purpose == "magic_link" and mail_domain:
+            return start_sign_in(user_id, f"{user_id}@{mail_domain}")
         try:
             email = f"{user_id}@{mail_domain}" if mail_domain else None
             link = linksvc.mint(purpose, user_id, redirect_uri=callback, email=email)
@@ -172,6 +185,25 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         if mail_domain:
             return page("sent.html", url=None, outbox_url=outbox_url, purpose=purpose)
         return page("sent.html", url=link.url, purpose=purpose)
+
+    def start_sign_in(user_id: str, email: str) -> Any:
+        """A sign-in that completes in this browser, wherever the mail is opened: linksvc
+        mails the link and a code, and this browser waits on linksvc's page."""
+        try:
+            started = linksvc.sign_in(
+                user_id,
+                email,
+                ip=request.remote_addr or "0.0.0.0",
+                user_agent=request.headers.get("User-Agent", "")[:1024],
+                redirect_uri=callback,
+            )
+        except LinksvcError as exc:
+            app.logger.warning("sign-in failed: %s (request %s)", exc.code, exc.request_id)
+            return page(
+                "index.html", 502, error="We could not send a link right now. Try again shortly."
+            )
+        # 303: the browser follows with a GET to the waiting page, which binds it.
+        return redirect(started.wait_url, code=303)
 
     def signed_in(result: ExchangedCode) -> Any:
         if result.purpose == "magic_link":

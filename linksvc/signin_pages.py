@@ -30,7 +30,7 @@ import time
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, url_for
 from itsdangerous import BadData, URLSafeTimedSerializer
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
@@ -228,6 +228,10 @@ def _wait_page(
         notice=notice,
         poll_ms=POLL_MS,
         expires_in=max(0, signin.exp - now),
+        # `make run`: the mail is in the development outbox (linksvc.devoutbox), never elsewhere.
+        dev_outbox=url_for("dev_outbox.outbox")
+        if "linksvc.dev_outbox" in current_app.extensions
+        else None,
     )
 
 

@@ -1,7 +1,8 @@
 """The first hour, for real: `make run` in a fresh clone of the repository (its own virtual
 environment, database, keys and demo client), then the journey a new user takes in Chromium —
-the example application's home page, "email me a sign-in link", the development outbox, the
-mail's link, the button, signed in — with a screenshot of each step; PORT and APP_PORT are
+the example application's home page, "email me a sign-in link", linksvc's waiting page (a
+sign-in that completes on the device that asked), the development outbox, the mail's link,
+the button, signed in — with a screenshot of each step; PORT and APP_PORT are
 honoured in everything `make run` prints and mints; Ctrl-C stops everything it started.
 
 Screenshots go to ``<pytest basetemp>/screenshots/journey_*.png`` (or
@@ -173,8 +174,12 @@ def test_journey_from_the_example_app_through_the_outbox_to_signed_in(journey, t
             shot(page, "1_home")
             page.get_by_label("User id").fill(USER)
             page.click("#send-sign-in")
-            assert page.locator("h1").inner_text() == "Check your inbox"
-            shot(page, "2_sent")
+            # The app started a sign-in and sent this browser to linksvc's waiting page,
+            # which binds it: only this browser can complete the sign-in.
+            page.wait_for_url(re.compile(re.escape(linksvc) + r"/s/[A-Za-z0-9_-]{22}$"))
+            assert page.locator("h1").inner_text() == "Check your mail"
+            assert re.fullmatch(r"[1-9][0-9]", page.locator("#match-number").inner_text())
+            shot(page, "2_waiting")
             page.click("#outbox-link")
             page.wait_for_url(linksvc + "/dev/outbox")
             assert "Your sign-in link for Example App" in page.locator("main").inner_text()
