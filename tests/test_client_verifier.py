@@ -38,10 +38,12 @@ def _kid(token: str) -> str:
 
 @pytest.fixture
 def verifier(app, api) -> LinkVerifier:
-    http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://linksvc.test")
+    # The real app in process, at its own base URL (a Host it trusts).
+    base = app.config["LINKSVC"].base_url
+    http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url=base)
     return LinkVerifier(
         app.config["LINKSVC"].issuer,
-        "http://linksvc.test/.well-known/jwks.json",
+        base + "/.well-known/jwks.json",
         audience=api.client.id,
         http=http,
     )
