@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -348,7 +349,8 @@ class WriteLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-_WRITE_LOCKS: dict[Engine, WriteLock] = {}
+# Weak: an engine disposed and dropped (tests build hundreds) takes its lock with it.
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, WriteLock] = weakref.WeakKeyDictionary()
 
 
 def write_lock(engine: Engine) -> contextlib.AbstractContextManager[None]:
