@@ -147,7 +147,9 @@ class Linksvc(Target):
         return resp.get_json()  # type: ignore[no-any-return]
 
     def prepare(self, scenario: str, n: int) -> None:
-        if scenario == "redeem":
+        if scenario == "verify":  # a fresh token: a long run outlives a link's lifetime
+            self.token = self._mint()["token"]
+        elif scenario == "redeem":
             self.pending = [self._mint()["token"] for _ in range(n)]
         elif scenario == "exchange":
             from linksvc import codes, ledger
@@ -211,13 +213,14 @@ class Baseline(Target):
             _expect(resp, 201)
             return resp.get_json()["token"]  # type: ignore[no-any-return]
 
-        token = mint()
+        self.mint = mint
+        self.token = mint()
         self.scenarios = {
             "mint": lambda: mint() and None,
             "verify": lambda: _expect(
                 http.post(
                     "/api/v1/links/verify",
-                    json={"token": token, "purpose": "magic_link"},
+                    json={"token": self.token, "purpose": "magic_link"},
                     headers=self.headers,
                 ),
                 200,
@@ -233,7 +236,9 @@ class Baseline(Target):
         }
 
     def prepare(self, scenario: str, n: int) -> None:
-        if scenario == "redeem":
+        if scenario == "verify":  # a fresh token: a long run outlives a link's lifetime
+            self.token = self.mint()
+        elif scenario == "redeem":
             self.pending = self.module.premint(self.url, self.pem, n)
 
 
