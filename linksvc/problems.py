@@ -256,5 +256,6 @@ PAGE_ONLY = frozenset(
         "other_browser",
         "unknown",
         "wrong_code",
+        "too_many_codes",
     }
 )
