@@ -336,17 +336,30 @@ class WriteLock:
         self._fd: int | None = None
         self._pid = 0
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        with self._thread_lock:
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        try:
             if self._fd is None or self._pid != os.getpid():  # opened after a fork: our own
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 self._pid = os.getpid()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
+        finally:
+            self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
 
 # Weak: an engine disposed and dropped (tests build hundreds) takes its lock with it.
@@ -462,50 +475,198 @@ class Statement:
         return found
 
 
+class _Slot:
+    """One thread's own DBAPI connection for the hot statements, outside the pool."""
+
+    __slots__ = ("busy", "conn", "dbapi", "stale", "used")
+
+    def __init__(self) -> None:
+        self.conn: Any = None  # the driver's connection (sqlite3 or psycopg)
+        self.dbapi: Any = None  # the same, as SQLAlchemy's dialect sees it
+        self.used = 0.0
+        self.busy = False
+        self.stale = False  # the engine was disposed while this slot was in use
+
+
+class HotConnections:
+    """Per engine: each thread's connection for the hot statements (:func:`execute`).
+
+    A request's statement runs on its thread's own connection, held from one request to
+    the next: checking a connection out of SQLAlchemy's pool and back in (events, the
+    fairy, the reset) costs more CPU than the statement. The connection comes from the
+    pool (so it is set up like every other) and is then detached from it, so the pool's
+    size still bounds the connections of everything else. On PostgreSQL it stays in
+    autocommit, and is pinged before use after ``PING_IDLE_SECONDS`` idle, as the pool
+    does; one that failed is closed and the next statement gets a fresh one. A slot is
+    found by thread id, so a thread that ends leaves its slot to the next thread with
+    that id; :meth:`close_all` (on ``engine.dispose()``) closes them all.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.postgres = engine.dialect.name == "postgresql"
+        self._slots: dict[int, _Slot] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
+
+    def acquire(self, engine: Engine) -> _Slot:
+        """This thread's slot, connected and marked busy (a nested use gets a slot of its
+        own, closed on release)."""
+        if self._pid != os.getpid():
+            self._forked()
+        ident = threading.get_ident()
+        slot = self._slots.get(ident)
+        if slot is None or slot.busy:
+            nested = slot is not None
+            slot = _Slot()
+            if nested:
+                slot.stale = True
+            else:
+                with self._lock:
+                    self._slots[ident] = slot
+        slot.busy = True
+        try:
+            if slot.conn is None:
+                self._connect(engine, slot)
+            elif self.postgres and time.monotonic() - slot.used >= PING_IDLE_SECONDS:
+                if slot.conn.closed or not _ping(engine, slot.dbapi):
+                    _close(slot)
+                    self._connect(engine, slot)
+        except BaseException:
+            slot.busy = False
+            raise
+        return slot
+
+    def release(self, engine: Engine, slot: _Slot, failed: BaseException | None = None) -> None:
+        slot.used = time.monotonic()
+        slot.busy = False
+        if slot.stale or (failed is not None and self._broken(engine, slot, failed)):
+            _close(slot)
+            slot.stale = False
+
+    def close_all(self) -> None:
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.busy:
+                    slot.stale = True  # closed by its thread when the statement is done
+                else:
+                    _close(slot)
+
+    def _connect(self, engine: Engine, slot: _Slot) -> None:
+        fairy = engine.raw_connection()  # the pool's checkout: set up, pinged if idle
+        slot.conn, slot.dbapi = fairy.driver_connection, fairy.dbapi_connection
+        fairy.detach()
+        if self.postgres:
+            slot.conn.autocommit = True
+
+    def _broken(self, engine: Engine, slot: _Slot, exc: BaseException) -> bool:
+        """Whether a connection whose statement raised ``exc`` must not be used again."""
+        if not self.postgres:
+            return False  # sqlite3 errors leave the connection as it was (ROLLBACK aside)
+        if slot.conn.closed or slot.conn.info.transaction_status != _PG_IDLE:
+            return True
+        return isinstance(exc, psycopg.Error) and engine.dialect.is_disconnect(
+            exc,  # type: ignore[arg-type]
+            slot.dbapi,
+            None,
+        )
+
+    def _forked(self) -> None:
+        # The parent's connections share their sockets with it: never use or close them
+        # here (closing would end the parent's sessions); keep them referenced, unused.
+        _INHERITED.extend(self._slots.values())
+        self._slots = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+
+_PG_IDLE = psycopg.pq.TransactionStatus.IDLE
+_INHERITED: list[_Slot] = []
+
+
+def _ping(engine: Engine, dbapi_conn: Any) -> bool:
+    try:
+        return bool(engine.dialect.do_ping(dbapi_conn))
+    except Exception:
+        return False
+
+
+def _close(slot: _Slot) -> None:
+    conn, slot.conn, slot.dbapi = slot.conn, None, None
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+# Weak: an engine disposed and dropped (tests build hundreds) takes its slots with it.
+_HOT: weakref.WeakKeyDictionary[Engine, HotConnections] = weakref.WeakKeyDictionary()
+
+
+def hot_connections(engine: Engine) -> HotConnections:
+    found = _HOT.get(engine)
+    if found is None:
+        found = _HOT[engine] = HotConnections(engine)
+    return found
+
+
+#: What the driver raises when the database is not answering (a 503, like UNAVAILABLE).
+_DRIVER_UNAVAILABLE = (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
 @contextlib.contextmanager
 def driver(engine: Engine, *, writes: bool) -> Iterator[Any]:
-    """The pool's DBAPI connection in autocommit: each statement is its own transaction,
-    committed (durably: ``synchronous=FULL``, ``synchronous_commit=on``) before it returns,
-    so a write statement is one round trip. Database trouble becomes 503; a connection that
-    failed is dropped from the pool."""
+    """This thread's own DBAPI connection (:class:`HotConnections`) in autocommit: each
+    statement is its own transaction, committed (durably: ``synchronous=FULL``,
+    ``synchronous_commit=on``) before it returns, so a write statement is one round trip.
+    Database trouble becomes 503; a connection that failed is closed."""
+    hot = hot_connections(engine)
     try:
         with write_lock(engine) if writes else contextlib.nullcontext():
-            fairy = engine.raw_connection()
+            slot = hot.acquire(engine)
             try:
-                conn = fairy.driver_connection
-                postgres = engine.dialect.name == "postgresql"
-                if postgres:
-                    conn.autocommit = True  # type: ignore[union-attr]
-                try:
-                    yield conn
-                finally:
-                    if postgres and not conn.closed:  # type: ignore[union-attr]
-                        conn.autocommit = False  # type: ignore[union-attr]
-            except psycopg.Error as exc:
-                if fairy.driver_connection.closed or engine.dialect.is_disconnect(  # type: ignore[union-attr]
-                    exc,  # type: ignore[arg-type]
-                    fairy.dbapi_connection,
-                    None,
-                ):
-                    fairy.invalidate(exc)
+                yield slot.conn
+            except BaseException as exc:
+                hot.release(engine, slot, exc)
                 raise
-            finally:
-                fairy.close()
+            hot.release(engine, slot)
     except UNAVAILABLE as exc:
         raise _unavailable() from exc
-    except (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+    except _DRIVER_UNAVAILABLE as exc:
         raise _unavailable() from exc
 
 
 def execute(
     engine: Engine, stmt: Statement, params: Mapping[str, Any], *, writes: bool
 ) -> Sequence[Any] | None:
-    """Run ``stmt`` alone in autocommit; its first row (``RETURNING`` / ``SELECT``) or None."""
+    """Run ``stmt`` alone in autocommit (see :func:`driver`); its first row (``RETURNING`` /
+    ``SELECT``) or None. Spelled out rather than through :func:`driver`: this is every
+    request's statement, and a generator context manager costs a few microseconds."""
     sql, defaults = stmt.sql(engine.dialect)
-    with driver(engine, writes=writes) as conn:
-        cur = conn.execute(sql, {**defaults, **params} if defaults else params)
-        # fetchall, not fetchone: SQLite commits an autocommit statement when it has run to
-        # its end, and an error of that commit must reach us, not be lost at cursor reset.
-        rows = cur.fetchall() if cur.description is not None else []
-        cur.close()
-        return rows[0] if rows else None
+    if defaults:
+        params = {**defaults, **params}
+    hot = hot_connections(engine)
+    lock = _WRITE_LOCKS.get(engine) if writes else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        try:
+            slot = hot.acquire(engine)
+            try:
+                cur = slot.conn.execute(sql, params)
+                # fetchall, not fetchone: SQLite commits an autocommit statement when it has
+                # run to its end, and an error of that commit must reach us, not be lost at
+                # cursor reset.
+                rows = cur.fetchall() if cur.description is not None else []
+                cur.close()
+            except BaseException as exc:
+                hot.release(engine, slot, exc)
+                raise
+            hot.release(engine, slot)
+        finally:
+            if lock is not None:
+                lock.release()
+    except UNAVAILABLE as exc:
+        raise _unavailable() from exc
+    except _DRIVER_UNAVAILABLE as exc:
+        raise _unavailable() from exc
+    return rows[0] if rows else None

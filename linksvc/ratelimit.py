@@ -24,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_limiter import Limiter
@@ -87,10 +88,12 @@ class LocalMovingWindow:
         self.clock = clock
         self._lock = threading.Lock()
         # expiry (s) -> key -> its hit times, least recently hit key first
-        self._windows: dict[int, OrderedDict[str, deque[float]]] = {}
+        self._windows: dict[int, OrderedDict[tuple[Any, ...], deque[float]]] = {}
 
     def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
-        key, amount, expiry = item.key_for(*identifiers), item.amount, item.get_expiry()
+        # The window is per expiry already; the key is the identifiers and the amount (a
+        # tuple: limits' own key_for escapes and joins them into a string on every hit).
+        key, amount, expiry = (item.amount, *identifiers), item.amount, item.get_expiry()
         now = self.clock()
         with self._lock:
             window = self._windows.setdefault(expiry, OrderedDict())
@@ -110,7 +113,7 @@ class LocalMovingWindow:
             return True
 
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
-        key, amount, expiry = item.key_for(*identifiers), item.amount, item.get_expiry()
+        key, amount, expiry = (item.amount, *identifiers), item.amount, item.get_expiry()
         now = self.clock()
         with self._lock:
             window = self._windows.get(expiry)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
+import os
 import re
-import secrets
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
@@ -103,7 +104,7 @@ class VerifiedToken:
 
 
 def new_jti() -> str:
-    return b64url_encode(secrets.token_bytes(JTI_BYTES))
+    return b64url_encode(os.urandom(JTI_BYTES))  # what secrets.token_bytes returns
 
 
 def b64url_encode(data: bytes) -> str:
@@ -137,10 +138,14 @@ def _reject_constant(name: str) -> Any:
     raise errors.Malformed("Non-standard number in token JSON.")
 
 
+#: Built once: ``json.loads`` with hooks builds a new decoder (and its scanner) per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        text = data.decode("utf-8", errors="strict")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = _DECODER.decode(data.decode("utf-8", errors="strict"))
     except errors.Malformed:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -151,7 +156,13 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _compact_json(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=64)
+def _header_segment(alg: str, kid: str) -> str:
+    """The encoded protected header: the same for every token a key signs."""
+    return b64url_encode(_compact_json({"alg": alg, "kid": kid, "typ": TYP}))
 
 
 def _normalise_es256(sig: bytes) -> bytes:
@@ -163,9 +174,8 @@ def _normalise_es256(sig: bytes) -> bytes:
 
 def sign(claims: Claims, key: SigningKey) -> str:
     """Serialise and sign ``claims`` with ``key``; returns the compact token."""
-    header = {"alg": key.alg, "kid": key.kid, "typ": TYP}
     signing_input = (
-        f"{b64url_encode(_compact_json(header))}.{b64url_encode(_compact_json(claims.as_dict()))}"
+        f"{_header_segment(key.alg, key.kid)}.{b64url_encode(_compact_json(claims.as_dict()))}"
     )
     sig = ALGORITHMS[key.alg].sign(signing_input.encode("ascii"), key.private_key)
     if key.alg == "ES256":

@@ -394,4 +394,4 @@ def test_local_moving_window_counts_the_last_window_and_forgets_idle_keys() -> N
     assert [lim.hit(three, "a") for _ in range(4)] == [True, True, True, False]
     t[0] += 60
     assert lim.hit(three, "c")  # every idle key of this window is dropped
-    assert list(lim._windows[10]) == [three.key_for("c")]
+    assert list(lim._windows[10]) == [(3, "c")]  # keyed by (amount, *identifiers)
