@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -31,8 +32,12 @@ def service() -> LinkService:
 
 
 def iso(ts: int | None) -> str | None:
-    if ts is None:
-        return None
+    return None if ts is None else _iso(ts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(ts: int) -> str:
+    # Every answer names its iat and exp, and within a second they repeat: strftime once.
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 

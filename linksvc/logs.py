@@ -96,8 +96,11 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         line = _line(self._clock.stamp(now, (now - int(now)) * 1000), "info", name, msg, fields)
         with self.lock:  # type: ignore[union-attr]
             try:
-                self.stream.write(line + self.terminator)
-                self.flush()
+                stream = self.stream
+                stream.write(line + self.terminator)
+                # stderr is line-buffered (Python 3.9+): the newline has flushed it already.
+                if not getattr(stream, "line_buffering", False):
+                    stream.flush()
             except Exception:
                 self.handleError(logging.LogRecord(name, logging.INFO, "", 0, msg, None, None))
 

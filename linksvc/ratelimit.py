@@ -164,6 +164,9 @@ class RateLimits:
         for ``keys``; raise :class:`RateLimited` if any is exhausted."""
         items = _parse(limits)
         ident = (self.prefix, scope, *keys)
+        if self.local is not None:  # memory://: nothing that can fail to answer
+            self._hit(self.local, items, ident, scope)
+            return
         if time.monotonic() < self._store_down_until:
             self._hit(self._fallback, items, ident, scope)
             return
