@@ -44,12 +44,12 @@ run: init-db $(VENV)/.examples
 	@$(BIN)/python scripts/dev_run.py --env-file instance/demo.env \
 	  --ready $(LINKSVC_BASE_URL)/healthz --ready http://127.0.0.1:$(APP_PORT)/ \
 	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
-	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --workers 2 --threads 4 --bind 127.0.0.1:$(PORT) app:app" \
+	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app" \
 	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \
 	  "webhooks=$(BIN)/flask --app app webhooks run"
 
-# The production shape: one threaded worker per core (LINKSVC_WORKERS, LINKSVC_THREADS=4; why:
-# bench/README.md "Serving model") on LINKSVC_BIND,
+# The production shape: sync workers, 2 x cores + 1 on PostgreSQL and cores + 1 on SQLite
+# (LINKSVC_WORKERS, LINKSVC_THREADS; why: bench/README.md "Serving model") on LINKSVC_BIND,
 # redacted access log, graceful reload on HUP. See README "Production" and docs/deploy.md.
 # Webhooks need the relay beside it (as its own service, on one node or several):
 #   .venv/bin/flask --app app webhooks run

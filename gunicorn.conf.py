@@ -17,18 +17,23 @@ import re
 import traceback
 from urllib.parse import unquote
 
-from gunicorn.glogging import Logger
+from gunicorn.glogging import Logger, SafeAtoms
 
 bind = os.environ.get("LINKSVC_BIND", "127.0.0.1:8000")
-# Threaded workers, one per core, each with LINKSVC_THREADS requests in flight (bench/README.md,
-# "Serving model"). Every mint and redemption waits for its durable commit; a sync worker
-# sits idle through that wait, while a thread leaves the core to its neighbours (the fsync
-# and the database round trip release the GIL). On PostgreSQL, commits in flight together
-# share the server's WAL flush (group commit); on SQLite, writers queue in the kernel on
-# linksvc.db.WriteLock (no sleeping busy handler) and one commit per request stays the
-# simplest design that keeps up. A slow database still stalls only the threads waiting on it.
-workers = int(os.environ.get("LINKSVC_WORKERS", str(multiprocessing.cpu_count())))
-threads = int(os.environ.get("LINKSVC_THREADS", "4"))
+# Sync workers (bench/README.md, "Serving model"): measured side by side on this 2-core
+# machine, they beat threaded workers (gthread, 2 x 4) on every call and database, in
+# throughput and in p99 — the threads of one process take turns on the GIL, and a few
+# keep-alive connections can all land on one worker while the other idles. Every mint and
+# redemption waits for its durable commit, so there are more workers than cores: on
+# PostgreSQL gunicorn's 2 x cores + 1 (a worker waits for each round trip while the others
+# run); on SQLite cores + 1, since its writers take turns on one lock (linksvc.db.WriteLock,
+# queued in the kernel) and more processes would only queue there. LINKSVC_WORKERS
+# overrides the count, LINKSVC_THREADS > 1 gives threaded workers. Sync workers read a
+# request whole before anything else runs: put them behind a buffering proxy (docs/deploy.md).
+_CORES = multiprocessing.cpu_count()
+_SQLITE = (os.environ.get("LINKSVC_DATABASE_URL") or "sqlite").startswith("sqlite")
+workers = int(os.environ.get("LINKSVC_WORKERS", str(_CORES + 1 if _SQLITE else 2 * _CORES + 1)))
+threads = int(os.environ.get("LINKSVC_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "sync"
 # gunicorn 27 opens a control socket at one fixed path per user; several masters on one host
 # (two nodes, tests) would fight over it, and nothing here uses it.
@@ -106,22 +111,31 @@ class _RedactFilter(logging.Filter):
         return True
 
 
+class _RedactedAtoms(SafeAtoms):
+    """gunicorn's atoms, each redacted and made JSON-safe when the line format asks for it:
+    a line names a handful of the dozens of atoms gunicorn builds (one per header), and
+    redacting them all cost a tenth of a mint's time in the worker."""
+
+    def __init__(self, atoms):  # type: ignore[no-untyped-def]
+        dict.__init__(self, atoms)  # raw values; SafeAtoms escapes them all up front
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        value = super().__getitem__(key)  # headers case-insensitive, "-" when absent
+        if isinstance(value, str):
+            value = _json_safe(redact(value)).replace('"', '\\"')
+        return value
+
+
 class RedactingLogger(Logger):
     """gunicorn's logger with link tokens, API keys and query values removed from every line."""
+
+    atoms_wrapper_class = _RedactedAtoms
 
     def setup(self, cfg):  # type: ignore[no-untyped-def]
         super().setup(cfg)
         for log in (self.error_log, self.access_log):
             if not any(isinstance(f, _RedactFilter) for f in log.filters):
                 log.addFilter(_RedactFilter())
-
-    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
-        # Also redact the atoms, for a custom access_log_format that logs them one by one.
-        atoms = super().atoms(resp, req, environ, request_time)
-        for key, value in list(atoms.items()):
-            if isinstance(value, str):
-                atoms[key] = _json_safe(redact(value))
-        return atoms
 
 
 logger_class = RedactingLogger

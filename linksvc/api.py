@@ -79,10 +79,19 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_re
 def json_body(required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object, or a 400/413/415 BadRequest."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
+    environ = request.environ
+    length = request.content_length
+    if length is not None and length > limit:
         raise BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
     try:
-        raw = request.get_data(cache=False)
+        # A declared length is read as it is, straight from the server's stream (WSGI's
+        # contract: no more than CONTENT_LENGTH); werkzeug's wrapped stream (and its limit)
+        # only for a body without one (chunked).
+        raw = (
+            environ["wsgi.input"].read(length)
+            if length is not None
+            else request.get_data(cache=False)
+        )
     except RequestEntityTooLarge:
         raise BadRequest(
             413, "body_too_large", f"The request body must be at most {limit} bytes."
@@ -91,7 +100,8 @@ def json_body(required: bool = True) -> dict[str, Any]:
         if required:
             raise BadRequest(400, "body_required", "A JSON object body is required.")
         return {}
-    if request.mimetype != "application/json":
+    # request.mimetype, without parsing the header's parameters it would keep.
+    if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
         raise BadRequest(415, "unsupported_media_type", "The body must be application/json.")
     try:
         body = _DECODER.decode(raw.decode("utf-8"))
