@@ -75,6 +75,21 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         webhooks_cli,
     )
 
+    # The request id comes first, so that every later hook (and every log line) has it.
+    @app.before_request
+    def _request_id() -> None:
+        rid = request.environ.get("HTTP_X_REQUEST_ID", "")
+        g.request_id = rid = (
+            rid
+            if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable()
+            else os.urandom(8).hex()  # secrets.token_hex(8), without its two calls
+        )
+        logs.REQUEST_ID.set(rid)
+
+    @app.teardown_request
+    def _end_request_id(_exc: BaseException | None) -> None:
+        logs.REQUEST_ID.set(None)
+
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     # Each concern registers its own blueprint, hooks and services; order matters only in
@@ -115,15 +130,6 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
             "untrusted host refused", extra={"outcome": "rejected", "reason": "untrusted_host"}
         )
         return problem(400, "untrusted_host", "This service does not answer for that host name.")
-
-    @app.before_request
-    def _request_id() -> None:
-        rid = request.headers.get("X-Request-Id", "")
-        g.request_id = (
-            rid
-            if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable()
-            else os.urandom(8).hex()  # secrets.token_hex(8), without its two calls
-        )
 
     @app.after_request
     def _headers(resp: Response) -> Response:

@@ -325,7 +325,7 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _page_limit_elsewhere() -> Response | None:
-        if request.blueprint in page_blueprints:
+        if not request.path.startswith(PAGE_PREFIXES) or request.blueprint in page_blueprints:
             return None
         return page_limit()
 

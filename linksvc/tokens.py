@@ -5,8 +5,10 @@ This module knows nothing of Flask or the database. Signing takes a key from a
 raises one :class:`~linksvc.errors.LinkError` subclass per failure. The ledger check
 (step 4) is the caller's: a token that passes here is well formed and ours, not unused.
 
-PyJWT does the signature arithmetic; the parsing and every claim check are done here,
-because PyJWT's defaults accept things this service must not (see PRODUCT §1).
+PyJWT does the signature arithmetic (cryptography's, through PyJWT's algorithm objects; an
+ES256 signature is made with cryptography straight, see :func:`_sign_es256`); the parsing and
+every claim check are done here, because PyJWT's defaults accept things this service must
+not (see PRODUCT §1).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from . import errors
@@ -165,8 +170,14 @@ def _header_segment(alg: str, kid: str) -> str:
     return b64url_encode(_compact_json({"alg": alg, "kid": kid, "typ": TYP}))
 
 
-def _normalise_es256(sig: bytes) -> bytes:
-    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def _sign_es256(data: bytes, private_key: Any) -> bytes:
+    """The raw ``r || s`` signature (RFC 7518 §3.4), low s only. The same arithmetic as
+    PyJWT's ES256 ``sign`` (cryptography's ECDSA), without its DER-to-raw step that the
+    normalisation would undo again: the DER's integers are normalised and encoded once."""
+    r, s = decode_dss_signature(private_key.sign(data, _ECDSA_SHA256))
     if s > _P256_N // 2:
         s = _P256_N - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -176,11 +187,12 @@ def sign(claims: Claims, key: SigningKey) -> str:
     """Serialise and sign ``claims`` with ``key``; returns the compact token."""
     signing_input = (
         f"{_header_segment(key.alg, key.kid)}.{b64url_encode(_compact_json(claims.as_dict()))}"
-    )
-    sig = ALGORITHMS[key.alg].sign(signing_input.encode("ascii"), key.private_key)
+    ).encode("ascii")
     if key.alg == "ES256":
-        sig = _normalise_es256(sig)
-    return f"{signing_input}.{b64url_encode(sig)}"
+        sig = _sign_es256(signing_input, key.private_key)
+    else:
+        sig = ALGORITHMS[key.alg].sign(signing_input, key.private_key)
+    return f"{signing_input.decode('ascii')}.{b64url_encode(sig)}"
 
 
 def _is_int(value: Any) -> bool:

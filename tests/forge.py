@@ -34,9 +34,10 @@ def resign(
 ) -> str:
     """Sign arbitrary header/claims with one of our real keys (a well-signed hostile token)."""
     signing_input = f"{seg(header)}.{seg(claims)}"
-    sig = tokens.ALGORITHMS[key.alg].sign(signing_input.encode(), key.private_key)
-    if key.alg == "ES256":
-        sig = tokens._normalise_es256(sig)
+    if key.alg == "ES256":  # low s, as linksvc signs
+        sig = tokens._sign_es256(signing_input.encode(), key.private_key)
+    else:
+        sig = tokens.ALGORITHMS[key.alg].sign(signing_input.encode(), key.private_key)
     return f"{signing_input}.{b64(sig)}"
 
 
