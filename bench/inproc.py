@@ -3,9 +3,10 @@
 Each target is a Flask app driven through its test client (no sockets, no gunicorn) on
 SQLite in /dev/shm, where an fsync costs nothing: what is measured is the CPU a request
 costs in Python, ``time.process_time`` per request, so the other jobs on a shared machine
-move the numbers much less than wall-clock rates. Rounds are interleaved (every target
-and scenario runs once per round, the order rotated) and the ratio to hello-world is taken
-within each round, then the median.
+move the numbers much less than wall-clock rates. Within a cell, blocks of 20 requests
+alternate with hello-world's, and the cell's ratio is the median of the blocks' ratios to
+their neighbours; rounds are interleaved (every target and scenario runs once per round,
+the order rotated), and the median over the rounds is reported.
 
     .venv/bin/python bench/inproc.py [--n 1000] [--rounds 5] [--profile redeem]
 
@@ -286,10 +287,41 @@ def cpu_us(target: Target, scenario: str, n: int) -> float:
     target.prepare(scenario, n + 5)
     for _ in range(5):  # warm caches touched by prepare()
         fn()
+    return _block(fn, n)
+
+
+def _block(fn: Callable[[], None], n: int) -> float:
     t0 = time.process_time()
     for _ in range(n):
         fn()
     return (time.process_time() - t0) / n * 1e6
+
+
+#: Requests of a cell per block; each block sits between two half-blocks of hello-world.
+BLOCK = 20
+
+
+def cell(hello: Target, target: Target, scenario: str, n: int) -> tuple[float, float, float]:
+    """``n`` requests of ``scenario`` in blocks of :data:`BLOCK`, each between two half
+    blocks of hello-world: (median CPU µs of the cell, of hello-world, median block ratio).
+
+    The speed of this VM's cores wanders by ±20 % within seconds (other guests): a ratio
+    taken between neighbours a few milliseconds apart cancels that, where two 1,000-request
+    runs a second apart did not."""
+    fn, hf = target.scenarios[scenario], hello.scenarios["hello"]
+    target.prepare(scenario, n + 5)
+    for _ in range(5):  # warm caches touched by prepare()
+        fn()
+        hf()
+    costs, bases, ratios = [], [], []
+    for _ in range(max(1, n // BLOCK)):
+        before = _block(hf, BLOCK // 2)
+        us = _block(fn, BLOCK)
+        base = (before + _block(hf, BLOCK // 2)) / 2
+        costs.append(us)
+        bases.append(base)
+        ratios.append(us / base)
+    return statistics.median(costs), statistics.median(bases), statistics.median(ratios)
 
 
 def run(n: int, rounds: int, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
@@ -305,18 +337,17 @@ def run(n: int, rounds: int, names: list[str], log: Callable[[str], None]) -> di
             order = cells[r % len(cells) :] + cells[: r % len(cells)]
             this = {}
             for t, s in order:
-                # Hello-world right before each cell: the ratio compares neighbours in time.
-                base = cpu_us(hello, "hello", n)
-                us = cpu_us(t, s, n)
+                us, base, ratio = cell(hello, t, s, n)
                 raw["hello/hello"].append(base)
                 raw.setdefault(f"{t.name}/{s}", []).append(us)
-                ratios.setdefault(f"{t.name}/{s}", []).append(us / base)
-                this[f"{t.name}/{s}"] = f"{us:.0f} ({us / base:.2f}x)"
+                ratios.setdefault(f"{t.name}/{s}", []).append(ratio)
+                this[f"{t.name}/{s}"] = f"{us:.0f} ({ratio:.2f}x)"
             log(f"  in-process round {r + 1}: " + json.dumps(this))
         ratios["hello/hello"] = [1.0]
     return {
         "n": n,
         "rounds": rounds,
+        "block": BLOCK,
         "cpu_us": {k: round(statistics.median(v), 1) for k, v in raw.items()},
         "ratio": {k: round(statistics.median(v), 2) for k, v in ratios.items()},
     }
