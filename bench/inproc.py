@@ -10,8 +10,9 @@ the order rotated), and the median over the rounds is reported.
 
     .venv/bin/python bench/inproc.py [--n 1000] [--rounds 5] [--profile redeem]
 
-``--profile SCENARIO`` runs pyinstrument over ``--n`` requests of linksvc's SCENARIO and
-prints the call tree (what bench/README.md quotes).
+``--sample SCENARIO`` runs py-spy over ``--n`` requests of linksvc's SCENARIO and prints the
+call tree of a request (what bench/README.md quotes); ``--profile SCENARIO`` does the same
+with pyinstrument, whose per-call overhead inflates the many small Python calls.
 """
 
 from __future__ import annotations
@@ -370,15 +371,51 @@ def profile(scenario: str, n: int) -> str:
         return str(prof.output_text(unicode=False, color=False, show_all=False))
 
 
+def loop(scenario: str, n: int) -> None:
+    """``n`` requests of linksvc's ``scenario`` (or hello-world's), for a sampler outside."""
+    with tempfile.TemporaryDirectory(prefix="linksvc-loop-", dir="/dev/shm") as tmp:
+        target: Target = Hello() if scenario == "hello" else Linksvc(Path(tmp))
+        fn = target.scenarios[scenario]
+        target.prepare(scenario, n + 5)
+        for _ in range(n):
+            fn()
+
+
+def sample(scenario: str, n: int) -> str:
+    """py-spy over :func:`loop` in a child process: the call tree of one request."""
+    import subprocess
+
+    from bench.stacks import tree
+
+    with tempfile.TemporaryDirectory(prefix="linksvc-spy-") as tmp:
+        raw = Path(tmp) / "stacks.txt"
+        spy = Path(sys.executable).with_name("py-spy")
+        child = [sys.executable, __file__, "--loop", scenario, "--n", str(n)]
+        subprocess.run(
+            [str(spy), "record", "-r", "400", "-f", "raw", "-o", str(raw), "--", *child],
+            check=True,
+            capture_output=True,
+        )
+        return tree([raw], "Flask.wsgi_app", depth=6, floor=1.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--targets", default="linksvc,naive,lean")
-    ap.add_argument("--profile", choices=SCENARIOS)
+    ap.add_argument("--profile", choices=SCENARIOS, help="pyinstrument over N requests")
+    ap.add_argument("--sample", choices=(*SCENARIOS, "hello"), help="py-spy over N requests")
+    ap.add_argument("--loop", choices=(*SCENARIOS, "hello"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.profile:
         print(profile(args.profile, args.n))
+        return
+    if args.sample:
+        print(sample(args.sample, args.n))
+        return
+    if args.loop:
+        loop(args.loop, args.n)
         return
     res = run(args.n, args.rounds, args.targets.split(","), lambda m: print(m, file=sys.stderr))
     print(json.dumps(res, indent=2))
