@@ -478,7 +478,7 @@ class Statement:
 class _Slot:
     """One thread's own DBAPI connection for the hot statements, outside the pool."""
 
-    __slots__ = ("busy", "conn", "dbapi", "stale", "used")
+    __slots__ = ("busy", "conn", "dbapi", "lost", "stale", "used")
 
     def __init__(self) -> None:
         self.conn: Any = None  # the driver's connection (sqlite3 or psycopg)
@@ -486,6 +486,7 @@ class _Slot:
         self.used = 0.0
         self.busy = False
         self.stale = False  # the engine was disposed while this slot was in use
+        self.lost = False  # its last connection failed (the server may have gone away)
 
 
 class HotConnections:
@@ -527,11 +528,11 @@ class HotConnections:
         slot.busy = True
         try:
             if slot.conn is None:
-                self._connect(engine, slot)
+                self._connect(engine, slot, check=slot.lost)
             elif self.postgres and time.monotonic() - slot.used >= PING_IDLE_SECONDS:
                 if slot.conn.closed or not _ping(engine, slot.dbapi):
                     _close(slot)
-                    self._connect(engine, slot)
+                    self._connect(engine, slot, check=True)
         except BaseException:
             slot.busy = False
             raise
@@ -540,9 +541,12 @@ class HotConnections:
     def release(self, engine: Engine, slot: _Slot, failed: BaseException | None = None) -> None:
         slot.used = time.monotonic()
         slot.busy = False
-        if slot.stale or (failed is not None and self._broken(engine, slot, failed)):
+        if slot.stale:
             _close(slot)
             slot.stale = False
+        elif failed is not None and self._broken(engine, slot, failed):
+            _close(slot)
+            slot.lost = True
 
     def close_all(self) -> None:
         with self._lock:
@@ -552,10 +556,24 @@ class HotConnections:
                 else:
                     _close(slot)
 
-    def _connect(self, engine: Engine, slot: _Slot) -> None:
-        fairy = engine.raw_connection()  # the pool's checkout: set up, pinged if idle
+    def _connect(self, engine: Engine, slot: _Slot, *, check: bool) -> None:
+        """Take a connection from the pool (set up like every other, pinged there if idle)
+        and detach it. With ``check`` (the last one was lost: the server went away, and the
+        pool's recently used connections went with it) each is pinged first and a dead one
+        dropped from the pool, until a live or new one comes."""
+        tries = engine.pool.size() * 2 + 1 if check and self.postgres else 1  # type: ignore[attr-defined]
+        for _ in range(tries):
+            fairy = engine.raw_connection()
+            if tries > 1 and not _ping(engine, fairy.dbapi_connection):
+                fairy.invalidate()
+                fairy.close()
+                continue
+            break
+        else:
+            raise _unavailable()
         slot.conn, slot.dbapi = fairy.driver_connection, fairy.dbapi_connection
         fairy.detach()
+        slot.lost = False
         if self.postgres:
             slot.conn.autocommit = True
 
