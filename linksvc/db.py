@@ -653,6 +653,38 @@ def driver(engine: Engine, *, writes: bool) -> Iterator[Any]:
         raise _unavailable() from exc
 
 
+def fetch(engine: Engine, conn: Any, stmt: Statement, params: Mapping[str, Any]) -> list[Any]:
+    """Run ``stmt`` on a driver connection (:func:`driver`); its rows (none for a plain write)."""
+    sql, defaults = stmt.sql(engine.dialect)
+    cur = conn.execute(sql, {**defaults, **params} if defaults else params)
+    rows = cur.fetchall() if cur.description is not None else []
+    cur.close()
+    return rows
+
+
+def _in_transaction(conn: Any) -> bool:
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    return bool(conn.info.transaction_status != _PG_IDLE)
+
+
+@contextlib.contextmanager
+def driver_transaction(engine: Engine) -> Iterator[Any]:
+    """A write transaction on this thread's driver connection (:func:`driver`): BEGIN
+    (IMMEDIATE on SQLite: the write lock up front), COMMIT when the block ends — durable
+    before it returns — or ROLLBACK when it raises. For a hot change of a few statements
+    that must commit together, without SQLAlchemy's execution machinery around each."""
+    with driver(engine, writes=True) as conn:
+        conn.execute("BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else "BEGIN")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if _in_transaction(conn):
+                conn.execute("ROLLBACK")
+            raise
+
+
 def execute(
     engine: Engine, stmt: Statement, params: Mapping[str, Any], *, writes: bool
 ) -> Sequence[Any] | None:

@@ -151,21 +151,10 @@ def _change_with_event(
     Returns the change's first row, or None."""
     if engine.dialect.name == "postgresql":
         return db.execute(engine, change[1], {**params, **event}, writes=True)
-    sql, defaults = change[0].sql(engine.dialect)
-    esql, edefaults = _EMIT_SQL.sql(engine.dialect)
-    with db.driver(engine, writes=True) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cur = conn.execute(sql, {**defaults, **params})
-            rows = cur.fetchall() if cur.description is not None else []
-            cur.close()
-            if rows or not returns:
-                conn.execute(esql, {**edefaults, **event}).close()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    with db.driver_transaction(engine) as conn:
+        rows = db.fetch(engine, conn, change[0], params)
+        if rows or not returns:
+            db.fetch(engine, conn, _EMIT_SQL, event)
     return rows[0] if rows else None
 
 
