@@ -21,15 +21,18 @@ def _frame(frame: str) -> str:
     return _SITE.sub(r" (\1)", _LINE.sub(")", frame))
 
 
-def tree(paths: list[Path], root: str, depth: int = 5, floor: float = 1.0) -> str:
+def tree(paths: list[Path], root: str, depth: int = 5, floor: float = 1.0, within: str = "") -> str:
     """The inclusive share of each call under the first frame matching ``root``, down to
-    ``depth`` levels, calls under ``floor`` % left out."""
+    ``depth`` levels, calls under ``floor`` % left out; only stacks passing through a frame
+    matching ``within`` (the measured loop, not its set-up) when it is given."""
     counts: Counter[tuple[str, ...]] = Counter()
     total = 0
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
             frames = [_frame(f) for f in stack.split(";")]
+            if within and not any(within in f for f in frames):
+                continue
             at = next((i for i, f in enumerate(frames) if root in f), None)
             if at is None:
                 continue
