@@ -401,7 +401,7 @@ def sample(scenario: str, n: int) -> str:
             capture_output=True,
         )
         # The timed requests only: the set-up (tokens minted for a redemption) is left out.
-        return tree([raw], "Flask.wsgi_app", depth=6, floor=1.0, within="loop.<locals>.timed")
+        return tree([raw], "Flask.wsgi_app", depth=7, floor=1.0, within="loop.<locals>.timed")
 
 
 def main() -> None:

@@ -787,6 +787,58 @@ def draw(result: dict[str, Any], path: Path) -> None:
 # -- profiling -------------------------------------------------------------------------------
 
 
+#: The serving models compared by ``--models`` (bench/README.md, "Serving model").
+MODELS = {
+    "default": (),
+    "gthread-2x4": ("--workers", "2", "--threads", "4"),
+    "sync-3": ("--workers", "3", "--threads", "1"),
+    "sync-5": ("--workers", "5", "--threads", "1"),
+}
+
+
+def models(workdir: Path, seconds: float) -> None:
+    """linksvc on durable SQLite and on PostgreSQL under each of :data:`MODELS`: requests
+    per second, p99 and each worker's CPU (in cores) per scenario, one line per cell."""
+    import requests
+
+    def cpu(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    with contextlib.ExitStack() as stack:
+        for label in ("sqlite", "postgresql"):
+            database = stack.enter_context(pg_bench_database()) if label == "postgresql" else None
+            inst = Instance(f"linksvc-{label}", workdir, database)
+            for name, args in MODELS.items():
+                tokens = inst.premint(int(1000 * 2.5 * (seconds + 1)))
+                auth = {"BENCH_API_KEY": inst.api_key}
+                env = {**inst.env, "PYTHONPATH": str(ROOT)}
+                with serve(env, inst.wsgi, workdir, f"{inst.label}-{name}", args or None) as srv:
+                    wrk(srv.url, "mint.lua", 1, **auth)
+                    token = requests.post(
+                        srv.url + "/api/v1/links",
+                        json={"purpose": "magic_link", "subject": "verify-me"},
+                        headers={"Authorization": f"Bearer {inst.api_key}"},
+                        timeout=10,
+                    ).json()["token"]
+                    cells = []
+                    for scenario, extra in (
+                        ("mint", {}),
+                        ("verify", {"BENCH_TOKEN": token}),
+                        ("redeem", {"BENCH_TOKENS_FILE": str(tokens)}),
+                    ):
+                        pids = worker_pids(srv.proc.pid)
+                        before = {p: cpu(p) for p in pids}
+                        r = wrk(srv.url, f"{scenario}.lua", seconds, **auth, **extra)
+                        cores = "/".join(f"{(cpu(p) - before[p]) / seconds:.2f}" for p in pids)
+                        cells.append(
+                            f"{scenario} {r['rps']:5.0f} req/s p99 {r['p99_ms']:5.1f} ms"
+                            f" (cores {cores}, non-2xx {r['non2xx']})"
+                        )
+                print(f"{label:10s} {name:12s} " + " | ".join(cells), flush=True)
+                tokens.unlink()
+
+
 def profile(workdir: Path, seconds: int, top: int) -> None:
     """py-spy both workers under mint, then redeem load; print the hottest functions."""
     inst = Instance("linksvc-sqlite", workdir, None)
@@ -907,6 +959,11 @@ def main() -> None:
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the workers instead of benchmarking"
     )
+    ap.add_argument(
+        "--models",
+        action="store_true",
+        help="compare the serving models (MODELS) instead of benchmarking",
+    )
     ap.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = ap.parse_args()
     if args.quick:
@@ -918,6 +975,9 @@ def main() -> None:
     try:
         if args.profile:
             profile(workdir, int(args.seconds), 30)
+            return
+        if args.models:
+            models(workdir, args.seconds)
             return
         result = bench(args, workdir)
     finally:
