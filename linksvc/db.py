@@ -462,6 +462,10 @@ class Statement:
     def __init__(self, stmt: sa.sql.expression.Executable) -> None:
         self.stmt = stmt
         self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: A SELECT, or DML with RETURNING: its rows are fetched. Known once compiled, so
+        #: that the driver's ``cursor.description`` (psycopg builds a column object per
+        #: column on every call) is never asked.
+        self.returns_rows = False
 
     def sql(self, dialect: sa.engine.Dialect) -> tuple[str, dict[str, Any]]:
         found = self._compiled.get(dialect.name)
@@ -471,6 +475,9 @@ class Statement:
 
                 dialect = sqlite_dialect.dialect(paramstyle="named")
             compiled = self.stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+            self.returns_rows = bool(
+                getattr(self.stmt, "is_select", False) or compiled.effective_returning
+            )
             found = self._compiled[dialect.name] = (compiled.string, dict(compiled.params))
         return found
 
@@ -657,7 +664,7 @@ def fetch(engine: Engine, conn: Any, stmt: Statement, params: Mapping[str, Any])
     """Run ``stmt`` on a driver connection (:func:`driver`); its rows (none for a plain write)."""
     sql, defaults = stmt.sql(engine.dialect)
     cur = conn.execute(sql, {**defaults, **params} if defaults else params)
-    rows = cur.fetchall() if cur.description is not None else []
+    rows = cur.fetchall() if stmt.returns_rows else []
     cur.close()
     return rows
 
@@ -706,7 +713,7 @@ def execute(
                 # fetchall, not fetchone: SQLite commits an autocommit statement when it has
                 # run to its end, and an error of that commit must reach us, not be lost at
                 # cursor reset.
-                rows = cur.fetchall() if cur.description is not None else []
+                rows = cur.fetchall() if stmt.returns_rows else []
                 cur.close()
             except BaseException as exc:
                 hot.release(engine, slot, exc)
