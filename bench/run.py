@@ -350,7 +350,7 @@ def _tmpfs() -> str | None:
 #: faster counts (the configuration that is fastest for it).
 #: Hello-world runs in each of these and counts in its fastest: gunicorn.conf.py's default
 #: (sync workers, cores + 1), 2 sync workers, and threaded workers with keep-alive (2 x 4
-#: gthread, which a request this small gains from the most).
+#: gthread, the old default).
 HELLO_CONFIGS = {
     "hello-default": (),
     "hello-2sync": ("--workers", "2"),
