@@ -410,6 +410,19 @@ def run_hello(workdir: Path, seconds: float, warmup: float) -> dict[str, Any]:
     return {"hello": best, "configs": {k: round(v["rps"]) for k, v in out.items()}}
 
 
+def verify_token(url: str, api_key: str) -> str:
+    """One link minted on the server at ``url``: the token the verify scenario checks."""
+    import requests
+
+    resp = requests.post(
+        url + "/api/v1/links",
+        json={"purpose": "magic_link", "subject": "verify-me"},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=10,
+    )
+    return str(resp.json()["token"])
+
+
 def run_target(
     target: Any, workdir: Path, seconds: float, warmup: float, expected_rps: float
 ) -> dict[str, Any]:
@@ -423,14 +436,7 @@ def run_target(
     ) as server:
         wrk(server.url, "mint.lua", warmup, **auth)
         out["mint"] = wrk(server.url, "mint.lua", seconds, **auth)
-        import requests
-
-        token = requests.post(
-            server.url + "/api/v1/links",
-            json={"purpose": "magic_link", "subject": "verify-me"},
-            headers={"Authorization": f"Bearer {target.api_key}"},
-            timeout=10,
-        ).json()["token"]
+        token = verify_token(server.url, target.api_key)
         out["verify"] = wrk(server.url, "verify.lua", seconds, BENCH_TOKEN=token, **auth)
         out["redeem"] = wrk(
             server.url, "redeem.lua", seconds, BENCH_TOKENS_FILE=str(tokens_file), **auth
@@ -799,7 +805,6 @@ MODELS = {
 def models(workdir: Path, seconds: float) -> None:
     """linksvc on durable SQLite and on PostgreSQL under each of :data:`MODELS`: requests
     per second, p99 and each worker's CPU (in cores) per scenario, one line per cell."""
-    import requests
 
     def cpu(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -815,12 +820,7 @@ def models(workdir: Path, seconds: float) -> None:
                 env = {**inst.env, "PYTHONPATH": str(ROOT)}
                 with serve(env, inst.wsgi, workdir, f"{inst.label}-{name}", args or None) as srv:
                     wrk(srv.url, "mint.lua", 1, **auth)
-                    token = requests.post(
-                        srv.url + "/api/v1/links",
-                        json={"purpose": "magic_link", "subject": "verify-me"},
-                        headers={"Authorization": f"Bearer {inst.api_key}"},
-                        timeout=10,
-                    ).json()["token"]
+                    token = verify_token(srv.url, inst.api_key)
                     cells = []
                     for scenario, extra in (
                         ("mint", {}),

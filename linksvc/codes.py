@@ -87,6 +87,10 @@ class Exchanged:
     data: Any
     client_id: str
 
+    @classmethod
+    def of(cls, rec: ledger.LinkRecord) -> Exchanged:
+        return cls(rec.subject, rec.purpose, rec.jti, rec.data, rec.client_id)
+
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
@@ -230,13 +234,7 @@ def exchange(
                     subject=rec.subject,
                     now=now,
                 )
-            return Exchanged(
-                subject=rec.subject,
-                purpose=rec.purpose,
-                jti=rec.jti,
-                data=rec.data,
-                client_id=rec.client_id,
-            )
+            return Exchanged.of(rec)
         if row is None or row["client_id"] != client_id:
             if row is not None:
                 log.warning(
@@ -278,18 +276,12 @@ def _exchange_fast(engine: Engine, h: str, *, client_id: str, now: int) -> Excha
         if not spent:
             return None
         jti = spent[0][0]
-        event = {"jti": jti, "at": now, "event": "exchanged", "via": "code"}
-        db.fetch(engine, conn, _EVENT_SQL, {"reason": None, "actor": None, **event})
+        event = {"jti": jti, "at": now, "event": "exchanged", "reason": None, "via": "code"}
+        db.fetch(engine, conn, _EVENT_SQL, {**event, "actor": None})
     rec = ledger.lookup(engine, jti)
     if rec is None:  # purged under us: cannot happen within a code's lifetime
         raise InvalidCode()
-    return Exchanged(
-        subject=rec.subject,
-        purpose=rec.purpose,
-        jti=rec.jti,
-        data=rec.data,
-        client_id=rec.client_id,
-    )
+    return Exchanged.of(rec)
 
 
 def complete(
