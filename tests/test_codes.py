@@ -278,12 +278,17 @@ def test_signing_key_revocation_voids_its_codes(api, app, runner):
 
 
 PRESSERS = 6
-REVOKE_ROUNDS = 8
+# How long the revocation waits after the release, per round. A revocation is one UPDATE
+# while a press checks its token and form first, so released together the revocation wins
+# nearly every time; the later rounds give the presses a head start, so that both orders,
+# and the ones in between, are tried.
+REVOKE_DELAYS_MS = (0, 2, 4, 8, 12, 16, 24, 32)
 
 
 def _press_revoke_race(tmp_path, database_url=None):
     """Through gunicorn: ``PRESSERS`` browsers press their link of one subject while the
-    application revokes that subject, all released at once. Afterwards no code that any
+    application revokes that subject, all released at once (the revocation a little later
+    in each round, ``REVOKE_DELAYS_MS``). Afterwards no code that any
     press produced may be exchanged: the press either lost (its link was revoked) or its
     code was voided."""
     import re
@@ -295,10 +300,11 @@ def _press_revoke_race(tmp_path, database_url=None):
     env = base_env(tmp_path / "instance", database_url, LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
     creds = prepare_instance(env)
     headers = {"Authorization": f"Bearer {creds['api_key']}"}
-    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    # A worker for every request of a round, so that none of them waits for a free worker.
+    server = start_gunicorn(env, workers=PRESSERS + 1, log_path=tmp_path / "server.log")
     outcomes: list[str] = []
     try:
-        for round_ in range(REVOKE_ROUNDS):
+        for round_, delay_ms in enumerate(REVOKE_DELAYS_MS):
             subject = f"suspended-{round_}"
             browsers = []
             for _ in range(PRESSERS):
@@ -317,6 +323,7 @@ def _press_revoke_race(tmp_path, database_url=None):
             def one(i: int) -> Any:
                 barrier.wait()
                 if i == PRESSERS:
+                    time.sleep(delay_ms / 1000)
                     return requests.post(
                         f"{server.url}/api/v1/subjects/{subject}/revoke",
                         headers=headers,
