@@ -20,6 +20,7 @@ import hmac
 import logging
 import math
 import secrets
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -77,39 +78,53 @@ class _SweepingMemoryStorage(MemoryStorage):
 class LocalMovingWindow:
     """A moving-window limiter in this process's memory, for ``memory://``.
 
-    Per key it keeps the times of the last ``amount`` hits only (a bounded deque), so a hit
-    costs the same whatever the limit — limits' own store inserted every hit at the front of
-    a list as long as the window's count (O(n) per hit) and ran a sweeping timer thread.
-    Keys idle for a whole window are dropped, oldest first, as later hits come by: each key
-    is dropped once, so the cleaning is paid a little per hit, never all at once.
+    Per key it keeps the times of its hits inside the window, oldest first, and drops the
+    ones that left it as the key is hit again, so a hit costs the same whatever the limit
+    (limits' own store inserted every hit at the front of a list as long as the window's
+    count, O(n) per hit, and ran a sweeping timer thread). Keys idle for a whole window are
+    dropped, oldest first, as later hits come by: each key is dropped once, so the cleaning
+    is paid a little per hit, never all at once.
+
+    Memory is one entry per key hit in the last window: with one key per (client, subject,
+    purpose), a worker minting for many subjects holds tens of thousands. Most such keys
+    are hit once, so their times are a list (64 bytes; a deque's first block alone is 760);
+    a key hit more than ``LIST_HITS`` times in a window moves to a deque, which drops its
+    oldest hit in O(1).
     """
+
+    LIST_HITS = 16
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._lock = threading.Lock()
-        # expiry (s) -> key -> its hit times, least recently hit key first
-        self._windows: dict[int, OrderedDict[tuple[Any, ...], deque[float]]] = {}
+        # expiry (s) -> key -> its hit times in the window, least recently hit key first
+        self._windows: dict[int, OrderedDict[tuple[Any, ...], list[float] | deque[float]]] = {}
 
     def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
         # The window is per expiry already; the key is the identifiers and the amount (a
         # tuple: limits' own key_for escapes and joins them into a string on every hit).
         key, amount, expiry = (item.amount, *identifiers), item.amount, item.get_expiry()
         now = self.clock()
+        cutoff = now - expiry
         with self._lock:
             window = self._windows.setdefault(expiry, OrderedDict())
             while window:
                 oldest = next(iter(window.values()))
-                if oldest[-1] > now - expiry:
+                if oldest and oldest[-1] > cutoff:
                     break
                 window.popitem(last=False)
             hits = window.get(key)
             if hits is None:
-                hits = window[key] = deque(maxlen=amount)
+                hits = window[key] = []
             else:
                 window.move_to_end(key)
-            if len(hits) >= amount and hits[0] > now - expiry:
+                while hits and hits[0] <= cutoff:
+                    del hits[0]
+            if len(hits) >= amount:
                 return False
             hits.append(now)
+            if len(hits) > self.LIST_HITS and isinstance(hits, list):
+                window[key] = deque(hits)
             return True
 
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
@@ -229,7 +244,9 @@ class RateLimits:
             "subject",
             client.subject_limit or DEFAULT_SUBJECT_LIMIT,
             client.id,
-            purpose,
+            # One of a few names: the in-memory key holds the one interned copy, not this
+            # request's (59 bytes per key, a key per subject for the subject window).
+            sys.intern(purpose),
             subject_key,
         )
         if recipient is not None:

@@ -395,3 +395,46 @@ def test_local_moving_window_counts_the_last_window_and_forgets_idle_keys() -> N
     t[0] += 60
     assert lim.hit(three, "c")  # every idle key of this window is dropped
     assert list(lim._windows[10]) == [(3, "c")]  # keyed by (amount, *identifiers)
+
+
+def test_local_moving_window_keeps_only_the_hits_inside_the_window() -> None:
+    from collections import deque
+
+    from limits import parse
+
+    from linksvc.ratelimit import LocalMovingWindow
+
+    t = [1000.0]
+    lim = LocalMovingWindow(clock=lambda: t[0])
+    many = parse("1000 per 10 seconds")
+    for _ in range(100):  # 100 hits over 25 s: only the last 10 s of them are kept
+        assert lim.hit(many, "busy")
+        t[0] += 0.25
+    hits = lim._windows[10][(1000, "busy")]
+    assert isinstance(hits, deque)  # past LIST_HITS: dropping the oldest is O(1)
+    assert list(hits) == [1015 + i / 4 for i in range(40)]  # (1014.75, 1024.75]
+    # Counting is unchanged: at t=1025 the window (1015, 1025] holds 39, so 961 more fit.
+    assert sum(lim.hit(many, "busy") for _ in range(1000)) == 961
+
+
+def test_local_moving_window_holds_a_key_hit_once_in_a_few_hundred_bytes() -> None:
+    """One key per (client, subject, purpose): a worker minting for many subjects holds a
+    key per subject for the subject window, so the size of one key is the memory bound."""
+    import tracemalloc
+
+    from limits import parse
+
+    from linksvc.ratelimit import LocalMovingWindow
+
+    lim = LocalMovingWindow()
+    limit = parse("5 per 15 minutes")
+    subjects = [f"{i:032x}" for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for subject in subjects:
+            lim.hit(limit, "client", subject, "magic_link")
+        per_key = (tracemalloc.get_traced_memory()[0] - before) / len(subjects)
+    finally:
+        tracemalloc.stop()
+    assert per_key < 400, per_key  # a deque per key was about 1000 bytes
