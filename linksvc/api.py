@@ -96,6 +96,10 @@ def json_body(required: bool = True) -> dict[str, Any]:
         raise BadRequest(
             413, "body_too_large", f"The request body must be at most {limit} bytes."
         ) from None
+    if length is not None and len(raw) < length:
+        # The stream ended early (the client went away): never act on part of a body, even
+        # one that happens to parse.
+        raise BadRequest(400, "invalid_json", "The body ended before its Content-Length.")
     if not raw.strip():
         if required:
             raise BadRequest(400, "body_required", "A JSON object body is required.")
