@@ -187,11 +187,6 @@ _EXCHANGE = (
     .values(used_at=sa.bindparam("k_now"))
 )
 _EXCHANGE_SQL = db.Statement(_EXCHANGE.returning(_c.jti))
-_EVENT_SQL = db.Statement(
-    sa.insert(db.link_events).values(
-        {k: sa.bindparam(k) for k in ("jti", "at", "event", "reason", "via", "actor")}
-    )
-)
 
 
 def exchange(
@@ -276,8 +271,7 @@ def _exchange_fast(engine: Engine, h: str, *, client_id: str, now: int) -> Excha
         if not spent:
             return None
         jti = spent[0][0]
-        event = {"jti": jti, "at": now, "event": "exchanged", "reason": None, "via": "code"}
-        db.fetch(engine, conn, _EVENT_SQL, {**event, "actor": None})
+        ledger.add_event_driver(engine, conn, jti, "exchanged", now, via="code")
     rec = ledger.lookup(engine, jti)
     if rec is None:  # purged under us: cannot happen within a code's lifetime
         raise InvalidCode()

@@ -178,6 +178,33 @@ def add_event(
     )
 
 
+_INSERT_EVENT_SQL = db.Statement(
+    _INSERT_EVENT.values(
+        {k: sa.bindparam(k) for k in ("jti", "at", "event", "reason", "via", "actor")}
+    )
+)
+
+
+def add_event_driver(
+    engine: Engine,
+    conn: Any,
+    jti: str,
+    event: str,
+    now: int,
+    *,
+    reason: str | None = None,
+    via: str | None = None,
+    actor: str | None = None,
+) -> None:
+    """:func:`add_event` on a driver connection (:func:`linksvc.db.driver_transaction`)."""
+    db.fetch(
+        engine,
+        conn,
+        _INSERT_EVENT_SQL,
+        {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor},
+    )
+
+
 #: A leaked link replayed in a loop must not grow its history without bound.
 MAX_REJECTION_EVENTS = 20
 
