@@ -9,7 +9,9 @@ rules:
 - No credentials or fragment in the URL.
 - The host is resolved, and **every** address it resolves to must be allowed: loopback only
   outside production, private, link-local, shared and other non-global ranges only with
-  ``LINKSVC_WEBHOOK_ALLOW_PRIVATE``; multicast and unspecified addresses never.
+  ``LINKSVC_WEBHOOK_ALLOW_PRIVATE``; multicast, unspecified and deprecated (site-local,
+  IPv4-compatible) addresses never. An IPv6 form that embeds an IPv4 address (NAT64, SIIT,
+  6to4, Teredo) is judged by the IPv4 address it leads to.
 - The request then goes to the very address that was checked (the connection is pinned to
   it, TLS still verifies the certificate against the host name): a DNS answer that changes
   between the check and the connection (DNS rebinding) cannot redirect it.
@@ -96,10 +98,55 @@ def _loopback_literal(host: str) -> bool:
         return False
 
 
+#: IPv6 prefixes that carry an IPv4 address in their last 32 bits, and what each is called:
+#: NAT64 (RFC 6052's well-known prefix) and SIIT (RFC 2765's IPv4-translated form). A packet
+#: to one reaches the embedded IPv4 address through a translator, so that address decides.
+_TRANSLATED = (
+    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64"),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "SIIT"),
+)
+#: RFC 8215's local-use NAT64 prefix: translation inside one network, never global.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+#: Ranges the IETF has withdrawn: no receiver lives there, and hosts may still route them
+#: to something internal (site-local, RFC 3879; IPv4-compatible, RFC 4291 §2.5.5.1).
+_DEPRECATED = (
+    ipaddress.IPv6Network("fec0::/10"),
+    ipaddress.IPv6Network("::/96"),
+)
+
+
+def _embedded(addr: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 transition form carries, with the form's name."""
+    for net, name in _TRANSLATED:
+        if addr in net:
+            return name, ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return "6to4", addr.sixtofour
+    if addr.teredo is not None:
+        return "Teredo", addr.teredo[1]  # the client's address, its bits already inverted
+    return None
+
+
 def classify(addr: Address) -> str | None:
     """The kind of a non-global address (``loopback``, ``private``…), ``None`` if global."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return classify(addr.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return classify(addr.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
+        if addr in _LOCAL_NAT64:
+            return "local-use NAT64"
+        if not addr.is_unspecified and not addr.is_loopback:
+            if any(addr in net for net in _DEPRECATED):
+                return "deprecated"
+            embedded = _embedded(addr)
+            if embedded is not None:
+                form, v4 = embedded
+                kind = classify(v4)
+                if kind in ("unspecified", "multicast"):
+                    return kind
+                if kind is not None:
+                    # Never "loopback": it is the translator's loopback, not this host's,
+                    # so the development allowance for a local receiver does not cover it.
+                    return f"{form} form of a {kind}"
     if addr.is_unspecified:
         return "unspecified"
     if addr.is_multicast:
@@ -119,7 +166,7 @@ def check_address(addr: Address, policy: Policy) -> None:
     kind = classify(addr)
     if kind is None:
         return
-    if kind in ("unspecified", "multicast"):
+    if kind in ("unspecified", "multicast", "deprecated"):
         raise Refused(f"{addr} is a {kind} address")
     if kind == "loopback" and (policy.allow_loopback or policy.allow_private):
         return
