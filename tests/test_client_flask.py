@@ -3,6 +3,7 @@ written — all against a live linksvc under gunicorn."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import linksvc_client as lc
 from linksvc import webhook_signature
@@ -158,6 +161,57 @@ def test_construct_event_refuses_an_old_delivery():
     with pytest.raises(WebhookVerificationError) as err:
         construct_event(body, headers, secret, now=at + 301)
     assert err.value.code == "webhook_timestamp_out_of_range"
+
+
+@pytest.mark.parametrize(
+    "forged, code",
+    [
+        ({"webhook-timestamp": "\u00b2"}, "bad_webhook_timestamp"),  # "²".isdigit() is true
+        ({"webhook-timestamp": "\u0663\u0664"}, "bad_webhook_timestamp"),  # Arabic-Indic digits
+        ({"webhook-timestamp": "9" * 5000}, "bad_webhook_timestamp"),  # beyond int()'s limit
+        ({"webhook-signature": "v1,\u00e9t\u00e9"}, "bad_webhook_signature"),
+        ({"webhook-signature": "v1,\udcff"}, "bad_webhook_signature"),
+        ({"webhook-id": "msg_\udcff"}, "bad_webhook_signature"),
+        ({"webhook-id": "msg_\u00e9"}, "bad_webhook_signature"),
+    ],
+    ids=["superscript", "arabic-digits", "5000-digits", "sig-latin1", "sig-surrogate",
+         "id-surrogate", "id-latin1"],
+)  # fmt: skip
+def test_construct_event_refuses_forged_headers_with_its_own_error(forged, code):
+    """A receiver written to the contract answers 401 on WebhookVerificationError; any other
+    exception would be a 500 to an unauthenticated request."""
+    secret = webhook_signature.new_secret()
+    body = b'{"type":"link.minted","timestamp":"2026-12-01T10:00:00Z","data":{}}'
+    headers = {**_delivery([secret], body, int(time.time())), **forged}
+    with pytest.raises(WebhookVerificationError) as err:
+        construct_event(body, headers, secret)
+    assert err.value.code == code
+
+
+_NOW = 1_700_000_000
+# Digits of every script, long runs of ASCII ones, and a timestamp that is in range (so the
+# signature check is reached).
+_STAMP = st.one_of(
+    st.text(),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1),
+    st.text(alphabet="0123456789", min_size=1, max_size=5000),
+    st.just(str(_NOW)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msg_id=st.one_of(st.just("msg_2Kx"), st.text()),
+    stamp=_STAMP,
+    signature=st.one_of(st.text(), st.text().map(lambda t: "v1," + t)),
+    body=st.binary(max_size=64),
+)
+def test_any_header_values_verify_or_raise_the_verification_error(msg_id, stamp, signature, body):
+    secret = "whsec_" + "A" * 43 + "="
+    headers = {"webhook-id": msg_id, "webhook-timestamp": stamp, "webhook-signature": signature}
+    # Anything else (ValueError, TypeError…) escapes and fails the test.
+    with contextlib.suppress(WebhookVerificationError):
+        construct_event(body, headers, secret, now=_NOW)
 
 
 # -- the README's example, as written ------------------------------------------------------
