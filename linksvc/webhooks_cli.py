@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from . import clients as clients_mod
 from . import db, errors, outbox, relay, webhooks
+from .api import iso
 from .config import Settings
 from .service import LinkService
 
@@ -44,7 +45,7 @@ def _kek() -> bytes:
 
 
 def _iso(ts: int | None) -> str:
-    return "-" if ts is None else outbox.iso(ts)
+    return iso(ts) or "-"
 
 
 def _client(conn: Any, ident: str) -> clients_mod.Client:
@@ -52,6 +53,10 @@ def _client(conn: Any, ident: str) -> clients_mod.Client:
     if c is None:
         raise click.ClickException(f"no client {ident!r}")
     return c
+
+
+def _attempt_json(a: outbox.Attempt) -> dict[str, object]:
+    return {"at": iso(a.at), "status": a.status, "error": a.error, "duration_ms": a.duration_ms}
 
 
 def _endpoint_json(e: webhooks.Endpoint) -> dict[str, object]:
@@ -62,10 +67,10 @@ def _endpoint_json(e: webhooks.Endpoint) -> dict[str, object]:
         "events": list(e.events) if e.events else None,
         "disabled": e.disabled,
         "disabled_reason": e.disabled_reason,
-        "disabled_at": e.disabled_at,
-        "failing_since": e.failing_since,
-        "rotating_until": e.rotating_until,
-        "created_at": e.created_at,
+        "disabled_at": iso(e.disabled_at),
+        "failing_since": iso(e.failing_since),
+        "rotating_until": iso(e.rotating_until),
+        "created_at": iso(e.created_at),
     }
 
 
@@ -222,12 +227,16 @@ def deliveries_cmd(
                         "jti": d.jti,
                         "state": d.state,
                         "attempts": d.attempts,
-                        "created_at": d.created_at,
-                        "next_attempt_at": d.next_attempt_at,
-                        "delivered_at": d.delivered_at,
+                        "created_at": iso(d.created_at),
+                        "next_attempt_at": iso(d.next_attempt_at),
+                        "delivered_at": iso(d.delivered_at),
                         "last_status": d.last_status,
                         "last_error": d.last_error,
-                        **({"tries": [a.__dict__ for a in tries[d.id]]} if show_attempts else {}),
+                        **(
+                            {"tries": [_attempt_json(a) for a in tries[d.id]]}
+                            if show_attempts
+                            else {}
+                        ),
                     }
                     for d in found
                 ]

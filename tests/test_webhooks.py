@@ -5,6 +5,7 @@ for clients with endpoints), bodies without tokens, replay detection and its pol
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -401,6 +402,14 @@ def test_deliveries_and_replay_by_hand(app, api, runner):
     [d] = json.loads(out.output)
     assert d["state"] == "delivered" and d["msg_id"] == c.msg_id
     assert [t["status"] for t in d["tries"]] == [204]
+    # Times in the format of the API's (and the text output's): ISO 8601, UTC, seconds.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    assert d["delivered_at"] == d["tries"][0]["at"] == stamp
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["created_at"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["next_attempt_at"])
+    [e] = json.loads(runner.invoke(args=["webhooks", "list", api.client.id, "--json"]).output)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e["created_at"])
+    assert e["disabled_at"] is None
     assert runner.invoke(args=["webhooks", "replay", api.client.id]).exit_code != 0
     out = runner.invoke(args=["webhooks", "replay", api.client.id, "msg_nope"])
     assert out.exit_code != 0 and "no delivery" in out.output
