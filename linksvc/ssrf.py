@@ -22,11 +22,13 @@ This module knows nothing of Flask.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -234,14 +236,19 @@ def post(
     *,
     policy: Policy,
     timeout: float,
+    deadline: float | None = None,
     resolver: Resolver = socket.getaddrinfo,
     tls: ssl.SSLContext | None = None,
 ) -> Answer:
     """POST ``body`` to ``url`` under the rules above; never raises for network trouble.
 
-    ``timeout`` bounds the connection and each read; redirects are answered, not followed.
+    ``timeout`` bounds the connection and each read; ``deadline`` (seconds from the call)
+    bounds the whole attempt: a receiver that trickles a byte now and then, each read well
+    within ``timeout``, is cut off when it passes (``error`` is ``"deadline"``). Redirects are
+    answered, not followed.
     """
     t0 = time.monotonic()
+    end = None if deadline is None else t0 + deadline
     try:
         target = parse(url, policy)
         addrs = resolve(target, policy, resolver)
@@ -249,23 +256,81 @@ def post(
         return Answer(None, f"refused: {exc}"[:200], time.monotonic() - t0)
     last = "unreachable"
     for addr in addrs:
-        conn = _connection(target, addr, timeout, tls)
+        left = timeout if end is None else min(timeout, end - time.monotonic())
+        if left <= 0:
+            return Answer(None, "deadline", time.monotonic() - t0)
+        watch = _Watchdog(end)
+        conn = _connection(target, addr, left, tls, watch)
         try:
             conn.request("POST", target.path, body=body, headers=dict(headers))
             resp = conn.getresponse()
-            resp.read(MAX_RESPONSE_BYTES)
+            # The status is the receiver's answer; a body cut short (by the deadline, or
+            # the receiver) does not take it back.
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                resp.read(MAX_RESPONSE_BYTES)
             return Answer(resp.status, None, time.monotonic() - t0)
         except (ConnectionRefusedError, TimeoutError) as exc:
+            if watch.fired:
+                return Answer(None, "deadline", time.monotonic() - t0)
             last = type(exc).__name__
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-            return Answer(None, type(exc).__name__, time.monotonic() - t0)
+            return Answer(
+                None, "deadline" if watch.fired else type(exc).__name__, time.monotonic() - t0
+            )
         finally:
+            watch.cancel()
             conn.close()
     return Answer(None, last, time.monotonic() - t0)
 
 
+class _Watchdog:
+    """Shuts the attempt's connection down when the deadline passes.
+
+    A socket timeout bounds each read, not their sum; shutting the connection down from
+    another thread wakes whatever read, write or TLS step is blocked on it, at once and
+    whatever the receiver does. It holds a duplicate of the socket's descriptor: TLS wraps
+    (and detaches) the original, and shutdown acts on the connection, not the descriptor.
+    """
+
+    def __init__(self, end: float | None) -> None:
+        self.end = end
+        self.fired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket) -> None:
+        if self.end is None:
+            return
+        with self._lock:
+            self._sock = sock.dup()
+        self._timer = threading.Timer(max(0.0, self.end - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._sock is None:
+                return  # the attempt ended first
+            self.fired = True
+            with contextlib.suppress(OSError):  # the receiver closed it meanwhile
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
 def _connection(
-    target: Target, addr: Address, timeout: float, tls: ssl.SSLContext | None
+    target: Target,
+    addr: Address,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+    watch: _Watchdog,
 ) -> http.client.HTTPConnection:
     conn: http.client.HTTPConnection
     if target.scheme == "https":
@@ -278,7 +343,9 @@ def _connection(
     # Pinned: the socket goes to the address that was checked, whatever DNS says now; the
     # Host header and the TLS server name (certificate check) stay the URL's host.
     def _create(address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
-        return socket.create_connection((str(addr), target.port), timeout, source_address)
+        sock = socket.create_connection((str(addr), target.port), timeout, source_address)
+        watch.watch(sock)
+        return sock
 
     conn._create_connection = _create  # type: ignore[attr-defined]
     return conn

@@ -276,7 +276,9 @@ def replay_cmd(client: str, msg_id: str | None, failed: bool) -> None:
 @click.option("--batch", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Idle wait, seconds.")
 @click.option(
-    "--lease", type=click.IntRange(1, 3600), help="Lease seconds (default 3 x timeout + 5)."
+    "--lease",
+    type=click.IntRange(1, 3600),
+    help="Lease seconds (default LINKSVC_WEBHOOK_DEADLINE + 10); an attempt is cut before it ends.",
 )
 def run_cmd(concurrency: int, batch: int, poll: float, lease: int | None) -> None:
     """Deliver the outbox until SIGTERM or SIGINT. Run one or more beside the service."""
@@ -286,9 +288,11 @@ def run_cmd(concurrency: int, batch: int, poll: float, lease: int | None) -> Non
         _kek(),
         rules=webhooks.policy(s),
         timeout=s.webhook_timeout,
+        deadline=s.webhook_deadline,
         lease_seconds=lease,
         batch=batch,
         concurrency=concurrency,
+        per_endpoint=s.webhook_endpoint_concurrency,
         retention_seconds=s.retention_days * 86400,
     )
     stop = threading.Event()

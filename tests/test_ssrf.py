@@ -272,3 +272,15 @@ def test_connection_refused_is_an_answer_not_an_exception() -> None:
         port = s.getsockname()[1]
     answer = ssrf.post(f"http://127.0.0.1:{port}/", b"{}", {}, policy=DEV, timeout=2)
     assert answer.status is None and answer.error == "ConnectionRefusedError"
+
+
+def test_a_trickling_receiver_is_cut_at_the_attempt_deadline(receiver: Receiver) -> None:
+    """One byte every 0.2 s keeps every read within the 5 s timeout, forever: the deadline
+    bounds the attempt as a whole, and the sender hangs up on the receiver."""
+    receiver.trickle = 0.2
+    answer = ssrf.post(
+        receiver.url, b"{}", {"webhook-id": "msg_slow"}, policy=DEV, timeout=5, deadline=1
+    )
+    assert answer.status is None and answer.error == "deadline"
+    receiver.wait_log(lambda log: ("closed", "msg_slow") in log, timeout=10)
+    assert not receiver.released.is_set()  # the sender hung up, not the end of the test
