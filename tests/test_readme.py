@@ -1,14 +1,18 @@
 """The README stays true for a newcomer who copies it: one command form, a command-line
-reference naming every command the app has, executable scripts, images that exist."""
+reference naming every command the app has, executable scripts, images that exist, and its
+command-line examples and Python sample running as printed after `make run`."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import click
 
-from .support import ROOT
+from .support import ROOT, free_port, start_gunicorn
 
 README = (ROOT / "README.md").read_text()
 FLASK_BUILTINS = {"routes", "shell", "run"}
@@ -55,3 +59,115 @@ def test_images_exist():
     assert "docs/screenshots/failure_used_phone.png" in images
     for image in images:
         assert (ROOT / image).is_file(), image
+
+
+# -- as printed, after `make run` (issue 24 item 15) ---------------------------------------
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def test_what_the_service_prints_uses_the_one_command_form():
+    """Messages (`keys generate`'s "rotate to it after … s", start-up refusals, CLI errors)
+    name `.venv/bin/flask`, as the README does: a bare `flask` may be another one."""
+    bare = []
+    for path in [ROOT / "app.py", *sorted((ROOT / "linksvc").glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        skip = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) not in skip and re.search(r"(?<![/\w])flask --app", node.value):
+                    bare.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert not bare, bare
+
+
+def _venv_flask() -> Path:
+    flask = ROOT / ".venv" / "bin" / "flask"
+    assert flask.exists(), "the README's commands run the repository's .venv (make venv-test)"
+    return flask
+
+
+def _after_make_run(tmp_path: Path, base_url: str = "http://127.0.0.1:8000") -> dict[str, str]:
+    """A fresh instance set up as `make run` sets it up (Makefile, target `run`): development,
+    `init-db`, then `demo` writing the demo client's key to demo.env in the instance."""
+    instance = tmp_path / "instance"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
+    env.update(
+        LINKSVC_ENV="development", LINKSVC_INSTANCE_PATH=str(instance), LINKSVC_BASE_URL=base_url
+    )
+    demo = ["demo", "--app-url", "http://127.0.0.1:5001", "--env-file", str(instance / "demo.env")]
+    for args in (["init-db"], demo):
+        subprocess.run(
+            [str(_venv_flask()), "--app", "app", *args],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    return env
+
+
+def _shell_commands(block: str) -> list[str]:
+    """The commands of a ```sh block, continuation lines joined."""
+    return [c for c in re.sub(r"\\\n\s*", " ", block).splitlines() if c.strip()]
+
+
+def _run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_command_line_examples_run_as_printed_after_make_run(tmp_path):
+    env = _after_make_run(tmp_path)
+    section = README.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks, "the command line section has examples"
+    outputs = []
+    for command in (c for block in blocks for c in _shell_commands(block)):
+        assert command.startswith(".venv/bin/flask --app app "), command
+        out = _run(command, ROOT, env)
+        assert out.returncode == 0, f"{command}\n{out.stdout}{out.stderr}"
+        outputs.append(out.stdout)
+    printed = "".join(outputs)
+    assert "api_key:   lsk_" in printed  # clients create
+    assert "http://127.0.0.1:8000/l/" in printed  # mint
+    assert re.search(r"^cl_\w+ +demo ", printed, re.M)  # what make run made is there too
+
+    keys = _run(".venv/bin/flask --app app keys generate", ROOT, env)
+    assert keys.returncode == 0, keys.stderr
+    assert "`.venv/bin/flask --app app keys rotate`" in keys.stdout, keys.stdout
+
+
+def test_the_python_sample_runs_as_printed_after_make_run(tmp_path):
+    """The lines before the sample, run as printed from a checkout where `make run` is
+    going: its instance/ and .venv/, the sample saved as example.py."""
+    port = free_port()
+    env = _after_make_run(tmp_path, base_url=f"http://127.0.0.1:{port}")
+    section = README.split("\n## Use it from Python\n", 1)[1].split("\n## ", 1)[0]
+    shell = re.search(r"```sh\n(.*?)```", section, re.S)
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert shell and code
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / ".venv").symlink_to(ROOT / ".venv")
+    (checkout / "instance").symlink_to(tmp_path / "instance")
+    (checkout / "example.py").write_text(code.group(1))
+    server = start_gunicorn(env, workers=1, port=port, log_path=tmp_path / "server.log")
+    try:
+        script = "\n".join(_shell_commands(shell.group(1)))
+        clean = {k: v for k, v in env.items() if not k.startswith("LINKSVC_")}
+        out = _run(script, checkout, clean)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-2:] == ["user-42 {'next': '/inbox'}", "second try: used"]
