@@ -8,9 +8,12 @@ import ast
 import os
 import re
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import pytest
 
 from .support import ROOT, free_port, start_gunicorn
 
@@ -148,26 +151,69 @@ def test_the_command_line_examples_run_as_printed_after_make_run(tmp_path):
     assert "`.venv/bin/flask --app app keys rotate`" in keys.stdout, keys.stdout
 
 
-def test_the_python_sample_runs_as_printed_after_make_run(tmp_path):
-    """The lines before the sample, run as printed from a checkout where `make run` is
-    going: its instance/ and .venv/, the sample saved as example.py."""
+@dataclass
+class MadeRun:
+    """A checkout where `make run` is going: linksvc served on ``port`` from a fresh instance
+    set up as `make run` sets it up, the checkout's ``instance/`` and ``.venv/`` in place."""
+
+    checkout: Path
+    port: int
+    env: dict[str, str]  # the shell's: no LINKSVC_* settings, as in a second terminal
+
+    def run(self, script: str) -> subprocess.CompletedProcess[str]:
+        # The README's commands name port 8000 and /tmp/link.json; this linksvc has a free
+        # port, and this run a file no other test run writes.
+        script = script.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
+        script = script.replace("/tmp/link.json", str(self.checkout / "link.json"))
+        return _run(script, self.checkout, self.env)
+
+
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MadeRun]:
+    tmp_path = tmp_path_factory.mktemp("made_run")
     port = free_port()
     env = _after_make_run(tmp_path, base_url=f"http://127.0.0.1:{port}")
-    section = README.split("\n## Use it from Python\n", 1)[1].split("\n## ", 1)[0]
-    shell = re.search(r"```sh\n(.*?)```", section, re.S)
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert shell and code
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     (checkout / ".venv").symlink_to(ROOT / ".venv")
     (checkout / "instance").symlink_to(tmp_path / "instance")
-    (checkout / "example.py").write_text(code.group(1))
     server = start_gunicorn(env, workers=1, port=port, log_path=tmp_path / "server.log")
     try:
-        script = "\n".join(_shell_commands(shell.group(1)))
-        clean = {k: v for k, v in env.items() if not k.startswith("LINKSVC_")}
-        out = _run(script, checkout, clean)
+        shell = {k: v for k, v in env.items() if not k.startswith("LINKSVC_")}
+        yield MadeRun(checkout, port, shell)
     finally:
         server.stop()
+
+
+def _section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_python_sample_runs_as_printed_after_make_run(made_run):
+    """The lines before the sample, run as printed, the sample saved as example.py."""
+    section = _section("Use it from Python")
+    shell = re.search(r"```sh\n(.*?)```", section, re.S)
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert shell and code
+    (made_run.checkout / "example.py").write_text(code.group(1))
+    out = made_run.run("\n".join(_shell_commands(shell.group(1))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-2:] == ["user-42 {'next': '/inbox'}", "second try: used"]
+
+
+def test_the_curl_examples_run_as_printed_after_make_run(made_run):
+    """The worked example and the local download, with the demo client's key that `make run`
+    wrote, not a placeholder to replace."""
+    worked = re.search(r"```sh\n(.*?)```", _section("Worked example"), re.S)
+    assert worked
+    out = made_run.run("set -e\n" + worked.group(1))
+    assert out.returncode == 0, out.stderr
+    assert '"code":"used"' in out.stdout.replace(" ", "")
+    assert '"state":"consumed"' in out.stdout.replace(" ", "")
+
+    download = re.search(r"```sh\n(KEY=.*?)```", _section("Downloads"), re.S)
+    assert download
+    out = made_run.run("set -e\n" + download.group(1))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["HTTP/1.1 200 OK", "200 welcome.txt", "409"]
+    assert (made_run.checkout / "welcome.txt").read_text().startswith("Hello from linksvc.")
