@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import shlex
 import signal
@@ -112,14 +113,18 @@ class _Expect(argparse.Action):
         namespace.ready[-1] = (namespace.ready[-1][0], value)
 
 
+# Straight to the URL: a proxy from http_proxy would answer for a server that is not there.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def answers_as_expected(url: str, expect: str | None) -> bool | None:
     """True when ``url`` answers 2xx (with ``expect`` in its body), False when it answers
     otherwise — some other program, or ours not ready —, None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with _DIRECT.open(url, timeout=1) as resp:
             body = resp.read(65536).decode("utf-8", "replace")
-    except urllib.error.HTTPError:
-        return False
+    except (urllib.error.HTTPError, http.client.HTTPException):
+        return False  # an HTTP error, or something that does not speak HTTP
     except OSError:
         return None
     return expect is None or expect in body

@@ -189,6 +189,35 @@ def test_any_answer_is_not_ready(tmp_path):
         assert "not every process came up; stopping" in out.stdout
 
 
+def test_a_program_that_does_not_speak_http_is_not_ready(tmp_path):
+    """A port held by something else (a database, say): no banner and no traceback."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(b"-ERR unknown command\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        out = _run(
+            tmp_path,
+            *("--ready", f"http://127.0.0.1:{port}/healthz", "--ready-timeout", "2"),
+            *("--grace", "2", "--banner", "Ready. Open it"),
+            "srv=sleep 60",
+        )
+    finally:
+        listener.close()
+    assert out.returncode == 1, out
+    assert "Ready" not in out.stdout and "Traceback" not in out.stdout + out.stderr, out
+    assert f"http://127.0.0.1:{port}/healthz answers, but not with a 2xx answer" in out.stdout
+
+
 def test_the_expected_answer_is_ready(tmp_path):
     """Our own server, started by the runner, answering what --expect names: the banner."""
     port = free_port()
