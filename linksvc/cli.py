@@ -52,7 +52,8 @@ def _kek() -> bytes:
     kek = _settings().key_encryption_key
     if kek is None:
         raise click.ClickException(
-            "no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY"
+            "no key-encryption key: run `.venv/bin/flask --app app init-db` "
+            "or set LINKSVC_KEY_ENCRYPTION_KEY"
         )
     return kek
 
@@ -393,7 +394,9 @@ def keys_generate(alg: str) -> None:
         + (f"; removed unused next key {replaced}" if replaced else "")
     )
     if info.state == "next":
-        click.echo(f"rotate to it after {_min_next_age()} s: `flask --app app keys rotate`")
+        click.echo(
+            f"rotate to it after {_min_next_age()} s: `.venv/bin/flask --app app keys rotate`"
+        )
 
 
 def _min_next_age() -> int:

@@ -39,7 +39,8 @@ def _kek() -> bytes:
     kek = _settings().key_encryption_key
     if kek is None:
         raise click.ClickException(
-            "no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY"
+            "no key-encryption key: run `.venv/bin/flask --app app init-db` "
+            "or set LINKSVC_KEY_ENCRYPTION_KEY"
         )
     return kek
 
