@@ -204,13 +204,16 @@ def _find_client(conn: object, ident: str) -> clients_mod.Client:
 @click.argument("client")
 def clients_disable(client: str) -> None:
     """Disable a client: its API key stops working within 5 seconds (workers cache keys that long);
-    its one-time codes not yet exchanged are voided at once."""
+    its one-time codes not yet exchanged are voided, and its sign-ins approved but not yet
+    completed ended (their links revoked), at once."""
+    now = int(time.time())
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
         clients_mod.update(conn, c.id, disabled=True)
-        codes.void_client(conn, c.id, int(time.time()))
+        codes.void_client(conn, c.id, now)
+        ended = ledger.end_approved_sign_ins_of(conn, now, via="client", client_id=c.id)
     _svc().client_cache.clear()
-    click.echo(f"disabled {c.id} ({c.name})")
+    click.echo(f"disabled {c.id} ({c.name}); revoked {ended} approved sign-in(s)")
 
 
 @clients_cli.command("enable")
@@ -437,9 +440,15 @@ def keys_rotate(alg: str | None, force: bool) -> None:
 @keys_cli.command("retire")
 def keys_retire() -> None:
     """Remove retired keys whose tokens have all expired (safe to run from cron)."""
+    now = int(time.time())
     with db.write(_svc().engine) as conn:
-        done = keys_mod.retire_expired(conn, int(time.time()), _retired_window())
-    click.echo(f"removed {len(done)} retired key(s){': ' + ', '.join(done) if done else ''}")
+        done = keys_mod.retire_expired(conn, now, _retired_window())
+        # A removed key's links cannot complete a sign-in (their codes would be refused).
+        ended = ledger.end_approved_sign_ins_of(conn, now, via="key", kids=done) if done else 0
+    click.echo(
+        f"removed {len(done)} retired key(s){': ' + ', '.join(done) if done else ''}"
+        + (f"; revoked {ended} approved sign-in(s)" if ended else "")
+    )
 
 
 @keys_cli.command("revoke")
@@ -447,12 +456,15 @@ def keys_retire() -> None:
 @click.confirmation_option(prompt="Links signed by this key stop working at once. Continue?")
 def keys_revoke(kid: str) -> None:
     """Emergency: remove a key now. Its links fail with unknown_key."""
+    now = int(time.time())
     try:
         with db.write(_svc().engine) as conn:
-            info, notes = keys_mod.revoke(conn, _kek(), kid, int(time.time()))
+            info, notes = keys_mod.revoke(conn, _kek(), kid, now)
+            ended = ledger.end_approved_sign_ins_of(conn, now, via="key", kids=[kid])
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"revoked {info.kid}{'; ' + '; '.join(notes) if notes else ''}")
+    notes.append(f"revoked {ended} approved sign-in(s)")
+    click.echo(f"revoked {info.kid}{'; ' + '; '.join(notes)}")
     click.echo(f"workers stop accepting it within {_settings().key_refresh_seconds} s")
 
 
