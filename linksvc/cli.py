@@ -1,4 +1,4 @@
-"""Command line: ``flask --app app init-db | clients … | keys … | mint | purge | demo``.
+"""Command line: ``flask --app app init-db | clients … | keys … | mint | purge | partitions | demo``.
 
 Thin commands over the plain functions of the domain modules.
 """
@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import clients as clients_mod
-from . import codes, db, errors, idempotency, ledger, migrate, signins
+from . import codes, db, errors, idempotency, ledger, migrate, partitions, signins
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
@@ -598,6 +598,34 @@ def purge_cmd(
         )
 
 
+@click.command("partitions")
+@click.option(
+    "--ahead-days",
+    type=click.IntRange(1, 60),
+    default=partitions.AHEAD_DAYS,
+    show_default=True,
+    help="Days of partitions to keep ready past today.",
+)
+def partitions_cmd(ahead_days: int) -> None:
+    """Create the ledger's day partitions ahead (PostgreSQL; nothing to do on SQLite), and
+    move rows the default partition caught into their day. Run it hourly, beside purge."""
+    engine = _svc().engine
+    try:
+        with db.read(engine) as conn:
+            partitioned = partitions.is_partitioned(conn)
+        created = (
+            partitions.ensure_ahead(engine, now=int(time.time()), ahead_days=ahead_days)
+            if partitioned
+            else []
+        )
+    except errors.ServiceUnavailable as exc:
+        raise click.ClickException(exc.detail) from None
+    if not partitioned:
+        click.echo("the ledger is not partitioned (SQLite): nothing to do")
+        return
+    click.echo(f"created {len(created)} partition(s){': ' + ', '.join(created) if created else ''}")
+
+
 #: The demo client: the example application's registration, made by ``make run``.
 DEMO_CLIENT = "demo"
 #: One name for the demo client and the example application, on every page and mail.
@@ -715,5 +743,5 @@ linksvc demo client {client.id} ("{DEMO_DISPLAY_NAME}", redirect URI {app_url}/c
 
 
 def init_app(app: Flask) -> None:
-    for cmd in (init_db, clients_cli, keys_cli, mint_cmd, purge_cmd, demo_cmd):
+    for cmd in (init_db, clients_cli, keys_cli, mint_cmd, purge_cmd, partitions_cmd, demo_cmd):
         app.cli.add_command(cmd)
