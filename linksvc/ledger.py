@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
@@ -549,9 +550,15 @@ def consume(
     raise failure
 
 
-#: A second press of the same browser this soon is a double click, not a replay
-#: (linksvc.codes answers it with the same completion).
-SAME_PRESS_SECONDS = 10
+def same_browser(rec: LinkRecord, completion_hash: str | None) -> bool:
+    """Whether the browser presenting ``rec`` again is the one that consumed it: the
+    presentation carries the keyed hash of the same per-browser cookie
+    (``links.completion_hash``, written by the consumption). An API caller carries none."""
+    return (
+        completion_hash is not None
+        and rec.completion_hash is not None
+        and hmac.compare_digest(rec.completion_hash, completion_hash)
+    )
 
 
 def _replayed(
@@ -563,14 +570,14 @@ def _replayed(
     completion_hash: str | None,
     sink: outbox.Sink,
 ) -> None:
-    """A consumed link presented again: a sign it leaked. ``link.replayed``, and with the
-    client's ``revoke-subject`` policy every outstanding link of the subject revoked."""
-    if (
-        completion_hash is not None
-        and rec.completion_hash == completion_hash
-        and rec.state_at is not None
-        and abs(now - rec.state_at) <= SAME_PRESS_SECONDS
-    ):
+    """A consumed link presented again by another browser or caller: a sign it leaked.
+    ``link.replayed``, and with the client's ``revoke-subject`` policy every outstanding
+    link of the subject revoked.
+
+    The browser that consumed it pressing again — a double click, a second tab, the mail's
+    link clicked next day — is no replay, however late: the link is still refused as
+    ``used``, but nothing leaked and nothing is revoked (:func:`same_browser`)."""
+    if same_browser(rec, completion_hash):
         return
     revoked = 0
     if sink.on_replay == outbox.REVOKE_SUBJECT:
@@ -609,13 +616,26 @@ def record_rejection(
     *,
     via: str,
     actor: str | None = None,
+    redemption: bool = False,
+    completion_hash: str | None = None,
 ) -> None:
-    """Note a refused attempt against a link we know, in its history. Best effort."""
+    """Note a refused attempt against a link we know, in its history. Best effort.
+
+    With ``redemption`` the attempt would have consumed the link (a download link's GET),
+    so a consumed link presented by another browser than the one that consumed it (see
+    :func:`same_browser`; ``completion_hash`` is this browser's) is a replay, handled as
+    :func:`consume` handles one, in the same transaction."""
     try:
         with db.write(engine) as conn:
             rec = get(conn, jti)
             if rec is not None and (client_id is None or rec.client_id == client_id):
                 add_rejection(conn, jti, now, reason=reason, via=via, actor=actor)
+                if redemption and rec.state == CONSUMED:
+                    sink = outbox.load_sink(conn, rec.client_id)
+                    if sink is not None:
+                        _replayed(
+                            conn, rec, now, via=via, completion_hash=completion_hash, sink=sink
+                        )
     except errors.ServiceUnavailable:
         pass
 
