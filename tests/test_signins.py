@@ -721,10 +721,12 @@ def any_app(request, env):
     pg.extensions["linksvc"].engine.dispose()
 
 
-def _approved(app: Any, api: Any, subject: str = "user-42") -> tuple[Started, Any, str]:
+def _approved(
+    app: Any, api: Any, subject: str = "user-42", **extra: Any
+) -> tuple[Started, Any, str]:
     """A sign-in approved on the phone, not yet completed on the laptop."""
     laptop, phone = app.test_client(), app.test_client()
-    s = start(app, api, subject)
+    s = start(app, api, subject, **extra)
     wait = laptop.get(s.wait_path)
     page = phone.get(s.link_path)
     ok = phone.post(
@@ -802,3 +804,49 @@ def test_disabling_the_client_or_revoking_the_key_ends_an_approved_sign_in(any_a
             db.links.select().with_only_columns(db.links.c.state).where(db.links.c.jti == s.jti)
         ).scalar_one()
     assert state == "revoked"
+
+
+def test_completion_racing_a_subject_revocation_never_leaves_a_usable_code(any_app):
+    """The laptop completes while the application suspends the subject, at one instant,
+    several rounds: either the revocation came first (it counts the sign-in, no code is
+    made) or the completion did (its code is voided); no code is ever exchanged after."""
+    import threading
+
+    api = make_api_user(any_app)
+    outcomes = []
+    for r in range(6):
+        subject = f"race-{r}"
+        s, laptop, csrf = _approved(any_app, api, subject, email=f"{subject}@example.org")
+        results: dict[str, Any] = {}
+        go = threading.Barrier(2)
+
+        def complete(results=results, s=s, laptop=laptop, csrf=csrf) -> None:
+            go.wait()
+            results["done"] = laptop.post(s.wait_path + "/complete", data={"csrf": csrf})
+
+        def revoke(results=results, subject=subject) -> None:
+            http = any_app.test_client()
+            go.wait()
+            results["revoke"] = http.post(
+                f"/api/v1/subjects/{subject}/revoke", json={}, headers=api.headers
+            )
+
+        threads = [threading.Thread(target=complete), threading.Thread(target=revoke)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        done, revoked = results["done"], results["revoke"]
+        assert revoked.status_code == 200, revoked.get_json()
+        n = revoked.get_json()["revoked"]
+        if done.status_code == 303:  # the completion won: its code is voided
+            assert n == 0 and link_state(api, s.jti) == "consumed"
+            code = code_from(done)
+            resp = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
+            assert resp.status_code == 410 and resp.get_json()["code"] == "code_revoked"
+            outcomes.append("completed first")
+        else:  # the revocation won: counted, and nothing to complete
+            assert n == 1 and link_state(api, s.jti) == "revoked"
+            assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
+            outcomes.append("revoked first")
+    print(outcomes)
