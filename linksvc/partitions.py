@@ -7,7 +7,8 @@ day has no partition yet, so a mint never fails for want of one; :func:`ensure_a
 creates the days ahead and moves any row found in the default partition into its day. It
 runs on its own schedule (``flask --app app partitions``, hourly: docs/deploy.md), and
 ``purge`` runs it too; each change locks one table first, in a short transaction of its
-own, and is retried on a lock timeout or a deadlock (:func:`lock`). The history is partitioned by the event's time, not by its link's ``exp``: every
+own, and is retried on a lock timeout or a deadlock (:func:`lock`). The history is
+partitioned by the event's time, not by its link's ``exp``: every
 writer of an event knows ``at`` and none needs to know ``exp``, and since a link's events
 all happen after it was minted (``at`` >= ``iat`` >= ``exp`` - the longest lifetime), a day
 of events can go once every link that day's events could belong to is past retention.
@@ -175,6 +176,7 @@ LOCK_TIMEOUT_MS = 500
 #: Tries per maintenance transaction (lock timeout or deadlock), with a growing pause.
 TRIES = 8
 _RETRY_SQLSTATES = ("40P01", "55P03")  # deadlock_detected, lock_not_available
+_pause = time.sleep  # between tries (a test replaces it)
 
 
 def _in_maintenance(
@@ -183,7 +185,6 @@ def _in_maintenance(
     *,
     lock_timeout_ms: int = LOCK_TIMEOUT_MS,
     tries: int = TRIES,
-    pause: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``work`` in a transaction of its own under the maintenance advisory lock (one
     maintainer at a time), retried when its lock wait times out or it is chosen as a
@@ -208,7 +209,7 @@ def _in_maintenance(
                 "partition maintenance retried",
                 extra={"outcome": "retry", "reason": getattr(orig, "sqlstate", None)},
             )
-            pause(min(2.0, 0.05 * 2**attempt))
+            _pause(min(2.0, 0.05 * 2**attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -256,8 +257,9 @@ def drop_before(
     from . import db
 
     with db.read(engine) as conn:
-        doomed = [name for day, name in sorted(days(conn, table).items()) if day + DAY <= cutoff]
-        rows = sum(_count(conn, name) for name in doomed)
+        counts = {
+            n: _count(conn, n) for d, n in sorted(days(conn, table).items()) if d + DAY <= cutoff
+        }
 
     def delete_old(conn: Connection) -> int:
         # Rows past the cutoff expired long ago: no statement of the service updates them.
@@ -265,7 +267,7 @@ def drop_before(
             sa.text(f'DELETE FROM "{table}_default" WHERE {KEYS[table]} < :c'), {"c": cutoff}
         ).rowcount
 
-    rows += _in_maintenance(engine, delete_old, lock_timeout_ms=lock_timeout_ms)
+    rows = _in_maintenance(engine, delete_old, lock_timeout_ms=lock_timeout_ms)
 
     def detach(conn: Connection) -> list[str]:
         gone = [n for d, n in sorted(days(conn, table).items()) if d + DAY <= cutoff]
@@ -276,7 +278,9 @@ def drop_before(
             conn.exec_driver_sql(f'DROP TABLE "{name}"')
         return gone
 
-    return _in_maintenance(engine, detach, lock_timeout_ms=lock_timeout_ms), rows
+    gone = _in_maintenance(engine, detach, lock_timeout_ms=lock_timeout_ms)
+    # A day another purge dropped meanwhile is not counted twice; none can gain rows.
+    return gone, rows + sum(counts.get(name, 0) for name in gone)
 
 
 def maintain(

@@ -141,6 +141,32 @@ def test_the_partitions_command_makes_the_days_ahead_without_purge(pg_app: Flask
     assert again.output == "created 0 partition(s)\n"
 
 
+def test_maintenance_waits_briefly_for_its_lock_and_tries_again(
+    pg_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holding the table (a long report, say) makes the maintenance's lock
+    wait time out: it lets go — the requests queued behind it go ahead — and tries again."""
+    engine = pg_app.extensions["linksvc"].engine
+    far = partitions.day_of(int(time.time())) + 60 * DAY
+    blocker = engine.connect()
+    tx = blocker.begin()
+    blocker.exec_driver_sql("SELECT count(*) FROM links")  # holds ACCESS SHARE on links
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if tx.is_active:
+            tx.commit()  # the report ends
+
+    monkeypatch.setattr(partitions, "_pause", pause)
+    try:
+        created = partitions.ensure_ahead(engine, now=far, ahead_days=0)
+    finally:
+        blocker.close()
+    assert created == [partitions.day_name(t, far) for t in partitions.KEYS]
+    assert len(pauses) == 1  # one lock timeout, then done
+
+
 ROUNDS = 4
 LINKS_PER_ROUND = 120
 REDEEMERS = 4
