@@ -778,7 +778,10 @@ def test_revoking_the_subject_or_link_ends_an_approved_sign_in(any_app, how):
 def test_disabling_the_client_or_revoking_the_key_ends_an_approved_sign_in(any_app, how):
     from linksvc import db
 
+    from .test_webhooks import add_endpoint, rows
+
     api = make_api_user(any_app)
+    add_endpoint(any_app, api.client.id)
     s, laptop, csrf = _approved(any_app, api)
     runner = any_app.test_cli_runner()
     if how == "client":
@@ -804,6 +807,10 @@ def test_disabling_the_client_or_revoking_the_key_ends_an_approved_sign_in(any_a
             db.links.select().with_only_columns(db.links.c.state).where(db.links.c.jti == s.jti)
         ).scalar_one()
     assert state == "revoked"
+    assert ("revoked", how) in events(api, s.jti)
+    revoked = [r for r in rows(any_app, api.client.id) if r["event_type"] == "link.revoked"]
+    assert [r["jti"] for r in revoked] == [s.jti]
+    assert json.loads(revoked[0]["payload"])["data"]["via"] == how
 
 
 def test_completion_racing_a_subject_revocation_never_leaves_a_usable_code(any_app):
