@@ -115,7 +115,8 @@ sign_ins = sa.Table(
     sa.Column("jti", sa.String(43), primary_key=True),
     sa.Column("id", sa.String(43), nullable=False, unique=True),
     sa.Column("client_id", sa.String(40), nullable=False),
-    sa.Column("state", sa.String(12), nullable=False),  # pending | approved | completed | denied
+    # pending | approved | completed | denied | ended
+    sa.Column("state", sa.String(12), nullable=False),
     sa.Column("state_at", sa.BigInteger(), nullable=True),
     sa.Column("state_detail", sa.String(20), nullable=True),
     sa.Column("created_at", sa.BigInteger(), nullable=False),

@@ -47,7 +47,10 @@ from .service import LinkService, Minted
 
 log = logging.getLogger("linksvc.signins")
 
-PENDING, APPROVED, COMPLETED, DENIED = "pending", "approved", "completed", "denied"
+PENDING, COMPLETED, DENIED = "pending", "completed", "denied"
+#: ``ended``: approved, then a revocation (of its link, subject, client or key) came before
+#: the completion (linksvc.ledger.end_approved_sign_ins).
+APPROVED, ENDED = ledger.SIGN_IN_APPROVED, ledger.SIGN_IN_ENDED
 #: The history events (and metric labels) of a sign-in.
 EVENTS = ("started", "viewed", "approved", "denied", "code_failed", "completed")
 # Webhook event types of PRODUCT §7: ``sign_in.started`` …, written in the step's transaction.
@@ -63,7 +66,7 @@ CODE_LENGTH = 8
 MAX_CODE_FAILURES = 5
 #: An approval that arrives just before the link expires can still be completed this long
 #: after it by the binding browser (which polls every few seconds).
-COMPLETE_GRACE = 60
+COMPLETE_GRACE = ledger.SIGN_IN_COMPLETE_GRACE
 #: A second completion from the binding browser this soon gets the same code back (a
 #: double click, the script and the button both submitting).
 DOUBLE_SUBMIT_WINDOW = codes.DOUBLE_SUBMIT_WINDOW
@@ -104,8 +107,9 @@ class SignIn:
 
     def status(self, now: int) -> str:
         """What the waiting page shows: ``pending``, ``approved``, ``completed``, ``denied``,
-        ``expired``, or ``ended`` (the link was revoked or superseded through the API)."""
-        if self.state in (COMPLETED, DENIED):
+        ``expired``, or ``ended`` (the link was revoked or superseded through the API, or
+        a revocation ended the sign-in between its approval and its completion)."""
+        if self.state in (COMPLETED, DENIED, ENDED):
             return self.state
         if self.state == APPROVED:
             return APPROVED if now <= self.exp + COMPLETE_GRACE else "expired"

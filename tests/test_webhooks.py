@@ -361,6 +361,38 @@ def test_replay_policy_with_events(app, api, runner):
     assert rp["data"]["revoked_subject_links"] == 1
 
 
+def test_the_same_browsers_late_second_press_is_no_replay_another_browsers_is(app, api, runner):
+    """Issue 24: a second tab of the same browser pressed 12 s later is refused as used but
+    revokes nothing; a press from a browser that is not the one that consumed the link is
+    a replay, however soon."""
+    from .test_pages import open_page, press
+
+    add_endpoint(app, api.client.id)
+    runner.invoke(args=["webhooks", "on-replay", api.client.id, "revoke-subject"])
+    svc = app.extensions["linksvc"]
+    svc.sinks.clear()
+    used = api.minted(subject="user-7")
+    other = api.minted("password_reset", subject="user-7")
+    browser, mallory = app.test_client(), app.test_client()
+    _, first_tab = open_page(browser, used["token"])
+    _, second_tab = open_page(browser, used["token"])
+    _, stolen = open_page(mallory, used["token"])
+    t0 = svc.now()
+    svc.clock = lambda: t0
+    assert press(browser, used["token"], first_tab).status_code == 303
+    svc.clock = lambda: t0 + 12
+    assert press(browser, used["token"], second_tab).status_code == 409
+    svc.clock = lambda: t0 + 200  # much later still: the same browser
+    assert press(browser, used["token"], first_tab).status_code == 409
+    assert "link.replayed" not in types(app, used["jti"])
+    assert api.status(other["jti"]).get_json()["state"] == "issued"
+
+    svc.clock = lambda: t0 + 1
+    assert press(mallory, used["token"], stolen).status_code == 409
+    assert types(app, used["jti"]).count("link.replayed") == 1
+    assert api.status(other["jti"]).get_json()["state"] == "revoked"
+
+
 def test_no_policy_revokes_nothing(app, api):
     add_endpoint(app, api.client.id)
     used = api.minted(subject="user-7")
