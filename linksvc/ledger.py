@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
@@ -42,6 +43,22 @@ class LinkRecord:
     data: Any = None
     confirm: bool = False
     completion_hash: str | None = None
+    #: The S256 challenge of the flow's ``code_verifier`` (linksvc.codes): its one-time code
+    #: is exchanged only with the matching verifier, by the browser session that started it.
+    code_challenge: str | None = None
+
+
+#: How ``links.state_detail`` holds a link's code challenge while it is issued or consumed.
+#: That column otherwise only says why a link was revoked or superseded, which ends any
+#: flow, so the two never need the row at once; a column of its own needs a migration.
+CHALLENGE_PREFIX = "S256:"
+#: An S256 challenge: BASE64URL(SHA-256(code_verifier)), 43 characters (RFC 7636).
+CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def stored_challenge(challenge: str | None) -> str | None:
+    """What ``links.state_detail`` holds for a flow bound to ``challenge`` (None: unbound)."""
+    return None if challenge is None else CHALLENGE_PREFIX + challenge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +70,11 @@ class Event:
 
 
 def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
+    detail: str | None = row["state_detail"]
+    challenge: str | None = None
+    if row["state"] in (ISSUED, CONSUMED) and detail and detail.startswith(CHALLENGE_PREFIX):
+        challenge = detail[len(CHALLENGE_PREFIX) :]
+        detail = None
     return LinkRecord(
         jti=row["jti"],
         client_id=row["client_id"],
@@ -64,12 +86,13 @@ def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
         state=row["state"],
         state_at=row["state_at"],
         state_via=row["state_via"],
-        state_detail=row["state_detail"],
+        state_detail=detail,
         redirect_uri=row["redirect_uri"],
         download=json.loads(row["download"]) if row["download"] else None,
         data=json.loads(row["data"]) if row["data"] is not None else None,
         confirm=bool(row["confirm"]),
         completion_hash=row["completion_hash"],
+        code_challenge=challenge,
     )
 
 
@@ -106,7 +129,7 @@ _INSERT_LINK_SQL = db.Statement(
         {
             c: sa.bindparam(c)
             for c in _LINK_COLUMNS
-            if c not in ("state_at", "state_via", "state_detail", "completion_hash")
+            if c not in ("state_at", "state_via", "completion_hash")
         }
     )
 )
@@ -269,6 +292,7 @@ def _link_values(rec: LinkRecord) -> dict[str, Any]:
         "iat": rec.iat,
         "exp": rec.exp,
         "state": ISSUED,
+        "state_detail": stored_challenge(rec.code_challenge),
         "redirect_uri": rec.redirect_uri,
         "download": json.dumps(rec.download) if rec.download is not None else None,
         "data": json.dumps(rec.data) if rec.data is not None else None,

@@ -339,8 +339,10 @@ class SignIns:
         user_agent: str,
         send: Callable[[Minted, str], None],
         now: int,
+        code_challenge: str | None = None,
     ) -> Started:
         """Mint the link, record the sign-in, then ``send(minted, shown_code)`` the mail.
+        With ``code_challenge`` the code it ends in needs the matching verifier (linksvc.codes).
 
         The sign-in row is written after the link's own transaction and before anyone holds
         the token (it is not in the answer and not yet mailed): a link whose sign-in could
@@ -366,7 +368,12 @@ class SignIns:
             )
         secret = self.secret
         minted = self.service.mint(
-            client, purpose="magic_link", subject=subject, redirect_uri=redirect_uri, now=now
+            client,
+            purpose="magic_link",
+            subject=subject,
+            redirect_uri=redirect_uri,
+            now=now,
+            code_challenge=code_challenge,
         )
         rec = minted.record
         code = new_code()

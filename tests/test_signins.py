@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from linksvc import signins
+from linksvc import codes, signins
 
 from .conftest import REDIRECT, make_api_user
 from .support import dump_database
@@ -857,3 +857,60 @@ def test_completion_racing_a_subject_revocation_never_leaves_a_usable_code(any_a
             assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
             outcomes.append("revoked first")
     print(outcomes)
+
+
+# -- the code is bound to the application's browser session (login CSRF) ----------------
+
+VERIFIER = "s" * 43
+
+
+def _exchange(api: Any, code: str, verifier: str | None) -> Any:
+    body = {"code": code} if verifier is None else {"code": code, "code_verifier": verifier}
+    return api.http.post("/api/v1/codes/exchange", json=body, headers=api.headers)
+
+
+@pytest.mark.parametrize("how", ["press", "typed", "approved"])
+def test_a_bound_sign_in_ends_in_a_code_that_needs_its_verifier(app, api, laptop, phone, how):
+    """An attacker completes a sign-in of their own and sends a victim's browser to the
+    final ``?code=``: the victim's application session holds another verifier, or none,
+    and the code signs nobody in — whichever way the sign-in completed."""
+
+    def complete() -> tuple[Started, str]:
+        s = start(app, api, subject="attacker", code_challenge=codes.challenge_of(VERIFIER))
+        wait = laptop.get(s.wait_path)
+        if how == "press":
+            page = laptop.get(s.link_path)
+            return s, code_from(laptop.post(s.link_path, data={"csrf": csrf_of(page)}))
+        if how == "typed":
+            form = {"csrf": csrf_of(wait), "code": s.code}
+            return s, code_from(laptop.post(s.wait_path + "/code", data=form))
+        page = phone.get(s.link_path)
+        form = {"csrf": csrf_of(page), "number": match_of(wait), "action": "approve"}
+        assert phone.post("/s/approve", data=form).status_code == 200
+        return s, code_from(laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)}))
+
+    s, code = complete()
+    refused = _exchange(api, code, None)
+    assert (refused.status_code, refused.get_json()["code"]) == (422, "code_verifier_required")
+    assert _exchange(api, code, VERIFIER).get_json()["code"] == "code_revoked"  # spent
+    assert ("rejected", "code") in events(api, s.jti)
+    s, code = complete()
+    assert _exchange(api, code, "t" * 43).get_json()["code"] == "code_verifier_mismatch"
+    s, code = complete()
+    done = _exchange(api, code, VERIFIER)  # the session that started it
+    assert done.status_code == 200 and done.get_json()["jti"] == s.jti
+
+
+def test_a_malformed_code_challenge_starts_nothing(app, api):
+    resp = api.http.post(
+        "/api/v1/sign-ins",
+        json={
+            "subject": "user-42",
+            "email": ADDRESS,
+            "ip": "203.0.113.7",
+            "user_agent": FIREFOX_LINUX,
+            "code_challenge": "not-a-challenge",
+        },
+        headers=api.headers,
+    )
+    assert resp.status_code == 422 and resp.get_json()["field"] == "code_challenge"
