@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -334,12 +336,21 @@ def _idempotency_claim(
             "Idempotency-Key must be 1-255 characters of letters, digits and ._:~+/=-.",
         )
     svc = service()
-    body_hash = idempotency.request_hash(f)
+    secret = svc.settings.secret_key
+    if secret is None:
+        raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+    body_hash = idempotency.request_hash(f, secret=secret)
+    legacy_hash = idempotency.legacy_request_hash(f)
     deadline = time.monotonic() + IDEMPOTENCY_WAIT_SECONDS
     pause = 0.02
     while True:
         c = idempotency.claim(
-            svc.engine, client_id=client.id, key=key, body_hash=body_hash, now=svc.now()
+            svc.engine,
+            client_id=client.id,
+            key=key,
+            body_hash=body_hash,
+            legacy_hash=legacy_hash,
+            now=svc.now(),
         )
         if c.outcome == idempotency.NEW:
             g.idempotency_claim = c
@@ -541,21 +552,57 @@ def _list_param(name: str, allowed: tuple[str, ...]) -> list[str] | None:
     return values
 
 
-def _cursor(iat: int, jti: str) -> str:
-    return base64.urlsafe_b64encode(f"{iat}.{jti}".encode("ascii")).decode("ascii").rstrip("=")
+#: The largest ``iat`` a cursor may carry: a time that fits the databases' 64-bit integers
+#: with room to spare (year 5138). A bigger number overflowed the driver's bind (a 500).
+CURSOR_MAX_IAT = 10**11
 
 
-def _parse_cursor(raw: str) -> tuple[int, str]:
+def _cursor_key() -> bytes:
+    # Derived from the service secret (no setting of its own), under a label of its own so
+    # a cursor's tag is never a valid MAC of anything else the secret keys.
+    secret = service().settings.secret_key
+    if secret is None:
+        raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+    return hmac.new(secret, b"linksvc.api.cursor", hashlib.sha256).digest()
+
+
+def _cursor_tag(key: bytes, client_id: str, subject: str, payload: str) -> bytes:
+    # Bound to the client and subject too: a cursor is good only for the listing it came from.
+    msg = "\x00".join((client_id, subject, payload)).encode("utf-8")
+    return hmac.new(key, msg, hashlib.sha256).digest()[:16]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _cursor(client_id: str, subject: str, iat: int, jti: str) -> str:
+    """``next_cursor``: where the page ended, and a MAC, so that only what this API returned
+    is ever taken back."""
+    payload = f"{iat}.{jti}"
+    tag = _cursor_tag(_cursor_key(), client_id, subject, payload)
+    return f"{_b64(payload.encode('ascii'))}.{_b64(tag)}"
+
+
+def _parse_cursor(client_id: str, subject: str, raw: str) -> tuple[int, str]:
+    refused = BadRequest(
+        422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
+    )
+    if len(raw) > 96 or not raw.isascii():
+        raise refused
+    encoded, _, tag = raw.partition(".")
     try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-        iat, jti = text.split(".", 1)
-        if len(raw) > 64 or not iat.isdigit() or not JTI_RE.fullmatch(jti):
-            raise ValueError(raw)
-        return int(iat), jti
+        payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("ascii")
+        given = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4))
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest(
-            422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
-        ) from None
+        raise refused from None
+    if not hmac.compare_digest(given, _cursor_tag(_cursor_key(), client_id, subject, payload)):
+        raise refused
+    iat, _, jti = payload.partition(".")
+    # Checked even behind the MAC: a cursor is parsed by rule, not by trust in the key.
+    if not (iat.isdigit() and int(iat) <= CURSOR_MAX_IAT and JTI_RE.fullmatch(jti)):
+        raise refused
+    return int(iat), jti
 
 
 @bp.get("/subjects/<path:subject>/links", merge_slashes=False)
@@ -576,10 +623,11 @@ def links_of(subject: str) -> Response:
             f"limit must be an integer from 1 to {INVENTORY_MAX_LIMIT}.",
             field="limit",
         )
+    client = current_client()
     raw_cursor = request.args.get("cursor")
-    before = _parse_cursor(raw_cursor) if raw_cursor is not None else None
+    before = _parse_cursor(client.id, subject, raw_cursor) if raw_cursor is not None else None
     page, more = service().links_of(
-        current_client(),
+        client,
         subject,
         states=states,
         purposes=purposes,
@@ -601,7 +649,7 @@ def links_of(subject: str) -> Response:
                 }
                 for rec in page
             ],
-            "next_cursor": _cursor(*more) if more is not None else None,
+            "next_cursor": _cursor(client.id, subject, *more) if more is not None else None,
         }
     )
 
