@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from . import codes, errors, idempotency, signins
 from .clients import Client
@@ -78,26 +78,43 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
+def _read_at_most(stream: Any, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream``, fewer only at its end (a read may return less)."""
+    parts: list[bytes] = []
+    left = n
+    while left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
 def json_body(required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object, or a 400/413/415 BadRequest."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     environ = request.environ
     length = request.content_length
+    too_large = BadRequest(
+        413, "body_too_large", f"The request body must be at most {limit} bytes."
+    )
     if length is not None and length > limit:
-        raise BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
-    try:
-        # A declared length is read as it is, straight from the server's stream (WSGI's
-        # contract: no more than CONTENT_LENGTH); werkzeug's wrapped stream (and its limit)
-        # only for a body without one (chunked).
-        raw = (
-            environ["wsgi.input"].read(length)
-            if length is not None
-            else request.get_data(cache=False)
-        )
-    except RequestEntityTooLarge:
-        raise BadRequest(
-            413, "body_too_large", f"The request body must be at most {limit} bytes."
-        ) from None
+        raise too_large
+    # A declared length is read as it is, straight from the server's stream (WSGI's
+    # contract: no more than CONTENT_LENGTH). A body without one (chunked) is read only from
+    # a server that ends the stream itself (wsgi.input_terminated, as gunicorn and werkzeug's
+    # server do; werkzeug's safe fallback otherwise), one byte past the limit: werkzeug's
+    # limited stream stopped *at* the limit and handed over a cut-off body, which then
+    # failed as invalid JSON instead of being too large.
+    if length is not None:
+        raw = environ["wsgi.input"].read(length)
+    elif environ.get("wsgi.input_terminated"):
+        raw = _read_at_most(environ["wsgi.input"], limit + 1)
+        if len(raw) > limit:
+            raise too_large
+    else:
+        raw = b""
     if length is not None and len(raw) < length:
         # The stream ended early (the client went away): never act on part of a body, even
         # one that happens to parse.

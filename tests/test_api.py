@@ -480,3 +480,85 @@ def test_body_shorter_than_its_content_length(api, method, path):
         environ_overrides={"CONTENT_LENGTH": str(len(body) + 50), "wsgi.input": io.BytesIO(body)},
     )
     _problem(resp, 400, "invalid_json")
+
+
+# -- a body without a length (Transfer-Encoding: chunked) ----------------------------------
+
+#: Every call of the API that reads a JSON body.
+JSON_BODY_CALLS = [
+    "/api/v1/links",
+    "/api/v1/links/verify",
+    "/api/v1/links/redeem",
+    "/api/v1/subjects/user-1/revoke",
+    "/api/v1/codes/exchange",
+    "/api/v1/sign-ins",
+]
+BIG_JSON = b'{"x":"' + b"a" * (200 * 1024) + b'"}'
+
+
+def _chunked(api, path, body: bytes):
+    """A body as gunicorn hands over a chunked one: no CONTENT_LENGTH, a stream the server
+    ends itself (wsgi.input_terminated)."""
+    import io
+
+    return api.http.post(
+        path,
+        headers={
+            **api.headers,
+            "Content-Type": "application/json",
+            "Transfer-Encoding": "chunked",
+        },
+        environ_overrides={"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True},
+    )
+
+
+@pytest.mark.parametrize("path", JSON_BODY_CALLS)
+def test_a_large_chunked_body_is_too_large_like_a_declared_one(app, api, path):
+    assert app.url_map.bind("").match(path, method="POST")  # every path is routed
+    declared = api.http.post(
+        path, data=BIG_JSON, headers={**api.headers, "Content-Type": "application/json"}
+    )
+    _problem(declared, 413, "body_too_large")
+    _problem(_chunked(api, path, BIG_JSON), 413, "body_too_large")
+
+
+def test_a_chunked_body_up_to_the_limit_is_read_whole(app, api):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    head = b'{"purpose":"magic_link","subject":"user-1","data":"'
+    fits = head + b"a" * (limit - len(head) - 2) + b'"}'
+    assert len(fits) == limit
+    resp = _chunked(api, "/api/v1/links", fits)
+    # Read whole and parsed: refused for the size of its data, not of the body.
+    assert resp.get_json()["code"] == "data_too_large", resp.get_json()
+    small = _chunked(api, "/api/v1/links", b'{"purpose":"magic_link","subject":"user-1"}')
+    assert small.status_code == 201, small.get_json()
+    _problem(_chunked(api, "/api/v1/links", fits + b" "), 413, "body_too_large")
+
+
+def test_a_large_chunked_body_is_too_large_on_gunicorn(tmp_path):
+    """The same over real HTTP: gunicorn decodes the chunks, werkzeug's stream stopped at the
+    limit and the cut-off JSON answered 400 invalid_json."""
+    import requests
+
+    from .support import base_env, prepare_instance, start_gunicorn
+
+    env = base_env(tmp_path / "instance")
+    creds = prepare_instance(env)
+    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    headers = {"Authorization": f"Bearer {creds['api_key']}", "Content-Type": "application/json"}
+    try:
+        session = requests.Session()
+        for path in JSON_BODY_CALLS:
+            for label, data in (
+                ("declared", BIG_JSON),
+                ("chunked", iter([BIG_JSON[i : i + 8192] for i in range(0, len(BIG_JSON), 8192)])),
+            ):
+                resp = session.post(server.url + path, data=data, headers=headers, timeout=30)
+                assert resp.status_code == 413, (path, label, resp.text[:300])
+                assert resp.json()["code"] == "body_too_large", (path, label)
+        small = iter([b'{"purpose":"magic_link",', b'"subject":"user-1"}'])
+        resp = session.post(server.url + "/api/v1/links", data=small, headers=headers, timeout=30)
+        assert resp.status_code == 201, resp.text
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
