@@ -158,10 +158,13 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "The link concerned, for `used`, `expired`, `revoked`, …",
             },
+            "at": {**_DATETIME, "description": "When a `used` link was used (or left `issued`)."},
+            "expired_at": {**_DATETIME, "description": "When an `expired` link expired."},
         },
         "additionalProperties": {
             "type": ["string", "integer"],
-            "description": "Facts about the failure, such as `expired_at` (epoch seconds).",
+            "description": "Facts about the failure, such as `expired_at` or the `at` of a "
+            "used link; times are ISO 8601 UTC, as everywhere in this API.",
         },
     },
     "MintRequest": {

@@ -562,3 +562,23 @@ def test_a_large_chunked_body_is_too_large_on_gunicorn(tmp_path):
     finally:
         server.stop()
     assert "Traceback" not in server.log()
+
+
+def test_times_in_problems_are_iso_8601_like_every_other_time(app, api):
+    """The 409 `used` problem's `at` and the 410 `expired` problem's `expired_at` are in
+    the API's one time format, not epoch integers."""
+    link = api.minted()
+    redeemed = api.redeem(link["token"]).get_json()
+    used = _problem(api.redeem(link["token"]), 409, "used")
+    assert used["at"] == redeemed["redeemed_at"]
+    assert used["at"] == api.status(link["jti"]).get_json()["state_changed_at"]
+
+    svc = app.extensions["linksvc"]
+    old = api.minted(ttl=60)
+    real = svc.clock
+    svc.clock = lambda: real() + 3600
+    try:
+        expired = _problem(api.verify(old["token"]), 410, "expired")
+    finally:
+        svc.clock = real
+    assert expired["expired_at"] == old["expires_at"]
