@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter, PathConverter
 
 from . import codes, errors, idempotency, signins
 from .clients import Client
@@ -27,6 +28,29 @@ from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .tokens import JTI_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+class JtiConverter(BaseConverter):
+    """A ``/links/<jti>`` segment: anything but the names of the calls beside it, so that
+    ``GET /links/redeem`` is a 405 whose ``Allow`` lists only ``/links/redeem``'s methods
+    (the route of ``<jti>`` had matched it too and added GET and DELETE)."""
+
+    regex = r"(?!(?:redeem|verify)\Z)[^/]+"
+
+
+class SubjectConverter(PathConverter):
+    """A ``<path:…>`` whose characters include line breaks: werkzeug's ``.`` stops at them,
+    so a subject with a control character found no route (an undocumented 404) instead of
+    the 422 every other bad subject gets."""
+
+    regex = r"[^/][\s\S]*?"
+
+
+@bp.record_once
+def _converters(state: Any) -> None:
+    # Registered before the blueprint's rules are added (record_once runs first).
+    state.app.url_map.converters.setdefault("jti", JtiConverter)
+    state.app.url_map.converters.setdefault("subject", SubjectConverter)
 
 
 def service() -> LinkService:
@@ -163,6 +187,11 @@ def fields(
             continue
         if kind is Any:
             out[name] = body[name]
+            continue
+        if kind is int and isinstance(body[name], float) and body[name].is_integer():
+            # JSON (and the schema's "integer") does not tell 60 from 60.0; a float with a
+            # fraction is still refused below.
+            out[name] = int(body[name])
             continue
         if not _type_ok(body[name], kind):
             tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
@@ -502,7 +531,7 @@ def _check_jti(jti: str) -> str:
     return jti
 
 
-@bp.get("/links/<jti>")
+@bp.get("/links/<jti:jti>")
 def status(jti: str) -> Response:
     rec, events = service().status(current_client(), _check_jti(jti))
     return jsonify(
@@ -523,15 +552,15 @@ def status(jti: str) -> Response:
     )
 
 
-@bp.delete("/links/<jti>")
+@bp.delete("/links/<jti:jti>")
 def revoke(jti: str) -> Response:
     rec, n = service().revoke(current_client(), _check_jti(jti))
     return jsonify({"jti": rec.jti, "state": rec.state, "revoked": n})
 
 
-# <path:subject>: a subject may hold '/' (sent as '/' or '%2F', which the server decodes
+# <subject:…>: a subject may hold '/' (sent as '/' or '%2F', which the server decodes
 # before routing); merge_slashes=False so 'a//b' is not redirected to another subject.
-@bp.post("/subjects/<path:subject>/revoke", merge_slashes=False)
+@bp.post("/subjects/<subject:subject>/revoke", merge_slashes=False)
 def revoke_subject(subject: str) -> Response:
     f = fields(json_body(required=False), {"purposes": (list, False)})
     purposes = f["purposes"]
@@ -622,7 +651,7 @@ def _parse_cursor(client_id: str, subject: str, raw: str) -> tuple[int, str]:
     return int(iat), jti
 
 
-@bp.get("/subjects/<path:subject>/links", merge_slashes=False)
+@bp.get("/subjects/<subject:subject>/links", merge_slashes=False)
 def links_of(subject: str) -> Response:
     """The subject's links, newest first, a page at a time (``next_cursor`` names the next)."""
     for name in request.args:

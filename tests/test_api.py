@@ -582,3 +582,36 @@ def test_times_in_problems_are_iso_8601_like_every_other_time(app, api):
     finally:
         svc.clock = real
     assert expired["expired_at"] == old["expires_at"]
+
+
+def test_a_405_lists_only_the_methods_of_its_path(api):
+    """`GET /links/redeem` was matched by `/links/<jti>` too, so its 405 advertised GET and
+    DELETE, which the path does not have."""
+    for path in ("/api/v1/links/redeem", "/api/v1/links/verify"):
+        for method in ("get", "delete", "put"):
+            resp = getattr(api.http, method)(path, headers=api.headers)
+            _problem(resp, 405, "method_not_allowed")
+            allowed = {m.strip() for m in resp.headers["Allow"].split(",")}
+            assert allowed == {"POST", "OPTIONS"}, (method, path, allowed)
+    link = api.minted()
+    assert api.status(link["jti"]).status_code == 200  # a jti still routes
+
+
+@pytest.mark.parametrize("subject", ["a\nb", "a\rb", "\n", "a\x0bb", "x\x85y", "a\u2028b"])
+def test_subjects_with_line_breaks_are_422_not_an_undocumented_404(api, subject):
+    from urllib.parse import quote
+
+    for method, path in (
+        ("post", f"/api/v1/subjects/{quote(subject, safe='')}/revoke"),
+        ("get", f"/api/v1/subjects/{quote(subject, safe='')}/links"),
+    ):
+        resp = getattr(api.http, method)(path, headers=api.headers)
+        body = _problem(resp, 422, "invalid_field")
+        assert body["field"] == "subject"
+
+
+def test_an_integral_float_is_an_integer(api):
+    """JSON Schema's "integer" admits 60.0, and so does the API; 60.5 stays refused."""
+    link = api.minted(ttl=60.0)
+    assert link["expires_at"] > link["issued_at"]
+    _problem(api.mint(ttl=60.5), 422, "invalid_field")
