@@ -61,18 +61,11 @@ CHECKS = [
 REFUSED_FOR_MEANING = {
     "subject_looks_like_pii",  # a heuristic on the subject's content (an address-like id)
     "ttl_out_of_range",  # the purpose's configured ceiling, at most the documented 900
-    "redirect_uri_not_allowed",  # the client's registered URIs, exact match
-    "redirect_uri_required",
-    "purpose_not_allowed",
-    "location_not_allowed",  # the client's allowed storage locations
-    "object_not_found",  # the file is not in storage
+    "redirect_uri_required",  # a client with several redirect URIs
     "download_required",
-    "download_not_allowed",
+    "object_not_found",  # the file is not in storage
     "data_too_large",  # LINKSVC_MAX_DATA_BYTES, a setting
     "data_too_deep",
-    "mail_unavailable",  # a service without mail
-    "invalid_data",
-    "mail_refused",
     "idempotency_mismatch",  # the same key drawn twice with another body
     "invalid_cursor",  # a cursor this API did not return (they carry a MAC)
 }
@@ -188,6 +181,14 @@ def test_fuzz_operation(live, path, method, mode):
     print(f"{method.upper()} {path} {mode.value}: statuses {dict(sorted(seen.items()))}")
     assert sum(seen.values()) >= (min(EXAMPLES, 5) if _has_input(path, method) else 1), seen
     assert not any(s >= 500 for s in seen), seen
+
+
+def test_refusals_for_meaning_are_422_codes_of_the_catalogue():
+    from linksvc.problems import PROBLEMS
+
+    assert {c: PROBLEMS[c].status for c in REFUSED_FOR_MEANING} == dict.fromkeys(
+        REFUSED_FOR_MEANING, 422
+    )
 
 
 def test_every_documented_operation_is_served(app):
