@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def live(request, tmp_path_factory) -> Iterator[Target]:
     """The service under gunicorn with a client and a few real links, so that generated
     jti and subject values sometimes meet a row."""
     tmp: Path = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    with pg_database() if request.param == "postgresql" else _no_database() as database_url:
+    with pg_database() if request.param == "postgresql" else nullcontext() as database_url:
         env = base_env(tmp / "instance", database_url)
         creds = prepare_instance(env, "fuzzer")
         server = start_gunicorn(env, workers=2, log_path=tmp / "server.log")
@@ -119,14 +120,6 @@ def live(request, tmp_path_factory) -> Iterator[Target]:
         finally:
             server.stop()
         assert "Traceback" not in server.log(), server.log()[-3000:]
-
-
-class _no_database:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _has_input(path: str, method: str) -> bool:
