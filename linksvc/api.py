@@ -115,16 +115,17 @@ def _read_at_most(stream: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
+
+
 def json_body(required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object, or a 400/413/415 BadRequest."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     environ = request.environ
     length = request.content_length
-    too_large = BadRequest(
-        413, "body_too_large", f"The request body must be at most {limit} bytes."
-    )
     if length is not None and length > limit:
-        raise too_large
+        raise _too_large(limit)
     # A declared length is read as it is, straight from the server's stream (WSGI's
     # contract: no more than CONTENT_LENGTH). A body without one (chunked) is read only from
     # a server that ends the stream itself (wsgi.input_terminated, as gunicorn and werkzeug's
@@ -136,7 +137,7 @@ def json_body(required: bool = True) -> dict[str, Any]:
     elif environ.get("wsgi.input_terminated"):
         raw = _read_at_most(environ["wsgi.input"], limit + 1)
         if len(raw) > limit:
-            raise too_large
+            raise _too_large(limit)
     else:
         raw = b""
     if length is not None and len(raw) < length:
