@@ -256,8 +256,9 @@ SCHEMAS: dict[str, Any] = {
                         "type": "string",
                         "maxLength": 255,
                         "pattern": KEY_PATTERN,
-                        "description": "The object's key: a relative path (no `.`, `..` or "
-                        "empty segments, no backslash or control character).",
+                        "description": "The object's key: a relative path whose segments are "
+                        "file names as `filename` says (no `.`, `..` or empty segment), not "
+                        "starting with a drive letter.",
                     },
                     "bucket": {
                         "type": "string",
