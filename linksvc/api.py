@@ -144,7 +144,9 @@ def json_body(required: bool = True) -> dict[str, Any]:
         # The stream ended early (the client went away): never act on part of a body, even
         # one that happens to parse.
         raise BadRequest(400, "invalid_json", "The body ended before its Content-Length.")
-    if not raw.strip():
+    # Only JSON's own whitespace makes an empty body: bytes.strip() also removed \x0b and
+    # \x0c, so a body of a vertical tab (not JSON) passed as no body at all.
+    if not raw.strip(b" \t\n\r"):
         if required:
             raise BadRequest(400, "body_required", "A JSON object body is required.")
         return {}

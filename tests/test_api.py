@@ -615,3 +615,18 @@ def test_an_integral_float_is_an_integer(api):
     link = api.minted(ttl=60.0)
     assert link["expires_at"] > link["issued_at"]
     _problem(api.mint(ttl=60.5), 422, "invalid_field")
+
+
+@pytest.mark.parametrize("body", [b"\x0b", b"\x0c", b" \x0b\n"])
+def test_a_body_of_other_whitespace_than_jsons_is_not_an_empty_body(api, body):
+    """The fuzzer's find: a body of a vertical tab is not JSON, and not "no body" either
+    (revoking a subject takes an optional body, and had revoked everything)."""
+    headers = {**api.headers, "Content-Type": "application/json"}
+    for path in ("/api/v1/subjects/user-1/revoke", "/api/v1/links"):
+        _problem(api.http.post(path, data=body, headers=headers), 400, "invalid_json")
+    assert (
+        api.http.post(
+            "/api/v1/subjects/user-1/revoke", data=b" \r\n\t", headers=headers
+        ).status_code
+        == 200
+    )
