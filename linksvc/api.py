@@ -9,13 +9,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter, PathConverter
 
 from . import codes, errors, idempotency, signins
 from .clients import Client
@@ -25,6 +28,29 @@ from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .tokens import JTI_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+class JtiConverter(BaseConverter):
+    """A ``/links/<jti>`` segment: anything but the names of the calls beside it, so that
+    ``GET /links/redeem`` is a 405 whose ``Allow`` lists only ``/links/redeem``'s methods
+    (the route of ``<jti>`` had matched it too and added GET and DELETE)."""
+
+    regex = r"(?!(?:redeem|verify)\Z)[^/]+"
+
+
+class SubjectConverter(PathConverter):
+    """A ``<path:…>`` whose characters include line breaks: werkzeug's ``.`` stops at them,
+    so a subject with a control character found no route (an undocumented 404) instead of
+    the 422 every other bad subject gets."""
+
+    regex = r"[^/][\s\S]*?"
+
+
+@bp.record_once
+def _converters(state: Any) -> None:
+    # Registered before the blueprint's rules are added (record_once runs first).
+    state.app.url_map.converters.setdefault("jti", JtiConverter)
+    state.app.url_map.converters.setdefault("subject", SubjectConverter)
 
 
 def service() -> LinkService:
@@ -76,31 +102,51 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
+def _read_at_most(stream: Any, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream``, fewer only at its end (a read may return less)."""
+    parts: list[bytes] = []
+    left = n
+    while left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
+
+
 def json_body(required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object, or a 400/413/415 BadRequest."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     environ = request.environ
     length = request.content_length
     if length is not None and length > limit:
-        raise BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
-    try:
-        # A declared length is read as it is, straight from the server's stream (WSGI's
-        # contract: no more than CONTENT_LENGTH); werkzeug's wrapped stream (and its limit)
-        # only for a body without one (chunked).
-        raw = (
-            environ["wsgi.input"].read(length)
-            if length is not None
-            else request.get_data(cache=False)
-        )
-    except RequestEntityTooLarge:
-        raise BadRequest(
-            413, "body_too_large", f"The request body must be at most {limit} bytes."
-        ) from None
+        raise _too_large(limit)
+    # A declared length is read as it is, straight from the server's stream (WSGI's
+    # contract: no more than CONTENT_LENGTH). A body without one (chunked) is read only from
+    # a server that ends the stream itself (wsgi.input_terminated, as gunicorn and werkzeug's
+    # server do; werkzeug's safe fallback otherwise), one byte past the limit: werkzeug's
+    # limited stream stopped *at* the limit and handed over a cut-off body, which then
+    # failed as invalid JSON instead of being too large.
+    if length is not None:
+        raw = environ["wsgi.input"].read(length)
+    elif environ.get("wsgi.input_terminated"):
+        raw = _read_at_most(environ["wsgi.input"], limit + 1)
+        if len(raw) > limit:
+            raise _too_large(limit)
+    else:
+        raw = b""
     if length is not None and len(raw) < length:
         # The stream ended early (the client went away): never act on part of a body, even
         # one that happens to parse.
         raise BadRequest(400, "invalid_json", "The body ended before its Content-Length.")
-    if not raw.strip():
+    # Only JSON's own whitespace makes an empty body: bytes.strip() also removed \x0b and
+    # \x0c, so a body of a vertical tab (not JSON) passed as no body at all.
+    if not raw.strip(b" \t\n\r"):
         if required:
             raise BadRequest(400, "body_required", "A JSON object body is required.")
         return {}
@@ -144,6 +190,11 @@ def fields(
             continue
         if kind is Any:
             out[name] = body[name]
+            continue
+        if kind is int and isinstance(body[name], float) and body[name].is_integer():
+            # JSON (and the schema's "integer") does not tell 60 from 60.0; a float with a
+            # fraction is still refused below.
+            out[name] = int(body[name])
             continue
         if not _type_ok(body[name], kind):
             tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
@@ -336,12 +387,21 @@ def _idempotency_claim(
             "Idempotency-Key must be 1-255 characters of letters, digits and ._:~+/=-.",
         )
     svc = service()
-    body_hash = idempotency.request_hash(f)
+    secret = svc.settings.secret_key
+    if secret is None:
+        raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+    body_hash = idempotency.request_hash(f, secret=secret)
+    legacy_hash = idempotency.legacy_request_hash(f)
     deadline = time.monotonic() + IDEMPOTENCY_WAIT_SECONDS
     pause = 0.02
     while True:
         c = idempotency.claim(
-            svc.engine, client_id=client.id, key=key, body_hash=body_hash, now=svc.now()
+            svc.engine,
+            client_id=client.id,
+            key=key,
+            body_hash=body_hash,
+            legacy_hash=legacy_hash,
+            now=svc.now(),
         )
         if c.outcome == idempotency.NEW:
             g.idempotency_claim = c
@@ -476,7 +536,7 @@ def _check_jti(jti: str) -> str:
     return jti
 
 
-@bp.get("/links/<jti>")
+@bp.get("/links/<jti:jti>")
 def status(jti: str) -> Response:
     rec, events = service().status(current_client(), _check_jti(jti))
     return jsonify(
@@ -497,15 +557,15 @@ def status(jti: str) -> Response:
     )
 
 
-@bp.delete("/links/<jti>")
+@bp.delete("/links/<jti:jti>")
 def revoke(jti: str) -> Response:
     rec, n = service().revoke(current_client(), _check_jti(jti))
     return jsonify({"jti": rec.jti, "state": rec.state, "revoked": n})
 
 
-# <path:subject>: a subject may hold '/' (sent as '/' or '%2F', which the server decodes
+# <subject:…>: a subject may hold '/' (sent as '/' or '%2F', which the server decodes
 # before routing); merge_slashes=False so 'a//b' is not redirected to another subject.
-@bp.post("/subjects/<path:subject>/revoke", merge_slashes=False)
+@bp.post("/subjects/<subject:subject>/revoke", merge_slashes=False)
 def revoke_subject(subject: str) -> Response:
     f = fields(json_body(required=False), {"purposes": (list, False)})
     purposes = f["purposes"]
@@ -543,24 +603,60 @@ def _list_param(name: str, allowed: tuple[str, ...]) -> list[str] | None:
     return values
 
 
-def _cursor(iat: int, jti: str) -> str:
-    return base64.urlsafe_b64encode(f"{iat}.{jti}".encode("ascii")).decode("ascii").rstrip("=")
+#: The largest ``iat`` a cursor may carry: a time that fits the databases' 64-bit integers
+#: with room to spare (year 5138). A bigger number overflowed the driver's bind (a 500).
+CURSOR_MAX_IAT = 10**11
 
 
-def _parse_cursor(raw: str) -> tuple[int, str]:
+def _cursor_key() -> bytes:
+    # Derived from the service secret (no setting of its own), under a label of its own so
+    # a cursor's tag is never a valid MAC of anything else the secret keys.
+    secret = service().settings.secret_key
+    if secret is None:
+        raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+    return hmac.new(secret, b"linksvc.api.cursor", hashlib.sha256).digest()
+
+
+def _cursor_tag(key: bytes, client_id: str, subject: str, payload: str) -> bytes:
+    # Bound to the client and subject too: a cursor is good only for the listing it came from.
+    msg = "\x00".join((client_id, subject, payload)).encode("utf-8")
+    return hmac.new(key, msg, hashlib.sha256).digest()[:16]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _cursor(client_id: str, subject: str, iat: int, jti: str) -> str:
+    """``next_cursor``: where the page ended, and a MAC, so that only what this API returned
+    is ever taken back."""
+    payload = f"{iat}.{jti}"
+    tag = _cursor_tag(_cursor_key(), client_id, subject, payload)
+    return f"{_b64(payload.encode('ascii'))}.{_b64(tag)}"
+
+
+def _parse_cursor(client_id: str, subject: str, raw: str) -> tuple[int, str]:
+    refused = BadRequest(
+        422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
+    )
+    if len(raw) > 96 or not raw.isascii():
+        raise refused
+    encoded, _, tag = raw.partition(".")
     try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-        iat, jti = text.split(".", 1)
-        if len(raw) > 64 or not iat.isdigit() or not JTI_RE.fullmatch(jti):
-            raise ValueError(raw)
-        return int(iat), jti
+        payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("ascii")
+        given = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4))
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest(
-            422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
-        ) from None
+        raise refused from None
+    if not hmac.compare_digest(given, _cursor_tag(_cursor_key(), client_id, subject, payload)):
+        raise refused
+    iat, _, jti = payload.partition(".")
+    # Checked even behind the MAC: a cursor is parsed by rule, not by trust in the key.
+    if not (iat.isdigit() and int(iat) <= CURSOR_MAX_IAT and JTI_RE.fullmatch(jti)):
+        raise refused
+    return int(iat), jti
 
 
-@bp.get("/subjects/<path:subject>/links", merge_slashes=False)
+@bp.get("/subjects/<subject:subject>/links", merge_slashes=False)
 def links_of(subject: str) -> Response:
     """The subject's links, newest first, a page at a time (``next_cursor`` names the next)."""
     for name in request.args:
@@ -578,10 +674,11 @@ def links_of(subject: str) -> Response:
             f"limit must be an integer from 1 to {INVENTORY_MAX_LIMIT}.",
             field="limit",
         )
+    client = current_client()
     raw_cursor = request.args.get("cursor")
-    before = _parse_cursor(raw_cursor) if raw_cursor is not None else None
+    before = _parse_cursor(client.id, subject, raw_cursor) if raw_cursor is not None else None
     page, more = service().links_of(
-        current_client(),
+        client,
         subject,
         states=states,
         purposes=purposes,
@@ -603,7 +700,7 @@ def links_of(subject: str) -> Response:
                 }
                 for rec in page
             ],
-            "next_cursor": _cursor(*more) if more is not None else None,
+            "next_cursor": _cursor(client.id, subject, *more) if more is not None else None,
         }
     )
 

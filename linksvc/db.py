@@ -137,7 +137,7 @@ idempotency_keys = sa.Table(
     metadata,
     sa.Column("client_id", sa.String(40), primary_key=True),
     sa.Column("key_hash", sa.String(64), primary_key=True),  # SHA-256 of the key
-    sa.Column("request_hash", sa.String(64), nullable=False),  # SHA-256 of the parsed body
+    sa.Column("request_hash", sa.String(64), nullable=False),  # HMAC of the parsed body
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     # Null while the claiming request is minting; then the link's facts, to answer a replay.
     sa.Column("jti", sa.String(43), nullable=True),

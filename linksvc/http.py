@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Response, current_app, json
@@ -77,9 +78,22 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
     return resp
 
 
+def _is_time(name: str) -> bool:
+    return name == "at" or name.endswith("_at")
+
+
+def iso_time(ts: int) -> str:
+    """Epoch seconds in the API's one time format: ISO 8601, UTC, whole seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def link_error_problem(exc: errors.LinkError) -> Response:
+    # Times (``at`` of a used link, ``expired_at``) are epoch seconds inside linksvc and
+    # ISO 8601 in every answer, as every other time of the API is.
     facts = {
-        k: v for k, v in exc.facts.items() if isinstance(v, (int, str)) and k not in ("purpose",)
+        k: iso_time(v) if _is_time(k) and isinstance(v, int) else v
+        for k, v in exc.facts.items()
+        if isinstance(v, (int, str)) and k not in ("purpose",)
     }
     return problem(
         link_error_status(exc),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import re
 from typing import Any
@@ -58,15 +59,29 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
-def request_hash(body: dict[str, Any]) -> str:
-    """A hash of the parsed request: member order and absent-versus-null do not matter."""
-    canonical = json.dumps(
+def _canonical(body: dict[str, Any]) -> bytes:
+    # Member order and absent-versus-null do not matter.
+    return json.dumps(
         {k: v for k, v in body.items() if v is not None},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
-    )
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    ).encode("ascii")
+
+
+def request_hash(body: dict[str, Any], *, secret: bytes) -> str:
+    """A keyed hash of the parsed request. Keyed because a body may name a recipient
+    (``email``): a plain hash in a database dump would confirm a guessed address offline."""
+    key = hmac.new(secret, b"linksvc.idempotency.request", hashlib.sha256).digest()
+    return hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
+
+
+def legacy_request_hash(body: dict[str, Any]) -> str:
+    """The unkeyed hash rows held before :func:`request_hash` was keyed. Compared, never
+    stored, so that a retry of a request made just before the upgrade is still recognised
+    rather than refused as another body; such rows are gone :data:`WINDOW_SECONDS` later,
+    and this can go one release after."""
+    return hashlib.sha256(_canonical(body)).hexdigest()
 
 
 _T = db.idempotency_keys
@@ -105,10 +120,19 @@ def _link(row: sa.RowMapping) -> dict[str, Any]:
     }
 
 
-def claim(engine: Engine, *, client_id: str, key: str, body_hash: str, now: int) -> Claim:
+def claim(
+    engine: Engine,
+    *,
+    client_id: str,
+    key: str,
+    body_hash: str,
+    now: int,
+    legacy_hash: str | None = None,
+) -> Claim:
     """Claim ``key`` for this request, or say who has it. Of concurrent callers with one
     key exactly one gets ``new``: on PostgreSQL the losing INSERT waits for the winner's
-    commit and then does nothing; SQLite serialises write transactions."""
+    commit and then does nothing; SQLite serialises write transactions. A row holding
+    ``legacy_hash`` (:func:`legacy_request_hash`) is the same body too."""
     khash = key_hash(key)
     fresh = {
         "client_id": client_id,
@@ -153,7 +177,10 @@ def claim(engine: Engine, *, client_id: str, key: str, body_hash: str, now: int)
                 return Claim(NEW, khash, now)
             row = _row(conn, client_id, khash)
             assert row is not None
-        if row["request_hash"] != body_hash:
+        if not (
+            hmac.compare_digest(row["request_hash"], body_hash)
+            or (legacy_hash is not None and hmac.compare_digest(row["request_hash"], legacy_hash))
+        ):
             return Claim(MISMATCH, khash, row["created_at"])
         if row["jti"] is None:
             return Claim(PENDING, khash, row["created_at"])

@@ -26,8 +26,58 @@ _JTI = {
     "pattern": "^[A-Za-z0-9_-]{22}$",
     "description": "The link's id: 128 random bits, base64url.",
 }
-_STATE = {"type": "string", "enum": ["issued", "consumed", "revoked", "superseded"]}
+STATES = ["issued", "consumed", "revoked", "superseded"]
+_STATE = {"type": "string", "enum": STATES}
+
+
+def _list_pattern(values: list[str]) -> str:
+    """A comma-separated list of ``values``."""
+    one = "(" + "|".join(values) + ")"
+    return f"^{one}(,{one})*$"
+
+
 _PURPOSE = {"type": "string", "enum": PURPOSES}
+
+# What the server accepts, as patterns, so that a body the schema allows is not refused for
+# its shape (tests/test_fuzz.py holds the two together).
+
+#: A subject (linksvc.service.SUBJECT_RE): printable ASCII without spaces, not starting with '/'.
+SUBJECT_PATTERN = "^(?!/)[\\x21-\\x7e]{1,255}$"
+#: A subject in a path: the same, and not '.' or '..', which HTTP clients remove as dot
+#: segments before sending (such a subject is reached percent-encoded, `%2E`).
+SUBJECT_PATH_PATTERN = "^(?!/)(?!\\.\\.?$)[\\x21-\\x7e]{1,255}$"
+#: An address linksvc sends to (linksvc.mail): a plain `name@example.com`, at most 254.
+EMAIL_PATTERN = "^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})+$"
+#: Unicode format characters (category Cf, Unicode 14 as Python 3.11 has it): bidi
+#: controls, zero-width characters, BOM. A file name may not hold them (they reorder or hide
+#: what the confirmation page shows); tests/test_openapi.py checks the list.
+FORMAT_CHARACTERS = (
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f"
+)
+_NAME_CHAR = f"[^\\x00-\\x1f\\x7f-\\x9f/\\\\{FORMAT_CHARACTERS}]"
+#: Characters Python's str.strip() removes: not at either end of a file name.
+_SPACES = "\\x09-\\x0d\\x1c-\\x20\\x85\\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_NAME_EDGE = f"[^\\x00-\\x1f\\x7f-\\x9f/\\\\{_SPACES}{FORMAT_CHARACTERS}]"
+#: A file name (linksvc.storage.check_filename): 1-255 characters, no slash, backslash,
+#: control or format character, no space at either end, not '.' or '..'.
+FILENAME_PATTERN = f"^(?!\\.\\.?$){_NAME_EDGE}(?:{_NAME_CHAR}{{0,253}}{_NAME_EDGE})?$"
+#: A storage key (linksvc.storage.check_key): a relative path of such names (its last one is
+#: the default file name), not starting with a drive letter.
+KEY_PATTERN = (
+    f"^(?![A-Za-z]:)(?:(?!\\.\\.?/){_NAME_EDGE}(?:{_NAME_CHAR}*{_NAME_EDGE})?/)*"
+    f"(?!\\.\\.?$){_NAME_EDGE}(?:{_NAME_CHAR}*{_NAME_EDGE})?$"
+)
+_MEDIA_TOKEN = "[A-Za-z0-9!#$&^_.+-]+"
+#: A media type (linksvc.storage.check_content_type), parameters allowed.
+MEDIA_TYPE_PATTERN = (
+    f"^{_MEDIA_TOKEN}/{_MEDIA_TOKEN}"
+    f'(\\s*;\\s*{_MEDIA_TOKEN}=({_MEDIA_TOKEN}|"[^"\\\\\\x00-\\x1f\\x7f]*"))*$'
+)
+#: An S3 bucket name (linksvc.downloads): 3-63 of a-z, 0-9, '.', '-', no '..'.
+BUCKET_PATTERN = "^(?!.*\\.\\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -135,8 +185,16 @@ _SUBJECT_PARAM = {
     "name": "subject",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": SUBJECT_PATH_PATTERN, "example": "user-42"},
     "description": "The subject as minted; percent-encode `/` and other reserved characters.",
+}
+# A path that names no subject at all (empty, or a dot segment a client removed) routes
+# nowhere.
+_NO_SUBJECT = {
+    "404": _problem(
+        "The path names no subject: an empty one, or `.`/`..` removed by the HTTP client as a "
+        "dot segment (`not_found`)."
+    )
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -158,10 +216,13 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "The link concerned, for `used`, `expired`, `revoked`, …",
             },
+            "at": {**_DATETIME, "description": "When a `used` link was used (or left `issued`)."},
+            "expired_at": {**_DATETIME, "description": "When an `expired` link expired."},
         },
         "additionalProperties": {
             "type": ["string", "integer"],
-            "description": "Facts about the failure, such as `expired_at` (epoch seconds).",
+            "description": "Facts about the failure, such as `expired_at` or the `at` of a "
+            "used link; times are ISO 8601 UTC, as everywhere in this API.",
         },
     },
     "MintRequest": {
@@ -172,7 +233,7 @@ SCHEMAS: dict[str, Any] = {
             "purpose": _PURPOSE,
             "subject": {
                 "type": "string",
-                "pattern": "^[\\x21-\\x7e]{1,255}$",
+                "pattern": SUBJECT_PATTERN,
                 "description": "The application's opaque user id (not an e-mail address).",
             },
             "ttl": {
@@ -187,9 +248,35 @@ SCHEMAS: dict[str, Any] = {
             },
             "download": {
                 "type": ["object", "null"],
-                "description": "For download links: the stored file.",
+                "description": "For download links (and only for them): the stored file.",
                 "required": ["key"],
-                "properties": {"key": _STR, "bucket": _STR, "filename": _STR, "content_type": _STR},
+                "additionalProperties": False,
+                "properties": {
+                    "key": {
+                        "type": "string",
+                        "maxLength": 255,
+                        "pattern": KEY_PATTERN,
+                        "description": "The object's key: a relative path whose segments are "
+                        "file names as `filename` says (no `.`, `..` or empty segment), not "
+                        "starting with a drive letter.",
+                    },
+                    "bucket": {
+                        "type": "string",
+                        "pattern": BUCKET_PATTERN,
+                        "description": "S3 storage only: another bucket than the configured one.",
+                    },
+                    "filename": {
+                        "type": "string",
+                        "pattern": FILENAME_PATTERN,
+                        "description": "The name the browser saves (default: the key's last "
+                        "segment); any Unicode, no slash or control or format character.",
+                    },
+                    "content_type": {
+                        "type": "string",
+                        "maxLength": 200,
+                        "pattern": MEDIA_TYPE_PATTERN,
+                    },
+                },
             },
             "data": {
                 "description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`; "
@@ -197,6 +284,8 @@ SCHEMAS: dict[str, Any] = {
             },
             "email": {
                 "type": ["string", "null"],
+                "maxLength": 254,
+                "pattern": EMAIL_PATTERN,
                 "description": "Send the link to this address. The links it supersedes stay "
                 "valid until the mail has been accepted (a failed mail supersedes nothing).",
             },
@@ -214,6 +303,16 @@ SCHEMAS: dict[str, Any] = {
                 "Sign-in and reset links only; kept on the link's row, never in the token.",
             },
         },
+        # What belongs to which purpose: a download link has its file and no redirect; a
+        # sign-in or reset link has no file and always confirms (so `confirm: true` is
+        # refused as meaningless there).
+        "if": {"properties": {"purpose": {"const": "download"}}},
+        "then": {
+            "required": ["download"],
+            "properties": {"download": {"type": "object"}, "redirect_uri": {"type": "null"}},
+        },
+        "else": {"properties": {"download": {"type": "null"}, "confirm": {"enum": [False, None]}}},
+        "examples": [{"purpose": "magic_link", "subject": "user-42"}],
     },
     "MintedLink": {
         "type": "object",
@@ -434,11 +533,13 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "subject": {
                 "type": "string",
-                "pattern": "^[\\x21-\\x7e]{1,255}$",
+                "pattern": SUBJECT_PATTERN,
                 "description": "The application's opaque user id (not an e-mail address).",
             },
             "email": {
                 "type": "string",
+                "maxLength": 254,
+                "pattern": EMAIL_PATTERN,
                 "description": "Where the link and code are sent. Used to send and kept nowhere.",
             },
             "redirect_uri": {
@@ -448,6 +549,8 @@ SCHEMAS: dict[str, Any] = {
             },
             "ip": {
                 "type": "string",
+                "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                "maxLength": 45,
                 "description": "The requesting browser's IP address (IPv4 or IPv6).",
             },
             "user_agent": {
@@ -586,16 +689,16 @@ PATHS: dict[str, Any] = {
         },
     },
     f"{PREFIX}/subjects/{{subject}}/revoke": {
-        "parameters": [
-            {"name": "subject", "in": "path", "required": True, "schema": {"type": "string"}}
-        ],
+        "parameters": [_SUBJECT_PARAM],
         "post": {
             "operationId": "revoke_subject",
             "summary": "Revoke every outstanding link of a subject",
             "description": "Sign-out-everywhere and account suspension; optionally only some purposes.",
             "requestBody": _body(_ref("RevokeSubjectRequest"), required=False),
             "responses": _responses(
-                {"200": _json(_ref("SubjectRevoked"), "How many links were revoked.")}, _BODY_ERRORS
+                {"200": _json(_ref("SubjectRevoked"), "How many links were revoked.")},
+                _BODY_ERRORS,
+                _NO_SUBJECT,
             ),
         },
     },
@@ -611,7 +714,7 @@ PATHS: dict[str, Any] = {
                     "name": "state",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": _list_pattern(STATES)},
                     "description": "Only links in these states (comma-separated or repeated): "
                     "`issued`, `consumed`, `revoked`, `superseded`.",
                 },
@@ -619,7 +722,7 @@ PATHS: dict[str, Any] = {
                     "name": "purpose",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": _list_pattern(PURPOSES)},
                     "description": "Only links of these purposes (comma-separated or repeated).",
                 },
                 {
@@ -632,12 +735,13 @@ PATHS: dict[str, Any] = {
                     "name": "cursor",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"},
                     "description": "The `next_cursor` of the previous page.",
                 },
             ],
             "responses": _responses(
                 {"200": _json(_ref("SubjectLinks"), "One page of the subject's links.")},
+                _NO_SUBJECT,
                 {
                     "422": _problem(
                         "An unknown parameter (`unknown_field`), a bad subject, state, purpose "
@@ -763,9 +867,28 @@ OPTIONAL_OPERATIONS: frozenset[tuple[str, str]] = frozenset({(f"{PREFIX}/codes/e
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 
-def document(routed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
+#: A body for each call that takes one, which the API reference's "Try it out" sends as it
+#: is: it fits the schema and, with a client allowed the purpose, is answered for what it
+#: says (a token or code to paste in where one is needed).
+REQUEST_EXAMPLES: dict[str, Any] = {
+    "mint": {"purpose": "magic_link", "subject": "user-42", "ttl": 300},
+    "verify": {"token": "paste the token a mint returned", "purpose": "magic_link"},
+    "redeem": {"token": "paste the token a mint returned", "purpose": "magic_link"},
+    "revoke_subject": {"purposes": ["magic_link", "password_reset"]},
+    "exchange_code": {"code": "paste the code from the redirect"},
+    "start_sign_in": {
+        "subject": "user-42",
+        "email": "user@example.com",
+        "ip": "203.0.113.7",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    },
+}
+
+
+def document(routed: set[tuple[str, str]] | None = None, *, buckets: bool = True) -> dict[str, Any]:
     """The OpenAPI document. ``routed`` is the set of (OpenAPI path, method) the app serves;
-    optional operations outside it are left out."""
+    optional operations outside it are left out. ``buckets``: the storage is S3, where a
+    download may name a bucket (local storage refuses one, so the document does too)."""
     paths: dict[str, Any] = {}
     for path, item in copy.deepcopy(PATHS).items():
         for method in METHODS:
@@ -775,8 +898,16 @@ def document(routed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
                 and (routed is None or (path, method) not in routed)
             ):
                 del item[method]
+        for method in METHODS:
+            op = item.get(method)
+            if op is not None and "requestBody" in op and op["operationId"] in REQUEST_EXAMPLES:
+                media = op["requestBody"]["content"]["application/json"]
+                media["example"] = copy.deepcopy(REQUEST_EXAMPLES[op["operationId"]])
         if any(m in item for m in METHODS):
             paths[path] = item
+    schemas = copy.deepcopy(SCHEMAS)
+    if not buckets:
+        del schemas["MintRequest"]["properties"]["download"]["properties"]["bucket"]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -791,7 +922,7 @@ def document(routed: set[tuple[str, str]] | None = None) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": copy.deepcopy(SCHEMAS),
+            "schemas": schemas,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
@@ -827,8 +958,9 @@ def routed_operations(app: Flask) -> set[tuple[str, str]]:
 def _serve() -> Response:
     cached = current_app.extensions.get("linksvc.openapi")
     if cached is None:
+        store = current_app.extensions.get("linksvc.storage")
         cached = current_app.extensions["linksvc.openapi"] = document(
-            routed_operations(current_app)
+            routed_operations(current_app), buckets=getattr(store, "kind", None) == "s3"
         )
     return jsonify(cached)
 

@@ -201,7 +201,9 @@ PROBLEMS: dict[str, Problem] = {
     "not_yet_valid": Problem(401, "Not yet valid", _TOKEN + "`nbf` is in the future."),
     "issued_in_future": Problem(401, "Issued in the future", _TOKEN + "`iat` is in the future."),
     "expired": Problem(
-        410, "Expired", "The link's lifetime is over (`expired_at`); mint a new one."
+        410,
+        "Expired",
+        "The link's lifetime is over (`expired_at`, ISO 8601 UTC); mint a new one.",
     ),
     "unknown_link": Problem(
         404,
@@ -210,7 +212,9 @@ PROBLEMS: dict[str, Problem] = {
         "this client's links.",
     ),
     "used": Problem(
-        409, "Already used", "The link has been redeemed once already (`at`); it never works again."
+        409,
+        "Already used",
+        "The link has been redeemed once already (`at`, ISO 8601 UTC); it never works again.",
     ),
     "revoked": Problem(
         410, "Revoked", "The link was revoked (`DELETE /links/{jti}` or a subject revoke)."

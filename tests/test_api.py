@@ -480,3 +480,153 @@ def test_body_shorter_than_its_content_length(api, method, path):
         environ_overrides={"CONTENT_LENGTH": str(len(body) + 50), "wsgi.input": io.BytesIO(body)},
     )
     _problem(resp, 400, "invalid_json")
+
+
+# -- a body without a length (Transfer-Encoding: chunked) ----------------------------------
+
+#: Every call of the API that reads a JSON body.
+JSON_BODY_CALLS = [
+    "/api/v1/links",
+    "/api/v1/links/verify",
+    "/api/v1/links/redeem",
+    "/api/v1/subjects/user-1/revoke",
+    "/api/v1/codes/exchange",
+    "/api/v1/sign-ins",
+]
+BIG_JSON = b'{"x":"' + b"a" * (200 * 1024) + b'"}'
+
+
+def _chunked(api, path, body: bytes):
+    """A body as gunicorn hands over a chunked one: no CONTENT_LENGTH, a stream the server
+    ends itself (wsgi.input_terminated)."""
+    import io
+
+    return api.http.post(
+        path,
+        headers={
+            **api.headers,
+            "Content-Type": "application/json",
+            "Transfer-Encoding": "chunked",
+        },
+        environ_overrides={"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True},
+    )
+
+
+@pytest.mark.parametrize("path", JSON_BODY_CALLS)
+def test_a_large_chunked_body_is_too_large_like_a_declared_one(app, api, path):
+    assert app.url_map.bind("").match(path, method="POST")  # every path is routed
+    declared = api.http.post(
+        path, data=BIG_JSON, headers={**api.headers, "Content-Type": "application/json"}
+    )
+    _problem(declared, 413, "body_too_large")
+    _problem(_chunked(api, path, BIG_JSON), 413, "body_too_large")
+
+
+def test_a_chunked_body_up_to_the_limit_is_read_whole(app, api):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    head = b'{"purpose":"magic_link","subject":"user-1","data":"'
+    fits = head + b"a" * (limit - len(head) - 2) + b'"}'
+    assert len(fits) == limit
+    resp = _chunked(api, "/api/v1/links", fits)
+    # Read whole and parsed: refused for the size of its data, not of the body.
+    assert resp.get_json()["code"] == "data_too_large", resp.get_json()
+    small = _chunked(api, "/api/v1/links", b'{"purpose":"magic_link","subject":"user-1"}')
+    assert small.status_code == 201, small.get_json()
+    _problem(_chunked(api, "/api/v1/links", fits + b" "), 413, "body_too_large")
+
+
+def test_a_large_chunked_body_is_too_large_on_gunicorn(tmp_path):
+    """The same over real HTTP: gunicorn decodes the chunks, werkzeug's stream stopped at the
+    limit and the cut-off JSON answered 400 invalid_json."""
+    import requests
+
+    from .support import base_env, prepare_instance, start_gunicorn
+
+    env = base_env(tmp_path / "instance")
+    creds = prepare_instance(env)
+    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    headers = {"Authorization": f"Bearer {creds['api_key']}", "Content-Type": "application/json"}
+    try:
+        session = requests.Session()
+        for path in JSON_BODY_CALLS:
+            for label, data in (
+                ("declared", BIG_JSON),
+                ("chunked", iter([BIG_JSON[i : i + 8192] for i in range(0, len(BIG_JSON), 8192)])),
+            ):
+                resp = session.post(server.url + path, data=data, headers=headers, timeout=30)
+                assert resp.status_code == 413, (path, label, resp.text[:300])
+                assert resp.json()["code"] == "body_too_large", (path, label)
+        small = iter([b'{"purpose":"magic_link",', b'"subject":"user-1"}'])
+        resp = session.post(server.url + "/api/v1/links", data=small, headers=headers, timeout=30)
+        assert resp.status_code == 201, resp.text
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_times_in_problems_are_iso_8601_like_every_other_time(app, api):
+    """The 409 `used` problem's `at` and the 410 `expired` problem's `expired_at` are in
+    the API's one time format, not epoch integers."""
+    link = api.minted()
+    redeemed = api.redeem(link["token"]).get_json()
+    used = _problem(api.redeem(link["token"]), 409, "used")
+    assert used["at"] == redeemed["redeemed_at"]
+    assert used["at"] == api.status(link["jti"]).get_json()["state_changed_at"]
+
+    svc = app.extensions["linksvc"]
+    old = api.minted(ttl=60)
+    real = svc.clock
+    svc.clock = lambda: real() + 3600
+    try:
+        expired = _problem(api.verify(old["token"]), 410, "expired")
+    finally:
+        svc.clock = real
+    assert expired["expired_at"] == old["expires_at"]
+
+
+def test_a_405_lists_only_the_methods_of_its_path(api):
+    """`GET /links/redeem` was matched by `/links/<jti>` too, so its 405 advertised GET and
+    DELETE, which the path does not have."""
+    for path in ("/api/v1/links/redeem", "/api/v1/links/verify"):
+        for method in ("get", "delete", "put"):
+            resp = getattr(api.http, method)(path, headers=api.headers)
+            _problem(resp, 405, "method_not_allowed")
+            allowed = {m.strip() for m in resp.headers["Allow"].split(",")}
+            assert allowed == {"POST", "OPTIONS"}, (method, path, allowed)
+    link = api.minted()
+    assert api.status(link["jti"]).status_code == 200  # a jti still routes
+
+
+@pytest.mark.parametrize("subject", ["a\nb", "a\rb", "\n", "a\x0bb", "x\x85y", "a\u2028b"])
+def test_subjects_with_line_breaks_are_422_not_an_undocumented_404(api, subject):
+    from urllib.parse import quote
+
+    for method, path in (
+        ("post", f"/api/v1/subjects/{quote(subject, safe='')}/revoke"),
+        ("get", f"/api/v1/subjects/{quote(subject, safe='')}/links"),
+    ):
+        resp = getattr(api.http, method)(path, headers=api.headers)
+        body = _problem(resp, 422, "invalid_field")
+        assert body["field"] == "subject"
+
+
+def test_an_integral_float_is_an_integer(api):
+    """JSON Schema's "integer" admits 60.0, and so does the API; 60.5 stays refused."""
+    link = api.minted(ttl=60.0)
+    assert link["expires_at"] > link["issued_at"]
+    _problem(api.mint(ttl=60.5), 422, "invalid_field")
+
+
+@pytest.mark.parametrize("body", [b"\x0b", b"\x0c", b" \x0b\n"])
+def test_a_body_of_other_whitespace_than_jsons_is_not_an_empty_body(api, body):
+    """The fuzzer's find: a body of a vertical tab is not JSON, and not "no body" either
+    (revoking a subject takes an optional body, and had revoked everything)."""
+    headers = {**api.headers, "Content-Type": "application/json"}
+    for path in ("/api/v1/subjects/user-1/revoke", "/api/v1/links"):
+        _problem(api.http.post(path, data=body, headers=headers), 400, "invalid_json")
+    assert (
+        api.http.post(
+            "/api/v1/subjects/user-1/revoke", data=b" \r\n\t", headers=headers
+        ).status_code
+        == 200
+    )

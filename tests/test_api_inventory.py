@@ -148,3 +148,66 @@ def test_bad_subjects(api):
 def test_needs_a_key(api):
     resp = api.http.get("/api/v1/subjects/user-1/links")
     assert resp.status_code == 401 and resp.get_json()["code"] == "unauthorized"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_attacks(app, api: ApiUser) -> None:
+    """Cursors a client did not get from the API: each is 422 invalid_cursor, never a 500."""
+    from linksvc import api as api_mod
+
+    for _ in range(3):
+        api.minted(subject="pager")
+    real = _list(api, "pager", "?limit=1").get_json()["next_cursor"]
+    assert real and _list(api, "pager", f"?limit=1&cursor={real}").status_code == 200
+    jti = api.minted(subject="pager")["jti"]
+    huge = f"{2**63}.{jti}".encode()
+    # The reported 500: an iat past any database integer, in the old unsigned form.
+    resp = _list(api, "pager", f"?limit=1&cursor={_b64(huge)}")
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    payload, tag = real.split(".")
+    with app.test_request_context():
+        # A cursor the server itself would sign, with an iat past any database integer:
+        # refused by rule even with a good MAC (this was an OverflowError, a 500).
+        signed_huge = api_mod._cursor(api.client.id, "pager", 2**63, jti)
+        signed_far = api_mod._cursor(api.client.id, "pager", 10**40, jti)
+    forged = [
+        _b64(huge),  # the old, unsigned form
+        _b64(huge) + "." + tag,  # another payload under a real tag
+        _b64(f"{2**31}.{jti}".encode()) + "." + tag,  # a small forged iat
+        payload + "." + _b64(b"\0" * 16),  # a real payload under a made-up tag
+        payload,  # no tag at all
+        signed_huge,
+        signed_far,
+    ]
+    for cursor in forged:
+        resp = _list(api, "pager", f"?limit=1&cursor={cursor}")
+        assert resp.status_code == 422, (cursor, resp.get_data(as_text=True))
+        assert (resp.get_json()["code"], resp.get_json()["field"]) == ("invalid_cursor", "cursor")
+    # A real cursor is good only for the listing it came from.
+    api.minted(subject="other")
+    resp = _list(api, "other", f"?limit=1&cursor={real}")
+    assert resp.get_json()["code"] == "invalid_cursor"
+
+
+def test_forged_and_huge_cursors_are_refused_sqlite(app, api):
+    _cursor_attacks(app, api)
+
+
+def test_forged_and_huge_cursors_are_refused_postgresql(pg_url, tmp_path):
+    from linksvc import create_app, db, keys, migrate
+
+    from .conftest import make_api_user
+    from .support import base_env
+
+    app = create_app(base_env(tmp_path, pg_url))
+    svc = app.extensions["linksvc"]
+    migrate.upgrade(svc.engine)
+    with db.write(svc.engine) as conn:
+        keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, svc.now())
+    try:
+        _cursor_attacks(app, make_api_user(app))
+    finally:
+        svc.engine.dispose()

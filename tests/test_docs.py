@@ -120,3 +120,57 @@ def test_problem_explanations_are_written_for_people():
     for code, p in PROBLEMS.items():
         assert re.fullmatch(r"[a-z_]+", code)
         assert 400 <= p.status < 600 and p.title and p.explanation.endswith((".", ")")), code
+
+
+def test_try_it_out_works_out_of_the_box(tmp_path):
+    """In a real browser: authorize with a key, open each call that takes a body, "Try it
+    out", Execute the example as it is: the answer is the call's own (a minted link, a
+    started sign-in, an unknown token), never a 4xx for the body's shape."""
+    from pathlib import Path
+
+    from .support import base_env, missing, prepare_instance, start_gunicorn
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        missing("Chromium at /usr/bin/chromium", "apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    env = base_env(tmp_path / "instance")
+    creds = prepare_instance(env)
+    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    expected = {  # operationId: the status its example answers
+        "mint": "201",
+        "verify": "401",
+        "redeem": "401",
+        "revoke_subject": "200",
+        "exchange_code": "404",
+        "start_sign_in": "201",
+    }
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"{server.url}/api/v1/docs")
+                page.click("button.authorize")
+                page.fill(".auth-container input", creds["api_key"])
+                page.click(".auth-btn-wrapper button.authorize")
+                page.click("button.btn-done")
+                for operation, status in expected.items():
+                    op = page.locator(f"[id$='-{operation}']").first
+                    op.locator(".opblock-summary").first.click()
+                    op.locator("button.try-out__btn").click()
+                    if operation == "revoke_subject":
+                        op.locator("input[placeholder='subject']").fill("user-42")
+                    op.locator("button.execute").click()
+                    code = op.locator(
+                        ".live-responses-table tr.response .response-col_status"
+                    ).first
+                    code.wait_for()
+                    assert code.inner_text().strip() == status, (operation, op.inner_text()[-800:])
+            finally:
+                browser.close()
+    finally:
+        server.stop()

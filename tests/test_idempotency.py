@@ -128,6 +128,52 @@ def test_key_is_stored_only_as_a_hash(app, api):
     assert idempotency.key_hash("very-recognisable-key-0042") in dump
 
 
+def test_the_stored_request_hash_cannot_be_checked_against_a_guessed_address(app, api):
+    """A database dump must not confirm a recipient offline: the stored hash of a body is
+    keyed, so hashing a guessed body (with a guessed address) does not reproduce it."""
+    import hashlib
+    import json
+
+    body = {"purpose": "password_reset", "subject": "user-42", "email": "victim@example.com"}
+    assert _mint(api, "k-pii", **body).status_code == 201
+    with db.read(app.extensions["linksvc"].engine) as conn:
+        stored = conn.execute(sa.select(db.idempotency_keys.c.request_hash)).scalar_one()
+    guesses = set()
+    for spelling in (body, {**body, "email": "victim@example.com".upper()}):
+        for kwargs in ({}, {"separators": (",", ":")}):
+            canonical = json.dumps(spelling, sort_keys=True, **kwargs).encode()
+            guesses |= {
+                hashlib.sha256(canonical).hexdigest(),
+                hashlib.sha512(canonical).hexdigest(),
+            }
+    guesses.add(idempotency.legacy_request_hash(body))
+    assert stored not in guesses
+    assert "victim@example.com" not in str(stored)
+    # The key still recognises its own body, and only its own.
+    assert _mint(api, "k-pii", **body).headers["Idempotent-Replayed"] == "true"
+    other = _mint(api, "k-pii", **{**body, "email": "other@example.com"})
+    assert other.get_json()["code"] == "idempotency_mismatch"
+
+
+def test_a_row_stored_before_the_hash_was_keyed_still_recognises_its_retry(app, api):
+    """Rows written by the previous release hold the unkeyed hash; for their last hours
+    (rows live 24 h) a retry with the same body is answered from them, not refused."""
+    body = {"purpose": "magic_link", "subject": "user-42", "email": "someone@example.com"}
+    first = _mint(api, "k-legacy", **body).get_json()
+    t = db.idempotency_keys
+    with db.write(app.extensions["linksvc"].engine) as conn:
+        conn.execute(
+            sa.update(t).values(
+                request_hash=idempotency.legacy_request_hash(
+                    {**body, "ttl": None, "redirect_uri": None}
+                )
+            )
+        )
+    again = _mint(api, "k-legacy", **body)
+    assert again.status_code == 201 and again.get_json()["jti"] == first["jti"]
+    assert _mint(api, "k-legacy", subject="user-43").get_json()["code"] == "idempotency_mismatch"
+
+
 def test_a_refused_mint_gives_the_key_back(app, api):
     bad = _mint(api, "k-4", ttl=100_000)
     assert bad.status_code == 422 and bad.get_json()["code"] == "ttl_out_of_range"
@@ -172,7 +218,7 @@ def test_a_pending_claim_answers_in_progress_then_is_taken_over(app, api, monkey
         svc.engine,
         client_id=api.client.id,
         key="k-7",
-        body_hash=idempotency.request_hash({**body}),
+        body_hash=idempotency.request_hash({**body}, secret=app.config["LINKSVC"].secret_key),
         now=svc.now(),
     )
     monkeypatch.setattr(api_mod, "IDEMPOTENCY_WAIT_SECONDS", 0.1)
