@@ -45,6 +45,8 @@ class Client:
     created_at: int
     #: Where a user whose link failed can ask for a new one ("Request a new link").
     restart_uri: str | None = None
+    #: The default language (BCP 47, shipped) of its links' pages and mails (PRODUCT §8).
+    locale: str | None = None
 
 
 class ClientError(ValueError):
@@ -69,6 +71,7 @@ def _row_to_client(row: sa.RowMapping) -> Client:
         disabled=bool(row["disabled"]),
         created_at=row["created_at"],
         restart_uri=row.get("restart_uri"),
+        locale=row.get("locale"),
     )
 
 

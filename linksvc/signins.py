@@ -101,6 +101,16 @@ class SignIn:
     subject: str
     link_state: str
     redirect_uri: str | None
+    #: From the link's row too: the language and time zone of its pages (PRODUCT §8).
+    l10n: str | None = None
+
+    @property
+    def locale(self) -> str | None:
+        return (self.l10n or "").partition("|")[0] or None
+
+    @property
+    def timezone(self) -> str | None:
+        return (self.l10n or "").partition("|")[2] or None
 
     def status(self, now: int) -> str:
         """What the waiting page shows: ``pending``, ``approved``, ``completed``, ``denied``,
@@ -235,9 +245,13 @@ def ago(seconds: int) -> str:
 # -- reading -------------------------------------------------------------------------
 
 _t, _l = db.sign_ins, db.links
-_SELECT = sa.select(*_t.c, _l.c.subject, _l.c.state.label("link_state"), _l.c.redirect_uri).join(
-    _l, _l.c.jti == _t.c.jti
-)
+_SELECT = sa.select(
+    *_t.c,
+    _l.c.subject,
+    _l.c.state.label("link_state"),
+    _l.c.redirect_uri,
+    _l.c.l10n,
+).join(_l, _l.c.jti == _t.c.jti)
 
 
 def _signin(row: sa.RowMapping) -> SignIn:

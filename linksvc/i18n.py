@@ -1,0 +1,377 @@
+"""What end users read, in their language and time (PRODUCT §8): locales, catalogs, formats.
+
+- **Tags.** Callers speak BCP 47 (``pt-BR``, ``zh-Hans``); the catalogs live in
+  ``linksvc/translations/<dir>/LC_MESSAGES/messages.po`` under gettext's names (``pt_BR``,
+  ``zh_Hans``). :func:`parse_tag` refuses a malformed tag; :func:`resolve` maps a well-formed
+  one to a shipped locale or ``None`` (``de-AT`` → ``de``, ``pt`` → ``pt-BR``, ``zh-CN`` →
+  ``zh-Hans``). Nothing here ever fails on a well-formed tag.
+- **Catalogs** are loaded once, at start-up (:class:`Catalogs`): the compiled ``.mo`` beside
+  each ``.po`` (``make i18n`` / ``make venv`` compile them), or the ``.po`` itself when the
+  ``.mo`` is missing or older, so a catalog just dropped in is never shown stale.
+- **The current locale** of a request lives in ``flask.g``: a page sets it from its link
+  (:func:`use`), otherwise the first translation negotiates it from ``Accept-Language``; a
+  mail renders inside :func:`using`. Outside a request it is English.
+- **Times** are formatted by Babel (CLDR): in the link's IANA zone with the zone's
+  abbreviation, or as a relative phrase ("in 5 minutes") with the UTC time.
+
+The API's own messages stay in English: only end-user pages and mails call :func:`gettext`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import io
+import logging
+import re
+import zoneinfo
+from collections.abc import Iterator
+from contextlib import contextmanager
+from gettext import NullTranslations
+from pathlib import Path
+from typing import Any
+
+from babel import Locale
+from babel.dates import format_date, format_datetime, format_time, format_timedelta
+from babel.dates import get_datetime_format as _datetime_pattern
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import Translations
+from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from markupsafe import Markup
+
+log = logging.getLogger("linksvc.i18n")
+
+#: The shipped locales, as catalog directory names; English is the source language.
+LOCALES: tuple[str, ...] = (
+    "en",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "pt_BR",
+    "nl",
+    "pl",
+    "tr",
+    "ja",
+    "zh_Hans",
+    "ar",
+)
+DEFAULT = "en"
+TRANSLATIONS = Path(__file__).parent / "translations"
+
+#: Where a language has one shipped variant, every tag of that language gets it.
+_BY_LANGUAGE: dict[str, str] = {loc.split("_")[0].lower(): loc for loc in LOCALES}
+
+# RFC 5646 ``langtag`` (the grandfathered tags aside): language, extlang, script, region,
+# variants, extensions, private use. Case-insensitive; at most 35 characters, the length
+# RFC 5646 §4.4.1 asks implementations to keep.
+_LANGTAG = re.compile(
+    r"""
+    (?P<language>[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})
+    (?:-(?P<script>[a-z]{4}))?
+    (?:-(?P<region>[a-z]{2}|[0-9]{3}))?
+    (?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*
+    (?:-[0-9a-wy-z](?:-[a-z0-9]{2,8})+)*
+    (?:-x(?:-[a-z0-9]{1,8})+)?
+    """,
+    re.VERBOSE | re.IGNORECASE,
+)
+MAX_TAG = 35
+
+
+def N_(message: str) -> str:
+    """Mark a message for extraction where it is defined; :func:`gettext` translates it where
+    it is shown (module-level copy is read at start-up, before any locale is known)."""
+    return message
+
+
+# -- tags ----------------------------------------------------------------------------------
+
+
+def parse_tag(tag: str) -> re.Match[str]:
+    """The parts of a well-formed BCP 47 tag; ``ValueError`` for anything else (``pt_BR``
+    included: BCP 47 separates with ``-``)."""
+    m = _LANGTAG.fullmatch(tag) if isinstance(tag, str) and len(tag) <= MAX_TAG else None
+    if m is None:
+        raise ValueError(tag)
+    return m
+
+
+def resolve(tag: str) -> str | None:
+    """The shipped locale (a catalog directory name) for a well-formed tag, or ``None`` when
+    linksvc has nothing in its language. ``ValueError`` for a malformed tag."""
+    m = parse_tag(tag)
+    language = m["language"].split("-")[0].lower()
+    if language == "pt":
+        return "pt_BR"  # the one Portuguese shipped; pt-PT readers read it too
+    if language == "zh":
+        return "zh_Hans"
+    return _BY_LANGUAGE.get(language)
+
+
+def to_bcp47(locale: str) -> str:
+    """``pt_BR`` → ``pt-BR``, ``zh_Hans`` → ``zh-Hans``: how the API shows a locale."""
+    return locale.replace("_", "-")
+
+
+def from_bcp47(tag: str | None) -> str | None:
+    """A stored (BCP 47, shipped) tag back to its catalog name; ``None`` for anything else."""
+    if not tag:
+        return None
+    name = tag.replace("-", "_")
+    return name if name in _SHIPPED else None
+
+
+_SHIPPED = frozenset(LOCALES)
+
+
+def negotiate(header: str | None) -> str | None:
+    """The best shipped locale for an ``Accept-Language`` header (RFC 9110 §12.5.4: q-values,
+    ties in the order given), or ``None``. Malformed members are skipped; a malformed or
+    absurdly long header counts as absent."""
+    if not header or len(header) > 2048:
+        return None
+    ranked: list[tuple[float, int, str]] = []
+    for i, member in enumerate(header.split(",")[:32]):
+        tag, _, params = member.strip().partition(";")
+        tag, q = tag.strip(), 1.0
+        if params:
+            name, _, value = params.strip().partition("=")
+            if name.strip().lower() != "q" or not re.fullmatch(
+                r"0(\.[0-9]{0,3})?|1(\.0{0,3})?", value.strip()
+            ):
+                continue
+            q = float(value)
+        if q <= 0 or tag == "*":
+            continue
+        try:
+            found = resolve(tag)
+        except ValueError:
+            continue
+        if found is not None:
+            ranked.append((-q, i, found))
+    return min(ranked)[2] if ranked else None
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA zone we know; ``ValueError`` otherwise. Only names from the
+    zone list count (never a file path, however ``zoneinfo`` would read it)."""
+    if not isinstance(name, str) or len(name) > 64 or name not in _zones():
+        raise ValueError(name)
+    return name
+
+
+def direction(locale: str) -> str:
+    """``rtl`` or ``ltr``, from CLDR's character order for the locale."""
+    return "rtl" if _locale(locale).character_order == "right-to-left" else "ltr"
+
+
+@functools.cache
+def _locale(locale: str) -> Locale:
+    return Locale.parse(locale)
+
+
+# -- catalogs ------------------------------------------------------------------------------
+
+
+class Catalogs:
+    """Every shipped locale's translations, loaded once. A locale without a catalog (or with
+    an empty one) reads the English source text: never a missing page."""
+
+    def __init__(self, directory: Path = TRANSLATIONS) -> None:
+        self.translations: dict[str, NullTranslations] = {
+            loc: self._load(directory, loc) for loc in LOCALES
+        }
+
+    @staticmethod
+    def _load(directory: Path, locale: str) -> NullTranslations:
+        po = directory / locale / "LC_MESSAGES" / "messages.po"
+        mo = po.with_suffix(".mo")
+        if not po.exists():
+            return NullTranslations()
+        if mo.exists() and mo.stat().st_mtime >= po.stat().st_mtime:
+            with mo.open("rb") as fh:
+                return Translations(fh)
+        # No compiled catalog yet (a fresh clone before `make`), or a .po newer than its .mo.
+        log.info("catalog compiled in memory", extra={"locale": locale})
+        with po.open("rb") as fh:
+            catalog = read_po(fh, locale=locale)
+        buf = io.BytesIO()
+        write_mo(buf, catalog)
+        buf.seek(0)
+        return Translations(buf)
+
+    def get(self, locale: str) -> NullTranslations:
+        return self.translations.get(locale) or self.translations[DEFAULT]
+
+
+_FALLBACK = NullTranslations()
+
+
+def _translations() -> NullTranslations:
+    if not has_app_context():
+        return _FALLBACK
+    catalogs: Catalogs | None = current_app.extensions.get("linksvc.catalogs")
+    return catalogs.get(current()) if catalogs is not None else _FALLBACK
+
+
+# -- the current locale ----------------------------------------------------------------------
+
+
+def current() -> str:
+    """This request's locale: set by :func:`use`/:func:`using`, else negotiated from the
+    request's ``Accept-Language`` (once per request), else English."""
+    if not has_app_context():
+        return DEFAULT
+    loc: str | None = g.get("linksvc_locale")
+    if loc is None:
+        loc = DEFAULT
+        if has_request_context():
+            loc = negotiate(request.headers.get("Accept-Language")) or DEFAULT
+        g.linksvc_locale = loc
+    return loc
+
+
+def use(*candidates: str | None) -> str:
+    """Make the first shipped candidate (a stored BCP 47 tag or a catalog name) this
+    request's locale; with none, the browser's ``Accept-Language`` decides."""
+    for cand in candidates:
+        loc = from_bcp47(cand)
+        if loc is not None:
+            g.linksvc_locale = loc
+            return loc
+    g.pop("linksvc_locale", None)
+    return current()
+
+
+@contextmanager
+def using(locale: str) -> Iterator[str]:
+    """Render in ``locale`` (a catalog name) for the block: a mail in its link's language,
+    inside a request whose own language may be another."""
+    before = g.get("linksvc_locale")
+    g.linksvc_locale = locale if locale in _SHIPPED else DEFAULT
+    try:
+        yield g.linksvc_locale
+    finally:
+        if before is None:
+            g.pop("linksvc_locale", None)
+        else:
+            g.linksvc_locale = before
+
+
+def gettext(message: str, **variables: Any) -> str:
+    """``message`` in the current locale, with ``%(name)s`` placeholders filled."""
+    # Always formatted, as Jinja's new-style gettext does: a literal percent sign is "%%"
+    # in every message, whichever side shows it.
+    return _translations().gettext(message) % variables
+
+
+def ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
+    """The plural form for ``n`` by the locale's own rules; ``%(num)d`` is ``n``."""
+    return _translations().ngettext(singular, plural, n) % {"num": n, **variables}
+
+
+# -- times ---------------------------------------------------------------------------------
+
+
+def _utc(ts: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def _zone_name(when: dt.datetime, zone: zoneinfo.ZoneInfo, locale: str) -> str:
+    """The zone's abbreviation as the locale writes it ("MEZ", "JST"), else the IANA one
+    ("CET"), else the offset ("GMT+03:00")."""
+    name = format_datetime(when, "z", tzinfo=zone, locale=_locale(locale))
+    if name[:1] not in "+-":
+        return name
+    abbr = when.astimezone(zone).tzname() or ""
+    return abbr if abbr.isalpha() else format_datetime(when, "OOOO", tzinfo=zone, locale="en")
+
+
+def _zone(timezone: str | None) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(check_timezone(timezone or "UTC"))
+    except ValueError:
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def clock(ts: int, timezone: str | None = None) -> str:
+    """The time of day in the link's zone (UTC without one), with the zone: "08:38 MEZ".
+    Links live minutes, so the time of day says enough on a page."""
+    loc, zone, when = current(), _zone(timezone), _utc(ts)
+    return f"{format_time(when, 'short', tzinfo=zone, locale=_locale(loc))} {_zone_name(when, zone, loc)}"
+
+
+def date_time(ts: int, timezone: str | None = None) -> str:
+    """Date and time in the link's zone (UTC without one), with the zone: a mail may be read
+    another day."""
+    loc, zone, when = current(), _zone(timezone), _utc(ts)
+    locale = _locale(loc)
+    # The locale's own way of joining a medium date and a short time (no seconds).
+    text = (
+        str(_datetime_pattern("medium", locale=locale))
+        .replace("{1}", format_date(when.astimezone(zone), "medium", locale=locale))
+        .replace("{0}", format_time(when, "short", tzinfo=zone, locale=locale))
+    )
+    return f"{text} {_zone_name(when, zone, loc)}"
+
+
+def relative(ts: int, now: int) -> str:
+    """ "in 5 minutes", "3 minutes ago", in the current locale (CLDR's own phrases and
+    plural rules). Whole units, rounded towards zero: 3 min 59 s ago is "3 minutes ago"."""
+    seconds = ts - now
+    size = next((s for s in (86400, 3600, 60) if abs(seconds) >= s), 1)
+    whole = int(abs(seconds) // size) * size * (1 if seconds >= 0 else -1)
+    return format_timedelta(
+        dt.timedelta(seconds=whole),
+        add_direction=True,
+        threshold=1.0,
+        locale=_locale(current()),
+    )
+
+
+def ago(ts: int, now: int) -> str:
+    """How long ago ``ts`` was: "just now", "less than a minute ago", "3 minutes ago"."""
+    seconds = max(0, now - ts)
+    if seconds < 10:
+        return gettext(N_("just now"))
+    if seconds < 60:
+        return gettext(N_("less than a minute ago"))
+    return relative(ts, now)
+
+
+def duration(seconds: int) -> str:
+    """A duration in words: "5 minutes", "45 seconds"."""
+    return format_timedelta(dt.timedelta(seconds=seconds), threshold=1.5, locale=_locale(current()))
+
+
+# -- wiring --------------------------------------------------------------------------------
+
+
+def init_app(app: Flask) -> None:
+    """Load every catalog once and give the templates ``_``/``ngettext`` (Jinja's i18n
+    extension, new style: autoescaped, ``%(name)s`` filled from keyword arguments)."""
+    app.extensions["linksvc.catalogs"] = Catalogs()
+    app.jinja_env.add_extension("jinja2.ext.i18n")
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=lambda s: _translations().gettext(s),
+        ngettext=lambda s, p, n: _translations().ngettext(s, p, n),
+        newstyle=True,
+    )
+    app.jinja_env.globals.update(
+        html_lang=lambda: to_bcp47(current()), html_dir=lambda: direction(current())
+    )
+    app.jinja_env.filters["wrap"] = wrap
+
+
+def wrap(value: Any, tag: str, id: str | None = None) -> Markup:
+    """``<tag id=…>value</tag>``, escaped: markup around a placeholder stays out of the
+    message, so translators move the whole placeholder and never see HTML."""
+    attrs = Markup(' id="%s"') % id if id else Markup("")
+    return Markup("<%s%s>%s</%s>") % (Markup(tag), attrs, value, Markup(tag))
