@@ -1,10 +1,6 @@
 """What end users read, in their language and time (PRODUCT §8): locales, catalogs, formats.
 
-- **Tags.** Callers speak BCP 47 (``pt-BR``, ``zh-Hans``); the catalogs live in
-  ``linksvc/translations/<dir>/LC_MESSAGES/messages.po`` under gettext's names (``pt_BR``,
-  ``zh_Hans``). :func:`parse_tag` refuses a malformed tag; :func:`resolve` maps a well-formed
-  one to a shipped locale or ``None`` (``de-AT`` → ``de``, ``pt`` → ``pt-BR``, ``zh-CN`` →
-  ``zh-Hans``). Nothing here ever fails on a well-formed tag.
+- **Tags** are parsed and resolved to a shipped locale in :mod:`linksvc.locales`.
 - **Catalogs** are loaded once, at start-up (:class:`Catalogs`): the compiled ``.mo`` beside
   each ``.po`` (``make i18n`` / ``make venv`` compile them), or the ``.po`` itself when the
   ``.mo`` is missing or older, so a catalog just dropped in is never shown stale.
@@ -20,10 +16,8 @@ The API's own messages stay in English: only end-user pages and mails call :func
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import io
 import logging
-import re
 import zoneinfo
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +25,6 @@ from gettext import NullTranslations
 from pathlib import Path
 from typing import Any
 
-from babel import Locale
 from babel.dates import format_date, format_datetime, format_time, format_timedelta
 from babel.dates import get_datetime_format as _datetime_pattern
 from babel.messages.mofile import write_mo
@@ -40,141 +33,26 @@ from babel.support import Translations
 from flask import Flask, current_app, g, has_app_context, has_request_context, request
 from markupsafe import Markup
 
+from .locales import (
+    DEFAULT,
+    LOCALES,
+    SHIPPED,
+    check_timezone,
+    direction,
+    from_bcp47,
+    locale_data,
+    negotiate,
+    to_bcp47,
+)
+
 log = logging.getLogger("linksvc.i18n")
-
-#: The shipped locales, as catalog directory names; English is the source language.
-LOCALES: tuple[str, ...] = (
-    "en",
-    "de",
-    "fr",
-    "es",
-    "it",
-    "pt_BR",
-    "nl",
-    "pl",
-    "tr",
-    "ja",
-    "zh_Hans",
-    "ar",
-)
-DEFAULT = "en"
 TRANSLATIONS = Path(__file__).parent / "translations"
-
-#: Where a language has one shipped variant, every tag of that language gets it.
-_BY_LANGUAGE: dict[str, str] = {loc.split("_")[0].lower(): loc for loc in LOCALES}
-
-# RFC 5646 ``langtag`` (the grandfathered tags aside): language, extlang, script, region,
-# variants, extensions, private use. Case-insensitive; at most 35 characters, the length
-# RFC 5646 §4.4.1 asks implementations to keep.
-_LANGTAG = re.compile(
-    r"""
-    (?P<language>[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})
-    (?:-(?P<script>[a-z]{4}))?
-    (?:-(?P<region>[a-z]{2}|[0-9]{3}))?
-    (?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*
-    (?:-[0-9a-wy-z](?:-[a-z0-9]{2,8})+)*
-    (?:-x(?:-[a-z0-9]{1,8})+)?
-    """,
-    re.VERBOSE | re.IGNORECASE,
-)
-MAX_TAG = 35
 
 
 def N_(message: str) -> str:
     """Mark a message for extraction where it is defined; :func:`gettext` translates it where
     it is shown (module-level copy is read at start-up, before any locale is known)."""
     return message
-
-
-# -- tags ----------------------------------------------------------------------------------
-
-
-def parse_tag(tag: str) -> re.Match[str]:
-    """The parts of a well-formed BCP 47 tag; ``ValueError`` for anything else (``pt_BR``
-    included: BCP 47 separates with ``-``)."""
-    m = _LANGTAG.fullmatch(tag) if isinstance(tag, str) and len(tag) <= MAX_TAG else None
-    if m is None:
-        raise ValueError(tag)
-    return m
-
-
-def resolve(tag: str) -> str | None:
-    """The shipped locale (a catalog directory name) for a well-formed tag, or ``None`` when
-    linksvc has nothing in its language. ``ValueError`` for a malformed tag."""
-    m = parse_tag(tag)
-    language = m["language"].split("-")[0].lower()
-    if language == "pt":
-        return "pt_BR"  # the one Portuguese shipped; pt-PT readers read it too
-    if language == "zh":
-        return "zh_Hans"
-    return _BY_LANGUAGE.get(language)
-
-
-def to_bcp47(locale: str) -> str:
-    """``pt_BR`` → ``pt-BR``, ``zh_Hans`` → ``zh-Hans``: how the API shows a locale."""
-    return locale.replace("_", "-")
-
-
-def from_bcp47(tag: str | None) -> str | None:
-    """A stored (BCP 47, shipped) tag back to its catalog name; ``None`` for anything else."""
-    if not tag:
-        return None
-    name = tag.replace("-", "_")
-    return name if name in _SHIPPED else None
-
-
-_SHIPPED = frozenset(LOCALES)
-
-
-def negotiate(header: str | None) -> str | None:
-    """The best shipped locale for an ``Accept-Language`` header (RFC 9110 §12.5.4: q-values,
-    ties in the order given), or ``None``. Malformed members are skipped; a malformed or
-    absurdly long header counts as absent."""
-    if not header or len(header) > 2048:
-        return None
-    ranked: list[tuple[float, int, str]] = []
-    for i, member in enumerate(header.split(",")[:32]):
-        tag, _, params = member.strip().partition(";")
-        tag, q = tag.strip(), 1.0
-        if params:
-            name, _, value = params.strip().partition("=")
-            if name.strip().lower() != "q" or not re.fullmatch(
-                r"0(\.[0-9]{0,3})?|1(\.0{0,3})?", value.strip()
-            ):
-                continue
-            q = float(value)
-        if q <= 0 or tag == "*":
-            continue
-        try:
-            found = resolve(tag)
-        except ValueError:
-            continue
-        if found is not None:
-            ranked.append((-q, i, found))
-    return min(ranked)[2] if ranked else None
-
-
-@functools.cache
-def _zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
-def check_timezone(name: str) -> str:
-    """``name`` if it is an IANA zone we know; ``ValueError`` otherwise. Only names from the
-    zone list count (never a file path, however ``zoneinfo`` would read it)."""
-    if not isinstance(name, str) or len(name) > 64 or name not in _zones():
-        raise ValueError(name)
-    return name
-
-
-def direction(locale: str) -> str:
-    """``rtl`` or ``ltr``, from CLDR's character order for the locale."""
-    return "rtl" if _locale(locale).character_order == "right-to-left" else "ltr"
-
-
-@functools.cache
-def _locale(locale: str) -> Locale:
-    return Locale.parse(locale)
 
 
 # -- catalogs ------------------------------------------------------------------------------
@@ -255,7 +133,7 @@ def using(locale: str) -> Iterator[str]:
     """Render in ``locale`` (a catalog name) for the block: a mail in its link's language,
     inside a request whose own language may be another."""
     before = g.get("linksvc_locale")
-    g.linksvc_locale = locale if locale in _SHIPPED else DEFAULT
+    g.linksvc_locale = locale if locale in SHIPPED else DEFAULT
     try:
         yield g.linksvc_locale
     finally:
@@ -287,7 +165,7 @@ def _utc(ts: int) -> dt.datetime:
 def _zone_name(when: dt.datetime, zone: zoneinfo.ZoneInfo, locale: str) -> str:
     """The zone's abbreviation as the locale writes it ("MEZ", "JST"), else the IANA one
     ("CET"), else the offset ("GMT+03:00")."""
-    name = format_datetime(when, "z", tzinfo=zone, locale=_locale(locale))
+    name = format_datetime(when, "z", tzinfo=zone, locale=locale_data(locale))
     if name[:1] not in "+-":
         return name
     abbr = when.astimezone(zone).tzname() or ""
@@ -305,14 +183,14 @@ def clock(ts: int, timezone: str | None = None) -> str:
     """The time of day in the link's zone (UTC without one), with the zone: "08:38 MEZ".
     Links live minutes, so the time of day says enough on a page."""
     loc, zone, when = current(), _zone(timezone), _utc(ts)
-    return f"{format_time(when, 'short', tzinfo=zone, locale=_locale(loc))} {_zone_name(when, zone, loc)}"
+    return f"{format_time(when, 'short', tzinfo=zone, locale=locale_data(loc))} {_zone_name(when, zone, loc)}"
 
 
 def date_time(ts: int, timezone: str | None = None) -> str:
     """Date and time in the link's zone (UTC without one), with the zone: a mail may be read
     another day."""
     loc, zone, when = current(), _zone(timezone), _utc(ts)
-    locale = _locale(loc)
+    locale = locale_data(loc)
     # The locale's own way of joining a medium date and a short time (no seconds).
     text = (
         str(_datetime_pattern("medium", locale=locale))
@@ -332,7 +210,7 @@ def relative(ts: int, now: int) -> str:
         dt.timedelta(seconds=whole),
         add_direction=True,
         threshold=1.0,
-        locale=_locale(current()),
+        locale=locale_data(current()),
     )
 
 
@@ -348,7 +226,9 @@ def ago(ts: int, now: int) -> str:
 
 def duration(seconds: int) -> str:
     """A duration in words: "5 minutes", "45 seconds"."""
-    return format_timedelta(dt.timedelta(seconds=seconds), threshold=1.5, locale=_locale(current()))
+    return format_timedelta(
+        dt.timedelta(seconds=seconds), threshold=1.5, locale=locale_data(current())
+    )
 
 
 # -- wiring --------------------------------------------------------------------------------

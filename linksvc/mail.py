@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, render_template
 
-from . import db, errors, i18n
+from . import db, errors, i18n, locales
 from .clients import Client
 from .config import ConfigError, Settings
 from .i18n import N_
@@ -181,7 +181,9 @@ class Mailer:
         times in the link's zone, or as "in 5 minutes" and the UTC time without one."""
         rec = minted.record
         app_name = _header_text(client.display_name or client.name)
-        locale = i18n.from_bcp47(rec.locale) or i18n.from_bcp47(client.locale) or i18n.DEFAULT
+        locale = (
+            locales.from_bcp47(rec.locale) or locales.from_bcp47(client.locale) or locales.DEFAULT
+        )
         with i18n.using(locale):
             if rec.timezone:
                 expiry = i18n.gettext(
@@ -222,7 +224,7 @@ class Mailer:
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         # After the parts exist: making the message multipart moves Content-* headers into them.
-        msg["Content-Language"] = i18n.to_bcp47(locale)
+        msg["Content-Language"] = locales.to_bcp47(locale)
         return msg
 
     def __call__(

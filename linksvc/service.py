@@ -138,6 +138,7 @@ class LinkService:
         confirm: bool = False,
         now: int | None = None,
         defer_supersede: bool = False,
+        l10n: str | None = None,
     ) -> Minted:
         """Mint a link. With ``defer_supersede`` (its mail is still to be sent) the older
         links it would supersede stay issued until :meth:`supersede` is called."""
@@ -260,6 +261,7 @@ class LinkService:
             download=download,
             data=data,
             confirm=confirm,
+            l10n=l10n,  # checked by the caller (linksvc.i18n.link_l10n)
         )
         sink = self.sinks.get(self.engine, client.id)
         supersede = purpose in s.supersede_purposes and not defer_supersede

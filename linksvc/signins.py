@@ -349,6 +349,7 @@ class SignIns:
         user_agent: str,
         send: Callable[[Minted, str], None],
         now: int,
+        l10n: str | None = None,
     ) -> Started:
         """Mint the link, record the sign-in, then ``send(minted, shown_code)`` the mail.
 
@@ -376,7 +377,12 @@ class SignIns:
             )
         secret = self.secret
         minted = self.service.mint(
-            client, purpose="magic_link", subject=subject, redirect_uri=redirect_uri, now=now
+            client,
+            purpose="magic_link",
+            subject=subject,
+            redirect_uri=redirect_uri,
+            now=now,
+            l10n=l10n,  # the language and zone of its pages and mail (linksvc.i18n)
         )
         rec = minted.record
         code = new_code()
@@ -397,7 +403,11 @@ class SignIns:
             "binding_hash": None,
         }
         signin = SignIn(
-            **values, subject=rec.subject, link_state=ledger.ISSUED, redirect_uri=rec.redirect_uri
+            **values,
+            subject=rec.subject,
+            link_state=ledger.ISSUED,
+            redirect_uri=rec.redirect_uri,
+            l10n=rec.l10n,
         )
         with db.write(self.engine) as conn:
             conn.execute(sa.insert(_t).values(**values))

@@ -4,7 +4,7 @@
     scripts/check_catalogs.py [--dir linksvc/translations] [--require LOCALE ...]
     scripts/check_catalogs.py --fill-source en     # `make i18n`: English msgstr = msgid
 
-For each required locale (the shipped ones, linksvc.i18n.LOCALES) and every other locale
+For each required locale (the shipped ones, linksvc.locales.LOCALES) and every other locale
 directory that exists, ``LC_MESSAGES/messages.po`` must:
 
 - exist, and hold every message of ``messages.pot`` (a catalog not yet updated is incomplete);
@@ -35,7 +35,7 @@ from babel.messages.pofile import read_po, write_po
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from linksvc.i18n import DEFAULT, LOCALES  # noqa: E402
+from linksvc.locales import DEFAULT, LOCALES  # noqa: E402
 
 PLACEHOLDER = re.compile(r"%(?:\([A-Za-z_][A-Za-z0-9_]*\))?[-#0 +]*\d*(?:\.\d+)?[sdifr%]")
 COUNT = "%(num)d"
