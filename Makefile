@@ -98,13 +98,15 @@ lint: venv-test
 	$(BIN)/python scripts/check_catalogs.py
 
 # What the tests need from the system: Debian's Chromium (the browser tests; Playwright drives
-# it and never downloads one) and npm (s3rver). Installed with apt-get when we are root and
+# it and never downloads one), fonts for its Arabic and CJK pages, and npm (s3rver). Installed with apt-get when we are root and
 # they are missing; otherwise `make test` says which tests will skip, and pytest's summary
 # lists each skipped test with its reason (in CI they fail instead).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 CHROMIUM ?= /usr/bin/chromium
 system-deps:
 	@missing=""; [ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	 fc-list :lang=ja 2>/dev/null | grep -q . || missing="$$missing fonts-ipafont-gothic fonts-wqy-microhei"; \
+	 fc-list :lang=ar family 2>/dev/null | grep -qi arabic || missing="$$missing fonts-noto-ui-core"; \
 	 command -v npm >/dev/null || missing="$$missing npm"; \
 	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -53,6 +53,13 @@ _LANGTAG = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 MAX_TAG = 35
+#: The same grammar for the OpenAPI document (ECMA-262 regex, no flags).
+LANGTAG_PATTERN = (
+    "^(?:(?:[A-Za-z]{2,3}(?:-[A-Za-z]{3}){0,3}|[A-Za-z]{4,8})(?:-[A-Za-z]{4})?"
+    "(?:-(?:[A-Za-z]{2}|[0-9]{3}))?(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*"
+    "(?:-[0-9A-WY-Za-wy-z](?:-[A-Za-z0-9]{2,8})+)*(?:-[xX](?:-[A-Za-z0-9]{1,8})+)?"
+    "|[xX](?:-[A-Za-z0-9]{1,8})+)$"
+)
 _PRIVATE_USE = re.compile(r"x(?:-[a-z0-9]{1,8})+", re.IGNORECASE)
 
 
@@ -129,6 +136,11 @@ def negotiate(header: str | None) -> str | None:
 @functools.cache
 def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
+
+
+def timezones() -> list[str]:
+    """Every IANA zone name accepted, sorted (the OpenAPI document lists them)."""
+    return sorted(_zones())
 
 
 def check_timezone(name: str) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 
+from . import locales
+
 PREFIX = "/api/v1"
 PURPOSES = ["magic_link", "password_reset", "download"]
 
@@ -28,6 +30,25 @@ _JTI = {
 }
 _STATE = {"type": "string", "enum": ["issued", "consumed", "revoked", "superseded"]}
 _PURPOSE = {"type": "string", "enum": PURPOSES}
+#: What end users read of a link, in which language and time zone (linksvc.locales).
+_LOCALE = {
+    "type": ["string", "null"],
+    "maxLength": locales.MAX_TAG,
+    "pattern": locales.LANGTAG_PATTERN,
+    "description": "The language of the link's pages and mail, a BCP 47 tag (`de`, `pt-BR`, "
+    "`zh-Hans`). A tag linksvc does not ship falls back to its language (`de-AT` → `de`, "
+    "`pt` → `pt-BR`, `zh-CN` → `zh-Hans`), else the client's default locale, else English; "
+    "a malformed tag answers 422 `invalid_field`. Kept on the ledger row, never in the token. "
+    "Ships: " + ", ".join(f"`{locales.to_bcp47(loc)}`" for loc in locales.LOCALES) + ".",
+    "examples": ["de"],
+}
+_TIMEZONE = {
+    "type": ["string", "null"],
+    "enum": [*locales.timezones(), None],
+    "description": "The IANA time zone in which its pages and mail show times "
+    "(`Europe/Berlin`); without one, a relative time and UTC. Kept on the ledger row.",
+    "examples": ["Europe/Berlin"],
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -205,6 +226,8 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Download links only: show a confirmation page first "
                 "(default: true when `email` is given, else false).",
             },
+            "locale": _LOCALE,
+            "timezone": _TIMEZONE,
         },
     },
     "MintedLink": {
@@ -307,6 +330,8 @@ SCHEMAS: dict[str, Any] = {
             "expires_at",
             "state_changed_at",
             "state_via",
+            "locale",
+            "timezone",
             "events",
         ],
         "additionalProperties": False,
@@ -319,6 +344,12 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": _DATETIME,
             "state_changed_at": _NULLABLE_DATETIME,
             "state_via": {"type": ["string", "null"]},
+            "locale": {
+                "type": ["string", "null"],
+                "description": "The shipped locale its pages and mail use (BCP 47), or null "
+                "when minted without one (then the client's default, else the browser's).",
+            },
+            "timezone": {"type": ["string", "null"]},
             "events": {
                 "type": "array",
                 "items": {
@@ -441,6 +472,13 @@ SCHEMAS: dict[str, Any] = {
                 "description": "The requesting browser's User-Agent; the approval page names "
                 'it in words ("Firefox on Linux").',
             },
+            "locale": {
+                **_LOCALE,
+                "description": "The language of the waiting and approval pages and the mail: "
+                "the requesting browser's Accept-Language best match is a good choice. "
+                + str(_LOCALE["description"]).split(". ", 1)[1],
+            },
+            "timezone": _TIMEZONE,
         },
     },
     "SignInStarted": {

@@ -125,6 +125,8 @@ def mint(
     email: str | None,
     confirm: bool | None,
     idempotency_key: str | None,
+    locale: str | None = None,
+    timezone: str | None = None,
 ) -> Op[MintedLink]:
     # A key on every mint: a retry after a lost answer then names the same link.
     key = idempotency_key or str(uuid.uuid4())
@@ -139,6 +141,8 @@ def mint(
             "data": data,
             "email": email,
             "confirm": confirm,
+            "locale": locale,
+            "timezone": timezone,
         }
     )
     return Op(
@@ -240,6 +244,8 @@ def sign_in(
     user_agent: str,
     redirect_uri: str | None,
     idempotency_key: str | None,
+    locale: str | None = None,
+    timezone: str | None = None,
 ) -> Op[SignIn]:
     key = idempotency_key or str(uuid.uuid4())
     method, path = _path("start_sign_in")
@@ -250,6 +256,8 @@ def sign_in(
             "ip": _str("ip", ip),
             "user_agent": user_agent,
             "redirect_uri": redirect_uri,
+            "locale": locale,
+            "timezone": timezone,
         }
     )
     return Op(

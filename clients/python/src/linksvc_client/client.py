@@ -103,10 +103,14 @@ class LinkClient:
         email: str | None = None,
         confirm: bool | None = None,
         idempotency_key: str | None = None,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> MintedLink:
         """Mint a link for ``subject`` (your opaque user id). With ``email``, linksvc mails
         it. An Idempotency-Key is sent (a fresh UUID unless you give one): retries, and
-        any repeat with the same key and arguments within 24 h, answer the same link."""
+        any repeat with the same key and arguments within 24 h, answer the same link.
+        ``locale`` (BCP 47: "de", "pt-BR") and ``timezone`` (IANA: "Europe/Berlin") choose
+        the language and time zone of the link's pages and mail."""
         return self._run(
             _core.mint(
                 purpose,
@@ -118,6 +122,8 @@ class LinkClient:
                 email=email,
                 confirm=confirm,
                 idempotency_key=idempotency_key,
+                locale=locale,
+                timezone=timezone,
             )
         )
 
@@ -190,9 +196,13 @@ class LinkClient:
         user_agent: str,
         redirect_uri: str | None = None,
         idempotency_key: str | None = None,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> SignIn:
         """Start a sign-in that completes in the browser that asked (PRODUCT §6): linksvc
-        mails the link and a code; send that browser to the answer's ``wait_url``."""
+        mails the link and a code; send that browser to the answer's ``wait_url``.
+        ``locale`` and ``timezone``: the language and time zone of its pages and mail (the
+        browser's Accept-Language best match is a good ``locale``)."""
         return self._run(
             _core.sign_in(
                 subject,
@@ -201,6 +211,8 @@ class LinkClient:
                 user_agent=user_agent,
                 redirect_uri=redirect_uri,
                 idempotency_key=idempotency_key,
+                locale=locale,
+                timezone=timezone,
             )
         )
 
@@ -286,6 +298,8 @@ class AsyncLinkClient:
         email: str | None = None,
         confirm: bool | None = None,
         idempotency_key: str | None = None,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> MintedLink:
         """See :meth:`LinkClient.mint`."""
         return await self._run(
@@ -299,6 +313,8 @@ class AsyncLinkClient:
                 email=email,
                 confirm=confirm,
                 idempotency_key=idempotency_key,
+                locale=locale,
+                timezone=timezone,
             )
         )
 
@@ -362,6 +378,8 @@ class AsyncLinkClient:
         user_agent: str,
         redirect_uri: str | None = None,
         idempotency_key: str | None = None,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> SignIn:
         return await self._run(
             _core.sign_in(
@@ -371,6 +389,8 @@ class AsyncLinkClient:
                 user_agent=user_agent,
                 redirect_uri=redirect_uri,
                 idempotency_key=idempotency_key,
+                locale=locale,
+                timezone=timezone,
             )
         )
 
