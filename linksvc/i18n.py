@@ -18,7 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import re
 import zoneinfo
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from gettext import NullTranslations
@@ -63,9 +65,10 @@ class Catalogs:
     an empty one) reads the English source text: never a missing page."""
 
     def __init__(self, directory: Path = TRANSLATIONS) -> None:
-        self.translations: dict[str, NullTranslations] = {
-            loc: self._load(directory, loc) for loc in LOCALES
-        }
+        self.translations: dict[str, NullTranslations] = {}
+        for loc in LOCALES:
+            self.translations[loc] = t = self._load(directory, loc)
+            _drop_unsafe(t, loc)
 
     @staticmethod
     def _load(directory: Path, locale: str) -> NullTranslations:
@@ -87,6 +90,35 @@ class Catalogs:
 
     def get(self, locale: str) -> NullTranslations:
         return self.translations.get(locale) or self.translations[DEFAULT]
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)")
+
+
+def _drop_unsafe(translations: NullTranslations, locale: str) -> None:
+    """Forget any translation that could not be formatted with its English message's
+    placeholders (a stray "%", a misspelt name), or that carries markup (the templates treat
+    a translation as HTML-safe): that message shows in English rather than a page answering
+    500 or showing a stranger's HTML. `make lint` refuses such a catalog; this guards a
+    deployed one."""
+    messages: dict[Any, str] = getattr(translations, "_catalog", {})
+    for key, text in list(messages.items()):
+        msgid = key[0] if isinstance(key, tuple) else key
+        if not msgid:
+            continue  # the header
+        allowed = set(_PLACEHOLDER.findall(msgid)) | ({"num"} if isinstance(key, tuple) else set())
+        try:
+            unknown = set(_PLACEHOLDER.findall(text)) - allowed
+            _ = text % defaultdict(lambda: 1)  # formats, or raises
+        except (ValueError, TypeError, KeyError):
+            unknown = {"?"}
+        if ("<" in text or ">" in text) and not ("<" in msgid or ">" in msgid):
+            unknown.add("<markup>")
+        if unknown:
+            log.warning(
+                "translation dropped: it does not format", extra={"locale": locale, "msgid": msgid}
+            )
+            del messages[key]
 
 
 _FALLBACK = NullTranslations()

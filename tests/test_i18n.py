@@ -583,3 +583,27 @@ def test_catalog_check_fails_for_a_catalog_behind_the_template(german_copy):
 def test_every_shipped_locale_has_a_catalog_directory():
     for loc in locales.LOCALES:
         assert (TRANSLATIONS / loc / "LC_MESSAGES" / "messages.po").is_file(), loc
+
+
+def test_a_broken_translation_shows_english_never_a_500(app, tmp_path):
+    """A deployed catalog that slipped past `make lint`: a stray %, a misspelt placeholder
+    or markup in a translation drops that one message (English instead), nothing else."""
+    needs("de")
+    (tmp_path / "de" / "LC_MESSAGES").mkdir(parents=True)
+    po = tmp_path / "de" / "LC_MESSAGES" / "messages.po"
+    shutil.copy(TRANSLATIONS / "de" / "LC_MESSAGES" / "messages.po", po)
+    with po.open("rb") as fh:
+        cat = read_po(fh, locale="de")
+    cat["Sign in to %(app)s"].string = "Bei %(ap)s anmelden"
+    cat["Your sign-in link for %(app)s"].string = "100 % Ihr Link für %(app)s"
+    cat["Deny"].string = '<a href="https://evil.example">Ablehnen</a>'
+    with po.open("wb") as fh:
+        write_po(fh, cat, width=0)
+    app.extensions["linksvc.catalogs"] = i18n.Catalogs(tmp_path)
+    with app.test_request_context(), i18n.using("de"):
+        assert i18n.gettext("Sign in to %(app)s", app="Acme") == "Sign in to Acme"
+        assert i18n.gettext("Your sign-in link for %(app)s", app="Acme") == (
+            "Your sign-in link for Acme"
+        )
+        assert i18n.gettext("Deny") == "Deny"
+        assert i18n.gettext("Approve") == "Zulassen"  # the rest of the catalog stays
