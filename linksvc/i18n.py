@@ -33,6 +33,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
 from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from jinja2 import pass_context
 from markupsafe import Markup
 
 from .locales import (
@@ -175,16 +176,46 @@ def using(locale: str) -> Iterator[str]:
             g.linksvc_locale = before
 
 
+#: First Strong Isolate and Pop Directional Isolate (Unicode UAX #9): on a right-to-left
+#: page a placeholder's value (a Latin name, a time, a host) keeps its own direction and
+#: does not drag the sentence's punctuation with it.
+_FSI, _PDI = "\u2068", "\u2069"
+
+
+def _isolated(variables: dict[str, Any]) -> dict[str, Any]:
+    if direction(current()) != "rtl":
+        return variables
+    return {k: _FSI + v + _PDI if isinstance(v, str) else v for k, v in variables.items()}
+
+
 def gettext(message: str, **variables: Any) -> str:
     """``message`` in the current locale, with ``%(name)s`` placeholders filled."""
-    # Always formatted, as Jinja's new-style gettext does: a literal percent sign is "%%"
-    # in every message, whichever side shows it.
-    return _translations().gettext(message) % variables
+    # Always formatted, as the templates' _() is: a literal percent sign is "%%" in every
+    # message, whichever side shows it.
+    return _translations().gettext(message) % _isolated(variables)
 
 
 def ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
     """The plural form for ``n`` by the locale's own rules; ``%(num)d`` is ``n``."""
-    return _translations().ngettext(singular, plural, n) % {"num": n, **variables}
+    return _translations().ngettext(singular, plural, n) % {"num": n, **_isolated(variables)}
+
+
+@pass_context
+def _template_gettext(context: Any, message: str, **variables: Any) -> str:
+    # Jinja's new-style gettext, plus the isolation: autoescaped (the translation is trusted
+    # markup, the values are escaped), placeholders from keyword arguments.
+    text = _translations().gettext(message)
+    if context.eval_ctx.autoescape:
+        text = Markup(text)
+    return text % _isolated(variables)
+
+
+@pass_context
+def _template_ngettext(context: Any, singular: str, plural: str, n: int, **variables: Any) -> str:
+    text = _translations().ngettext(singular, plural, n)
+    if context.eval_ctx.autoescape:
+        text = Markup(text)
+    return text % {"num": n, **_isolated(variables)}
 
 
 # -- times ---------------------------------------------------------------------------------
@@ -268,13 +299,12 @@ def duration(seconds: int) -> str:
 
 def init_app(app: Flask) -> None:
     """Load every catalog once and give the templates ``_``/``ngettext`` (Jinja's i18n
-    extension, new style: autoescaped, ``%(name)s`` filled from keyword arguments)."""
+    extension with new-style callables of our own: autoescaped, ``%(name)s`` filled from
+    keyword arguments, isolated on right-to-left pages)."""
     app.extensions["linksvc.catalogs"] = Catalogs()
     app.jinja_env.add_extension("jinja2.ext.i18n")
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        gettext=lambda s: _translations().gettext(s),
-        ngettext=lambda s, p, n: _translations().ngettext(s, p, n),
-        newstyle=True,
+        gettext=_template_gettext, ngettext=_template_ngettext, newstyle=False
     )
     app.jinja_env.globals.update(
         html_lang=lambda: to_bcp47(current()), html_dir=lambda: direction(current())

@@ -607,3 +607,18 @@ def test_a_broken_translation_shows_english_never_a_500(app, tmp_path):
         )
         assert i18n.gettext("Deny") == "Deny"
         assert i18n.gettext("Approve") == "Zulassen"  # the rest of the catalog stays
+
+
+def test_placeholders_are_bidi_isolated_on_right_to_left_pages_only(app, api, client):
+    """A Latin name in an Arabic sentence keeps its direction (FSI … PDI, UAX #9)."""
+    with app.test_request_context():
+        with i18n.using("ar"):
+            assert "\u2068Acme\u2069" in i18n.gettext("Sign in to %(app)s", app="Acme")
+        with i18n.using("de"):
+            assert "\u2068" not in i18n.gettext("Sign in to %(app)s", app="Acme")
+    link = api.minted(subject="u-16", locale="ar")
+    page = client.get(f"/l/{link['token']}").get_data(as_text=True)
+    assert "\u2068Acme\u2069" in page and '<html lang="ar" dir="rtl">' in page
+    assert "\u2068" not in client.get(f"/l/{api.minted(subject='u-17')['token']}").get_data(
+        as_text=True
+    )
