@@ -327,6 +327,8 @@ def press(token: str) -> Response:
         )
         # A link that no longer works gets its own page (used, revoked, ...), whatever the form.
         v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
+        owner = svc.client(v.record.client_id)
+        i18n.use(v.record.locale, owner.locale if owner is not None else None)
         if exc.expired:
             # The page sat open too long: show it again with a fresh form.
             return _confirmation(

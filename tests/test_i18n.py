@@ -622,3 +622,13 @@ def test_placeholders_are_bidi_isolated_on_right_to_left_pages_only(app, api, cl
     assert "\u2068" not in client.get(f"/l/{api.minted(subject='u-17')['token']}").get_data(
         as_text=True
     )
+
+
+def test_refused_form_page_speaks_the_links_language(api, client):
+    needs("de")
+    link = api.minted(subject="u-18", locale="de")
+    resp = client.post(f"/l/{link['token']}", data={"csrf": "forged"})
+    assert resp.status_code == 400
+    page = resp.get_data(as_text=True)
+    assert html_tag(page) == '<html lang="de" dir="ltr">'
+    assert "Wir konnten diese Anfrage nicht bestätigen" in page
