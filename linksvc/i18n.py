@@ -277,10 +277,12 @@ def relative(ts: int, now: int) -> str:
     )
 
 
-def ago(ts: int, now: int) -> str:
-    """How long ago ``ts`` was: "just now", "less than a minute ago", "3 minutes ago"."""
+def ago(ts: int, now: int, *, just_now: bool = True) -> str:
+    """How long ago ``ts`` was: "just now", "less than a minute ago", "3 minutes ago".
+    Without ``just_now``, the first ten seconds are "less than a minute ago" too (what an
+    approval page says of a request someone made)."""
     seconds = max(0, now - ts)
-    if seconds < 10:
+    if seconds < 10 and just_now:
         return gettext(N_("just now"))
     if seconds < 60:
         return gettext(N_("less than a minute ago"))

@@ -265,7 +265,7 @@ def _approval_page(
         title=_("Sign in to %(app)s on another device?", app=client.display_name),
         app_name=client.display_name,
         browser=browser_words(signin.browser),
-        asked_ago=i18n.ago(signin.created_at, now),
+        asked_ago=i18n.ago(signin.created_at, now, just_now=False),
         asked_at=i18n.clock(signin.created_at, signin.timezone),
         csrf=token,
         notice=notice,

@@ -357,8 +357,7 @@ def test_approval_on_the_phone_completes_on_the_laptop(app, api, laptop, phone):
     page = phone.get(s.link_path)
     text = page.get_data(as_text=True)
     assert page.status_code == 200 and "Sign in to Acme on another device?" in text
-    assert "Firefox on Linux" in text
-    assert "just now" in text or "less than a minute ago" in text
+    assert "Firefox on Linux" in text and "less than a minute ago" in text
     assert 'value="approve"' in text and 'value="deny"' in text
     assert match_of(wait) not in re.sub(r'value="[^"]*"', "", text)  # the phone is not told it
     assert link_state(api, s.jti) == "issued"
