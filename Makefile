@@ -8,6 +8,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 APP_PORT ?= 5001
+# Where `flask --app app demo` writes the demo client's key: the instance folder linksvc uses.
+INSTANCE := $(or $(LINKSVC_INSTANCE_PATH),instance)
 export FLASK_APP := app
 
 .PHONY: run test lint serve init-db venv venv-test bench clean system-deps i18n catalogs
@@ -66,10 +68,14 @@ init-db: venv
 # everything printed and minted follows them.
 run: export LINKSVC_ENV ?= development
 run: export LINKSVC_BASE_URL ?= http://127.0.0.1:$(PORT)
+# A port already taken stops it before anything starts, with a line saying how to choose
+# another; "Ready" needs linksvc's own /healthz answer and the example application's page.
 run: init-db $(VENV)/.examples
-	@$(BIN)/flask --app app demo --app-url http://127.0.0.1:$(APP_PORT) --env-file instance/demo.env
-	@$(BIN)/python scripts/dev_run.py --env-file instance/demo.env \
-	  --ready $(LINKSVC_BASE_URL)/healthz --ready http://127.0.0.1:$(APP_PORT)/ \
+	@$(BIN)/flask --app app demo --app-url http://127.0.0.1:$(APP_PORT) --env-file $(INSTANCE)/demo.env
+	@$(BIN)/python scripts/dev_run.py --env-file $(INSTANCE)/demo.env \
+	  --port $(PORT) "make run PORT={free}" --port $(APP_PORT) "make run APP_PORT={free}" \
+	  --ready $(LINKSVC_BASE_URL)/healthz --expect '"service":"linksvc"' \
+	  --ready http://127.0.0.1:$(APP_PORT)/ --expect 'a relying application of linksvc' \
 	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
 	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app" \
 	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \

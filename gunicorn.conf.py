@@ -14,6 +14,8 @@ import logging
 import multiprocessing
 import os
 import re
+import subprocess
+import sys
 import traceback
 from urllib.parse import unquote
 
@@ -166,7 +168,39 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     )
 
 
+def _app_loads(server) -> bool:  # type: ignore[no-untyped-def]
+    """Import the WSGI module once, in a throwaway process, before any worker is forked.
+
+    A bad setting, or in production no usable signing key, then stops the master with
+    app.py's one line and status 4 (gunicorn's "app failed to load"). Left to the workers,
+    each printed it, and when two exited together gunicorn's arbiter raised HaltServer again
+    while halting: two tracebacks and status 1. Not imported in the master itself: every
+    worker would inherit that module, and `kill -HUP` would no longer load new code."""
+    app_uri = getattr(server.app, "app_uri", None)
+    if not app_uri:
+        return True
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    # The workers import with the master's sys.path (--chdir, --pythonpath included).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, sys; importlib.import_module(sys.argv[1])",
+            app_uri.split(":", 1)[0],
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    return check.returncode == 0
+
+
 def on_starting(server):  # type: ignore[no-untyped-def]
+    if not _app_loads(server):
+        on_exit(server)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        sys.exit(4)  # what a worker failing to load the app makes gunicorn exit with
     # Counters left by an earlier run in an operator-named directory would be summed in.
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)

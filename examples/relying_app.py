@@ -18,7 +18,15 @@ redirect URI of the client), ``RELYING_APP_ENV`` (``development`` allows a non-S
 cookie on http://), ``RELYING_APP_MAIL_DOMAIN`` (when set, linksvc mails the link to
 ``<user id>@<domain>`` instead of the app showing it; `make run` sets it and
 ``RELYING_APP_OUTBOX_URL``, linksvc's development outbox page, which the "check your inbox"
-page links to).
+page links to), ``RELYING_APP_SECRET_KEY`` (signs the small Flask session that a browser
+holds before it signs in; a random one per start by default).
+
+Every sign-in and reset is bound to the browser that asked for it: the Flask integration
+keeps a random ``code_verifier`` in that browser's session and sends its challenge with
+the mint, and ``/callback`` exchanges a code only with it. An attacker's own code, sent to
+a victim's browser (login CSRF), is refused there, as is a link opened in another browser
+than the one that asked (a sign-in by mail completes in the asking browser, by linksvc's
+waiting page). The form that asks (``POST /send``) carries a CSRF token of that session.
 
 With mail, a sign-in is one that completes on the device that asked (linksvc's sign-ins,
 PRODUCT §6): the app starts it with the browser's address and User-Agent and sends the
@@ -38,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, abort, g, redirect, render_template, request
+from flask import Flask, Response, abort, g, redirect, render_template, request, session
 
 from linksvc_client import CodeUsed, ExchangedCode, LinksvcError, RetryPolicy
 from linksvc_client.flask import Linksvc
@@ -105,10 +113,20 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     if not own_url.startswith("https://") and not development:
         raise SystemExit("relying_app: RELYING_APP_URL must be https outside development")
 
+    secure_cookies = not development or own_url.startswith("https://")
     app = Flask(__name__, template_folder="templates")
     app.config["MAX_CONTENT_LENGTH"] = 16 * 1024
     app.config["LINKSVC_URL"] = linksvc_url
     app.config["LINKSVC_API_KEY"] = api_key
+    # Flask's session holds what a browser has before it signs in: the code_verifier that
+    # binds its sign-ins to it, and the CSRF token of the form that asks for one.
+    app.secret_key = env.get("RELYING_APP_SECRET_KEY") or secrets.token_hex(32)
+    app.config.update(
+        SESSION_COOKIE_NAME="rp_flow",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
+    )
     sessions = SessionStore()
     # The client retries what is safe to retry; a person is waiting, so within 10 s.
     linksvc = Linksvc(app, timeout=5, retry=RetryPolicy(deadline=10))
@@ -127,9 +145,16 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             httponly=True,
             samesite="Lax",
             path="/",
-            secure=not development or own_url.startswith("https://"),
+            secure=secure_cookies,
         )
         return resp
+
+    def send_csrf() -> str:
+        """The CSRF token of the form that asks for a link, kept in this browser's session."""
+        token = session.get("csrf")
+        if not isinstance(token, str):
+            token = session["csrf"] = secrets.token_urlsafe(16)
+        return token
 
     @app.before_request
     def load_session() -> None:
@@ -137,6 +162,14 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         if request.method == "POST" and request.endpoint in ("logout", "set_password"):
             if g.session is None or not secrets.compare_digest(
                 request.form.get("csrf", ""), g.session.csrf
+            ):
+                abort(400)
+        if request.method == "POST" and request.endpoint == "send":
+            # Another site's form must not make this browser ask for links (nor bind a
+            # sign-in of the attacker's choosing to it).
+            expected = session.get("csrf")
+            if not isinstance(expected, str) or not secrets.compare_digest(
+                request.form.get("csrf", ""), expected
             ):
                 abort(400)
 
@@ -157,6 +190,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         return resp
 
     def page(template: str, status: int = 200, **ctx: Any) -> tuple[str, int]:
+        if template == "index.html":
+            ctx["send_csrf"] = send_csrf()
         return render_template(template, session=g.session, **ctx), status
 
     @app.get("/")
@@ -235,7 +270,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
     @app.get("/callback")
     def callback_view() -> Any:
-        # Exchanges ?code= once, server to server, then hands the result to signed_in.
+        # Exchanges ?code= once, server to server, with this browser's code_verifier (a code
+        # this browser did not ask for is refused), then hands the result to signed_in.
         return linksvc.callback(sign_in=signed_in, on_error=not_signed_in)
 
     @app.get("/reset")

@@ -252,6 +252,7 @@ MINT_SPEC: dict[str, tuple[Any, bool]] = {
     "data": (Any, False),
     "email": (str, False),
     "confirm": (bool, False),
+    "code_challenge": (str, False),
     "locale": (str, False),
     "timezone": (str, False),
 }
@@ -294,6 +295,7 @@ def mint() -> Response | tuple[Response, int]:
         if f["confirm"] is None
         else f["confirm"],
         defer_supersede=f["email"] is not None,
+        code_challenge=f["code_challenge"],
         l10n=l10n,
     )
     if f["email"] is not None and mailer is not None:
@@ -621,9 +623,19 @@ def exchange_code() -> Response:
     """Spend the ``code`` a hosted sign-in or reset sent to the redirect URI, once.
 
     ``invalid_code`` (404) for an unknown code or another client's (which is not spent),
-    ``code_used`` (409), ``code_expired`` or ``code_revoked`` (410).
+    ``code_used`` (409), ``code_expired`` or ``code_revoked`` (410), and
+    ``code_verifier_required`` or ``code_verifier_mismatch`` (422, the code is spent) when
+    the ``code_verifier`` does not agree with the flow's ``code_challenge``.
     """
-    f = fields(json_body(), {"code": (str, True)})
+    f = fields(json_body(), {"code": (str, True), "code_verifier": (str, False)})
+    verifier = f["code_verifier"]
+    if verifier is not None and not codes.VERIFIER_RE.fullmatch(verifier):
+        raise BadRequest(
+            422,
+            "invalid_field",
+            "code_verifier must be 43-128 characters of letters, digits and -._~ (RFC 7636).",
+            field="code_verifier",
+        )
     svc = service()
     try:
         client = current_client()
@@ -633,9 +645,11 @@ def exchange_code() -> Response:
             client_id=client.id,
             now=svc.now(),
             sink=svc.sinks.get(svc.engine, client.id),
+            code_verifier=verifier,
         )
     except codes.CodeError as exc:
-        return problem(exc.status, exc.reason, exc.detail)
+        field = "code_verifier" if exc.status == 422 else None
+        return problem(exc.status, exc.reason, exc.detail, field=field)
     return _json(
         {"subject": done.subject, "purpose": done.purpose, "jti": done.jti, "data": done.data}
     )
@@ -649,6 +663,7 @@ SIGN_IN_SPEC: dict[str, tuple[Any, bool]] = {
     "redirect_uri": (str, False),
     "ip": (str, True),
     "user_agent": (str, True),
+    "code_challenge": (str, False),
     "locale": (str, False),
     "timezone": (str, False),
 }
@@ -694,6 +709,7 @@ def start_sign_in() -> tuple[Response, int]:
         user_agent=f["user_agent"],
         send=send,
         now=svc.now(),
+        code_challenge=f["code_challenge"],
         l10n=l10n,
     )
     if idem_key is not None:

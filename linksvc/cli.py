@@ -1,4 +1,4 @@
-"""Command line: ``flask --app app init-db | clients … | keys … | mint | purge | demo``.
+"""Command line: ``flask --app app init-db | clients … | keys … | mint | purge | partitions | demo``.
 
 Thin commands over the plain functions of the domain modules.
 """
@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import clients as clients_mod
-from . import codes, db, errors, idempotency, ledger, migrate, signins
+from . import codes, db, errors, idempotency, ledger, migrate, partitions, signins
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
@@ -52,7 +52,8 @@ def _kek() -> bytes:
     kek = _settings().key_encryption_key
     if kek is None:
         raise click.ClickException(
-            "no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY"
+            "no key-encryption key: run `.venv/bin/flask --app app init-db` "
+            "or set LINKSVC_KEY_ENCRYPTION_KEY"
         )
     return kek
 
@@ -211,13 +212,16 @@ def _find_client(conn: object, ident: str) -> clients_mod.Client:
 @click.argument("client")
 def clients_disable(client: str) -> None:
     """Disable a client: its API key stops working within 5 seconds (workers cache keys that long);
-    its one-time codes not yet exchanged are voided at once."""
+    its one-time codes not yet exchanged are voided, and its sign-ins approved but not yet
+    completed ended (their links revoked), at once."""
+    now = int(time.time())
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
         clients_mod.update(conn, c.id, disabled=True)
-        codes.void_client(conn, c.id, int(time.time()))
+        codes.void_client(conn, c.id, now)
+        ended = ledger.end_approved_sign_ins_of(conn, now, via="client", client_id=c.id)
     _svc().client_cache.clear()
-    click.echo(f"disabled {c.id} ({c.name})")
+    click.echo(f"disabled {c.id} ({c.name}); revoked {ended} approved sign-in(s)")
 
 
 @clients_cli.command("enable")
@@ -403,7 +407,9 @@ def keys_generate(alg: str) -> None:
         + (f"; removed unused next key {replaced}" if replaced else "")
     )
     if info.state == "next":
-        click.echo(f"rotate to it after {_min_next_age()} s: `flask --app app keys rotate`")
+        click.echo(
+            f"rotate to it after {_min_next_age()} s: `.venv/bin/flask --app app keys rotate`"
+        )
 
 
 def _min_next_age() -> int:
@@ -447,9 +453,15 @@ def keys_rotate(alg: str | None, force: bool) -> None:
 @keys_cli.command("retire")
 def keys_retire() -> None:
     """Remove retired keys whose tokens have all expired (safe to run from cron)."""
+    now = int(time.time())
     with db.write(_svc().engine) as conn:
-        done = keys_mod.retire_expired(conn, int(time.time()), _retired_window())
-    click.echo(f"removed {len(done)} retired key(s){': ' + ', '.join(done) if done else ''}")
+        done = keys_mod.retire_expired(conn, now, _retired_window())
+        # A removed key's links cannot complete a sign-in (their codes would be refused).
+        ended = ledger.end_approved_sign_ins_of(conn, now, via="key", kids=done) if done else 0
+    click.echo(
+        f"removed {len(done)} retired key(s){': ' + ', '.join(done) if done else ''}"
+        + (f"; revoked {ended} approved sign-in(s)" if ended else "")
+    )
 
 
 @keys_cli.command("revoke")
@@ -457,12 +469,15 @@ def keys_retire() -> None:
 @click.confirmation_option(prompt="Links signed by this key stop working at once. Continue?")
 def keys_revoke(kid: str) -> None:
     """Emergency: remove a key now. Its links fail with unknown_key."""
+    now = int(time.time())
     try:
         with db.write(_svc().engine) as conn:
-            info, notes = keys_mod.revoke(conn, _kek(), kid, int(time.time()))
+            info, notes = keys_mod.revoke(conn, _kek(), kid, now)
+            ended = ledger.end_approved_sign_ins_of(conn, now, via="key", kids=[kid])
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"revoked {info.kid}{'; ' + '; '.join(notes) if notes else ''}")
+    notes.append(f"revoked {ended} approved sign-in(s)")
+    click.echo(f"revoked {info.kid}{'; ' + '; '.join(notes)}")
     click.echo(f"workers stop accepting it within {_settings().key_refresh_seconds} s")
 
 
@@ -596,6 +611,34 @@ def purge_cmd(
         )
 
 
+@click.command("partitions")
+@click.option(
+    "--ahead-days",
+    type=click.IntRange(1, 60),
+    default=partitions.AHEAD_DAYS,
+    show_default=True,
+    help="Days of partitions to keep ready past today.",
+)
+def partitions_cmd(ahead_days: int) -> None:
+    """Create the ledger's day partitions ahead (PostgreSQL; nothing to do on SQLite), and
+    move rows the default partition caught into their day. Run it hourly, beside purge."""
+    engine = _svc().engine
+    try:
+        with db.read(engine) as conn:
+            partitioned = partitions.is_partitioned(conn)
+        created = (
+            partitions.ensure_ahead(engine, now=int(time.time()), ahead_days=ahead_days)
+            if partitioned
+            else []
+        )
+    except errors.ServiceUnavailable as exc:
+        raise click.ClickException(exc.detail) from None
+    if not partitioned:
+        click.echo("the ledger is not partitioned (SQLite): nothing to do")
+        return
+    click.echo(f"created {len(created)} partition(s){': ' + ', '.join(created) if created else ''}")
+
+
 #: The demo client: the example application's registration, made by ``make run``.
 DEMO_CLIENT = "demo"
 #: One name for the demo client and the example application, on every page and mail.
@@ -713,5 +756,5 @@ linksvc demo client {client.id} ("{DEMO_DISPLAY_NAME}", redirect URI {app_url}/c
 
 
 def init_app(app: Flask) -> None:
-    for cmd in (init_db, clients_cli, keys_cli, mint_cmd, purge_cmd, demo_cmd):
+    for cmd in (init_db, clients_cli, keys_cli, mint_cmd, purge_cmd, partitions_cmd, demo_cmd):
         app.cli.add_command(cmd)

@@ -17,6 +17,19 @@ Because the code is a function of the link and of the nonce cookie of the browse
 pressed the button, a second press from the same browser (a double click, a resubmitted
 form) can re-create the very same code and reach the same completion, while any other
 browser cannot. This module knows nothing of Flask; ``now`` is always a parameter.
+
+A code travels in a URL, and a URL can be carried into another browser: an attacker who
+completes a sign-in of their own and sends a victim's browser to their ``…?code=`` would
+sign the victim in to the attacker's account (login CSRF), and a code that leaked from a
+URL would sign its finder in. So a flow can be *bound*, as OAuth's PKCE does (RFC 7636,
+S256 only): the application keeps a random ``code_verifier`` in the session of the browser
+that asks, sends its ``code_challenge`` when it mints the link or starts the sign-in (kept
+on the link's row, never in the token), and presents the verifier with the code. The
+exchange then needs both to agree — a bound code with a wrong or no verifier, and an
+unbound code presented with one (a downgrade: the attacker's code from a flow that was
+never bound), are refused, and the code is spent by that attempt: it was carried into a
+browser that did not start its flow, where it can never become right, and a verifier is
+never guessed one try at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +54,8 @@ log = logging.getLogger("linksvc.codes")
 DOUBLE_SUBMIT_WINDOW = 10
 #: Longest string accepted as a code before any lookup.
 MAX_CODE_LENGTH = 128
+#: RFC 7636: a verifier is 43-128 unreserved characters (its challenge: ledger.CHALLENGE_RE).
+VERIFIER_RE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 
 
 class CodeError(Exception):
@@ -74,9 +90,39 @@ class CodeRevoked(CodeError):
     reason = "code_revoked"
     status = 410
     default_detail = (
-        "The code was voided (its subject was revoked, its client disabled, or its key "
-        "removed); the user must request a new link."
+        "The code was voided (its subject was revoked, its client disabled, its key "
+        "removed, or it was presented with a wrong code_verifier); the user must request a "
+        "new link."
     )
+
+
+class CodeVerifierRequired(CodeError):
+    """A bound flow's code presented without a verifier: it is spent (see the module)."""
+
+    reason = "code_verifier_required"
+    status = 422
+    default_detail = (
+        "This code's flow was started with a code_challenge: send the code_verifier kept in "
+        "the session of the browser that started it. The code is spent; do not sign anyone in."
+    )
+
+
+class CodeVerifierMismatch(CodeError):
+    """A code presented with a verifier its flow was not started with: it is spent."""
+
+    reason = "code_verifier_mismatch"
+    status = 422
+    default_detail = (
+        "The code_verifier does not match the code_challenge its flow was started with (or "
+        "the flow was started without one): the code reached a browser that did not start "
+        "its flow. The code is spent; do not sign anyone in."
+    )
+
+
+def challenge_of(verifier: str) -> str:
+    """The S256 ``code_challenge`` of ``verifier``: BASE64URL(SHA-256(verifier)), unpadded."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +228,25 @@ _EXCHANGE = (
         _c.voided_at.is_(None),
         _c.expires_at > sa.bindparam("k_now"),
         sa.exists().where(_cl.id == _c.client_id, _cl.disabled == sa.false()),
-        ~sa.exists().where(_l.jti == _c.jti, _k.kid == _l.kid, _k.state == "removed"),
+        # The link's row: its flow binding agrees with the verifier presented (both absent,
+        # or the challenge of the verifier), and the key that signed it is not removed.
+        sa.exists().where(
+            _l.jti == _c.jti,
+            sa.func.coalesce(_l.state_detail, "") == sa.bindparam("k_bind"),
+            ~sa.exists().where(_k.kid == _l.kid, _k.state == "removed"),
+        ),
     )
     .values(used_at=sa.bindparam("k_now"))
+)
+#: Spend a live code that was presented with the wrong binding (see the module).
+_BURN = (
+    sa.update(db.codes)
+    .where(
+        _c.code_hash == sa.bindparam("k_hash"),
+        _c.used_at.is_(None),
+        _c.voided_at.is_(None),
+    )
+    .values(voided_at=sa.bindparam("k_now"))
 )
 _EXCHANGE_SQL = db.Statement(_EXCHANGE.returning(_c.jti))
 
@@ -196,24 +258,35 @@ def exchange(
     client_id: str,
     now: int,
     sink: outbox.Sink | None = None,
+    code_verifier: str | None = None,
 ) -> Exchanged:
     """Spend ``code`` for ``client_id``, once. Raises :class:`CodeError`.
 
     Another client's attempt is refused as ``invalid_code`` and does **not** spend the
     code: the condition on ``client_id`` is part of the UPDATE, so a code that leaked to
     another registered application cannot be used by it, nor burnt to lock out the user.
+    ``code_verifier`` (already of the RFC 7636 form) must agree with the flow's binding;
+    when it does not, the code is spent and :class:`CodeVerifierRequired` or
+    :class:`CodeVerifierMismatch` raised.
     """
     if not isinstance(code, str) or not code or len(code) > MAX_CODE_LENGTH or not code.isascii():
         raise InvalidCode()
     h = hash_code(code)
+    challenge = None if code_verifier is None else challenge_of(code_verifier)
+    params = {
+        "k_hash": h,
+        "k_client": client_id,
+        "k_now": now,
+        "k_bind": ledger.stored_challenge(challenge) or "",
+    }
     if sink is None:
-        done = _exchange_fast(engine, h, client_id=client_id, now=now)
+        done = _exchange_fast(engine, params)
         if done is not None:
             return done
     c = db.codes
     failure: CodeError
     with db.write(engine) as conn:
-        result = conn.execute(_EXCHANGE, {"k_hash": h, "k_client": client_id, "k_now": now})
+        result = conn.execute(_EXCHANGE, params)
         row = conn.execute(sa.select(c).where(c.c.code_hash == h)).mappings().first()
         if result.rowcount == 1 and row is not None:
             rec = ledger.get(conn, row["jti"])
@@ -244,10 +317,16 @@ def exchange(
             failure = InvalidCode()
         elif row["used_at"] is not None:
             failure = CodeUsed()
-        elif row["voided_at"] is None and row["expires_at"] <= now:
-            failure = CodeExpired()
-        else:  # voided, or its client disabled or its key removed since the press
+        elif row["voided_at"] is not None:
             failure = CodeRevoked()
+        elif row["expires_at"] <= now:
+            failure = CodeExpired()
+        else:
+            rec = ledger.get(conn, row["jti"])
+            if rec is not None and rec.code_challenge != challenge:
+                failure = _refuse_binding(conn, rec, h, challenge, client_id=client_id, now=now)
+            else:  # its client disabled or its key removed since the press
+                failure = CodeRevoked()
         log.info(
             "code rejected",
             extra={
@@ -260,14 +339,41 @@ def exchange(
     raise failure
 
 
-def _exchange_fast(engine: Engine, h: str, *, client_id: str, now: int) -> Exchanged | None:
+def _refuse_binding(
+    conn: Connection,
+    rec: ledger.LinkRecord,
+    h: str,
+    challenge: str | None,
+    *,
+    client_id: str,
+    now: int,
+) -> CodeError:
+    """Spend a live code presented with the wrong binding, note it in its link's history,
+    and return the error to raise once that is committed."""
+    conn.execute(_BURN, {"k_hash": h, "k_now": now})
+    failure: CodeError = CodeVerifierRequired() if challenge is None else CodeVerifierMismatch()
+    ledger.add_rejection(conn, rec.jti, now, reason=failure.reason, via="code")
+    # A warning: a code carried into a browser that did not start its flow is what a
+    # login CSRF (or a leaked code) looks like from here.
+    log.warning(
+        "code presented with a wrong binding",
+        extra={
+            "jti": rec.jti,
+            "client": client_id,
+            "outcome": "rejected",
+            "reason": failure.reason,
+        },
+    )
+    return failure
+
+
+def _exchange_fast(engine: Engine, params: dict[str, Any]) -> Exchanged | None:
     """The winning exchange of a client without webhooks, on the driver: the spending UPDATE
     (``RETURNING`` the link it names) and the ``exchanged`` event in one transaction, then
     the link's row. None when nothing was spent: :func:`exchange` then says why."""
+    now = params["k_now"]
     with db.driver_transaction(engine) as conn:
-        spent = db.fetch(
-            engine, conn, _EXCHANGE_SQL, {"k_hash": h, "k_client": client_id, "k_now": now}
-        )
+        spent = db.fetch(engine, conn, _EXCHANGE_SQL, params)
         if not spent:
             return None
         jti = spent[0][0]

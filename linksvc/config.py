@@ -81,6 +81,11 @@ class Settings:
     webhook_allow_private: bool = False
     #: Seconds a webhook delivery may take to connect and for each read.
     webhook_timeout: int = 5
+    #: Seconds one webhook delivery attempt may take in all, however its receiver trickles;
+    #: the relay's lease outlasts it, so an attempt is cut before its row can go to another.
+    webhook_deadline: int = 15
+    #: Deliveries one webhook endpoint may hold at once, across every relay.
+    webhook_endpoint_concurrency: int = 2
     #: When set, ``GET /metrics`` wants ``Authorization: Bearer <this>`` (off by default).
     metrics_token: str | None = None
 
@@ -396,6 +401,8 @@ def load(
         trusted_proxies=_int(env, "LINKSVC_TRUSTED_PROXIES", 0, 0, 5),
         webhook_allow_private=_flag(env, "LINKSVC_WEBHOOK_ALLOW_PRIVATE"),
         webhook_timeout=_int(env, "LINKSVC_WEBHOOK_TIMEOUT", 5, 1, 30),
+        webhook_deadline=_int(env, "LINKSVC_WEBHOOK_DEADLINE", 15, 1, 120),
+        webhook_endpoint_concurrency=_int(env, "LINKSVC_WEBHOOK_ENDPOINT_CONCURRENCY", 2, 1, 64),
         metrics_token=metrics_token,
     )
 

@@ -67,6 +67,8 @@ links = sa.Table(
     sa.Column("state", sa.String(12), nullable=False),
     sa.Column("state_at", sa.BigInteger(), nullable=True),
     sa.Column("state_via", sa.String(40), nullable=True),
+    # Why a link was revoked or superseded; while it is issued or consumed, the S256 code
+    # challenge of a bound flow, "S256:<challenge>" (linksvc.ledger.CHALLENGE_PREFIX).
     sa.Column("state_detail", sa.String(64), nullable=True),
     # Server-side data the link needs; never put in the token.
     sa.Column("redirect_uri", sa.Text(), nullable=True),
@@ -118,7 +120,8 @@ sign_ins = sa.Table(
     sa.Column("jti", sa.String(43), primary_key=True),
     sa.Column("id", sa.String(43), nullable=False, unique=True),
     sa.Column("client_id", sa.String(40), nullable=False),
-    sa.Column("state", sa.String(12), nullable=False),  # pending | approved | completed | denied
+    # pending | approved | completed | denied | ended
+    sa.Column("state", sa.String(12), nullable=False),
     sa.Column("state_at", sa.BigInteger(), nullable=True),
     sa.Column("state_detail", sa.String(20), nullable=True),
     sa.Column("created_at", sa.BigInteger(), nullable=False),

@@ -39,6 +39,17 @@ DOWNLOAD_FIELDS = frozenset({"key", "bucket", "filename", "content_type"})
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 CSRF_COOKIE = "linksvc_dl_csrf"
 CSRF_SALT = "linksvc.download-confirm"
+#: The per-browser cookie that tells the browser that consumed a download link from any
+#: other (the replay policy, PRODUCT §7): 256 random bits, set with the response that
+#: consumes (or the confirmation page), HttpOnly. SameSite=Lax, not Strict: a click in a
+#: webmail is a cross-site navigation, and the same browser clicking the mail's link again
+#: must be recognised. It grants nothing — only its keyed hash is stored, with the
+#: consumption (``links.completion_hash``) — so an attacker gains nothing by holding one.
+BROWSER_COOKIE = "linksvc_dl_browser"
+#: Its name where the base URL is https (Secure, host-only, ``Path=/``: nobody can plant it).
+HOST_BROWSER_COOKIE = "__Host-" + BROWSER_COOKIE
+BROWSER_COOKIE_AGE = 400 * 86400  # what browsers allow at most
+_BROWSER_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def init_app(app: Flask) -> None:
@@ -185,6 +196,47 @@ def actor_hash() -> str | None:
     return hmac.new(key, b"actor:" + request.remote_addr.encode(), hashlib.sha256).hexdigest()
 
 
+def _browser_cookie() -> tuple[str, str]:
+    """The browser cookie's name and path for this deployment."""
+    if _settings().base_url.startswith("https://"):
+        return HOST_BROWSER_COOKIE, "/"
+    return BROWSER_COOKIE, "/d/"
+
+
+def _browser() -> tuple[str, bool]:
+    """This browser's cookie value, and whether it is new (and must be set). A caller
+    without one (a first visit, a download tool keeping no cookies) gets a fresh value, so
+    it counts as another browser than any before it."""
+    value = request.cookies.get(_browser_cookie()[0], "")
+    if _BROWSER_RE.fullmatch(value):
+        return value, False
+    return secrets.token_urlsafe(32), True
+
+
+def browser_hash(value: str) -> str:
+    """What the ledger keeps of a browser cookie: an HMAC under the service secret, so a
+    database dump gives no cookie and matches none without the secret."""
+    key = _settings().secret_key
+    if key is None:
+        raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+    return hmac.new(key, b"linksvc.downloads.browser|" + value.encode(), hashlib.sha256).hexdigest()
+
+
+def _remember_browser(resp: Response, value: str, new: bool) -> Response:
+    if new:
+        name, path = _browser_cookie()
+        resp.set_cookie(
+            name,
+            value,
+            max_age=BROWSER_COOKIE_AGE,
+            path=path,
+            secure=_settings().base_url.startswith("https:"),
+            httponly=True,
+            samesite="Lax",
+        )
+    return resp
+
+
 def _problem_page(status: int, reason: str, title: str, advice: str) -> Response:
     # ``title`` and ``advice`` are English source text (N_), translated here.
     return render_page("failure.html", status, reason=reason, title=_(title), advice=_(advice))
@@ -214,15 +266,32 @@ def _refused(exc: errors.RequestRefused) -> Response:
     return _missing_page()
 
 
-def _verify(token: str, now: int, *, record: bool) -> Any:
+def _verify(token: str, now: int, *, record: bool, browser: str | None = None) -> Any:
+    """Verify a download token. With ``record``, a refusal is noted in the link's history;
+    with ``browser`` too (the request would consume the link) a used link presented by
+    another browser than the one that consumed it is a replay (``link.replayed`` and the
+    client's replay policy, as for an API redemption)."""
     svc = _service()
     try:
         return svc.verify(token, purposes=["download"], audience=None, now=now, via="download")
     except errors.LinkError as exc:
         # A replay or a late click on a real link shows up in that link's history.
         if record and exc.jti is not None and not isinstance(exc, errors.UnknownLink):
+            redemption = False
+            if browser is not None and isinstance(exc, errors.Used):
+                rec = ledger.lookup(svc.engine, exc.jti)
+                # The GET of a link that confirms first only shows a page: not a redemption.
+                redemption = rec is not None and (request.method == "POST" or not rec.confirm)
             ledger.record_rejection(
-                svc.engine, exc.jti, None, exc.reason, now, via="download", actor=actor_hash()
+                svc.engine,
+                exc.jti,
+                None,
+                exc.reason,
+                now,
+                via="download",
+                actor=actor_hash(),
+                redemption=redemption,
+                completion_hash=browser_hash(browser) if browser is not None else None,
             )
         raise
 
@@ -234,16 +303,18 @@ def download(token: str) -> Response:
         # Mail scanners and link previews send HEAD: answer the state, consume nothing.
         _verify(token, now, record=False)
         return Response(status=200, mimetype="text/html")
-    v = _verify(token, now, record=True)
+    browser, new = _browser()
+    v = _verify(token, now, record=True, browser=browser)
     if v.record.confirm:
-        return _confirm_page(v)
-    return _deliver(token, v.record, now)
+        return _remember_browser(_confirm_page(v), browser, new)
+    return _remember_browser(_deliver(token, v.record, now, browser), browser, new)
 
 
 @bp.post("/d/<path:token>")
 def confirm(token: str) -> Response:
     now = _service().now()
-    v = _verify(token, now, record=True)
+    browser, new = _browser()
+    v = _verify(token, now, record=True, browser=browser)
     if not _csrf_ok(v.claims.jti):
         return _problem_page(
             403,
@@ -251,7 +322,7 @@ def confirm(token: str) -> Response:
             N_("This page has expired"),
             N_("Open the link from your e-mail again and press the button once."),
         )
-    return _deliver(token, v.record, now)
+    return _remember_browser(_deliver(token, v.record, now, browser), browser, new)
 
 
 def _csrf_serializer() -> URLSafeTimedSerializer:
@@ -348,8 +419,9 @@ def _confirm_page(v: Any) -> Response:
     return resp
 
 
-def _deliver(token: str, rec: ledger.LinkRecord, now: int) -> Response:
-    """Make the storage URL, check the object, then consume; only then redirect."""
+def _deliver(token: str, rec: ledger.LinkRecord, now: int, browser: str) -> Response:
+    """Make the storage URL, check the object, then consume (keeping the keyed hash of
+    ``browser``, the browser's cookie, with the consumption); only then redirect."""
     svc, store, s = _service(), _store(), _settings()
     d = rec.download or {}
     if d.get("storage") != store.kind:
@@ -371,7 +443,13 @@ def _deliver(token: str, rec: ledger.LinkRecord, now: int) -> Response:
     store.stat(d.get("bucket"), d["key"])
     _check_resolved(svc, store, rec, d["key"])
     v = svc.redeem(
-        token, purposes=["download"], audience=None, now=now, via="download", actor=actor_hash()
+        token,
+        purposes=["download"],
+        audience=None,
+        now=now,
+        via="download",
+        actor=actor_hash(),
+        completion_hash=browser_hash(browser),
     )
     log.info(
         "download redirected",

@@ -161,7 +161,7 @@ class NotInitialised(ServiceUnavailable):
     """No signing key or secret yet: ``flask --app app init-db`` has not been run."""
 
     def __init__(self, what: str) -> None:
-        super().__init__("service", f"{what} missing: run `flask --app app init-db`.")
+        super().__init__("service", f"{what} missing: run `.venv/bin/flask --app app init-db`.")
 
 
 class RequestRefused(Exception):

@@ -562,18 +562,19 @@ class KeyRing:
             hint = f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause else ""
             raise KeyRingError(
                 f"cannot read the signing keys from the database{hint}; "
-                "is LINKSVC_DATABASE_URL right, and has `flask --app app init-db` run?"
+                "is LINKSVC_DATABASE_URL right, and has `.venv/bin/flask --app app init-db` run?"
             ) from None
         except sa.exc.DBAPIError as exc:
             raise KeyRingError(
                 f"cannot read the signing keys from the database ({type(exc).__name__}); "
-                "has `flask --app app init-db` run?"
+                "has `.venv/bin/flask --app app init-db` run?"
             ) from None
         snap = self._snap
         assert snap is not None
         if snap.signing is None:
             raise KeyRingError(
                 snap.signing_problem
-                or "there is no active signing key: run `flask --app app init-db` or `keys generate`"
+                or "there is no active signing key: run `.venv/bin/flask --app app init-db` "
+                "or `.venv/bin/flask --app app keys generate`"
             )
         return snap.signing

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
+import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
@@ -41,6 +43,9 @@ class LinkRecord:
     data: Any = None
     confirm: bool = False
     completion_hash: str | None = None
+    #: The S256 challenge of the flow's ``code_verifier`` (linksvc.codes): its one-time code
+    #: is exchanged only with the matching verifier, by the browser session that started it.
+    code_challenge: str | None = None
     #: The language and time zone of the link's pages and mail, ``"<locale>|<zone>"`` (either
     #: side may be empty): one optional column, never in the token (PRODUCT §8).
     l10n: str | None = None
@@ -56,6 +61,19 @@ class LinkRecord:
         return (self.l10n or "").partition("|")[2] or None
 
 
+#: How ``links.state_detail`` holds a link's code challenge while it is issued or consumed.
+#: That column otherwise only says why a link was revoked or superseded, which ends any
+#: flow, so the two never need the row at once; a column of its own needs a migration.
+CHALLENGE_PREFIX = "S256:"
+#: An S256 challenge: BASE64URL(SHA-256(code_verifier)), 43 characters (RFC 7636).
+CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def stored_challenge(challenge: str | None) -> str | None:
+    """What ``links.state_detail`` holds for a flow bound to ``challenge`` (None: unbound)."""
+    return None if challenge is None else CHALLENGE_PREFIX + challenge
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
     at: int
@@ -65,6 +83,11 @@ class Event:
 
 
 def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
+    detail: str | None = row["state_detail"]
+    challenge: str | None = None
+    if row["state"] in (ISSUED, CONSUMED) and detail and detail.startswith(CHALLENGE_PREFIX):
+        challenge = detail[len(CHALLENGE_PREFIX) :]
+        detail = None
     return LinkRecord(
         jti=row["jti"],
         client_id=row["client_id"],
@@ -76,12 +99,13 @@ def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
         state=row["state"],
         state_at=row["state_at"],
         state_via=row["state_via"],
-        state_detail=row["state_detail"],
+        state_detail=detail,
         redirect_uri=row["redirect_uri"],
         download=json.loads(row["download"]) if row["download"] else None,
         data=json.loads(row["data"]) if row["data"] is not None else None,
         confirm=bool(row["confirm"]),
         completion_hash=row["completion_hash"],
+        code_challenge=challenge,
         l10n=row["l10n"],
     )
 
@@ -119,7 +143,7 @@ _INSERT_LINK_SQL = db.Statement(
         {
             c: sa.bindparam(c)
             for c in _LINK_COLUMNS
-            if c not in ("state_at", "state_via", "state_detail", "completion_hash")
+            if c not in ("state_at", "state_via", "completion_hash")
         }
     )
 )
@@ -282,6 +306,7 @@ def _link_values(rec: LinkRecord) -> dict[str, Any]:
         "iat": rec.iat,
         "exp": rec.exp,
         "state": ISSUED,
+        "state_detail": stored_challenge(rec.code_challenge),
         "redirect_uri": rec.redirect_uri,
         "download": json.dumps(rec.download) if rec.download is not None else None,
         "data": json.dumps(rec.data) if rec.data is not None else None,
@@ -564,9 +589,15 @@ def consume(
     raise failure
 
 
-#: A second press of the same browser this soon is a double click, not a replay
-#: (linksvc.codes answers it with the same completion).
-SAME_PRESS_SECONDS = 10
+def same_browser(rec: LinkRecord, completion_hash: str | None) -> bool:
+    """Whether the browser presenting ``rec`` again is the one that consumed it: the
+    presentation carries the keyed hash of the same per-browser cookie
+    (``links.completion_hash``, written by the consumption). An API caller carries none."""
+    return (
+        completion_hash is not None
+        and rec.completion_hash is not None
+        and hmac.compare_digest(rec.completion_hash, completion_hash)
+    )
 
 
 def _replayed(
@@ -578,14 +609,14 @@ def _replayed(
     completion_hash: str | None,
     sink: outbox.Sink,
 ) -> None:
-    """A consumed link presented again: a sign it leaked. ``link.replayed``, and with the
-    client's ``revoke-subject`` policy every outstanding link of the subject revoked."""
-    if (
-        completion_hash is not None
-        and rec.completion_hash == completion_hash
-        and rec.state_at is not None
-        and abs(now - rec.state_at) <= SAME_PRESS_SECONDS
-    ):
+    """A consumed link presented again by another browser or caller: a sign it leaked.
+    ``link.replayed``, and with the client's ``revoke-subject`` policy every outstanding
+    link of the subject revoked.
+
+    The browser that consumed it pressing again — a double click, a second tab, the mail's
+    link clicked next day — is no replay, however late: the link is still refused as
+    ``used``, but nothing leaked and nothing is revoked (:func:`same_browser`)."""
+    if same_browser(rec, completion_hash):
         return
     revoked = 0
     if sink.on_replay == outbox.REVOKE_SUBJECT:
@@ -624,13 +655,26 @@ def record_rejection(
     *,
     via: str,
     actor: str | None = None,
+    redemption: bool = False,
+    completion_hash: str | None = None,
 ) -> None:
-    """Note a refused attempt against a link we know, in its history. Best effort."""
+    """Note a refused attempt against a link we know, in its history. Best effort.
+
+    With ``redemption`` the attempt would have consumed the link (a download link's GET),
+    so a consumed link presented by another browser than the one that consumed it (see
+    :func:`same_browser`; ``completion_hash`` is this browser's) is a replay, handled as
+    :func:`consume` handles one, in the same transaction."""
     try:
         with db.write(engine) as conn:
             rec = get(conn, jti)
             if rec is not None and (client_id is None or rec.client_id == client_id):
                 add_rejection(conn, jti, now, reason=reason, via=via, actor=actor)
+                if redemption and rec.state == CONSUMED:
+                    sink = outbox.load_sink(conn, rec.client_id)
+                    if sink is not None:
+                        _replayed(
+                            conn, rec, now, via=via, completion_hash=completion_hash, sink=sink
+                        )
     except errors.ServiceUnavailable:
         pass
 
@@ -652,32 +696,129 @@ def _change_outstanding(
     t = db.links
     # A token still verifies up to the clock-skew leeway past its exp, so a link in that
     # window must still be revocable (and supersedable); the largest leeway allowed covers it.
-    cond = [t.c.client_id == client_id, t.c.state == ISSUED, t.c.exp >= now - HARD_MAX_LEEWAY]
+    scope = [t.c.client_id == client_id]
     if subject is not None:
-        cond.append(t.c.subject == subject)
+        scope.append(t.c.subject == subject)
     if purposes:
-        cond.append(t.c.purpose.in_(list(purposes)))
+        scope.append(t.c.purpose.in_(list(purposes)))
     if jti is not None:
-        cond.append(t.c.jti == jti)
+        scope.append(t.c.jti == jti)
     if except_jti is not None:
-        cond.append(t.c.jti != except_jti)
+        scope.append(t.c.jti != except_jti)
+    cond = [*scope, t.c.state == ISSUED, t.c.exp >= now - HARD_MAX_LEEWAY]
     # One conditional UPDATE: under READ COMMITTED PostgreSQL re-checks the condition on a
     # row changed meanwhile, so a link consumed concurrently stays consumed.
-    changed = (
+    changed: list[Any] = list(
         conn.execute(
             sa.update(t)
             .where(*cond)
             .values(state=state, state_at=now, state_via=via, state_detail=detail)
             .returning(t.c.jti, t.c.purpose, t.c.subject)
         )
-    ).all()
+    )
+    if state == REVOKED:
+        # After the UPDATE above, in a statement of its own: a sign-in approved meanwhile
+        # (its link no longer issued above) is seen here, committed, and ended.
+        changed = [*changed, *end_approved_sign_ins(conn, now, via=via, detail=detail, where=scope)]
     event = "revoked" if state == REVOKED else "superseded"
-    for j, _purpose, _subject in changed:
+    for j, _purpose, _subject, *_ in changed:
         add_event(conn, j, event, now, via=via)
     if sink is not None:
         facts = {"via": via, **({"by": detail} if state == SUPERSEDED else {})}
-        for j, p, subj in changed:
+        for j, p, subj, *_ in changed:
             sink.emit(conn, "link." + event, jti=j, purpose=p, subject=subj, now=now, facts=facts)
+    return len(changed)
+
+
+#: How long after its link's ``exp`` the binding browser may still complete an approved
+#: sign-in (``linksvc.signins.COMPLETE_GRACE``): it polls every few seconds.
+SIGN_IN_COMPLETE_GRACE = 60
+#: The sign-in states (``linksvc.signins``) that a revocation reads and writes.
+SIGN_IN_APPROVED, SIGN_IN_ENDED = "approved", "ended"
+
+
+def end_approved_sign_ins(
+    conn: Connection,
+    now: int,
+    *,
+    via: str,
+    where: Collection[Any],
+    detail: str | None = None,
+) -> list[tuple[str, str, str, str]]:
+    """End the approved, not yet completed sign-ins (``linksvc.signins``) of the links
+    matching ``where`` (conditions on ``links``): each sign-in becomes ``ended`` and its
+    link, which the approval consumed, ``revoked``. Returns (jti, purpose, subject,
+    client id) of each link so revoked; the caller writes their events.
+
+    An approval consumes the link, yet nobody is signed in until the browser that asked
+    completes it; a revocation (of the subject, the link, the client or the key) in
+    between must stop that completion, or an account suspended mid-sign-in gets in.
+    The sign-in row is changed first, by one conditional UPDATE, as each completion
+    changes it first (``approved`` → ``completed``): whichever commits first wins, and a
+    completion that won has made its code, which the revocation voids (or which its
+    exchange refuses)."""
+    s, t = db.sign_ins, db.links
+    live = now - SIGN_IN_COMPLETE_GRACE
+    ended = (
+        conn.execute(
+            sa.update(s)
+            .where(
+                s.c.state == SIGN_IN_APPROVED,
+                s.c.exp >= live,
+                s.c.jti.in_(
+                    # exp: on PostgreSQL only the partitions of links still completable.
+                    sa.select(t.c.jti).where(t.c.state == CONSUMED, t.c.exp >= live, *where)
+                ),
+            )
+            .values(state=SIGN_IN_ENDED, state_at=now, state_detail="revoked")
+            .returning(s.c.jti)
+        )
+        .scalars()
+        .all()
+    )
+    if not ended:
+        return []
+    return [
+        (j, p, subj, c)
+        for j, p, subj, c in conn.execute(
+            sa.update(t)
+            .where(t.c.jti.in_(ended), t.c.exp >= live, t.c.state == CONSUMED)
+            .values(state=REVOKED, state_at=now, state_via=via, state_detail=detail)
+            .returning(t.c.jti, t.c.purpose, t.c.subject, t.c.client_id)
+        )
+    ]
+
+
+def end_approved_sign_ins_of(
+    conn: Connection,
+    now: int,
+    *,
+    via: str,
+    client_id: str | None = None,
+    kids: Collection[str] = (),
+) -> int:
+    """:func:`end_approved_sign_ins` of a client being disabled, or of the links signed by
+    the keys ``kids`` being removed, with the history and webhook events of each revoked
+    link (as any revocation writes them). Returns how many were ended."""
+    t = db.links
+    where: list[Any] = []
+    if client_id is not None:
+        where.append(t.c.client_id == client_id)
+    if kids:
+        where.append(t.c.kid.in_(list(kids)))
+    if not where:
+        raise ValueError("a client or keys")
+    changed = end_approved_sign_ins(conn, now, via=via, where=where)
+    sinks: dict[str, outbox.Sink | None] = {}
+    for j, p, subj, client in changed:
+        add_event(conn, j, "revoked", now, via=via)
+        if client not in sinks:
+            sinks[client] = outbox.load_sink(conn, client)
+        sink = sinks[client]
+        if sink is not None:
+            sink.emit(
+                conn, "link.revoked", jti=j, purpose=p, subject=subj, now=now, facts={"via": via}
+            )
     return len(changed)
 
 
@@ -690,13 +831,15 @@ def revoke(
         rec = get(conn, jti)
         if rec is None or rec.client_id != client_id:
             raise errors.UnknownLink(jti=jti)
-        if rec.state == CONSUMED:
-            raise errors.Used(jti=jti, at=rec.state_at)
+        # A consumed link may still be revoked while the sign-in its approval consumed it
+        # for is not completed (see end_approved_sign_ins).
         n = _change_outstanding(
             conn, REVOKED, now, via="api", client_id=client_id, jti=jti, sink=sink
         )
         rec2 = get(conn, jti)
         assert rec2 is not None
+        if rec2.state == CONSUMED:
+            raise errors.Used(jti=jti, at=rec2.state_at)
         return rec2, n
 
 

@@ -226,6 +226,14 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Download links only: show a confirmation page first "
                 "(default: true when `email` is given, else false).",
             },
+            "code_challenge": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Za-z0-9_-]{43}$",
+                "description": "Bind the flow to the browser that asks, as PKCE does (RFC 7636, "
+                "S256): BASE64URL(SHA-256(code_verifier)) of a random `code_verifier` kept in that "
+                "browser's session. The one-time code is then exchanged only with that verifier. "
+                "Sign-in and reset links only; kept on the link's row, never in the token.",
+            },
             "locale": _LOCALE,
             "timezone": _TIMEZONE,
         },
@@ -435,7 +443,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["code"],
         "additionalProperties": False,
         "properties": {
-            "code": {"type": "string", "description": "The one-time code from the redirect."}
+            "code": {"type": "string", "description": "The one-time code from the redirect."},
+            "code_verifier": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Za-z0-9._~-]{43,128}$",
+                "description": "The verifier whose `code_challenge` started the flow, from the "
+                "session of the browser that the code came back to. Required when the flow was "
+                "bound; refused when it was not.",
+            },
         },
     },
     "Exchanged": {
@@ -471,6 +486,14 @@ SCHEMAS: dict[str, Any] = {
                 "maxLength": 1024,
                 "description": "The requesting browser's User-Agent; the approval page names "
                 'it in words ("Firefox on Linux").',
+            },
+            "code_challenge": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Za-z0-9_-]{43}$",
+                "description": "Bind the flow to the browser that asks, as PKCE does (RFC 7636, "
+                "S256): BASE64URL(SHA-256(code_verifier)) of a random `code_verifier` kept in that "
+                "browser's session. The one-time code is then exchanged only with that verifier. "
+                "Sign-in and reset links only; kept on the link's row, never in the token.",
             },
             "locale": {
                 **_LOCALE,
@@ -668,7 +691,9 @@ PATHS: dict[str, Any] = {
             "operationId": "exchange_code",
             "summary": "Exchange a one-time code from a hosted sign-in or reset",
             "description": "The code lives 60 s, is bound to the client the link was minted for, and is "
-            "exchanged once.",
+            "exchanged once. When its flow was started with a `code_challenge`, only with the "
+            "matching `code_verifier`: a wrong or missing verifier (or one sent for an unbound "
+            "flow) is refused and spends the code.",
             "requestBody": _body(_ref("ExchangeRequest")),
             "responses": _responses(
                 {
@@ -680,8 +705,14 @@ PATHS: dict[str, Any] = {
                     "409": _problem("The code was already exchanged (`code_used`)."),
                     "410": _problem(
                         "The code has expired (`code_expired`), or was voided by a revocation of"
-                        " its subject, the disabling of its client or the removal of its link's"
-                        " signing key (`code_revoked`)."
+                        " its subject, the disabling of its client, the removal of its link's"
+                        " signing key or an exchange with a wrong verifier (`code_revoked`)."
+                    ),
+                    "422": _problem(
+                        "A field is unknown, missing, of the wrong type (`unknown_field`, "
+                        "`missing_field`, `invalid_field`), or the `code_verifier` does not agree "
+                        "with the flow's `code_challenge` (`code_verifier_required`, "
+                        "`code_verifier_mismatch`; the code is spent); `field` names it."
                     ),
                 },
                 _BODY_ERRORS,

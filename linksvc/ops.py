@@ -16,7 +16,9 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    # "service" tells linksvc's answer from another program's on the same port: `make run`
+    # waits for this body, not for any HTTP answer (scripts/dev_run.py --expect).
+    return jsonify({"status": "ok", "service": "linksvc"})
 
 
 @bp.get("/readyz")

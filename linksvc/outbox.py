@@ -7,10 +7,13 @@ Only clients with webhook endpoints pay even the insert: :class:`SinkCache` says
 client and without a database round trip on a hit, whether there is anything to do.
 
 Relays (:mod:`linksvc.relay`) :func:`claim` due rows under a lease — ``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL, so relays on several nodes never take the same row; SQLite's write
+LOCKED`` on PostgreSQL, or, when a claim is bounded per endpoint, one claim at a time under an
+advisory lock, so relays on several nodes never take the same row; SQLite's write
 transaction (``BEGIN IMMEDIATE``) is exclusive, which is the same guarantee — deliver them,
 and :func:`finish` them. A row whose lease ran out (its relay died mid-delivery) is claimed
-again and sent with the same ``webhook-id``: delivery is at least once. Events of one link
+again and sent with the same ``webhook-id``: delivery is at least once. A claim may be
+bounded per endpoint, so that one slow receiver holds a few rows at a time, not every
+relay's every slot. Events of one link
 reach an endpoint in order: a row is not claimed while an earlier row of the same link and
 endpoint is still pending.
 
@@ -354,13 +357,14 @@ class Claimed:
     payload: str
     attempts: int  # including this one
     lease_token: str
+    lease_until: int  # the row may go to another relay from then on
     url: str
     secret_enc: bytes
     old_secret_enc: bytes | None
     old_secret_until: int | None
 
 
-def _due(now: int) -> sa.Select[Any]:
+def _due(now: int, per_endpoint: int | None = None, scan: int = 500) -> sa.Select[Any]:
     earlier = _o.alias("earlier")
     blocked = sa.exists().where(
         earlier.c.endpoint_id == _o.c.endpoint_id,
@@ -368,28 +372,70 @@ def _due(now: int) -> sa.Select[Any]:
         earlier.c.state == PENDING,
         earlier.c.id < _o.c.id,
     )
-    return (
-        sa.select(_o.c.id)
-        .select_from(_o.join(_e, _e.c.id == _o.c.endpoint_id))
-        .where(
-            _o.c.state == PENDING,
-            _o.c.next_attempt_at <= now,
-            sa.or_(_o.c.lease_until.is_(None), _o.c.lease_until <= now),
-            _e.c.disabled == sa.false(),
-            ~blocked,
-        )
-        .order_by(_o.c.id)
+    conditions = (
+        _o.c.state == PENDING,
+        _o.c.next_attempt_at <= now,
+        sa.or_(_o.c.lease_until.is_(None), _o.c.lease_until <= now),
+        _e.c.disabled == sa.false(),
+        ~blocked,
     )
+    rows = _o.join(_e, _e.c.id == _o.c.endpoint_id)
+    if per_endpoint is None:
+        return sa.select(_o.c.id).select_from(rows).where(*conditions).order_by(_o.c.id)
+    # An endpoint's slots are its rows leased now (to any relay) and the ones this claim
+    # adds, in order. Endpoints with no free slot are left out before the LIMIT, so that a
+    # slow endpoint's backlog never hides the rows of others behind it; the LIMIT keeps a
+    # claim to an index scan of the oldest due rows, however long the backlog.
+    leased = _o.alias("leased")
+    busy = (
+        sa.select(leased.c.endpoint_id, sa.func.count().label("n"))
+        .where(leased.c.state == PENDING, leased.c.lease_until > now)
+        .group_by(leased.c.endpoint_id)
+        .subquery("busy")
+    )
+    n_busy = sa.func.coalesce(busy.c.n, 0)
+    candidates = (
+        sa.select(_o.c.id, _o.c.endpoint_id, n_busy.label("busy"))
+        .select_from(rows.outerjoin(busy, busy.c.endpoint_id == _o.c.endpoint_id))
+        .where(*conditions, n_busy < per_endpoint)
+        .order_by(_o.c.id)
+        .limit(scan)
+        .subquery("candidates")
+    )
+    slot = (
+        sa.func.row_number().over(partition_by=candidates.c.endpoint_id, order_by=candidates.c.id)
+        + candidates.c.busy
+    )
+    ranked = sa.select(candidates.c.id, slot.label("slot")).subquery("ranked")
+    return sa.select(ranked.c.id).where(ranked.c.slot <= per_endpoint).order_by(ranked.c.id)
 
 
-def claim(engine: Engine, *, now: int, limit: int, lease_seconds: int) -> list[Claimed]:
-    """Lease up to ``limit`` due rows to the caller for ``lease_seconds``."""
+#: The PostgreSQL advisory lock that makes claims one at a time (SQLite's write lock does
+#: the same): a claim counts an endpoint's leased rows, and two claims counting at once would
+#: both see a free slot. A claim holds it for a few milliseconds; deliveries run unlocked.
+_CLAIM_LOCK = 0x6C696E6B73766331  # "linksvc1"
+
+
+def claim(
+    engine: Engine,
+    *,
+    now: int,
+    limit: int,
+    lease_seconds: int,
+    per_endpoint: int | None = None,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due rows to the caller for ``lease_seconds``; with
+    ``per_endpoint``, never so many that an endpoint holds more than that many leased rows
+    (across every relay)."""
     token = secrets.token_hex(16)
     with db.write(engine) as conn:
-        query = _due(now).limit(limit)
+        query = _due(now, per_endpoint, scan=max(100, limit * 10)).limit(limit)
         if conn.dialect.name == "postgresql":
-            # Rows another relay is claiming right now are skipped, not waited for.
-            query = query.with_for_update(skip_locked=True, of=_o)
+            if per_endpoint is not None:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CLAIM_LOCK)))
+            else:
+                # Rows another relay is claiming right now are skipped, not waited for.
+                query = query.with_for_update(skip_locked=True, of=_o)
         ids = [r[0] for r in conn.execute(query)]
         if not ids:
             return []
@@ -409,6 +455,7 @@ def claim(engine: Engine, *, now: int, limit: int, lease_seconds: int) -> list[C
                 _o.c.payload,
                 _o.c.attempts,
                 _o.c.lease_token,
+                _o.c.lease_until,
                 _e.c.url,
                 _e.c.secret_enc,
                 _e.c.old_secret_enc,

@@ -235,7 +235,23 @@ PROBLEMS: dict[str, Problem] = {
         410,
         "Code voided",
         "The subject was revoked, the client disabled or the link's signing key removed after "
-        "the press and before the exchange: do not sign the user in; they must request a new link.",
+        "the press and before the exchange, or it was presented with a wrong `code_verifier`: do "
+        "not sign the user in; they must request a new link.",
+    ),
+    "code_verifier_required": Problem(
+        422,
+        "Code verifier required",
+        "The code's flow was started with a `code_challenge`, and the exchange sent no "
+        "`code_verifier`. The code reached a browser whose session holds no verifier — one that "
+        "did not start the flow (a login CSRF, or a link opened on another device). The code is "
+        "spent: do not sign anyone in; the user asks again from this browser.",
+    ),
+    "code_verifier_mismatch": Problem(
+        422,
+        "Code verifier mismatch",
+        "The `code_verifier` is not the one whose S256 challenge the flow was started with, or "
+        "the flow was started without a `code_challenge`. The code reached a browser that did "
+        "not start its flow. The code is spent: do not sign anyone in.",
     ),
 }
 

@@ -1,13 +1,16 @@
 """The relay: ``flask --app app webhooks run`` delivers the outbox.
 
-One loop per process: claim due rows under a lease (:func:`linksvc.outbox.claim`), send
-each with a short timeout through :mod:`linksvc.ssrf` (several at once in a small thread
-pool), record the attempt (:func:`linksvc.outbox.finish`), and now and then sweep for
-expired links and purge old deliveries. Any number of relays may run against one database,
+One loop per process: claim due rows under a lease (:func:`linksvc.outbox.claim`), as many
+as there are idle delivery threads and never more than a few per endpoint, hand each to a
+thread that sends it through :mod:`linksvc.ssrf` and records the attempt
+(:func:`linksvc.outbox.finish`), and claim again as threads come free — the loop never waits
+for a delivery, so one slow receiver holds its own rows, not everyone's. Each attempt has a
+total deadline that ends before its lease does. Now and then the loop sweeps for expired
+links and purges old deliveries. Any number of relays may run against one database,
 on one node or several; each row goes to one of them at a time.
 
 What a crash costs: a relay killed mid-delivery leaves its rows leased; when the lease
-ends (the delivery timeout plus a margin) another relay — or the same one restarted —
+ends (the attempt's deadline plus a margin) another relay — or the same one restarted —
 sends them again, with the same ``webhook-id``. Nothing is lost; a receiver may see a
 message twice and deduplicates by ``webhook-id``. A database that goes away stops the loop
 until it is back: the rows are where they were.
@@ -34,6 +37,11 @@ log = logging.getLogger("linksvc.webhooks")
 Sender = Callable[..., ssrf.Answer]
 
 
+#: Seconds a lease outlasts the attempt it covers: for recording the attempt, and for the
+#: clocks of relays on other nodes, which decide from their own clock that it ran out.
+LEASE_MARGIN = 10
+
+
 class Relay:
     def __init__(
         self,
@@ -42,9 +50,11 @@ class Relay:
         *,
         rules: ssrf.Policy,
         timeout: float = 5.0,
+        deadline: float = 15.0,
         lease_seconds: int | None = None,
         batch: int = 50,
         concurrency: int = 4,
+        per_endpoint: int | None = 2,
         retention_seconds: int = 7 * 86400,
         clock: Callable[[], float] = time.time,
         resolver: ssrf.Resolver = socket.getaddrinfo,
@@ -54,32 +64,73 @@ class Relay:
         self.kek = kek
         self.rules = rules
         self.timeout = timeout
-        # A delivery ends within about two timeouts (connect, then reads); the lease outlasts it.
-        self.lease_seconds = lease_seconds or int(timeout * 3) + 5
+        self.deadline = deadline
+        self.lease_seconds = lease_seconds or int(deadline) + LEASE_MARGIN
+        # An attempt is cut this long before its lease ends, so that no other relay can
+        # take the row while it is still being sent (a message sent twice at once).
+        self.margin = min(LEASE_MARGIN, self.lease_seconds / 2)
         self.batch = batch
         self.concurrency = concurrency
+        self.per_endpoint = per_endpoint
         self.retention_seconds = retention_seconds
         self.clock = clock
         self.resolver = resolver
         self.sender = sender
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
+        self._busy = 0
+        self._freed = threading.Condition()
         self._last_sweep = 0.0
         self._last_purge = 0.0
 
     def close(self) -> None:
+        """Wait for the deliveries in hand (each ends by its deadline)."""
         self._pool.shutdown(wait=True)
 
     def now(self) -> int:
         return int(self.clock())
 
     def run_once(self) -> int:
-        """Claim one batch, deliver it, record it. Returns how many rows it handled."""
+        """Claim as many due rows as there are idle delivery slots and start them; never
+        waits for a delivery. Returns how many it started."""
+        with self._freed:
+            free = self.concurrency - self._busy
+        if free <= 0:
+            return 0
+        # Only what can start at once is claimed: a row claimed to wait in a queue would
+        # spend its lease waiting for slow receivers, and then go to a second relay.
         claimed = outbox.claim(
-            self.engine, now=self.now(), limit=self.batch, lease_seconds=self.lease_seconds
+            self.engine,
+            now=self.now(),
+            limit=min(self.batch, free),
+            lease_seconds=self.lease_seconds,
+            per_endpoint=self.per_endpoint,
         )
-        if claimed:
-            list(self._pool.map(self._deliver, claimed))
+        for c in claimed:
+            with self._freed:
+                self._busy += 1
+            self._pool.submit(self._run, c)
         return len(claimed)
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds``, less when a delivery ends (a slot is free again)."""
+        with self._freed:
+            self._freed.wait(seconds)
+
+    def _run(self, c: outbox.Claimed) -> None:
+        try:
+            self._deliver(c)
+        except errors.ServiceUnavailable:
+            log.warning("webhook relay: database unavailable", extra={"msg_id": c.msg_id})
+        except Exception as exc:
+            # The row keeps its lease until it runs out, then goes again: nothing is lost.
+            log.error(
+                "webhook relay: unexpected error",
+                extra={"msg_id": c.msg_id, "error": type(exc).__name__},
+            )
+        finally:
+            with self._freed:
+                self._busy -= 1
+                self._freed.notify_all()
 
     def _deliver(self, c: outbox.Claimed) -> outbox.Outcome | None:
         now = self.now()
@@ -96,8 +147,17 @@ class Relay:
         body = c.payload.encode()
         # webhook-timestamp is the time of this attempt: receivers refuse old timestamps.
         headers = webhook_signature.headers(secret_list, c.msg_id, now, body)
+        deadline = min(self.deadline, c.lease_until - self.margin - self.clock())
+        if deadline <= 0:
+            return None  # no time left under this lease: the next claim sends it
         answer = self.sender(
-            c.url, body, headers, policy=self.rules, timeout=self.timeout, resolver=self.resolver
+            c.url,
+            body,
+            headers,
+            policy=self.rules,
+            timeout=self.timeout,
+            deadline=deadline,
+            resolver=self.resolver,
         )
         try:
             outcome = outbox.finish(
@@ -175,6 +235,6 @@ class Relay:
                 log.error("webhook relay: unexpected error", extra={"error": type(exc).__name__})
                 handled = 0
                 stop.wait(1.0)
-            if not handled:
-                stop.wait(poll)
+            if not handled and not stop.is_set():
+                self.wait(poll)
         log.info("webhook relay stopped")

@@ -138,10 +138,13 @@ class LinkService:
         confirm: bool = False,
         now: int | None = None,
         defer_supersede: bool = False,
+        code_challenge: str | None = None,
         l10n: str | None = None,
     ) -> Minted:
         """Mint a link. With ``defer_supersede`` (its mail is still to be sent) the older
-        links it would supersede stay issued until :meth:`supersede` is called."""
+        links it would supersede stay issued until :meth:`supersede` is called. With
+        ``code_challenge`` (a sign-in or reset link) its one-time code is exchanged only
+        with the matching ``code_verifier`` (linksvc.codes)."""
         now = self.now() if now is None else now
         s = self.settings
         if purpose not in PURPOSES:
@@ -200,7 +203,21 @@ class LinkService:
                     "confirm is only for download links (sign-in and reset links always confirm).",
                     field="confirm",
                 )
+            if code_challenge is not None and not ledger.CHALLENGE_RE.fullmatch(code_challenge):
+                raise errors.RequestRefused(
+                    "invalid_field",
+                    "code_challenge must be the S256 challenge of a code_verifier: 43 base64url "
+                    "characters (RFC 7636).",
+                    field="code_challenge",
+                )
         else:
+            if code_challenge is not None:
+                raise errors.RequestRefused(
+                    "invalid_field",
+                    "code_challenge is only for sign-in and reset links (download links end "
+                    "in no code).",
+                    field="code_challenge",
+                )
             if redirect_uri is not None:
                 raise errors.RequestRefused(
                     "invalid_field",
@@ -261,7 +278,8 @@ class LinkService:
             download=download,
             data=data,
             confirm=confirm,
-            l10n=l10n,  # checked by the caller (linksvc.i18n.link_l10n)
+            code_challenge=code_challenge,
+            l10n=l10n,  # checked by the caller (linksvc.locales.link_l10n)
         )
         sink = self.sinks.get(self.engine, client.id)
         supersede = purpose in s.supersede_purposes and not defer_supersede

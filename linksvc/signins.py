@@ -47,7 +47,10 @@ from .service import LinkService, Minted
 
 log = logging.getLogger("linksvc.signins")
 
-PENDING, APPROVED, COMPLETED, DENIED = "pending", "approved", "completed", "denied"
+PENDING, COMPLETED, DENIED = "pending", "completed", "denied"
+#: ``ended``: approved, then a revocation (of its link, subject, client or key) came before
+#: the completion (linksvc.ledger.end_approved_sign_ins).
+APPROVED, ENDED = ledger.SIGN_IN_APPROVED, ledger.SIGN_IN_ENDED
 #: The history events (and metric labels) of a sign-in.
 EVENTS = ("started", "viewed", "approved", "denied", "code_failed", "completed")
 # Webhook event types of PRODUCT §7: ``sign_in.started`` …, written in the step's transaction.
@@ -63,7 +66,7 @@ CODE_LENGTH = 8
 MAX_CODE_FAILURES = 5
 #: An approval that arrives just before the link expires can still be completed this long
 #: after it by the binding browser (which polls every few seconds).
-COMPLETE_GRACE = 60
+COMPLETE_GRACE = ledger.SIGN_IN_COMPLETE_GRACE
 #: A second completion from the binding browser this soon gets the same code back (a
 #: double click, the script and the button both submitting).
 DOUBLE_SUBMIT_WINDOW = codes.DOUBLE_SUBMIT_WINDOW
@@ -114,8 +117,9 @@ class SignIn:
 
     def status(self, now: int) -> str:
         """What the waiting page shows: ``pending``, ``approved``, ``completed``, ``denied``,
-        ``expired``, or ``ended`` (the link was revoked or superseded through the API)."""
-        if self.state in (COMPLETED, DENIED):
+        ``expired``, or ``ended`` (the link was revoked or superseded through the API, or
+        a revocation ended the sign-in between its approval and its completion)."""
+        if self.state in (COMPLETED, DENIED, ENDED):
             return self.state
         if self.state == APPROVED:
             return APPROVED if now <= self.exp + COMPLETE_GRACE else "expired"
@@ -349,9 +353,11 @@ class SignIns:
         user_agent: str,
         send: Callable[[Minted, str], None],
         now: int,
+        code_challenge: str | None = None,
         l10n: str | None = None,
     ) -> Started:
         """Mint the link, record the sign-in, then ``send(minted, shown_code)`` the mail.
+        With ``code_challenge`` the code it ends in needs the matching verifier (linksvc.codes).
 
         The sign-in row is written after the link's own transaction and before anyone holds
         the token (it is not in the answer and not yet mailed): a link whose sign-in could
@@ -382,6 +388,7 @@ class SignIns:
             subject=subject,
             redirect_uri=redirect_uri,
             now=now,
+            code_challenge=code_challenge,
             l10n=l10n,  # the language and zone of its pages and mail (linksvc.i18n)
         )
         rec = minted.record

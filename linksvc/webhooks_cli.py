@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from . import clients as clients_mod
 from . import db, errors, outbox, relay, webhooks
+from .api import iso
 from .config import Settings
 from .service import LinkService
 
@@ -38,13 +39,14 @@ def _kek() -> bytes:
     kek = _settings().key_encryption_key
     if kek is None:
         raise click.ClickException(
-            "no key-encryption key: run `flask --app app init-db` or set LINKSVC_KEY_ENCRYPTION_KEY"
+            "no key-encryption key: run `.venv/bin/flask --app app init-db` "
+            "or set LINKSVC_KEY_ENCRYPTION_KEY"
         )
     return kek
 
 
 def _iso(ts: int | None) -> str:
-    return "-" if ts is None else outbox.iso(ts)
+    return iso(ts) or "-"
 
 
 def _client(conn: Any, ident: str) -> clients_mod.Client:
@@ -52,6 +54,10 @@ def _client(conn: Any, ident: str) -> clients_mod.Client:
     if c is None:
         raise click.ClickException(f"no client {ident!r}")
     return c
+
+
+def _attempt_json(a: outbox.Attempt) -> dict[str, object]:
+    return {"at": iso(a.at), "status": a.status, "error": a.error, "duration_ms": a.duration_ms}
 
 
 def _endpoint_json(e: webhooks.Endpoint) -> dict[str, object]:
@@ -62,10 +68,10 @@ def _endpoint_json(e: webhooks.Endpoint) -> dict[str, object]:
         "events": list(e.events) if e.events else None,
         "disabled": e.disabled,
         "disabled_reason": e.disabled_reason,
-        "disabled_at": e.disabled_at,
-        "failing_since": e.failing_since,
-        "rotating_until": e.rotating_until,
-        "created_at": e.created_at,
+        "disabled_at": iso(e.disabled_at),
+        "failing_since": iso(e.failing_since),
+        "rotating_until": iso(e.rotating_until),
+        "created_at": iso(e.created_at),
     }
 
 
@@ -222,12 +228,16 @@ def deliveries_cmd(
                         "jti": d.jti,
                         "state": d.state,
                         "attempts": d.attempts,
-                        "created_at": d.created_at,
-                        "next_attempt_at": d.next_attempt_at,
-                        "delivered_at": d.delivered_at,
+                        "created_at": iso(d.created_at),
+                        "next_attempt_at": iso(d.next_attempt_at),
+                        "delivered_at": iso(d.delivered_at),
                         "last_status": d.last_status,
                         "last_error": d.last_error,
-                        **({"tries": [a.__dict__ for a in tries[d.id]]} if show_attempts else {}),
+                        **(
+                            {"tries": [_attempt_json(a) for a in tries[d.id]]}
+                            if show_attempts
+                            else {}
+                        ),
                     }
                     for d in found
                 ]
@@ -267,7 +277,9 @@ def replay_cmd(client: str, msg_id: str | None, failed: bool) -> None:
 @click.option("--batch", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Idle wait, seconds.")
 @click.option(
-    "--lease", type=click.IntRange(1, 3600), help="Lease seconds (default 3 x timeout + 5)."
+    "--lease",
+    type=click.IntRange(1, 3600),
+    help="Lease seconds (default LINKSVC_WEBHOOK_DEADLINE + 10); an attempt is cut before it ends.",
 )
 def run_cmd(concurrency: int, batch: int, poll: float, lease: int | None) -> None:
     """Deliver the outbox until SIGTERM or SIGINT. Run one or more beside the service."""
@@ -277,9 +289,11 @@ def run_cmd(concurrency: int, batch: int, poll: float, lease: int | None) -> Non
         _kek(),
         rules=webhooks.policy(s),
         timeout=s.webhook_timeout,
+        deadline=s.webhook_deadline,
         lease_seconds=lease,
         batch=batch,
         concurrency=concurrency,
+        per_endpoint=s.webhook_endpoint_concurrency,
         retention_seconds=s.retention_days * 86400,
     )
     stop = threading.Event()

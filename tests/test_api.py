@@ -296,7 +296,7 @@ def test_every_api_answer_has_security_headers(api):
 
 
 def test_health_and_jwks(client):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").get_json() == {"status": "ok", "service": "linksvc"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
     jwks = client.get("/.well-known/jwks.json")
     assert "max-age" in jwks.headers["Cache-Control"]

@@ -40,6 +40,10 @@ ARGS = [
 ]
 
 
+#: The code_verifier the tests' own mints bind their links to (see :func:`_asked_here`).
+VERIFIER = "browser-test-verifier-" + "v" * 21
+
+
 @dataclass
 class Stack:
     linksvc: str
@@ -47,6 +51,8 @@ class Stack:
     api_key: str
     env: dict[str, str]
     shots: Path
+    #: The example app's session cookie of a browser that holds :data:`VERIFIER`.
+    flow_cookie: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -59,7 +65,7 @@ class Stack:
             f"{self.linksvc}/api/v1/links",
             headers=self.headers,
             timeout=10,
-            json={"purpose": purpose, "subject": subject, **extra},
+            json={"purpose": purpose, "subject": subject, **_bound(purpose), **extra},
         )
         assert resp.status_code == 201, resp.text
         return resp.json()
@@ -68,6 +74,23 @@ class Stack:
         return requests.get(
             f"{self.linksvc}/api/v1/links/{jti}", headers=self.headers, timeout=10
         ).json()
+
+
+def _bound(purpose: str) -> dict[str, str]:
+    """A sign-in or reset link is minted bound to :data:`VERIFIER`, as the example app
+    binds it to the browser that asks."""
+    if purpose == "download":
+        return {}
+    from linksvc_client import code_challenge
+
+    return {"code_challenge": code_challenge(VERIFIER)}
+
+
+def _asked_here(page: Any, stack: Stack) -> None:
+    """Make ``page``'s browser the one that asked for the tests' own mints: it holds their
+    verifier in its example-app session, as if it had asked through the app's form (a
+    browser that did not is refused at the callback — that is the point)."""
+    page.context.add_cookies([{"name": "rp_flow", "value": stack.flow_cookie, "url": stack.app}])
 
 
 def _load_example() -> Any:
@@ -129,7 +152,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Stack(server.url, f"http://127.0.0.1:{app_port}", created["api_key"], env, shots)
+        flow_cookie = example.session_interface.get_signing_serializer(example).dumps(
+            {"linksvc_code_verifier": VERIFIER}
+        )
+        yield Stack(
+            server.url, f"http://127.0.0.1:{app_port}", created["api_key"], env, shots, flow_cookie
+        )
     finally:
         http.shutdown()
         server.stop()
@@ -215,6 +243,7 @@ def test_second_press_after_a_lost_first_response_still_signs_in(page, stack):
     """The first press reached linksvc and consumed the link, but its answer never reached the
     browser (a double click cancels it, a flaky network drops it): pressing again completes."""
     link = stack.mint(subject="user-again")
+    _asked_here(page, stack)
     page.goto(link["url"])
     csrf = page.locator("input[name=csrf]").get_attribute("value")
     cookies = {c["name"]: c["value"] for c in page.context.cookies(link["url"])}
@@ -252,6 +281,7 @@ def test_scanners_leave_the_link_usable(page, stack):
     page.goto(url)
     page.context.clear_cookies()
     assert stack.state(link["jti"])["state"] == "issued"
+    _asked_here(page, stack)
     page.goto(url)
     page.get_by_role("button", name="Sign in to Acme").click()
     page.wait_for_url(stack.app + "/")
@@ -330,6 +360,7 @@ def test_phone_viewport_and_accessibility(browser, stack):
         try:
             p2 = context_nojs.new_page()
             link = stack.mint(subject="user-nojs")
+            _asked_here(p2, stack)
             p2.goto(link["url"])
             p2.get_by_role("button", name="Sign in to Acme").click()
             p2.wait_for_url(stack.app + "/")

@@ -216,3 +216,9 @@ def test_display_names_with_format_characters_are_refused(runner):
     assert result.exit_code != 0 and "display name" in result.output
     listed = runner.invoke(args=["clients", "list", "--json"]).output
     assert json.loads(listed)[0]["display_name"] == "Acmé"
+
+
+def test_partitions_has_nothing_to_do_on_sqlite(app, runner):
+    with app.app_context():
+        out = runner.invoke(args=["partitions"])
+    assert out.exit_code == 0 and "not partitioned" in out.output

@@ -17,7 +17,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 import linksvc_client as lc
-from linksvc_client import AsyncLinkClient, LinkClient, RetryPolicy
+from linksvc_client import AsyncLinkClient, LinkClient, RetryPolicy, _core
 
 from .client_support import REDIRECT, Live, live_linksvc, press
 from .support import free_port
@@ -160,11 +160,64 @@ def test_links_of_pages_and_filters(client, request):
 def test_exchange_code(client, live, request):
     link = client.mint("magic_link", _subject(request))
     code = press(link.url)
-    done = client.exchange_code(code)
+    done = client.exchange_code(code, link.code_verifier)
     assert (done.jti, done.subject, done.purpose) == (link.jti, _subject(request), "magic_link")
     with pytest.raises(lc.CodeUsed) as err:
-        client.exchange_code(code)
+        client.exchange_code(code, link.code_verifier)
     assert isinstance(err.value, lc.LinkUsed) and err.value.status == 409
+
+
+def test_sign_in_and_reset_codes_are_bound_by_default(client, request):
+    """The code is exchanged only with the verifier of the browser that asked: without it
+    (the attacker's code in a victim's browser) it is refused and spent."""
+    subject = _subject(request)
+    for purpose in ("magic_link", "password_reset"):
+        link = client.mint(purpose, subject)
+        assert lc.code_challenge(link.code_verifier) and link.code_verifier not in repr(link)
+        code = press(link.url)
+        with pytest.raises(lc.CodeNotForThisBrowser) as err:
+            client.exchange_code(code)
+        assert (err.value.status, err.value.code) == (422, "code_verifier_required")
+        with pytest.raises(lc.LinkGone) as gone:  # spent by the refused attempt
+            client.exchange_code(code, link.code_verifier)
+        assert gone.value.code == "code_revoked"
+    # Another session's verifier.
+    link = client.mint("magic_link", subject)
+    with pytest.raises(lc.CodeNotForThisBrowser) as err:
+        client.exchange_code(press(link.url), lc.new_code_verifier())
+    assert err.value.code == "code_verifier_mismatch"
+    # The session's own verifier, given.
+    mine = lc.new_code_verifier()
+    link = client.mint("magic_link", subject, code_verifier=mine)
+    assert link.code_verifier == mine
+    assert client.exchange_code(press(link.url), mine).jti == link.jti
+    # Unbound on request: a flow no browser started.
+    link = client.mint("magic_link", subject, bind=False)
+    assert link.code_verifier is None
+    assert client.exchange_code(press(link.url)).jti == link.jti
+    # Downloads end in no code; a verifier of the wrong form is never sent.
+    with pytest.raises(ValueError):
+        client.mint("download", subject, download={"key": "k"}, code_verifier=mine)
+    with pytest.raises(ValueError):
+        client.exchange_code("code", "too-short")
+
+
+def test_a_repeat_with_the_callers_key_binds_the_same_verifier(client, live, request):
+    """A repeat with the same Idempotency-Key must send the same challenge to answer the
+    same link: the verifier is then derived from the key, under a secret of the API key."""
+    subject = _subject(request)
+    a = client.mint("magic_link", subject, idempotency_key="bound-1")
+    b = client.mint("magic_link", subject, idempotency_key="bound-1")
+    assert b.replayed and a.jti == b.jti and a.code_verifier == b.code_verifier
+    assert client.exchange_code(press(b.url), b.code_verifier).jti == a.jti
+
+    def derived(api_key: str) -> str | None:
+        secret = _core.binding_secret(api_key)
+        return _core.binding(
+            "magic_link", bind=True, code_verifier=None, idempotency_key="bound-1", secret=secret
+        )
+
+    assert derived(live.api_key) == a.code_verifier != derived("lsk_someone_else")
 
 
 def test_sign_in(client, mailbox, request):
@@ -174,6 +227,7 @@ def test_sign_in(client, mailbox, request):
         _subject(request), "someone@example.com", ip="203.0.113.9", user_agent="Firefox/140"
     )
     assert isinstance(started, lc.SignIn) and started.wait_url.endswith("/s/" + started.id)
+    assert started.code_verifier and started.code_verifier not in repr(started)
     assert started.expires_at > datetime.now(UTC)
     assert client.status(started.jti).state == "issued"
     assert len(box.messages) == before + 1
@@ -203,7 +257,7 @@ def test_async_client_has_every_method(live, request):
             assert every == {link.jti, again.jti, third.jti}
             code_link = await c.mint("magic_link", subject)
             code = await asyncio.to_thread(press, code_link.url)
-            assert (await c.exchange_code(code)).jti == code_link.jti
+            assert (await c.exchange_code(code, code_link.code_verifier)).jti == code_link.jti
             started = await c.sign_in(subject, "a@example.com", ip="::1", user_agent="UA")
             assert started.id
             with pytest.raises(lc.UnknownLink):

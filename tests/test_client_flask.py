@@ -3,6 +3,7 @@ written — all against a live linksvc under gunicorn."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,7 +13,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
+from flask import Flask, request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import linksvc_client as lc
 from linksvc import webhook_signature
@@ -35,6 +38,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
 def _app(live: Live) -> tuple[Flask, Linksvc, list[ExchangedCode], list[LinksvcError]]:
     app = Flask("relying")
     app.config.update(LINKSVC_URL=live.url, LINKSVC_API_KEY=live.api_key, LINKSVC_TIMEOUT=5)
+    app.secret_key = "test-only"
     linksvc = Linksvc(app)
     signed_in: list[ExchangedCode] = []
     refused: list[LinksvcError] = []
@@ -53,7 +57,7 @@ def _app(live: Live) -> tuple[Flask, Linksvc, list[ExchangedCode], list[LinksvcE
 
     @app.post("/send")
     def send():
-        return linksvc.mint("magic_link", "user-7").url
+        return linksvc.mint("magic_link", request.form.get("subject", "user-7")).url
 
     return app, linksvc, signed_in, refused
 
@@ -78,6 +82,42 @@ def test_init_app_and_the_callback_helper(live):
         assert linksvc.client.status(signed_in[0].jti).state == "consumed"
 
 
+def test_an_attackers_code_does_not_sign_in_a_victims_browser(live):
+    """Login CSRF: the attacker asks for a link in their own browser, presses it, keeps the
+    ``/callback?code=…`` without following it and sends a victim's browser there."""
+    app, _, signed_in, refused = _app(live)
+    attacker, victim = app.test_client(), app.test_client()
+    code = press(attacker.post("/send", data={"subject": "attacker"}).get_data(as_text=True))
+    # A victim who never asked for a link: refused here, before linksvc is asked.
+    assert victim.get(f"/callback?code={code}").get_data(as_text=True) == "code_verifier_required"
+    assert isinstance(refused[-1], lc.CodeNotForThisBrowser)
+    # A victim waiting for a link of their own: linksvc refuses the attacker's code, and spends it.
+    own = press(victim.post("/send", data={"subject": "victim"}).get_data(as_text=True))
+    assert victim.get(f"/callback?code={code}").get_data(as_text=True) == "code_verifier_mismatch"
+    assert refused[-1].status == 422 and isinstance(refused[-1], lc.CodeNotForThisBrowser)
+    assert attacker.get(f"/callback?code={code}").get_data(as_text=True) == "code_revoked"
+    assert signed_in == []
+    # The victim's own code, in the victim's browser, signs the victim in.
+    assert victim.get(f"/callback?code={own}").get_data(as_text=True) == "hello victim"
+
+
+def test_several_links_asked_for_in_one_browser_all_work(live):
+    app, _, signed_in, _ = _app(live)
+    http = app.test_client()
+    first, second = (http.post("/send").get_data(as_text=True) for _ in range(2))
+    for url in (first, second):
+        assert http.get(f"/callback?code={press(url)}").status_code == 200
+    assert len(signed_in) == 2
+
+
+def test_binding_needs_the_apps_secret_key(live):
+    app = Flask("no-secret")
+    app.config.update(LINKSVC_URL=live.url, LINKSVC_API_KEY=live.api_key)
+    ext = Linksvc(app)
+    with app.test_request_context("/send"), pytest.raises(RuntimeError, match="SECRET_KEY"):
+        ext.mint("magic_link", "user-7")
+
+
 def test_init_app_later_and_without_settings(live):
     ext = Linksvc()
     app = Flask("late")
@@ -94,6 +134,9 @@ def test_callback_without_on_error_raises(live):
     app.config.update(LINKSVC_URL=live.url, LINKSVC_API_KEY=live.api_key)
     ext = Linksvc(app)
     with app.test_request_context("/callback?code=nope"), pytest.raises(lc.InvalidCode):
+        ext.callback(sign_in=lambda r: "never", bind=False)
+    # Bound (the default), a browser that asked for nothing is refused before linksvc is asked.
+    with app.test_request_context("/callback?code=nope"), pytest.raises(lc.CodeNotForThisBrowser):
         ext.callback(sign_in=lambda r: "never")
 
 
@@ -160,6 +203,57 @@ def test_construct_event_refuses_an_old_delivery():
     assert err.value.code == "webhook_timestamp_out_of_range"
 
 
+@pytest.mark.parametrize(
+    "forged, code",
+    [
+        ({"webhook-timestamp": "\u00b2"}, "bad_webhook_timestamp"),  # "²".isdigit() is true
+        ({"webhook-timestamp": "\u0663\u0664"}, "bad_webhook_timestamp"),  # Arabic-Indic digits
+        ({"webhook-timestamp": "9" * 5000}, "bad_webhook_timestamp"),  # beyond int()'s limit
+        ({"webhook-signature": "v1,\u00e9t\u00e9"}, "bad_webhook_signature"),
+        ({"webhook-signature": "v1,\udcff"}, "bad_webhook_signature"),
+        ({"webhook-id": "msg_\udcff"}, "bad_webhook_signature"),
+        ({"webhook-id": "msg_\u00e9"}, "bad_webhook_signature"),
+    ],
+    ids=["superscript", "arabic-digits", "5000-digits", "sig-latin1", "sig-surrogate",
+         "id-surrogate", "id-latin1"],
+)  # fmt: skip
+def test_construct_event_refuses_forged_headers_with_its_own_error(forged, code):
+    """A receiver written to the contract answers 401 on WebhookVerificationError; any other
+    exception would be a 500 to an unauthenticated request."""
+    secret = webhook_signature.new_secret()
+    body = b'{"type":"link.minted","timestamp":"2026-12-01T10:00:00Z","data":{}}'
+    headers = {**_delivery([secret], body, int(time.time())), **forged}
+    with pytest.raises(WebhookVerificationError) as err:
+        construct_event(body, headers, secret)
+    assert err.value.code == code
+
+
+_NOW = 1_700_000_000
+# Digits of every script, long runs of ASCII ones, and a timestamp that is in range (so the
+# signature check is reached).
+_STAMP = st.one_of(
+    st.text(),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1),
+    st.text(alphabet="0123456789", min_size=1, max_size=5000),
+    st.just(str(_NOW)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msg_id=st.one_of(st.just("msg_2Kx"), st.text()),
+    stamp=_STAMP,
+    signature=st.one_of(st.text(), st.text().map(lambda t: "v1," + t)),
+    body=st.binary(max_size=64),
+)
+def test_any_header_values_verify_or_raise_the_verification_error(msg_id, stamp, signature, body):
+    secret = "whsec_" + "A" * 43 + "="
+    headers = {"webhook-id": msg_id, "webhook-timestamp": stamp, "webhook-signature": signature}
+    # Anything else (ValueError, TypeError…) escapes and fails the test.
+    with contextlib.suppress(WebhookVerificationError):
+        construct_event(body, headers, secret, now=_NOW)
+
+
 # -- the README's example, as written ------------------------------------------------------
 
 
@@ -183,3 +277,71 @@ def test_the_readme_example_runs_as_written(live, tmp_path):
     printed = out.stdout.splitlines()
     assert printed[0].startswith(f"mail this: {live.url}/l/")
     assert printed[1:] == ["user-42 {'next': '/inbox'}", "second try: used"]
+
+
+# -- the example application (examples/relying_app.py) ------------------------------------
+
+
+def _example(live: Live) -> Flask:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "relying_app", ROOT / "examples" / "relying_app.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["relying_app"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.create_app(  # type: ignore[no-any-return]
+        {"LINKSVC_URL": live.url, "LINKSVC_API_KEY": live.api_key}
+    )
+
+
+def _ask(browser, user_id: str) -> str:
+    """Ask the example app for a sign-in link, as its form does; return the link."""
+    form = browser.get("/").get_data(as_text=True)
+    token = re.search(r'name="csrf" value="([^"]+)"', form)
+    csrf = token.group(1) if token else ""
+    sent = browser.post("/send", data={"csrf": csrf, "user_id": user_id, "purpose": "magic_link"})
+    assert sent.status_code == 200, sent.get_data(as_text=True)[:300]
+    return re.search(r'id="mailed-link" href="([^"]+)"', sent.get_data(as_text=True)).group(1)
+
+
+def _reason(resp) -> str:
+    return re.search(r'id="reason">([a-z_]+)<', resp.get_data(as_text=True)).group(1)
+
+
+def test_example_app_send_needs_its_csrf_token(live):
+    app = _example(live)
+    http = app.test_client()
+    body = {"user_id": "user-1", "purpose": "magic_link"}
+    # Another site's form: no token, or one of another browser.
+    assert http.post("/send", data=body).status_code == 400
+    other = app.test_client()
+    other_form = other.get("/").get_data(as_text=True)
+    foreign = re.search(r'name="csrf" value="([^"]+)"', other_form).group(1)
+    http.get("/")
+    assert http.post("/send", data={**body, "csrf": foreign}).status_code == 400
+    assert http.post("/send", data={**body, "csrf": ""}).status_code == 400
+    assert _ask(http, "user-1").startswith(live.url + "/l/")  # with its own token: sent
+
+
+def test_example_app_refuses_an_attackers_code_in_a_victims_browser(live):
+    app = _example(live)
+    attacker, victim = app.test_client(), app.test_client()
+    code = press(_ask(attacker, "mallory"))  # kept, not followed
+    # A victim who never asked for a link.
+    resp = victim.get(f"/callback?code={code}")
+    assert resp.status_code == 400 and _reason(resp) == "code_verifier_required"
+    assert "did not ask for that link" in resp.get_data(as_text=True)
+    assert victim.get_cookie("rp_session") is None and "mallory" not in victim.get("/").text
+    # A victim who asked for a link of their own: linksvc refuses the code and spends it.
+    own = _ask(victim, "ada")
+    resp = victim.get(f"/callback?code={code}")
+    assert resp.status_code == 400 and _reason(resp) == "code_verifier_mismatch"
+    assert victim.get_cookie("rp_session") is None
+    assert _reason(attacker.get(f"/callback?code={code}")) == "code_revoked"
+    # The victim's own link signs the victim in, in the victim's browser.
+    done = victim.get(f"/callback?code={press(own)}")
+    assert done.status_code == 303 and victim.get_cookie("rp_session") is not None
+    assert 'id="subject">ada<' in victim.get("/").get_data(as_text=True)

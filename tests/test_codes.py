@@ -372,3 +372,104 @@ def test_press_revoke_race_sqlite(tmp_path):
 
 def test_press_revoke_race_postgresql(tmp_path, pg_url):
     _assert_no_code_survived(*_press_revoke_race(tmp_path, pg_url))
+
+
+# -- a flow bound to the browser that asked (PKCE-style, S256) ---------------------------
+
+VERIFIER = "v" * 20 + "-._~" + "V" * 19  # 43 characters, every kind RFC 7636 allows
+OTHER_VERIFIER = "w" * 43
+
+
+def bound_exchange(api: Any, code: str, verifier: str | None) -> Any:
+    body = {"code": code} if verifier is None else {"code": code, "code_verifier": verifier}
+    return api.http.post("/api/v1/codes/exchange", json=body, headers=api.headers)
+
+
+def test_challenge_is_s256_of_the_verifier():
+    # RFC 7636, appendix B.
+    assert (
+        codes.challenge_of("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+        == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    )
+
+
+def test_bound_code_exchanges_with_its_verifier_only(api, app):
+    link, code = pressed(api, app, code_challenge=codes.challenge_of(VERIFIER))
+    assert "code_challenge" not in link and codes.challenge_of(VERIFIER) not in str(link)
+    ok = bound_exchange(api, code, VERIFIER)
+    assert ok.status_code == 200 and ok.get_json()["jti"] == link["jti"]
+    assert bound_exchange(api, code, VERIFIER).get_json()["code"] == "code_used"
+
+
+def test_attackers_code_in_a_victims_session_is_refused_and_spent(api, app):
+    """Login CSRF: the attacker's code, carried into a browser that started a flow of its
+    own (another verifier) or none at all, signs nobody in — and never works again."""
+    for presented in (OTHER_VERIFIER, None):
+        link, code = pressed(
+            api, app, subject="attacker", code_challenge=codes.challenge_of(VERIFIER)
+        )
+        refused = bound_exchange(api, code, presented)
+        assert refused.status_code == 422 and refused.get_json()["field"] == "code_verifier"
+        expected = "code_verifier_mismatch" if presented else "code_verifier_required"
+        assert refused.get_json()["code"] == expected
+        assert "attacker" not in refused.get_data(as_text=True)
+        # Spent: not even the attacker's own verifier gets it back now.
+        again = bound_exchange(api, code, VERIFIER)
+        assert again.status_code == 410 and again.get_json()["code"] == "code_revoked"
+        events = api.status(link["jti"]).get_json()["events"]
+        assert {"event": "rejected", "reason": expected, "via": "code"} in [
+            {k: e[k] for k in ("event", "reason", "via")} for e in events
+        ]
+        assert "exchanged" not in [e["event"] for e in events]
+
+
+def test_verifier_for_an_unbound_flow_is_refused(api, app):
+    """A downgrade: an unbound code (a flow started without a challenge) presented in a
+    session that holds a verifier is not this session's flow."""
+    _, code = pressed(api, app)
+    refused = bound_exchange(api, code, VERIFIER)
+    assert refused.status_code == 422 and refused.get_json()["code"] == "code_verifier_mismatch"
+    assert bound_exchange(api, code, None).get_json()["code"] == "code_revoked"
+
+
+def test_unbound_flows_still_exchange_without_a_verifier(api, app):
+    _, code = pressed(api, app)
+    assert bound_exchange(api, code, None).status_code == 200
+
+
+def test_malformed_challenges_and_verifiers_are_refused_before_anything(api, app):
+    for bad in ("short", "=" * 43, codes.challenge_of(VERIFIER) + "A", 43):
+        resp = api.mint(code_challenge=bad)
+        assert resp.status_code == 422, bad
+        assert resp.get_json()["field"] == "code_challenge"
+    dl = api.mint("download", download={"key": "x"}, code_challenge=codes.challenge_of(VERIFIER))
+    assert dl.status_code == 422 and dl.get_json()["field"] == "code_challenge"
+    _, code = pressed(api, app, code_challenge=codes.challenge_of(VERIFIER))
+    for bad in ("x" * 42, "x" * 129, "x" * 42 + "+", "é" * 43):
+        resp = bound_exchange(api, code, bad)
+        assert resp.status_code == 422 and resp.get_json()["code"] == "invalid_field", bad
+    # A malformed verifier is refused as a bad request, before the code is looked at.
+    assert bound_exchange(api, code, VERIFIER).status_code == 200
+
+
+def test_bound_exchange_postgresql(pg_url, tmp_path):
+    from linksvc import create_app
+
+    from .conftest import _prepare, make_api_user
+    from .support import base_env
+
+    app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
+    migrate.upgrade(app.extensions["linksvc"].engine)
+    _prepare(app)
+    try:
+        api = make_api_user(app)
+        challenge = codes.challenge_of(VERIFIER)
+        _, code = pressed(api, app, code_challenge=challenge)
+        assert bound_exchange(api, code, OTHER_VERIFIER).get_json()["code"] == (
+            "code_verifier_mismatch"
+        )
+        assert bound_exchange(api, code, VERIFIER).get_json()["code"] == "code_revoked"
+        _, code = pressed(api, app, code_challenge=challenge)
+        assert bound_exchange(api, code, VERIFIER).status_code == 200
+    finally:
+        app.extensions["linksvc"].engine.dispose()

@@ -94,6 +94,61 @@ def test_bad_setting_stops_startup_with_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+# -- under gunicorn: one line and status 4, every time (issue 24 item 12) ----------------
+
+_PRODUCTION = {"LINKSVC_ENV": "production", "LINKSVC_BASE_URL": "https://links.example.com"}
+STARTUP_REFUSALS = {
+    "production_without_a_kek": (
+        {**_PRODUCTION, "LINKSVC_SECRET_KEY": secret_b64()},
+        "linksvc: configuration error: LINKSVC_KEY_ENCRYPTION_KEY: is required",
+    ),
+    "a_bad_setting": ({"LINKSVC_LEEWAY": "600"}, "linksvc: configuration error: LINKSVC_LEEWAY"),
+    "production_without_a_signing_key": (
+        {
+            **_PRODUCTION,
+            "LINKSVC_KEY_ENCRYPTION_KEY": secret_b64(),
+            "LINKSVC_SECRET_KEY": secret_b64(),
+        },
+        "linksvc: cannot start: cannot read the signing keys from the database",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STARTUP_REFUSALS))
+def test_gunicorn_refuses_to_start_with_one_line_and_status_4_every_time(tmp_path, case):
+    """`gunicorn -c gunicorn.conf.py app:app` (what `make serve` runs) with several workers:
+    the master checks once, before forking, so the message is printed once, with no
+    traceback, and the status is 4 on every run — not once per worker, and not, when two
+    workers exited together, gunicorn's HaltServer traceback and status 1."""
+    import os
+    import subprocess
+
+    from .support import ROOT, free_port, venv_bin
+
+    settings, message = STARTUP_REFUSALS[case]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
+    env.update({"LINKSVC_INSTANCE_PATH": str(tmp_path), **settings, "PYTHONUNBUFFERED": "1"})
+    for _run in range(4):
+        proc = subprocess.run(
+            [
+                venv_bin("gunicorn"),
+                *("-c", str(ROOT / "gunicorn.conf.py"), "--workers", "3"),
+                *("--bind", f"127.0.0.1:{free_port()}", "app:app"),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 4, output
+        assert "Traceback" not in output, output
+        said = [line for line in output.splitlines() if line.startswith("linksvc: ")]
+        assert len(said) == 1 and said[0].startswith(message), output
+        assert "Booting worker" not in output  # refused before any worker was forked
+
+
 # -- every setting fails cleanly, naming itself (issue 17 item 10) ----------------------
 
 MALFORMED = [
@@ -118,6 +173,10 @@ MALFORMED = [
     ("LINKSVC_RECIPIENT_LIMIT", "5 per fortnight"),
     ("LINKSVC_LOG_LEVEL", "loud"),
     ("LINKSVC_TRUSTED_PROXIES", "1.5"),
+    ("LINKSVC_WEBHOOK_DEADLINE", "0"),
+    ("LINKSVC_WEBHOOK_DEADLINE", "121"),
+    ("LINKSVC_WEBHOOK_ENDPOINT_CONCURRENCY", "0"),
+    ("LINKSVC_WEBHOOK_ENDPOINT_CONCURRENCY", "many"),
     ("LINKSVC_TRUSTED_HOSTS", "links.example.com, evil example"),
     ("LINKSVC_SECRET_KEY", "A" * 20),
     ("LINKSVC_KEY_ENCRYPTION_KEY", "not base64!" * 5),

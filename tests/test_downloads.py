@@ -442,6 +442,42 @@ def test_head_never_consumes(dl_api: Any, dl_app: Any) -> None:
     assert http.head(f"/d/{link['token']}").status_code == 409
 
 
+def test_a_used_download_replayed_from_another_browser_is_a_replay(
+    dl_api: Any, dl_app: Any
+) -> None:
+    """Issue 24: the GET of a used ``/d/`` link consumes nothing, yet from another browser
+    (or a caller keeping no cookies) it is a replay — ``link.replayed`` and the client's
+    replay policy — while the browser that downloaded may click again, however late."""
+    from .test_webhooks import add_endpoint, types
+
+    add_endpoint(dl_app, dl_api.client.id)
+    runner = dl_app.test_cli_runner()
+    runner.invoke(args=["webhooks", "on-replay", dl_api.client.id, "revoke-subject"])
+    svc = dl_app.extensions["linksvc"]
+    svc.sinks.clear()
+    link = dl_api.minted("download", subject="user-7", download={"key": "public/hello.txt"})
+    other = dl_api.minted(subject="user-7")
+    browser, other_browser = dl_app.test_client(), dl_app.test_client()
+    t0 = svc.now()
+    assert browser.get(f"/d/{link['token']}").status_code == 303
+    cookie = browser.get_cookie("linksvc_dl_browser", path="/d/")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    with db.read(svc.engine) as conn:  # only a keyed hash of it is kept
+        stored = ledger.get(conn, link["jti"]).completion_hash
+    assert stored is not None and cookie.value not in stored
+    assert stored != hashlib.sha256(cookie.value.encode()).hexdigest()
+    svc.clock = lambda: t0 + 12
+    assert browser.get(f"/d/{link['token']}").status_code == 409
+    assert browser.head(f"/d/{link['token']}").status_code == 409
+    assert other_browser.head(f"/d/{link['token']}").status_code == 409  # HEAD: a look only
+    assert "link.replayed" not in types(dl_app, link["jti"])
+    assert link_state(svc.engine, other["jti"]) == "issued"
+
+    assert other_browser.get(f"/d/{link['token']}").status_code == 409
+    assert types(dl_app, link["jti"]).count("link.replayed") == 1
+    assert link_state(svc.engine, other["jti"]) == "revoked"
+
+
 def test_missing_file_at_click_does_not_consume(dl_api: Any, dl_app: Any, files: Path) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     moved = files / "hello.bak"

@@ -1,14 +1,17 @@
 """`make test` installs what the tests need from the system when it can (Chromium and npm
 with apt-get, as root) and says plainly what will skip when it cannot. apt-get and id are
-stand-ins on PATH here: the test never installs anything."""
+stand-ins on PATH here: the test never installs anything. `make run` on a port another
+program holds stops with one line saying how to choose another, never "Ready"."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
-from .support import ROOT
+from .support import ROOT, free_port
+from .test_dev_run import other_server
 
 
 def _shims(tmp_path: Path, uid: int) -> dict[str, str]:
@@ -65,3 +68,50 @@ def test_nothing_to_do_when_everything_is_there(tmp_path):
     assert out.returncode == 0 and "SKIPPING the browser" not in out.stdout
     calls = (tmp_path / "apt.log").read_text() if (tmp_path / "apt.log").exists() else ""
     assert "chromium" not in calls
+
+
+# -- make run on a taken port (issue 24 item 10) --------------------------------------------
+
+
+def _make_run_env(instance: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LINKSVC_")
+        and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PORT", "APP_PORT")
+    }
+    return {**env, "LINKSVC_INSTANCE_PATH": str(instance)}
+
+
+def test_make_run_on_a_taken_port_says_so_and_how_to_choose_another(tmp_path):
+    """Another server on PORT answers any request: `make run` must not take it for linksvc."""
+    with other_server(body=b'{"status":"ok"}') as port:
+        out = subprocess.run(
+            ["make", "--no-print-directory", "run", f"PORT={port}", f"APP_PORT={free_port()}"],
+            cwd=ROOT,
+            env=_make_run_env(tmp_path / "instance"),
+            text=True,
+            capture_output=True,
+            timeout=600,
+        )
+    assert out.returncode != 0, out.stdout[-3000:]
+    assert "Ready" not in out.stdout + out.stderr
+    said = [line for line in out.stderr.splitlines() if line.startswith("dev_run:")]
+    assert len(said) == 1, out.stderr
+    assert re.fullmatch(
+        rf"dev_run: port {port} is already in use by another program; "
+        r"stop it, or choose another port: make run PORT=\d+",
+        said[0],
+    ), said[0]
+    # The demo client's key went to the instance make run was pointed at, not ./instance.
+    assert (tmp_path / "instance" / "demo.env").is_file()
+
+
+def test_make_run_waits_for_what_linksvc_healthz_answers(app):
+    """The text `make run` waits for is in linksvc's own /healthz answer, so a real start
+    still says Ready (tests/test_journey.py runs it whole)."""
+    makefile = (ROOT / "Makefile").read_text()
+    expect = re.search(r"--ready \S+/healthz --expect '([^']+)'", makefile)
+    assert expect, "make run waits for /healthz with an --expect"
+    body = app.test_client().get("/healthz").get_data(as_text=True)
+    assert expect.group(1) in body

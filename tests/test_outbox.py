@@ -230,3 +230,49 @@ def test_two_relays_never_claim_the_same_row(engine: Engine) -> None:
         t.join()
     assert len(claimed) == 300
     assert set(claimed.values()) == {1}
+
+
+def test_a_claim_gives_one_endpoint_at_most_its_share(engine: Engine) -> None:
+    """A slow endpoint with a backlog holds ``per_endpoint`` leased rows, whoever leased
+    them; the rows of other endpoints behind its backlog are claimed at once."""
+    slow_client, [slow] = setup_client(engine)
+    fast_client, [fast] = setup_client(engine)
+    for i in range(10):
+        emit(engine, slow_client, f"s{i}")
+    emit(engine, fast_client, "f0")
+    got = outbox.claim(engine, now=T0, limit=50, lease_seconds=30, per_endpoint=2)
+    assert sorted(c.endpoint_id for c in got) == sorted([slow, slow, fast])
+    assert {c.lease_until for c in got} == {T0 + 30}
+    # Another relay (or the same one) finds no free slot on the slow endpoint...
+    assert outbox.claim(engine, now=T0 + 1, limit=50, lease_seconds=30, per_endpoint=2) == []
+    # ...until one of its rows is done, or its lease runs out.
+    finish(engine, got[0], 200, T0 + 2)
+    [nxt] = outbox.claim(engine, now=T0 + 2, limit=50, lease_seconds=30, per_endpoint=2)
+    assert nxt.endpoint_id == slow
+    again = outbox.claim(engine, now=T0 + 32, limit=50, lease_seconds=30, per_endpoint=2)
+    assert sorted(c.endpoint_id for c in again) == sorted([slow, slow, fast])
+
+
+def test_racing_claims_never_exceed_an_endpoints_share(engine: Engine) -> None:
+    """Four relays claim at once, over and over, finishing nothing: however they interleave,
+    each endpoint ends with exactly ``per_endpoint`` leased rows."""
+    client_id, endpoints = setup_client(engine, n_endpoints=3)
+    for i in range(40):
+        emit(engine, client_id, f"j{i}")
+    claimed: Counter[str] = Counter()
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def relay() -> None:
+        barrier.wait()
+        for _ in range(5):
+            got = outbox.claim(engine, now=T0, limit=3, lease_seconds=600, per_endpoint=2)
+            with lock:
+                claimed.update(c.endpoint_id for c in got)
+
+    threads = [threading.Thread(target=relay) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert claimed == dict.fromkeys(endpoints, 2)

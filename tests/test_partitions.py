@@ -121,6 +121,111 @@ def test_a_link_past_every_partition_lands_in_default_and_moves_to_its_day(
     assert api.redeem(second["token"]).status_code == 409
 
 
+def test_the_partitions_command_makes_the_days_ahead_without_purge(pg_app: Flask) -> None:
+    engine = pg_app.extensions["linksvc"].engine
+    today = partitions.day_of(int(time.time()))
+    with engine.begin() as conn:  # a run missed: the last day ahead is not there
+        last = partitions.day_name("links", today + partitions.AHEAD_DAYS * DAY)
+        conn.exec_driver_sql(f'ALTER TABLE links DETACH PARTITION "{last}"')
+        conn.exec_driver_sql(f'DROP TABLE "{last}"')
+    runner = pg_app.test_cli_runner()
+    with pg_app.app_context():  # what `flask` pushes for every command
+        out = runner.invoke(args=["partitions", "--ahead-days", "9"])
+        again = runner.invoke(args=["partitions", "--ahead-days", "9"])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("created 5 partition(s)"), out.output  # 3 of links, 2 of events
+    assert last in out.output
+    have = _partitions(engine)
+    for table in partitions.KEYS:
+        assert {today + i * DAY for i in range(10)} <= set(have[table])
+    assert again.output == "created 0 partition(s)\n"
+
+
+def test_maintenance_waits_briefly_for_its_lock_and_tries_again(
+    pg_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holding the table (a long report, say) makes the maintenance's lock
+    wait time out: it lets go — the requests queued behind it go ahead — and tries again."""
+    engine = pg_app.extensions["linksvc"].engine
+    far = partitions.day_of(int(time.time())) + 60 * DAY
+    blocker = engine.connect()
+    tx = blocker.begin()
+    blocker.exec_driver_sql("SELECT count(*) FROM links")  # holds ACCESS SHARE on links
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if tx.is_active:
+            tx.commit()  # the report ends
+
+    monkeypatch.setattr(partitions, "_pause", pause)
+    try:
+        created = partitions.ensure_ahead(engine, now=far, ahead_days=0)
+    finally:
+        blocker.close()
+    assert created == [partitions.day_name(t, far) for t in partitions.KEYS]
+    assert len(pauses) == 1  # one lock timeout, then done
+
+
+ROUNDS = 4
+LINKS_PER_ROUND = 120
+REDEEMERS = 4
+
+
+def test_purge_moving_rows_out_of_default_races_redemptions_without_a_failure(
+    pg_app: Flask,
+) -> None:
+    """Links sit in the default partition (purge not run for weeks, or a clock jump); purge
+    then creates their day, moving them, while threads redeem them over the API. Every
+    valid link answers 200 exactly once — none 503 (the deadlock of issue 24), none
+    wrongly ``used`` or unknown — and every one ends consumed in its day's partition."""
+    svc = pg_app.extensions["linksvc"]
+    api: ApiUser = make_api_user(pg_app)
+    today = partitions.day_of(int(time.time()))
+    outcomes: collections.Counter[int] = collections.Counter()
+    purge_errors: list[BaseException] = []
+    for r in range(ROUNDS):
+        far = today + (40 + 10 * r) * DAY + 3600  # a day with no partition yet
+        svc.clock = lambda far=far: far
+        links = [api.minted(subject=f"r{r}-{i}") for i in range(LINKS_PER_ROUND)]
+        assert {_partition_of(svc.engine, link["jti"]) for link in links} == {"links_default"}
+        start = threading.Barrier(REDEEMERS + 1)
+
+        def redeem(share: list[dict[str, Any]]) -> None:
+            user = ApiUser(pg_app.test_client(), api.client, api.api_key)
+            start.wait()
+            for link in share:
+                outcomes[user.redeem(link["token"]).status_code] += 1
+
+        threads = [
+            threading.Thread(target=redeem, args=(links[i::REDEEMERS],)) for i in range(REDEEMERS)
+        ]
+        for t in threads:
+            t.start()
+        start.wait()
+        try:
+            ledger.purge(svc.engine, now=far, retention_seconds=7 * DAY)
+        except BaseException as exc:  # reported below, once the threads are done
+            purge_errors.append(exc)
+        for t in threads:
+            t.join(timeout=120)
+        assert not purge_errors, purge_errors
+        assert dict(outcomes) == {200: LINKS_PER_ROUND * (r + 1)}, (r, outcomes)
+        # Each exactly once: a second redemption is refused, the row consumed in its day.
+        for link in links[:10]:
+            assert api.redeem(link["token"]).status_code == 409
+        day = partitions.day_name("links", partitions.day_of(far))
+        with svc.engine.connect() as conn:
+            found = conn.execute(
+                sa.text(
+                    "SELECT tableoid::regclass::text, state, count(*) FROM links "
+                    "WHERE jti = ANY(:j) GROUP BY 1, 2"
+                ),
+                {"j": [link["jti"] for link in links]},
+            ).all()
+        assert found == [(day, "consumed", LINKS_PER_ROUND)], found
+
+
 def _partitions(engine: sa.Engine) -> dict[str, dict[int, str]]:
     with engine.connect() as conn:
         return {t: partitions.days(conn, t) for t in partitions.KEYS}

@@ -396,3 +396,76 @@ def test_postgresql_stopped_and_started_under_load(tmp_path: Path) -> None:
             assert len({r.msg_id for r in got}) == len(in_ledger)
         finally:
             stack.close()
+
+
+def test_a_trickling_receiver_holds_only_its_own_share(tmp_path: Path) -> None:
+    """A receiver that answers a byte at a time, without end, holds at most its endpoint's
+    share of deliveries (LINKSVC_WEBHOOK_ENDPOINT_CONCURRENCY, 2), and while it holds them
+    another client's event, minted after, is delivered: the relay does not wait for it."""
+    stack = Stack(tmp_path, LINKSVC_WEBHOOK_DEADLINE="60")
+    fast = Receiver()
+    try:
+        stack.serve()
+        stack.receiver.trickle = 0.5
+        out = flask_cli(
+            stack.env, "clients", "create", "other", "--purposes", "magic_link", "--json"
+        )
+        other = json.loads(out.stdout)
+        out = flask_cli(stack.env, "webhooks", "add", other["client_id"], fast.url, "--json")
+        fast.secrets = [json.loads(out.stdout)["secret"]]
+        stack.relay()  # four delivery threads (the default --concurrency)
+        for i in range(4):
+            stack.mint(subject=f"user-{i}")
+        stack.receiver.wait_log(lambda log: sum(k == "open" for k, _ in log) >= 2)
+        resp = requests.post(
+            f"{stack.url}/api/v1/links",
+            json={"purpose": "magic_link", "subject": "someone-else"},
+            headers={"Authorization": f"Bearer {other['api_key']}"},
+            timeout=15,
+        )
+        assert resp.status_code == 201, resp.text
+        fast.wait_for(lambda got: len(got) >= 1, timeout=30)
+        [r] = fast.snapshot()
+        assert r.jti == resp.json()["jti"] and all(r.verified.values()) and r.verified
+        assert stack.receiver.held == 2  # still trickling, all the while
+        assert stack.receiver.max_held == 2  # never more than its share
+    finally:
+        fast.stop()
+        stack.close()
+
+
+def test_two_relays_a_trickled_attempt_ends_before_its_lease(tmp_path: Path, pg_url: str) -> None:
+    """Two relays, one receiver trickling without end: the attempt is cut at its deadline
+    (LINKSVC_WEBHOOK_DEADLINE), well inside its lease, so the other relay never takes the
+    row while it is being sent — the message is never delivered twice at once. (Before,
+    the lease ran out mid-attempt and the second relay sent it again beside the first.)"""
+    stack = Stack(tmp_path, pg_url, LINKSVC_WEBHOOK_TIMEOUT="1", LINKSVC_WEBHOOK_DEADLINE="2")
+    try:
+        stack.receiver.trickle = 0.2
+        relays = [stack.relay() for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while stack.relay_logs().count("webhook relay started") < len(relays):
+            assert time.monotonic() < deadline, stack.relay_logs()
+            time.sleep(0.1)
+        engine = db.make_engine(pg_url)
+        try:
+            with db.write(engine) as conn:
+                outbox.emit(
+                    conn, stack.client_id, "link.minted", jti="j1", purpose="magic_link",
+                    subject="u1", now=int(time.time()),
+                )  # fmt: skip
+        finally:
+            engine.dispose()
+        # The first attempt, then its retry (5 s after it failed).
+        stack.receiver.wait_log(lambda log: sum(k == "open" for k, _ in log) >= 2, timeout=60)
+        with stack.receiver.lock:
+            log = list(stack.receiver.log)
+        [msg_id] = {m for _, m in log}
+        assert log[:3] == [("open", msg_id), ("closed", msg_id), ("open", msg_id)], log
+        out = flask_cli(
+            stack.env, "webhooks", "deliveries", stack.client_id, "--attempts", "--json"
+        )
+        [d] = json.loads(out.stdout)
+        assert d["tries"][0]["status"] is None and d["tries"][0]["error"] == "deadline"
+    finally:
+        stack.close()

@@ -26,7 +26,12 @@ from typing import Any
 import pytest
 import requests
 
+from linksvc_client import code_challenge
+
 from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
+
+#: The code_verifier of the sign-ins the tests start for the desktop (see ``_wait``).
+VERIFIER = "signin-browser-test-verifier-" + "v" * 14
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +64,8 @@ class Stack:
     api_key: str
     outbox: Path
     shots: Path
+    #: The example app's session cookie of a browser that holds :data:`VERIFIER`.
+    flow_cookie: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -76,6 +83,8 @@ class Stack:
                 "email": f"{subject}.{ADDRESS}",
                 "ip": "127.0.0.1",
                 "user_agent": user_agent,
+                # Bound to the browser that asks, as the example app binds it (see _wait).
+                "code_challenge": code_challenge(VERIFIER),
             },
         )
         assert resp.status_code == 201, resp.text
@@ -175,6 +184,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             created["api_key"],
             tmp / "instance" / "outbox",
             _shots_dir(tmp_path_factory),
+            example.session_interface.get_signing_serializer(example).dumps(
+                {"linksvc_code_verifier": VERIFIER}
+            ),
         )
     finally:
         http.shutdown()
@@ -240,6 +252,9 @@ def _shot(stack: Stack, device: Device, name: str) -> None:
 def _wait(desktop: Device, stack: Stack, subject: str) -> tuple[dict[str, Any], Mail, str]:
     """Start a sign-in as the application would and send the desktop to its waiting page."""
     started = stack.start(subject)
+    # The desktop is the browser that asked: it holds the sign-in's verifier in its session
+    # with the example app, as if it had asked through the app's form.
+    desktop.context.add_cookies([{"name": "rp_flow", "value": stack.flow_cookie, "url": stack.app}])
     desktop.page.goto(started["wait_url"])
     assert desktop.page.locator("h1").inner_text() == "Check your mail"
     number = desktop.page.locator("#match-number").inner_text()

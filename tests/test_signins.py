@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from linksvc import signins
+from linksvc import codes, signins
 
 from .conftest import REDIRECT, make_api_user
 from .support import dump_database
@@ -699,3 +699,218 @@ def test_purge_removes_sign_ins_with_their_links_only_past_retention(app, api):
     assert signins.by_id(engine, s.id) is None
     with pytest.raises(ValueError):
         signins.purge(engine, now=row_exp, retention_seconds=60)
+
+
+# -- a revocation between approval and completion ---------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_app(request, env):
+    """The app on SQLite, or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("app")
+        return
+    from linksvc import create_app, migrate
+
+    from .conftest import _prepare
+
+    pg = create_app({**env, "LINKSVC_DATABASE_URL": request.getfixturevalue("pg_url")})
+    migrate.upgrade(pg.extensions["linksvc"].engine)
+    _prepare(pg)
+    yield pg
+    pg.extensions["linksvc"].engine.dispose()
+
+
+def _approved(
+    app: Any, api: Any, subject: str = "user-42", **extra: Any
+) -> tuple[Started, Any, str]:
+    """A sign-in approved on the phone, not yet completed on the laptop."""
+    laptop, phone = app.test_client(), app.test_client()
+    s = start(app, api, subject, **extra)
+    wait = laptop.get(s.wait_path)
+    page = phone.get(s.link_path)
+    ok = phone.post(
+        "/s/approve", data={"csrf": csrf_of(page), "number": match_of(wait), "action": "approve"}
+    )
+    assert reason_of(ok) == "approved_elsewhere"
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "approved"}
+    return s, laptop, csrf_of(wait)
+
+
+def _assert_ended(app: Any, api: Any, s: Started, laptop: Any, csrf: str, via: str) -> None:
+    """The laptop can no longer complete it: no code, the link revoked, as any revocation."""
+    done = laptop.post(s.wait_path + "/complete", data={"csrf": csrf})
+    assert done.status_code != 303 and "code=" not in done.headers.get("Location", "")
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
+    assert reason_of(laptop.get(s.wait_path)) == "ended"
+    assert link_state(api, s.jti) == "revoked"
+    assert ("revoked", via) in events(api, s.jti)
+    assert ("completed", "wait") not in events(api, s.jti)
+
+
+@pytest.mark.parametrize("how", ["subject", "link"])
+def test_revoking_the_subject_or_link_ends_an_approved_sign_in(any_app, how):
+    from .test_webhooks import add_endpoint, rows
+
+    api = make_api_user(any_app)
+    add_endpoint(any_app, api.client.id)
+    s, laptop, csrf = _approved(any_app, api)
+    other = _approved(any_app, api, "user-43")  # another subject's approval is untouched
+    if how == "subject":
+        resp = api.http.post("/api/v1/subjects/user-42/revoke", json={}, headers=api.headers)
+        assert resp.status_code == 200 and resp.get_json()["revoked"] == 1, resp.get_json()
+    else:
+        resp = api.http.delete(f"/api/v1/links/{s.jti}", headers=api.headers)
+        assert resp.status_code == 200 and resp.get_json()["revoked"] == 1, resp.get_json()
+    _assert_ended(any_app, api, s, laptop, csrf, "subject" if how == "subject" else "api")
+    revoked = [r for r in rows(any_app, api.client.id) if r["event_type"] == "link.revoked"]
+    assert [r["jti"] for r in revoked] == [s.jti]
+    # Revoked once: a second revocation counts nothing.
+    again = api.http.delete(f"/api/v1/links/{s.jti}", headers=api.headers)
+    assert again.status_code == 200 and again.get_json()["revoked"] == 0
+    o, o_laptop, o_csrf = other
+    code_from(o_laptop.post(o.wait_path + "/complete", data={"csrf": o_csrf}))
+    # Completed: the link is used, and stays so.
+    assert api.http.delete(f"/api/v1/links/{o.jti}", headers=api.headers).status_code == 409
+
+
+@pytest.mark.parametrize("how", ["client", "key"])
+def test_disabling_the_client_or_revoking_the_key_ends_an_approved_sign_in(any_app, how):
+    from linksvc import db
+
+    from .test_webhooks import add_endpoint, rows
+
+    api = make_api_user(any_app)
+    add_endpoint(any_app, api.client.id)
+    s, laptop, csrf = _approved(any_app, api)
+    runner = any_app.test_cli_runner()
+    if how == "client":
+        out = runner.invoke(args=["clients", "disable", api.client.id])
+    else:
+        with db.read(any_app.extensions["linksvc"].engine) as conn:
+            kid = conn.execute(
+                db.links.select().with_only_columns(db.links.c.kid).where(db.links.c.jti == s.jti)
+            ).scalar_one()
+        out = runner.invoke(args=["keys", "revoke", kid, "--yes"])
+    assert out.exit_code == 0, out.output
+    assert "revoked 1 approved sign-in(s)" in out.output
+    if how == "client":
+        runner.invoke(args=["clients", "enable", api.client.id])  # even enabled again
+        any_app.extensions["linksvc"].client_cache.clear()
+    done = laptop.post(s.wait_path + "/complete", data={"csrf": csrf})
+    assert done.status_code != 303
+    assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
+    with db.read(any_app.extensions["linksvc"].engine) as conn:
+        made = conn.execute(db.codes.select().where(db.codes.c.jti == s.jti)).first()
+        assert made is None  # no code was made
+        state = conn.execute(
+            db.links.select().with_only_columns(db.links.c.state).where(db.links.c.jti == s.jti)
+        ).scalar_one()
+    assert state == "revoked"
+    assert ("revoked", how) in events(api, s.jti)
+    revoked = [r for r in rows(any_app, api.client.id) if r["event_type"] == "link.revoked"]
+    assert [r["jti"] for r in revoked] == [s.jti]
+    assert json.loads(revoked[0]["payload"])["data"]["via"] == how
+
+
+def test_completion_racing_a_subject_revocation_never_leaves_a_usable_code(any_app):
+    """The laptop completes while the application suspends the subject, at one instant,
+    several rounds: either the revocation came first (it counts the sign-in, no code is
+    made) or the completion did (its code is voided); no code is ever exchanged after."""
+    import threading
+
+    api = make_api_user(any_app)
+    outcomes = []
+    for r in range(6):
+        subject = f"race-{r}"
+        s, laptop, csrf = _approved(any_app, api, subject, email=f"{subject}@example.org")
+        results: dict[str, Any] = {}
+        go = threading.Barrier(2)
+
+        def complete(results=results, s=s, laptop=laptop, csrf=csrf) -> None:
+            go.wait()
+            results["done"] = laptop.post(s.wait_path + "/complete", data={"csrf": csrf})
+
+        def revoke(results=results, subject=subject) -> None:
+            http = any_app.test_client()
+            go.wait()
+            results["revoke"] = http.post(
+                f"/api/v1/subjects/{subject}/revoke", json={}, headers=api.headers
+            )
+
+        threads = [threading.Thread(target=complete), threading.Thread(target=revoke)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        done, revoked = results["done"], results["revoke"]
+        assert revoked.status_code == 200, revoked.get_json()
+        n = revoked.get_json()["revoked"]
+        if done.status_code == 303:  # the completion won: its code is voided
+            assert n == 0 and link_state(api, s.jti) == "consumed"
+            code = code_from(done)
+            resp = api.http.post("/api/v1/codes/exchange", json={"code": code}, headers=api.headers)
+            assert resp.status_code == 410 and resp.get_json()["code"] == "code_revoked"
+            outcomes.append("completed first")
+        else:  # the revocation won: counted, and nothing to complete
+            assert n == 1 and link_state(api, s.jti) == "revoked"
+            assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
+            outcomes.append("revoked first")
+    print(outcomes)
+
+
+# -- the code is bound to the application's browser session (login CSRF) ----------------
+
+VERIFIER = "s" * 43
+
+
+def _exchange(api: Any, code: str, verifier: str | None) -> Any:
+    body = {"code": code} if verifier is None else {"code": code, "code_verifier": verifier}
+    return api.http.post("/api/v1/codes/exchange", json=body, headers=api.headers)
+
+
+@pytest.mark.parametrize("how", ["press", "typed", "approved"])
+def test_a_bound_sign_in_ends_in_a_code_that_needs_its_verifier(app, api, laptop, phone, how):
+    """An attacker completes a sign-in of their own and sends a victim's browser to the
+    final ``?code=``: the victim's application session holds another verifier, or none,
+    and the code signs nobody in — whichever way the sign-in completed."""
+
+    def complete() -> tuple[Started, str]:
+        s = start(app, api, subject="attacker", code_challenge=codes.challenge_of(VERIFIER))
+        wait = laptop.get(s.wait_path)
+        if how == "press":
+            page = laptop.get(s.link_path)
+            return s, code_from(laptop.post(s.link_path, data={"csrf": csrf_of(page)}))
+        if how == "typed":
+            form = {"csrf": csrf_of(wait), "code": s.code}
+            return s, code_from(laptop.post(s.wait_path + "/code", data=form))
+        page = phone.get(s.link_path)
+        form = {"csrf": csrf_of(page), "number": match_of(wait), "action": "approve"}
+        assert phone.post("/s/approve", data=form).status_code == 200
+        return s, code_from(laptop.post(s.wait_path + "/complete", data={"csrf": csrf_of(wait)}))
+
+    s, code = complete()
+    refused = _exchange(api, code, None)
+    assert (refused.status_code, refused.get_json()["code"]) == (422, "code_verifier_required")
+    assert _exchange(api, code, VERIFIER).get_json()["code"] == "code_revoked"  # spent
+    assert ("rejected", "code") in events(api, s.jti)
+    s, code = complete()
+    assert _exchange(api, code, "t" * 43).get_json()["code"] == "code_verifier_mismatch"
+    s, code = complete()
+    done = _exchange(api, code, VERIFIER)  # the session that started it
+    assert done.status_code == 200 and done.get_json()["jti"] == s.jti
+
+
+def test_a_malformed_code_challenge_starts_nothing(app, api):
+    resp = api.http.post(
+        "/api/v1/sign-ins",
+        json={
+            "subject": "user-42",
+            "email": ADDRESS,
+            "ip": "203.0.113.7",
+            "user_agent": FIREFOX_LINUX,
+            "code_challenge": "not-a-challenge",
+        },
+        headers=api.headers,
+    )
+    assert resp.status_code == 422 and resp.get_json()["field"] == "code_challenge"

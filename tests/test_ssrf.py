@@ -74,6 +74,61 @@ def test_non_public_addresses_are_refused_in_production(url: str) -> None:
         ssrf.check_url(url, PROD)
 
 
+#: IPv6 transition forms that lead to a forbidden IPv4 address: every one of them is as
+#: forbidden as the address it embeds (the review passed all nine through PROD).
+EMBEDDED_FORMS = [
+    ("64:ff9b::a9fe:a9fe", "NAT64 form of a link-local"),  # 169.254.169.254 via NAT64
+    ("64:ff9b::7f00:1", "NAT64 form of a loopback"),  # 127.0.0.1 via NAT64
+    ("64:ff9b::a00:1", "NAT64 form of a private"),  # 10.0.0.1
+    ("64:ff9b:1::a9fe:a9fe", "local-use NAT64"),  # RFC 8215, never global
+    ("2002:a9fe:a9fe::1", "6to4 form of a link-local"),  # 6to4 of 169.254.169.254
+    ("2002:7f00:1::", "6to4 form of a loopback"),
+    ("::a9fe:a9fe", "deprecated"),  # IPv4-compatible ::169.254.169.254
+    ("::127.0.0.1", "deprecated"),
+    ("::ffff:0:a9fe:a9fe", "SIIT form of a link-local"),  # IPv4-translated
+    ("::ffff:0:a00:1", "SIIT form of a private"),
+    # Teredo: server 65.54.227.120, client 10.0.0.1 stored bit-inverted (f5ff:fffe).
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "Teredo form of a private"),
+    ("2001:0:4136:e378:8000:63bf:5601:5601", "Teredo form of a link-local"),  # 169.254.169.254
+    ("fec0::1", "deprecated"),  # site-local
+]
+
+
+@pytest.mark.parametrize(("addr", "kind"), EMBEDDED_FORMS)
+def test_ipv6_forms_embedding_a_forbidden_ipv4_address_are_refused(addr: str, kind: str) -> None:
+    url = f"https://[{addr}]/hook"
+    with pytest.raises(ssrf.Refused, match=f"is a {kind} address"):
+        ssrf.check_url(url, PROD)
+    with pytest.raises(ssrf.Refused):
+        ssrf.check_url(url, DEV)  # the translator's loopback is not this host's
+    # And through DNS, as an attacker's name would hand them out.
+    resolve = resolver_for({"hooks.attacker.example": [addr]})
+    with pytest.raises(ssrf.Refused, match=f"is a {kind} address"):
+        ssrf.check_url("https://hooks.attacker.example/h", PROD, resolve)
+
+
+@pytest.mark.parametrize("addr", ["::a9fe:a9fe", "fec0::1"])
+def test_deprecated_ranges_are_refused_even_when_private_is_allowed(addr: str) -> None:
+    with pytest.raises(ssrf.Refused, match="deprecated"):
+        ssrf.check_url(f"https://[{addr}]/hook", OPEN)
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "64:ff9b::5db8:d822",  # NAT64 of 93.184.216.34: an IPv6-only network reaching it
+        "2002:5db8:d822::1",  # 6to4 of the same
+    ],
+)
+def test_transition_forms_of_public_addresses_are_accepted(addr: str) -> None:
+    assert ssrf.check_url(f"https://[{addr}]/hook", PROD).host == addr
+
+
+def test_embedded_private_addresses_follow_the_private_allowance() -> None:
+    ssrf.check_url("https://[64:ff9b::a00:1]/hook", OPEN)
+    ssrf.check_url("https://[2002:a9fe:a9fe::1]/hook", OPEN)
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -217,3 +272,15 @@ def test_connection_refused_is_an_answer_not_an_exception() -> None:
         port = s.getsockname()[1]
     answer = ssrf.post(f"http://127.0.0.1:{port}/", b"{}", {}, policy=DEV, timeout=2)
     assert answer.status is None and answer.error == "ConnectionRefusedError"
+
+
+def test_a_trickling_receiver_is_cut_at_the_attempt_deadline(receiver: Receiver) -> None:
+    """One byte every 0.2 s keeps every read within the 5 s timeout, forever: the deadline
+    bounds the attempt as a whole, and the sender hangs up on the receiver."""
+    receiver.trickle = 0.2
+    answer = ssrf.post(
+        receiver.url, b"{}", {"webhook-id": "msg_slow"}, policy=DEV, timeout=5, deadline=1
+    )
+    assert answer.status is None and answer.error == "deadline"
+    receiver.wait_log(lambda log: ("closed", "msg_slow") in log, timeout=10)
+    assert not receiver.released.is_set()  # the sender hung up, not the end of the test

@@ -5,6 +5,7 @@ for clients with endpoints), bodies without tokens, replay detection and its pol
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -360,6 +361,38 @@ def test_replay_policy_with_events(app, api, runner):
     assert rp["data"]["revoked_subject_links"] == 1
 
 
+def test_the_same_browsers_late_second_press_is_no_replay_another_browsers_is(app, api, runner):
+    """Issue 24: a second tab of the same browser pressed 12 s later is refused as used but
+    revokes nothing; a press from a browser that is not the one that consumed the link is
+    a replay, however soon."""
+    from .test_pages import open_page, press
+
+    add_endpoint(app, api.client.id)
+    runner.invoke(args=["webhooks", "on-replay", api.client.id, "revoke-subject"])
+    svc = app.extensions["linksvc"]
+    svc.sinks.clear()
+    used = api.minted(subject="user-7")
+    other = api.minted("password_reset", subject="user-7")
+    browser, mallory = app.test_client(), app.test_client()
+    _, first_tab = open_page(browser, used["token"])
+    _, second_tab = open_page(browser, used["token"])
+    _, stolen = open_page(mallory, used["token"])
+    t0 = svc.now()
+    svc.clock = lambda: t0
+    assert press(browser, used["token"], first_tab).status_code == 303
+    svc.clock = lambda: t0 + 12
+    assert press(browser, used["token"], second_tab).status_code == 409
+    svc.clock = lambda: t0 + 200  # much later still: the same browser
+    assert press(browser, used["token"], first_tab).status_code == 409
+    assert "link.replayed" not in types(app, used["jti"])
+    assert api.status(other["jti"]).get_json()["state"] == "issued"
+
+    svc.clock = lambda: t0 + 1
+    assert press(mallory, used["token"], stolen).status_code == 409
+    assert types(app, used["jti"]).count("link.replayed") == 1
+    assert api.status(other["jti"]).get_json()["state"] == "revoked"
+
+
 def test_no_policy_revokes_nothing(app, api):
     add_endpoint(app, api.client.id)
     used = api.minted(subject="user-7")
@@ -401,6 +434,14 @@ def test_deliveries_and_replay_by_hand(app, api, runner):
     [d] = json.loads(out.output)
     assert d["state"] == "delivered" and d["msg_id"] == c.msg_id
     assert [t["status"] for t in d["tries"]] == [204]
+    # Times in the format of the API's (and the text output's): ISO 8601, UTC, seconds.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    assert d["delivered_at"] == d["tries"][0]["at"] == stamp
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["created_at"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["next_attempt_at"])
+    [e] = json.loads(runner.invoke(args=["webhooks", "list", api.client.id, "--json"]).output)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e["created_at"])
+    assert e["disabled_at"] is None
     assert runner.invoke(args=["webhooks", "replay", api.client.id]).exit_code != 0
     out = runner.invoke(args=["webhooks", "replay", api.client.id, "msg_nope"])
     assert out.exit_code != 0 and "no delivery" in out.output

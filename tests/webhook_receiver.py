@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +42,11 @@ class Receiver:
     """``Receiver(secrets)`` serves on 127.0.0.1 (a free port, or ``port``) until ``stop()``.
 
     ``answer(received) -> status`` decides the response (default 200); ``delay`` seconds are
-    waited before answering; ``location`` is sent with 3xx answers.
+    waited before answering; ``location`` is sent with 3xx answers. With ``trickle`` set, the
+    answer is one byte every ``trickle`` seconds, without end, until the sender hangs up
+    (or :meth:`stop`): each read is quick, the response never completes. ``log`` records
+    ``("open", msg_id)`` when a delivery arrives and ``("closed", msg_id)`` when a trickled
+    one is hung up on; ``max_held`` the most trickled deliveries held at once.
     """
 
     def __init__(self, secrets: list[str] | None = None, *, port: int = 0) -> None:
@@ -49,6 +55,11 @@ class Receiver:
         self.answer: Callable[[Received], int] = lambda r: 200
         self.delay = 0.0
         self.location: str | None = None
+        self.trickle: float | None = None
+        self.log: list[tuple[str, str]] = []
+        self.held = 0
+        self.max_held = 0
+        self.released = threading.Event()
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         receiver = self
@@ -75,7 +86,11 @@ class Receiver:
                 )
                 with receiver.arrived:
                     receiver.received.append(r)
+                    receiver.log.append(("open", r.msg_id))
                     receiver.arrived.notify_all()
+                if receiver.trickle:
+                    self._trickle(r.msg_id, receiver.trickle)
+                    return
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 status = receiver.answer(r)
@@ -85,6 +100,31 @@ class Receiver:
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def _trickle(self, msg_id: str, every: float) -> None:
+                with receiver.arrived:
+                    receiver.held += 1
+                    receiver.max_held = max(receiver.max_held, receiver.held)
+                try:
+                    for byte in (
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 10**6
+                    ):
+                        # Between bytes, watch for the sender hanging up (EOF on our side).
+                        ready, _, _ = select.select([self.connection], [], [], every)
+                        if ready and not self.connection.recv(1, socket.MSG_PEEK):
+                            break
+                        if receiver.released.is_set():
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass  # reset by the sender: hung up too
+                finally:
+                    with receiver.arrived:
+                        receiver.held -= 1
+                        receiver.log.append(("closed", msg_id))
+                        receiver.arrived.notify_all()
+                self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -97,6 +137,7 @@ class Receiver:
         self._thread.start()
 
     def stop(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -109,6 +150,17 @@ class Receiver:
                     raise AssertionError(
                         f"timed out; received {[(r.type, r.msg_id) for r in self.received]}"
                     )
+                self.arrived.wait(left)
+
+    def wait_log(
+        self, predicate: Callable[[list[tuple[str, str]]], bool], timeout: float = 30
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while not predicate(self.log):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out; log {self.log}")
                 self.arrived.wait(left)
 
     def snapshot(self) -> list[Received]:

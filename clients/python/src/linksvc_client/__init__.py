@@ -14,13 +14,14 @@ keys); ``LinkVerifier`` checks tokens offline with the published keys;
 ``linksvc_client.flask.Linksvc`` wires a client into a Flask app.
 """
 
-from ._core import OPERATIONS, VERSION, RetryPolicy
+from ._core import OPERATIONS, VERSION, RetryPolicy, code_challenge, new_code_verifier
 from .client import AsyncLinkClient, LinkClient
 from .errors import (
     APIConnectionError,
     APIError,
     AuthenticationError,
     CodeExpired,
+    CodeNotForThisBrowser,
     CodeUsed,
     Conflict,
     IdempotencyInProgress,
@@ -66,6 +67,7 @@ __all__ = [
     "AuthenticationError",
     "Claims",
     "CodeExpired",
+    "CodeNotForThisBrowser",
     "CodeUsed",
     "Conflict",
     "ExchangedCode",
@@ -100,4 +102,6 @@ __all__ = [
     "SignIn",
     "UnknownLink",
     "VerifiedLink",
+    "code_challenge",
+    "new_code_verifier",
 ]

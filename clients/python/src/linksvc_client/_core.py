@@ -3,10 +3,14 @@ turning an answer into a result or an exception. No I/O here."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import email.utils
+import hashlib
+import hmac
 import json
 import random
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +115,67 @@ def _str(name: str, value: Any) -> str:
     return value
 
 
+# -- binding a code to the browser that asked (PKCE-style, S256) ----------------------------
+
+#: The purposes whose links end in a one-time code (a hosted sign-in or reset).
+CODE_PURPOSES = ("magic_link", "password_reset")
+#: RFC 7636: 43-128 unreserved characters.
+VERIFIER_RE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+
+
+def new_code_verifier() -> str:
+    """A fresh random ``code_verifier``: 256 bits, 43 base64url characters."""
+    return secrets.token_urlsafe(32)
+
+
+def code_challenge(verifier: str) -> str:
+    """The S256 ``code_challenge`` of ``verifier``: BASE64URL(SHA-256(verifier))."""
+    digest = hashlib.sha256(_verifier(verifier).encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _verifier(value: Any) -> str:
+    if not isinstance(value, str) or not VERIFIER_RE.fullmatch(value):
+        raise ValueError("code_verifier must be 43-128 characters of letters, digits and -._~")
+    return value
+
+
+def binding_secret(api_key: str) -> bytes:
+    """The client's key for :func:`binding`'s verifiers: derived from the API key, which
+    never leaves the application's servers."""
+    return hashlib.sha256(b"linksvc-client.code-verifier\x00" + api_key.encode()).digest()
+
+
+def binding(
+    purpose: str,
+    *,
+    bind: bool,
+    code_verifier: str | None,
+    idempotency_key: str | None,
+    secret: bytes,
+) -> str | None:
+    """The ``code_verifier`` a call binds its flow to, or None for an unbound flow.
+
+    A sign-in or reset binds by default: to ``code_verifier`` when given (the one kept in
+    the browser's session), else to a new one. A new one is random, unless the caller
+    names the ``idempotency_key``: a repeat with that key must send the same challenge to
+    answer the same link, so the verifier is then an HMAC of the key under the client's
+    secret — the same on every repeat, and unknowable without the API key.
+    """
+    if not bind or purpose not in CODE_PURPOSES:
+        if code_verifier is not None:
+            raise ValueError(
+                "code_verifier is only for sign-in and reset links minted with bind=True"
+            )
+        return None
+    if code_verifier is not None:
+        return _verifier(code_verifier)
+    if idempotency_key is None:
+        return new_code_verifier()
+    mac = hmac.new(secret, idempotency_key.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
 # -- the calls ------------------------------------------------------------------------------
 
 
@@ -125,6 +190,7 @@ def mint(
     email: str | None,
     confirm: bool | None,
     idempotency_key: str | None,
+    code_verifier: str | None = None,
     locale: str | None = None,
     timezone: str | None = None,
 ) -> Op[MintedLink]:
@@ -141,6 +207,7 @@ def mint(
             "data": data,
             "email": email,
             "confirm": confirm,
+            "code_challenge": code_challenge(code_verifier) if code_verifier else None,
             "locale": locale,
             "timezone": timezone,
         }
@@ -150,7 +217,10 @@ def mint(
         method,
         path,
         lambda b, h: MintedLink.from_api(
-            b, replayed=h.get("Idempotent-Replayed") == "true", idempotency_key=key
+            b,
+            replayed=h.get("Idempotent-Replayed") == "true",
+            idempotency_key=key,
+            code_verifier=code_verifier,
         ),
         json=body,
         headers={"Idempotency-Key": key},
@@ -224,14 +294,17 @@ def links_of(
     return Op("links_of", method, path, lambda b, h: LinkPage.from_api(b), params=params)
 
 
-def exchange_code(code: str) -> Op[ExchangedCode]:
+def exchange_code(code: str, code_verifier: str | None = None) -> Op[ExchangedCode]:
     method, path = _path("exchange_code")
+    body = {"code": _str("code", code)}
+    if code_verifier is not None:
+        body["code_verifier"] = _verifier(code_verifier)
     return Op(
         "exchange_code",
         method,
         path,
         lambda b, h: ExchangedCode.from_api(b),
-        json={"code": _str("code", code)},
+        json=body,
         single_use=True,
     )
 
@@ -244,6 +317,7 @@ def sign_in(
     user_agent: str,
     redirect_uri: str | None,
     idempotency_key: str | None,
+    code_verifier: str | None = None,
     locale: str | None = None,
     timezone: str | None = None,
 ) -> Op[SignIn]:
@@ -256,6 +330,7 @@ def sign_in(
             "ip": _str("ip", ip),
             "user_agent": user_agent,
             "redirect_uri": redirect_uri,
+            "code_challenge": code_challenge(code_verifier) if code_verifier else None,
             "locale": locale,
             "timezone": timezone,
         }
@@ -264,7 +339,7 @@ def sign_in(
         "start_sign_in",
         method,
         path,
-        lambda b, h: SignIn.from_api(b),
+        lambda b, h: SignIn.from_api(b, code_verifier=code_verifier),
         json=body,
         headers={"Idempotency-Key": key},
     )

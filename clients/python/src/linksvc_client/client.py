@@ -72,6 +72,7 @@ class LinkClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._headers = _headers(api_key, user_agent)
+        self._binding_secret = _core.binding_secret(api_key.strip())
         self._own_http = http is None
         self._http = http or httpx.Client(follow_redirects=False)
         self._sleep, self._clock, self._rng = sleep, clock, rng
@@ -103,12 +104,21 @@ class LinkClient:
         email: str | None = None,
         confirm: bool | None = None,
         idempotency_key: str | None = None,
+        code_verifier: str | None = None,
+        bind: bool = True,
         locale: str | None = None,
         timezone: str | None = None,
     ) -> MintedLink:
         """Mint a link for ``subject`` (your opaque user id). With ``email``, linksvc mails
         it. An Idempotency-Key is sent (a fresh UUID unless you give one): retries, and
         any repeat with the same key and arguments within 24 h, answer the same link.
+
+        A sign-in or reset link is bound to the browser that asked (its one-time code is
+        exchanged only with the verifier): to ``code_verifier`` — the one you keep in that
+        browser's session — or else to a new one, returned as ``link.code_verifier`` for
+        you to keep there. ``bind=False`` mints an unbound link, for a flow no browser
+        started (a link sent by a batch job); its code then works in any browser.
+
         ``locale`` (BCP 47: "de", "pt-BR") and ``timezone`` (IANA: "Europe/Berlin") choose
         the language and time zone of the link's pages and mail."""
         return self._run(
@@ -122,6 +132,13 @@ class LinkClient:
                 email=email,
                 confirm=confirm,
                 idempotency_key=idempotency_key,
+                code_verifier=_core.binding(
+                    purpose,
+                    bind=bind,
+                    code_verifier=code_verifier,
+                    idempotency_key=idempotency_key,
+                    secret=self._binding_secret,
+                ),
                 locale=locale,
                 timezone=timezone,
             )
@@ -182,10 +199,13 @@ class LinkClient:
                 return
             cursor = page.next_cursor
 
-    def exchange_code(self, code: str) -> ExchangedCode:
-        """Exchange the one-time ``code`` your callback received, once. Single use, like
-        :meth:`redeem`: never retried once it may have reached linksvc."""
-        return self._run(_core.exchange_code(code))
+    def exchange_code(self, code: str, code_verifier: str | None = None) -> ExchangedCode:
+        """Exchange the one-time ``code`` your callback received, once, with the
+        ``code_verifier`` kept in the session of the browser the code came back to (None
+        only for an unbound flow). A code that browser did not start raises
+        :class:`CodeNotForThisBrowser` and is spent. Single use, like :meth:`redeem`: never
+        retried once it may have reached linksvc."""
+        return self._run(_core.exchange_code(code, code_verifier))
 
     def sign_in(
         self,
@@ -196,13 +216,17 @@ class LinkClient:
         user_agent: str,
         redirect_uri: str | None = None,
         idempotency_key: str | None = None,
+        code_verifier: str | None = None,
+        bind: bool = True,
         locale: str | None = None,
         timezone: str | None = None,
     ) -> SignIn:
         """Start a sign-in that completes in the browser that asked (PRODUCT §6): linksvc
-        mails the link and a code; send that browser to the answer's ``wait_url``.
-        ``locale`` and ``timezone``: the language and time zone of its pages and mail (the
-        browser's Accept-Language best match is a good ``locale``)."""
+        mails the link and a code; send that browser to the answer's ``wait_url``. Its
+        one-time code is bound to ``code_verifier`` (or a new one, returned as
+        ``code_verifier`` on the answer), as :meth:`mint` binds a sign-in link; ``bind=False``
+        starts it unbound. ``locale`` and ``timezone``: the language and time zone of its
+        pages and mail (the browser's Accept-Language best match is a good ``locale``)."""
         return self._run(
             _core.sign_in(
                 subject,
@@ -211,6 +235,13 @@ class LinkClient:
                 user_agent=user_agent,
                 redirect_uri=redirect_uri,
                 idempotency_key=idempotency_key,
+                code_verifier=_core.binding(
+                    "magic_link",
+                    bind=bind,
+                    code_verifier=code_verifier,
+                    idempotency_key=idempotency_key,
+                    secret=self._binding_secret,
+                ),
                 locale=locale,
                 timezone=timezone,
             )
@@ -269,6 +300,7 @@ class AsyncLinkClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._headers = _headers(api_key, user_agent)
+        self._binding_secret = _core.binding_secret(api_key.strip())
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self._sleep, self._clock, self._rng = sleep, clock, rng
@@ -298,6 +330,8 @@ class AsyncLinkClient:
         email: str | None = None,
         confirm: bool | None = None,
         idempotency_key: str | None = None,
+        code_verifier: str | None = None,
+        bind: bool = True,
         locale: str | None = None,
         timezone: str | None = None,
     ) -> MintedLink:
@@ -313,6 +347,13 @@ class AsyncLinkClient:
                 email=email,
                 confirm=confirm,
                 idempotency_key=idempotency_key,
+                code_verifier=_core.binding(
+                    purpose,
+                    bind=bind,
+                    code_verifier=code_verifier,
+                    idempotency_key=idempotency_key,
+                    secret=self._binding_secret,
+                ),
                 locale=locale,
                 timezone=timezone,
             )
@@ -366,8 +407,9 @@ class AsyncLinkClient:
                 return
             cursor = page.next_cursor
 
-    async def exchange_code(self, code: str) -> ExchangedCode:
-        return await self._run(_core.exchange_code(code))
+    async def exchange_code(self, code: str, code_verifier: str | None = None) -> ExchangedCode:
+        """See :meth:`LinkClient.exchange_code`."""
+        return await self._run(_core.exchange_code(code, code_verifier))
 
     async def sign_in(
         self,
@@ -378,6 +420,8 @@ class AsyncLinkClient:
         user_agent: str,
         redirect_uri: str | None = None,
         idempotency_key: str | None = None,
+        code_verifier: str | None = None,
+        bind: bool = True,
         locale: str | None = None,
         timezone: str | None = None,
     ) -> SignIn:
@@ -389,6 +433,13 @@ class AsyncLinkClient:
                 user_agent=user_agent,
                 redirect_uri=redirect_uri,
                 idempotency_key=idempotency_key,
+                code_verifier=_core.binding(
+                    "magic_link",
+                    bind=bind,
+                    code_verifier=code_verifier,
+                    idempotency_key=idempotency_key,
+                    secret=self._binding_secret,
+                ),
                 locale=locale,
                 timezone=timezone,
             )

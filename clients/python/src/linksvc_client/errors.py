@@ -104,6 +104,13 @@ class InvalidCode(NotFound):
     """404 ``invalid_code``: the one-time code is unknown, malformed or another client's."""
 
 
+class CodeNotForThisBrowser(InvalidRequest):
+    """422 ``code_verifier_required`` or ``code_verifier_mismatch``: the one-time code came
+    back to a browser whose session did not start its flow — an attacker's code pushed into
+    a victim's browser (login CSRF), a leaked code, or a link opened on another device. The
+    code is spent; sign nobody in, and let the user ask again from this browser."""
+
+
 class Conflict(LinksvcError):
     """409 answers that are not about a used link."""
 
@@ -178,6 +185,8 @@ CODE_CLASSES: Mapping[str, type[LinksvcError]] = {
     "idempotency_in_progress": IdempotencyInProgress,
     "unknown_link": UnknownLink,
     "invalid_code": InvalidCode,
+    "code_verifier_required": CodeNotForThisBrowser,
+    "code_verifier_mismatch": CodeNotForThisBrowser,
     "used": LinkUsed,
     "code_used": CodeUsed,
     "expired": LinkExpired,

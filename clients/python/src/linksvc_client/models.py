@@ -48,10 +48,18 @@ class MintedLink:
     idempotency_key: str | None
     url: str = dataclasses.field(repr=False)
     token: str = dataclasses.field(repr=False)
+    #: The verifier the link's one-time code is bound to (None: unbound, or no code).
+    #: Keep it in the session of the browser that asked, and pass it to ``exchange_code``.
+    code_verifier: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_api(
-        cls, body: Mapping[str, Any], *, replayed: bool = False, idempotency_key: str | None = None
+        cls,
+        body: Mapping[str, Any],
+        *,
+        replayed: bool = False,
+        idempotency_key: str | None = None,
+        code_verifier: str | None = None,
     ) -> MintedLink:
         return cls(
             jti=body["jti"],
@@ -65,6 +73,7 @@ class MintedLink:
             idempotency_key=idempotency_key,
             url=body["url"],
             token=body["token"],
+            code_verifier=code_verifier,
         )
 
 
@@ -275,13 +284,17 @@ class SignIn:
     subject: str
     expires_at: datetime
     wait_url: str = dataclasses.field(repr=False)
+    #: The verifier its one-time code is bound to: keep it in that browser's session and
+    #: pass it to ``exchange_code``.
+    code_verifier: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def from_api(cls, body: Mapping[str, Any]) -> SignIn:
+    def from_api(cls, body: Mapping[str, Any], *, code_verifier: str | None = None) -> SignIn:
         return cls(
             id=body["id"],
             jti=body["jti"],
             subject=body["subject"],
             expires_at=parse_time(body["expires_at"]),
             wait_url=body["wait_url"],
+            code_verifier=code_verifier,
         )

@@ -27,6 +27,8 @@ from .models import parse_time
 
 PREFIX = "whsec_"
 DEFAULT_TOLERANCE = 300
+#: Seconds since 1970 fit in 11 digits until the year 5138; more is not a timestamp.
+MAX_TIMESTAMP_DIGITS = 12
 
 
 class WebhookVerificationError(errors.LinksvcError):
@@ -63,32 +65,35 @@ def construct_event(
 ) -> WebhookEvent:
     """The verified event of one delivery, or :class:`WebhookVerificationError`.
     ``secret`` may be several (your side of a rotation). Pass the body as received —
-    the bytes, before any JSON parsing."""
+    the bytes, before any JSON parsing. Whatever the headers hold, the only exception is
+    :class:`WebhookVerificationError` (a bad ``secret`` of yours raises ``ValueError``)."""
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-    lower = {k.lower(): v for k, v in headers.items()}
+    lower = {str(k).lower(): v for k, v in headers.items()}
     msg_id = lower.get("webhook-id", "")
     stamp = lower.get("webhook-timestamp", "")
     signatures = lower.get("webhook-signature", "")
-    if not msg_id or not stamp or not signatures:
+    if not all(isinstance(v, str) and v for v in (msg_id, stamp, signatures)):
         raise _refuse(
             "missing_webhook_headers", "webhook-id, -timestamp and -signature are required."
         )
-    if not stamp.isdigit():
+    # Headers are the sender's to forge: "²".isdigit() is true and int() of 5,000 digits
+    # raises, so only a short run of ASCII digits is a timestamp.
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
         raise _refuse("bad_webhook_timestamp", "webhook-timestamp must be integer seconds.")
     now = time.time() if now is None else now
     if abs(now - int(stamp)) > tolerance:
         raise _refuse(
             "webhook_timestamp_out_of_range", "The delivery is too old or from the future."
         )
-    content = f"{msg_id}.{stamp}.".encode() + raw
+    # surrogatepass: an id no encoder accepts still hashes (and then matches nothing).
+    content = f"{msg_id}.{stamp}.".encode("utf-8", "surrogatepass") + raw
     secrets = [secret] if isinstance(secret, str) else list(secret)
     expected = [
         base64.b64encode(hmac.new(_key(s), content, hashlib.sha256).digest()).decode()
         for s in secrets
     ]
-    offered = [
-        sig.split(",", 1)[1] for sig in signatures.split() if sig.startswith("v1,") and "," in sig
-    ]
+    # compare_digest refuses non-ASCII text with TypeError; no genuine signature is one.
+    offered = [sig[3:] for sig in signatures.split() if sig.startswith("v1,") and sig.isascii()]
     if not any(hmac.compare_digest(o, e) for o in offered for e in expected):
         raise _refuse("bad_webhook_signature", "No signature of the delivery matches the secret.")
     try:
@@ -99,5 +104,5 @@ def construct_event(
             timestamp=parse_time(event["timestamp"]),
             data=event.get("data") or {},
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise _refuse("malformed_webhook", "The delivery body is not an event.") from None
