@@ -12,7 +12,7 @@ APP_PORT ?= 5001
 INSTANCE := $(or $(LINKSVC_INSTANCE_PATH),instance)
 export FLASK_APP := app
 
-.PHONY: run test lint serve init-db venv venv-test bench clean system-deps
+.PHONY: run test lint serve init-db venv venv-test bench clean system-deps i18n catalogs
 
 # Reinstall whenever a requirements file changes.
 $(VENV)/.runtime: requirements.txt
@@ -29,8 +29,35 @@ $(VENV)/.examples: examples/requirements.txt $(VENV)/.runtime
 	$(BIN)/pip install --disable-pip-version-check -q -r examples/requirements.txt
 	touch $@
 
-venv: $(VENV)/.runtime
-venv-test: $(VENV)/.test
+venv: $(VENV)/.runtime catalogs
+venv-test: $(VENV)/.test catalogs
+
+# The end-user text in 12 languages (linksvc/i18n.py, linksvc/translations/GLOSSARY.md).
+# The .po files are committed; their compiled .mo are made here, on setup (and again when a
+# .po changes), never committed. `make i18n` extracts messages.pot from the code and the
+# templates (babel.cfg), merges it into every catalog (new languages start empty) and
+# compiles them; `make lint` then says which catalog is incomplete.
+TRANSLATIONS := linksvc/translations
+LOCALES := en de fr es it pt_BR nl pl tr ja zh_Hans ar
+CATALOG_MO := $(patsubst %.po,%.mo,$(wildcard $(TRANSLATIONS)/*/LC_MESSAGES/messages.po))
+
+$(TRANSLATIONS)/%/LC_MESSAGES/messages.mo: $(TRANSLATIONS)/%/LC_MESSAGES/messages.po $(VENV)/.runtime
+	@$(BIN)/pybabel -q compile -l $* -i $< -o $@
+
+catalogs: $(CATALOG_MO)
+
+i18n: $(VENV)/.runtime
+	$(BIN)/pybabel -q extract -F babel.cfg -k N_ -k ngettext:1,2 --no-location --sort-output \
+	  --project linksvc --copyright-holder linksvc -o $(TRANSLATIONS)/messages.pot .
+	@for loc in $(LOCALES); do \
+	  if [ -f $(TRANSLATIONS)/$$loc/LC_MESSAGES/messages.po ]; then \
+	    $(BIN)/pybabel -q update --no-wrap -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) -l $$loc --ignore-obsolete; \
+	  else \
+	    $(BIN)/pybabel -q init --no-wrap -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) -l $$loc; \
+	  fi; \
+	done
+	$(BIN)/python scripts/check_catalogs.py --fill-source en
+	$(MAKE) --no-print-directory catalogs
 
 init-db: venv
 	$(BIN)/flask --app app init-db
@@ -74,15 +101,18 @@ lint: venv-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy linksvc app.py clients/python/src/linksvc_client
+	$(BIN)/python scripts/check_catalogs.py
 
 # What the tests need from the system: Debian's Chromium (the browser tests; Playwright drives
-# it and never downloads one) and npm (s3rver). Installed with apt-get when we are root and
+# it and never downloads one), fonts for its Arabic and CJK pages, and npm (s3rver). Installed with apt-get when we are root and
 # they are missing; otherwise `make test` says which tests will skip, and pytest's summary
 # lists each skipped test with its reason (in CI they fail instead).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 CHROMIUM ?= /usr/bin/chromium
 system-deps:
 	@missing=""; [ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	 fc-list :lang=ja 2>/dev/null | grep -q . || missing="$$missing fonts-ipafont-gothic fonts-wqy-microhei"; \
+	 fc-list :lang=ar family 2>/dev/null | grep -qi arabic || missing="$$missing fonts-noto-ui-core"; \
 	 command -v npm >/dev/null || missing="$$missing npm"; \
 	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

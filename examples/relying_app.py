@@ -95,6 +95,11 @@ class SessionStore:
             self._data.pop(sid or "", None)
 
 
+#: The languages of linksvc's pages and mails. linksvc picks the variant it ships ("pt" is
+#: Brazilian Portuguese, "zh" Simplified Chinese), so matching on the language is enough.
+LINKSVC_LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "nl", "pl", "tr", "ja", "zh", "ar"]
+
+
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
     env = dict(os.environ if config is None else config)
     linksvc_url = env.get("LINKSVC_URL", "http://127.0.0.1:8000")
@@ -223,7 +228,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
     def start_sign_in(user_id: str, email: str) -> Any:
         """A sign-in that completes in this browser, wherever the mail is opened: linksvc
-        mails the link and a code, and this browser waits on linksvc's page."""
+        mails the link and a code, and this browser waits on linksvc's page — in the
+        browser's language (its Accept-Language best match among linksvc's languages)."""
         try:
             started = linksvc.sign_in(
                 user_id,
@@ -231,6 +237,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
                 ip=request.remote_addr or "0.0.0.0",
                 user_agent=request.headers.get("User-Agent", "")[:1024],
                 redirect_uri=callback,
+                locale=request.accept_languages.best_match(LINKSVC_LANGUAGES),
             )
         except LinksvcError as exc:
             app.logger.warning("sign-in failed: %s (request %s)", exc.code, exc.request_id)

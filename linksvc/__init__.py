@@ -65,6 +65,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         devoutbox,
         docs,
         downloads,
+        i18n,
         mail,
         metrics,
         openapi,
@@ -95,6 +96,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     # Each concern registers its own blueprint, hooks and services; order matters only in
     # that rate limits and metrics wrap the blueprints registered before them.
     for module in (
+        i18n,
         pages,
         signin_pages,
         downloads,

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, PathConverter
 
-from . import codes, errors, idempotency, signins
+from . import codes, errors, idempotency, locales, signins
 from .clients import Client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
@@ -304,6 +304,8 @@ MINT_SPEC: dict[str, tuple[Any, bool]] = {
     "email": (str, False),
     "confirm": (bool, False),
     "code_challenge": (str, False),
+    "locale": (str, False),
+    "timezone": (str, False),
 }
 
 #: Hook for mail delivery: ``send(client, minted, address) -> None``; raises RequestRefused.
@@ -320,6 +322,7 @@ def mint() -> Response | tuple[Response, int]:
         if replay is not None:
             return replay, replay.status_code
     purpose_field(f["purpose"])
+    l10n = locales.link_l10n(f["locale"], f["timezone"], client.locale)
     mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
     if f["email"] is not None and mailer is None:
         raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
@@ -344,6 +347,7 @@ def mint() -> Response | tuple[Response, int]:
         else f["confirm"],
         defer_supersede=f["email"] is not None,
         code_challenge=f["code_challenge"],
+        l10n=l10n,
     )
     if f["email"] is not None and mailer is not None:
         mailer(client, minted, f["email"])
@@ -549,6 +553,9 @@ def status(jti: str) -> Response:
             "expires_at": iso(rec.exp),
             "state_changed_at": iso(rec.state_at),
             "state_via": rec.state_via,
+            # The language and zone of its pages and mail (PRODUCT §8); null when not given.
+            "locale": rec.locale,
+            "timezone": rec.timezone,
             "events": [
                 {"at": iso(e.at), "event": e.event, "reason": e.reason, "via": e.via}
                 for e in events
@@ -754,6 +761,8 @@ SIGN_IN_SPEC: dict[str, tuple[Any, bool]] = {
     "ip": (str, True),
     "user_agent": (str, True),
     "code_challenge": (str, False),
+    "locale": (str, False),
+    "timezone": (str, False),
 }
 
 
@@ -765,6 +774,7 @@ def start_sign_in() -> tuple[Response, int]:
     """
     f = fields(json_body(), SIGN_IN_SPEC)
     client = current_client()
+    l10n = locales.link_l10n(f["locale"], f["timezone"], client.locale)
     mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
     sis: signins.SignIns | None = current_app.extensions.get("linksvc.signins")
     if mailer is None or sis is None:
@@ -797,6 +807,7 @@ def start_sign_in() -> tuple[Response, int]:
         send=send,
         now=svc.now(),
         code_challenge=f["code_challenge"],
+        l10n=l10n,
     )
     if idem_key is not None:
         _idempotency_complete(client, started.minted, {"emailed": True})

@@ -102,6 +102,7 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
         "allow_pii_subject": c.allow_pii_subject,
         "disabled": c.disabled,
         "restart_uri": c.restart_uri,
+        "locale": c.locale,
     }
 
 
@@ -133,6 +134,10 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
 @click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
 @click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
 @click.option(
+    "--locale",
+    help="Default language of its links' pages and mails (BCP 47: de, pt-BR, zh-Hans, ...).",
+)
+@click.option(
     "--allow-pii-subject", is_flag=True, help="Allow subjects that look like e-mail addresses."
 )
 @click.option(
@@ -147,6 +152,7 @@ def clients_create(
     restart_uri: str | None,
     mint_limit: str | None,
     subject_limit: str | None,
+    locale: str | None,
     allow_pii_subject: bool,
     as_json: bool,
 ) -> None:
@@ -165,6 +171,7 @@ def clients_create(
                 allow_pii_subject=allow_pii_subject,
                 allow_http_redirects=not _settings().is_production,
                 restart_uri=restart_uri,
+                locale=locale,
                 now=int(time.time()),
             )
     except clients_mod.ClientError as exc:
@@ -252,6 +259,7 @@ def clients_enable(client: str) -> None:
 @click.option("--restart-uri", help="The 'Request a new link' page; '' removes it.")
 @click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
 @click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
+@click.option("--locale", help="Default language of its pages and mails (BCP 47); '' removes it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the client as JSON afterwards.")
 def clients_update(
     client: str,
@@ -266,10 +274,11 @@ def clients_update(
     restart_uri: str | None,
     mint_limit: str | None,
     subject_limit: str | None,
+    locale: str | None,
     as_json: bool,
 ) -> None:
     """Change a client's registration: display name, purposes, redirect URIs, download
-    prefixes, restart URI, limits. Takes effect within 5 seconds (workers cache clients)."""
+    prefixes, restart URI, limits, default locale. Takes effect within 5 seconds (workers cache clients)."""
     try:
         with db.write(_svc().engine) as conn:
             c = _find_client(conn, client)
@@ -280,6 +289,7 @@ def clients_update(
                     ("mint_limit", mint_limit),
                     ("subject_limit", subject_limit),
                     ("restart_uri", restart_uri),
+                    ("locale", locale),
                 )
                 if v is not None
             }

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import db
+from . import db, locales
 from .config import PURPOSES
 
 API_KEY_PREFIX = "lsk_"
@@ -45,6 +45,8 @@ class Client:
     created_at: int
     #: Where a user whose link failed can ask for a new one ("Request a new link").
     restart_uri: str | None = None
+    #: The default language (BCP 47, shipped) of its links' pages and mails (PRODUCT §8).
+    locale: str | None = None
 
 
 class ClientError(ValueError):
@@ -69,7 +71,26 @@ def _row_to_client(row: sa.RowMapping) -> Client:
         disabled=bool(row["disabled"]),
         created_at=row["created_at"],
         restart_uri=row.get("restart_uri"),
+        locale=row.get("locale"),
     )
+
+
+def validate_locale(tag: str | None) -> str | None:
+    """A client's default locale, as the shipped BCP 47 tag it resolves to (``de-AT`` →
+    ``de``); ``None`` or ``''`` for none. An operator naming a language linksvc does not ship
+    is told so, rather than have its users silently read English."""
+    if not tag:
+        return None
+    try:
+        found = locales.resolve(tag)
+    except ValueError:
+        raise ClientError(
+            f"locale must be a BCP 47 language tag such as de or pt-BR: {tag!r}"
+        ) from None
+    if found is None:
+        shipped = ", ".join(locales.to_bcp47(loc) for loc in locales.LOCALES)
+        raise ClientError(f"linksvc has no {tag!r} pages and mails; it ships {shipped}")
+    return locales.to_bcp47(found)
 
 
 def validate_redirect_uri(uri: str, *, allow_http: bool) -> str:
@@ -129,6 +150,7 @@ def create(
     allow_pii_subject: bool = False,
     allow_http_redirects: bool = True,
     restart_uri: str | None = None,
+    locale: str | None = None,
     now: int,
 ) -> tuple[Client, str]:
     """Register a client; returns it and its API key (which is not stored)."""
@@ -162,6 +184,7 @@ def create(
         "disabled": False,
         "created_at": now,
         "restart_uri": validate_restart_uri(restart_uri, allow_http=allow_http_redirects),
+        "locale": validate_locale(locale),
     }
     conn.execute(sa.insert(db.clients).values(**values))
     return _row_to_client(values), api_key  # type: ignore[arg-type]
@@ -267,6 +290,7 @@ def update(
         "redirect_uris",
         "download_prefixes",
         "purposes",
+        "locale",
     }
     unknown = set(values) - allowed
     if unknown:
@@ -296,6 +320,8 @@ def update(
         )
     if "display_name" in values:
         validate_display_name(str(values["display_name"]))
+    if "locale" in values:
+        values["locale"] = validate_locale(values["locale"])  # type: ignore[arg-type]
     for key in ("redirect_uris", "download_prefixes", "purposes"):
         if key in values:
             values[key] = json.dumps(list(values[key]))  # type: ignore[call-overload]

@@ -47,6 +47,7 @@ clients = sa.Table(
     sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("restart_uri", sa.Text(), nullable=True),  # "Request a new link" on failure pages
+    sa.Column("locale", sa.String(16), nullable=True),  # default language of its pages and mails
 )
 
 #: On PostgreSQL ``links`` is partitioned by day of ``exp`` and ``link_events`` by day of
@@ -76,6 +77,8 @@ links = sa.Table(
     sa.Column("confirm", sa.Boolean(), nullable=False, server_default=sa.false()),
     # Hash binding a completed redemption to the browser that did it (double-click safety).
     sa.Column("completion_hash", sa.String(64), nullable=True),
+    # "<locale>|<time zone>" of its pages and mail (linksvc.ledger.LinkRecord.l10n).
+    sa.Column("l10n", sa.String(100), nullable=True),
     sa.Index("ix_links_client_subject", "client_id", "subject", "purpose", "state"),
     sa.Index("ix_links_exp", "exp"),
 )

@@ -19,13 +19,16 @@ import secrets
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from babel.numbers import format_decimal
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from . import db, errors, ledger, storage
+from . import db, errors, i18n, ledger, storage
 from .clients import Client
 from .config import Settings
 from .html import register_error_pages, render_page
+from .i18n import N_, ngettext
+from .i18n import gettext as _
 from .service import LinkService
 
 log = logging.getLogger("linksvc.downloads")
@@ -235,15 +238,16 @@ def _remember_browser(resp: Response, value: str, new: bool) -> Response:
 
 
 def _problem_page(status: int, reason: str, title: str, advice: str) -> Response:
-    return render_page("failure.html", status, reason=reason, title=title, advice=advice)
+    # ``title`` and ``advice`` are English source text (N_), translated here.
+    return render_page("failure.html", status, reason=reason, title=_(title), advice=_(advice))
 
 
 def _missing_page() -> Response:
     return _problem_page(
         404,
         "file_missing",
-        "This file is no longer available",
-        "The link was not used up. Ask the sender for a new link.",
+        N_("This file is no longer available"),
+        N_("The link was not used up. Ask the sender for a new link."),
     )
 
 
@@ -315,8 +319,8 @@ def confirm(token: str) -> Response:
         return _problem_page(
             403,
             "csrf",
-            "This page has expired",
-            "Open the link from your e-mail again and press the button once.",
+            N_("This page has expired"),
+            N_("Open the link from your e-mail again and press the button once."),
         )
     return _remember_browser(_deliver(token, v.record, now, browser), browser, new)
 
@@ -364,7 +368,10 @@ def _size_text(size: int | None) -> str | None:
     value = float(size)
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if value < 1000 or unit == "TB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+            if unit == "bytes":
+                return ngettext("%(num)d byte", "%(num)d bytes", size)
+            # Digits and the decimal sign as the page's language writes them; units are SI.
+            return f"{format_decimal(round(value, 1), locale=i18n.current())} {unit}"
         value /= 1000
     return None  # pragma: no cover
 
@@ -374,12 +381,13 @@ def _confirm_page(v: Any) -> Response:
     d = rec.download or {}
     info = _store().stat(d.get("bucket"), d["key"])  # ObjectMissing → the missing page
     client = _service().client(rec.client_id)
+    i18n.use(rec.locale, client.locale if client else None)
     nonce = secrets.token_urlsafe(16)
     resp = render_page(
         "download_confirm.html",
         200,
-        title="Download a file",
-        app_name=client.display_name if client else "An application",
+        title=_("Download a file"),
+        app_name=client.display_name if client else _("An application"),
         filename=d.get("filename"),
         size_text=_size_text(info.size if info.size is not None else d.get("size")),
         csrf=_csrf_serializer().dumps({"j": rec.jti, "n": nonce}),
@@ -479,7 +487,7 @@ def grant(grant: str) -> Response:
     store = _store()
     if not isinstance(store, storage.LocalStorage):
         return _problem_page(
-            404, "not_found", "Page not found", "Check the address, or request a new link."
+            404, "not_found", N_("Page not found"), N_("Check the address, or request a new link.")
         )
     svc = _service()
     try:
@@ -489,14 +497,14 @@ def grant(grant: str) -> Response:
             return _problem_page(
                 410,
                 "expired",
-                "This download link has expired",
-                "Download links work for a few seconds only. Ask the sender for a new link.",
+                N_("This download link has expired"),
+                N_("Download links work for a few seconds only. Ask the sender for a new link."),
             )
         return _problem_page(
             403,
             "invalid",
-            "This download link is not valid",
-            "It may be incomplete or mistyped. Ask the sender for a new link.",
+            N_("This download link is not valid"),
+            N_("It may be incomplete or mistyped. Ask the sender for a new link."),
         )
     with db.read(svc.engine) as conn:
         rec = ledger.get(conn, jti)
@@ -512,8 +520,8 @@ def grant(grant: str) -> Response:
         return _problem_page(
             403,
             "invalid",
-            "This download link is not valid",
-            "It may be incomplete or mistyped. Ask the sender for a new link.",
+            N_("This download link is not valid"),
+            N_("It may be incomplete or mistyped. Ask the sender for a new link."),
         )
     # The grant's own expiry is signed, but a grant can never outlive the window that began
     # when the link was consumed: even a forged-with-a-leaked-secret grant cannot re-open a
@@ -522,8 +530,8 @@ def grant(grant: str) -> Response:
         return _problem_page(
             410,
             "expired",
-            "This download link has expired",
-            "Download links work for a few seconds only. Ask the sender for a new link.",
+            N_("This download link has expired"),
+            N_("Download links work for a few seconds only. Ask the sender for a new link."),
         )
     d = rec.download
     path = storage.file_path_for_serving(store, d["key"])

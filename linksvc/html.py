@@ -7,46 +7,65 @@ carry no script at all.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template
 
-from . import db, errors, ledger
+from . import db, errors, i18n, ledger
 from .http import REASON_STATUS
+from .i18n import N_
+from .i18n import gettext as _
 
 #: What the end user is told, per reason: a title and what to do next. Never whether an
-#: account exists, never the precise token fault (that goes to logs and the API).
+#: account exists, never the precise token fault (that goes to logs and the API). English
+#: source text, translated where it is shown (:func:`render_failure`).
 FAILURE_COPY: dict[str, tuple[str, str]] = {
-    "expired": ("This link has expired", "Links work for a few minutes only. Request a new link."),
-    "used": (
-        "This link has already been used",
-        "Each link works once. If it was not you, request a new link.",
+    "expired": (
+        N_("This link has expired"),
+        N_("Links work for a few minutes only. Request a new link."),
     ),
-    "revoked": ("This link has been cancelled", "It can no longer be used. Request a new link."),
+    "used": (
+        N_("This link has already been used"),
+        N_("Each link works once. If it was not you, request a new link."),
+    ),
+    "revoked": (
+        N_("This link has been cancelled"),
+        N_("It can no longer be used. Request a new link."),
+    ),
     "superseded": (
-        "A newer link was sent",
-        "Only the most recent link works. Use the newest e-mail, or request a new link.",
+        N_("A newer link was sent"),
+        N_("Only the most recent link works. Use the newest e-mail, or request a new link."),
     ),
     "invalid": (
-        "This link is not valid",
-        "It may be incomplete or mistyped. Copy the whole link, or request a new link.",
+        N_("This link is not valid"),
+        N_("It may be incomplete or mistyped. Copy the whole link, or request a new link."),
     ),
     "form_invalid": (
-        "We could not confirm this request",
-        "Open the link from your e-mail again, in this browser, and press the button on that page. "
-        "This page needs cookies to be allowed.",
+        N_("We could not confirm this request"),
+        N_(
+            "Open the link from your e-mail again, in this browser, and press the button on "
+            "that page. This page needs cookies to be allowed."
+        ),
     ),
-    "unavailable": ("We could not complete this right now", "Please try again in a moment."),
+    "unavailable": (
+        N_("We could not complete this right now"),
+        N_("Please try again in a moment."),
+    ),
     "error": (
-        "Something went wrong on our side",
-        "Please try again in a moment. If it keeps happening, request a new link.",
+        N_("Something went wrong on our side"),
+        N_("Please try again in a moment. If it keeps happening, request a new link."),
     ),
-    "rate_limited": ("Too many attempts", "Please wait a little and try again."),
-    "not_found": ("Page not found", "Check the address, or request a new link."),
-    "method_not_allowed": ("This page cannot do that", "Open the link from your e-mail again."),
-    "bad_request": ("We could not read this request", "Open the link from your e-mail again."),
+    "rate_limited": (N_("Too many attempts"), N_("Please wait a little and try again.")),
+    "not_found": (N_("Page not found"), N_("Check the address, or request a new link.")),
+    "method_not_allowed": (
+        N_("This page cannot do that"),
+        N_("Open the link from your e-mail again."),
+    ),
+    "bad_request": (
+        N_("We could not read this request"),
+        N_("Open the link from your e-mail again."),
+    ),
 }
 
 #: Status of each page reason that is not a link-state reason of :data:`REASON_STATUS`.
@@ -87,37 +106,50 @@ def render_page(
     return resp
 
 
-#: What a link is called on its failure page, by purpose.
-PURPOSE_NOUN = {
-    "magic_link": "sign-in link",
-    "password_reset": "password-reset link",
-    "download": "download link",
-}
-
-
-def clock(ts: int) -> str:
-    """``14:02 UTC``: links live minutes, so the time of day says enough."""
-    return time.strftime("%H:%M UTC", time.gmtime(ts))
+def clock(ts: int, timezone: str | None = None) -> str:
+    """``14:02 UTC`` (in the page's language, and the link's zone when it has one): links
+    live minutes, so the time of day says enough."""
+    return i18n.clock(ts, timezone)
 
 
 def ago(ts: int, now: int) -> str:
     """How long ago ``ts`` was, in words: "just now", "3 minutes ago", "2 hours ago"."""
-    seconds = max(0, now - ts)
-    if seconds < 60:
-        return "just now" if seconds < 10 else "less than a minute ago"
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return "just now"  # pragma: no cover - unreachable
+    return i18n.ago(ts, now)
 
 
 def lasts(seconds: int) -> str:
     """A duration in words: "5 minutes", "45 seconds"."""
-    if seconds >= 90:
-        minutes = round(seconds / 60)
-        return f"{minutes} minute{'s' if minutes != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return i18n.duration(seconds)
+
+
+#: What a failure page says of a genuine link, per purpose and end: whole sentences (a
+#: noun spliced into a sentence cannot agree with it in most languages).
+#: ``%(app)s`` is the application, ``%(time)s`` a time of day, ``%(ago)s`` "3 minutes ago".
+LINK_WHAT: dict[tuple[str, str], str] = {
+    ("magic_link", "expired"): N_("This sign-in link for %(app)s expired at %(time)s, %(ago)s."),
+    ("magic_link", "for"): N_("This sign-in link was for %(app)s."),
+    ("magic_link", "used"): N_("This sign-in link for %(app)s was used %(ago)s."),
+    ("magic_link", "revoked"): N_("%(app)s cancelled this sign-in link %(ago)s."),
+    ("magic_link", "superseded"): N_(
+        "%(app)s sent a newer sign-in link %(ago)s; only the most recent one works."
+    ),
+    ("password_reset", "expired"): N_(
+        "This password-reset link for %(app)s expired at %(time)s, %(ago)s."
+    ),
+    ("password_reset", "for"): N_("This password-reset link was for %(app)s."),
+    ("password_reset", "used"): N_("This password-reset link for %(app)s was used %(ago)s."),
+    ("password_reset", "revoked"): N_("%(app)s cancelled this password-reset link %(ago)s."),
+    ("password_reset", "superseded"): N_(
+        "%(app)s sent a newer password-reset link %(ago)s; only the most recent one works."
+    ),
+    ("download", "expired"): N_("This download link for %(app)s expired at %(time)s, %(ago)s."),
+    ("download", "for"): N_("This download link was for %(app)s."),
+    ("download", "used"): N_("This download link for %(app)s was used %(ago)s."),
+    ("download", "revoked"): N_("%(app)s cancelled this download link %(ago)s."),
+    ("download", "superseded"): N_(
+        "%(app)s sent a newer download link %(ago)s; only the most recent one works."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +157,6 @@ class LinkFacts:
     """What a failure page may say about a genuine link: whose it is and when it failed."""
 
     app_name: str
-    noun: str
     restart_uri: str | None
     what: str  # e.g. "This sign-in link for Acme was used 3 minutes ago."
 
@@ -147,20 +178,21 @@ def link_facts(exc: errors.LinkError, now: int) -> LinkFacts | None:
         return None
     if rec is None or client is None or client.disabled:
         return None
-    app, noun = client.display_name, PURPOSE_NOUN.get(rec.purpose, "link")
+    # The page speaks the link's language (else the client's, else the browser's).
+    i18n.use(rec.locale, client.locale)
+    app = client.display_name
     at = exc.facts.get("at") or rec.state_at
     expired_at = exc.facts.get("expired_at") or rec.exp
-    if reason == "expired":
-        what = f"This {noun} for {app} expired at {clock(expired_at)}, {ago(expired_at, now)}."
-    elif at is None:
-        what = f"This {noun} was for {app}."
-    elif reason == "used":
-        what = f"This {noun} for {app} was used {ago(at, now)}."
-    elif reason == "revoked":
-        what = f"{app} cancelled this {noun} {ago(at, now)}."
-    else:
-        what = f"{app} sent a newer {noun} {ago(at, now)}; only the most recent one works."
-    return LinkFacts(app, noun, client.restart_uri, what)
+    purpose = rec.purpose if rec.purpose in ("magic_link", "password_reset") else "download"
+    end = reason if reason == "expired" or at is not None else "for"
+    when = expired_at if reason == "expired" else (at or now)
+    what = i18n.gettext(
+        LINK_WHAT[(purpose, end)],
+        app=app,
+        time=clock(when, rec.timezone),
+        ago=ago(when, now),
+    )
+    return LinkFacts(app, client.restart_uri, what)
 
 
 def render_failure(
@@ -174,16 +206,21 @@ def render_failure(
     if facts is not None:
         advice = FAILURE_ADVICE.get(reason, advice)
     return render_page(
-        "failure.html", status, reason=reason, title=title, advice=advice, facts=facts
+        "failure.html",
+        status,
+        reason=reason,
+        title=_(title),
+        advice=_(advice),
+        facts=facts,
     )
 
 
 #: The advice under a failure that names its application (the "what" says which and when).
 FAILURE_ADVICE = {
-    "expired": "Links work for a few minutes only. Request a new link.",
-    "used": "Each link works once. If it was not you, request a new link.",
-    "revoked": "It can no longer be used. Request a new link.",
-    "superseded": "Use the newest e-mail, or request a new link.",
+    "expired": N_("Links work for a few minutes only. Request a new link."),
+    "used": N_("Each link works once. If it was not you, request a new link."),
+    "revoked": N_("It can no longer be used. Request a new link."),
+    "superseded": N_("Use the newest e-mail, or request a new link."),
 }
 
 

@@ -46,6 +46,19 @@ class LinkRecord:
     #: The S256 challenge of the flow's ``code_verifier`` (linksvc.codes): its one-time code
     #: is exchanged only with the matching verifier, by the browser session that started it.
     code_challenge: str | None = None
+    #: The language and time zone of the link's pages and mail, ``"<locale>|<zone>"`` (either
+    #: side may be empty): one optional column, never in the token (PRODUCT §8).
+    l10n: str | None = None
+
+    @property
+    def locale(self) -> str | None:
+        """The link's BCP 47 locale (a shipped one), if it was minted with one."""
+        return (self.l10n or "").partition("|")[0] or None
+
+    @property
+    def timezone(self) -> str | None:
+        """The link's IANA time zone, if it was minted with one."""
+        return (self.l10n or "").partition("|")[2] or None
 
 
 #: How ``links.state_detail`` holds a link's code challenge while it is issued or consumed.
@@ -93,6 +106,7 @@ def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
         confirm=bool(row["confirm"]),
         completion_hash=row["completion_hash"],
         code_challenge=challenge,
+        l10n=row["l10n"],
     )
 
 
@@ -297,6 +311,7 @@ def _link_values(rec: LinkRecord) -> dict[str, Any]:
         "download": json.dumps(rec.download) if rec.download is not None else None,
         "data": json.dumps(rec.data) if rec.data is not None else None,
         "confirm": rec.confirm,
+        "l10n": rec.l10n,
     }
 
 

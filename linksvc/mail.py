@@ -32,17 +32,26 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, render_template
 
-from . import db, errors
+from . import db, errors, i18n, locales
 from .clients import Client
 from .config import ConfigError, Settings
+from .i18n import N_
 from .service import LinkService, Minted
 
 log = logging.getLogger("linksvc.mail")
 
 SUBJECTS = {
-    "magic_link": "Your sign-in link for {app}",
-    "password_reset": "Reset your password for {app}",
-    "download": "Your download from {app}",
+    "magic_link": N_("Your sign-in link for %(app)s"),
+    "password_reset": N_("Reset your password for %(app)s"),
+    "download": N_("Your download from %(app)s"),
+}
+#: The first line a mail program shows beside the subject (hidden in the HTML body).
+PREHEADERS = {
+    "magic_link": N_("Sign in to %(app)s with one click. The link works once, for a few minutes."),
+    "password_reset": N_(
+        "Choose a new password for %(app)s. The link works once, for a few minutes."
+    ),
+    "download": N_("%(app)s sent you a file. The link works once, for a few minutes."),
 }
 
 # Deliberately plain: one local part, one domain with a dot, no spaces, quotes, angle
@@ -168,20 +177,42 @@ class Mailer:
     def render(
         self, client: Client, minted: Minted, address: str, *, code: str | None = None
     ) -> EmailMessage:
+        """The message in the link's language (else the client's, else English), with its
+        times in the link's zone, or as "in 5 minutes" and the UTC time without one."""
         rec = minted.record
         app_name = _header_text(client.display_name or client.name)
-        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec.exp))
-        context: dict[str, Any] = {
-            "link": minted.url,
-            "app_name": app_name,
-            "purpose": rec.purpose,
-            "expires_at": expires,
-            "minutes": max(1, round((rec.exp - rec.iat) / 60)),
-            # A sign-in's code (linksvc.signins), typed on the waiting page instead of the link.
-            "code": code,
-        }
+        locale = (
+            locales.from_bcp47(rec.locale) or locales.from_bcp47(client.locale) or locales.DEFAULT
+        )
+        with i18n.using(locale):
+            if rec.timezone:
+                expiry = i18n.gettext(
+                    "This link works once and expires at %(time)s.",
+                    time=i18n.date_time(rec.exp, rec.timezone),
+                )
+            else:
+                expiry = i18n.gettext(
+                    "This link works once and expires %(relative)s, at %(time)s.",
+                    relative=i18n.relative(rec.exp, rec.iat),
+                    time=i18n.date_time(rec.exp),
+                )
+            subject = i18n.gettext(SUBJECTS[rec.purpose], app=app_name)
+            context: dict[str, Any] = {
+                "link": minted.url,
+                "app_name": app_name,
+                "purpose": rec.purpose,
+                "subject": subject,
+                "preheader": i18n.gettext(PREHEADERS[rec.purpose], app=app_name),
+                "expiry": expiry,
+                # A sign-in's code (linksvc.signins), typed on the waiting page instead of the
+                # link; the mail names that page's host, so a look-alike asking for it stands out.
+                "code": code,
+                "host": urlsplit(self.settings.base_url).netloc,
+            }
+            text = render_template(f"email/{rec.purpose}.txt", **context)
+            html = render_template(f"email/{rec.purpose}.html", **context)
         msg = EmailMessage()
-        msg["Subject"] = SUBJECTS[rec.purpose].format(app=app_name)
+        msg["Subject"] = subject
         msg["From"] = self.settings.mail_from
         msg["To"] = address
         msg["Date"] = formatdate(rec.iat, usegmt=True)
@@ -190,8 +221,10 @@ class Mailer:
         msg["X-Linksvc-Jti"] = rec.jti
         # A one-time link must not be followed by an auto-responder or archived by a list.
         msg["Auto-Submitted"] = "auto-generated"
-        msg.set_content(render_template(f"email/{rec.purpose}.txt", **context))
-        msg.add_alternative(render_template(f"email/{rec.purpose}.html", **context), subtype="html")
+        msg.set_content(text)
+        msg.add_alternative(html, subtype="html")
+        # After the parts exist: making the message multipart moves Content-* headers into them.
+        msg["Content-Language"] = locales.to_bcp47(locale)
         return msg
 
     def __call__(

@@ -15,6 +15,8 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 
+from . import locales
+
 PREFIX = "/api/v1"
 PURPOSES = ["magic_link", "password_reset", "download"]
 
@@ -37,6 +39,25 @@ def _list_pattern(values: list[str]) -> str:
 
 
 _PURPOSE = {"type": "string", "enum": PURPOSES}
+#: What end users read of a link, in which language and time zone (linksvc.locales).
+_LOCALE = {
+    "type": ["string", "null"],
+    "maxLength": locales.MAX_TAG,
+    "pattern": locales.LANGTAG_PATTERN,
+    "description": "The language of the link's pages and mail, a BCP 47 tag (`de`, `pt-BR`, "
+    "`zh-Hans`). A tag linksvc does not ship falls back to its language (`de-AT` → `de`, "
+    "`pt` → `pt-BR`, `zh-CN` → `zh-Hans`), else the client's default locale, else English; "
+    "a malformed tag answers 422 `invalid_field`. Kept on the ledger row, never in the token. "
+    "Ships: " + ", ".join(f"`{locales.to_bcp47(loc)}`" for loc in locales.LOCALES) + ".",
+    "examples": ["de"],
+}
+_TIMEZONE = {
+    "type": ["string", "null"],
+    "enum": [*locales.timezones(), None],
+    "description": "The IANA time zone in which its pages and mail show times "
+    "(`Europe/Berlin`); without one, a relative time and UTC. Kept on the ledger row.",
+    "examples": ["Europe/Berlin"],
+}
 
 # What the server accepts, as patterns, so that a body the schema allows is not refused for
 # its shape (tests/test_fuzz.py holds the two together).
@@ -302,6 +323,8 @@ SCHEMAS: dict[str, Any] = {
                 "browser's session. The one-time code is then exchanged only with that verifier. "
                 "Sign-in and reset links only; kept on the link's row, never in the token.",
             },
+            "locale": _LOCALE,
+            "timezone": _TIMEZONE,
         },
         # What belongs to which purpose: a download link has its file and no redirect; a
         # sign-in or reset link has no file and always confirms (so `confirm: true` is
@@ -414,6 +437,8 @@ SCHEMAS: dict[str, Any] = {
             "expires_at",
             "state_changed_at",
             "state_via",
+            "locale",
+            "timezone",
             "events",
         ],
         "additionalProperties": False,
@@ -426,6 +451,12 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": _DATETIME,
             "state_changed_at": _NULLABLE_DATETIME,
             "state_via": {"type": ["string", "null"]},
+            "locale": {
+                "type": ["string", "null"],
+                "description": "The shipped locale its pages and mail use (BCP 47), or null "
+                "when minted without one (then the client's default, else the browser's).",
+            },
+            "timezone": {"type": ["string", "null"]},
             "events": {
                 "type": "array",
                 "items": {
@@ -567,6 +598,13 @@ SCHEMAS: dict[str, Any] = {
                 "browser's session. The one-time code is then exchanged only with that verifier. "
                 "Sign-in and reset links only; kept on the link's row, never in the token.",
             },
+            "locale": {
+                **_LOCALE,
+                "description": "The language of the waiting and approval pages and the mail: "
+                "the requesting browser's Accept-Language best match is a good choice. "
+                + str(_LOCALE["description"]).split(". ", 1)[1],
+            },
+            "timezone": _TIMEZONE,
         },
     },
     "SignInStarted": {

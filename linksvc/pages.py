@@ -29,9 +29,11 @@ from flask import Blueprint, Flask, Response, current_app, redirect, request
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
-from . import codes, db, errors, ledger, scanners
+from . import codes, db, errors, i18n, ledger, scanners
 from .clients import Client
 from .html import clock, csp, lasts, register_error_pages, render_failure, render_page
+from .i18n import N_
+from .i18n import gettext as _
 from .service import PAGE_PURPOSES, LinkService, Verified
 
 log = logging.getLogger("linksvc.pages")
@@ -62,14 +64,14 @@ MAX_VIEW_EVENTS = 5
 
 ACTIONS = {
     "magic_link": (
-        "Sign in to {app}",
-        "You asked to sign in to {app}. Press the button to continue.",
-        "Sign in to {app}",
+        N_("Sign in to %(app)s"),
+        N_("You asked to sign in to %(app)s. Press the button to continue."),
+        N_("Sign in to %(app)s"),
     ),
     "password_reset": (
-        "Reset your {app} password",
-        "You asked to reset your {app} password. Press the button to choose a new one.",
-        "Reset my password",
+        N_("Reset your %(app)s password"),
+        N_("You asked to reset your %(app)s password. Press the button to choose a new one."),
+        N_("Reset my password"),
     ),
 }
 
@@ -211,11 +213,10 @@ def _confirmation(
     svc: LinkService, v: Verified, *, status: int = 200, notice: str | None = None
 ) -> Response:
     client = _client_of(svc, v.record)
+    i18n.use(v.record.locale, client.locale)
     nonce, new = _nonce()
     form_token = _serializer(svc).dumps({"j": v.record.jti, "n": codes.completion_hash(nonce)})
-    title, explanation, button = (
-        s.format(app=client.display_name) for s in ACTIONS[v.record.purpose]
-    )
+    title, explanation, button = (_(s, app=client.display_name) for s in ACTIONS[v.record.purpose])
     origin = _origin(v.record.redirect_uri)
     left = max(0, v.record.exp - svc.now())
     resp = render_page(
@@ -226,8 +227,12 @@ def _confirmation(
         explanation=explanation,
         button=button,
         form_token=form_token,
-        notice=notice,
-        valid_until=f"This link works until {clock(v.record.exp)} ({lasts(left)} from now), once.",
+        notice=_(notice) if notice else None,
+        valid_until=_(
+            "This link works until %(time)s (%(left)s from now), once.",
+            time=clock(v.record.exp, v.record.timezone),
+            left=lasts(left),
+        ),
     )
     if new:
         name, path = nonce_cookie(svc)
@@ -322,13 +327,17 @@ def press(token: str) -> Response:
         )
         # A link that no longer works gets its own page (used, revoked, ...), whatever the form.
         v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
+        owner = svc.client(v.record.client_id)
+        i18n.use(v.record.locale, owner.locale if owner is not None else None)
         if exc.expired:
             # The page sat open too long: show it again with a fresh form.
             return _confirmation(
                 svc,
                 v,
                 status=400,
-                notice="This page was open for a long time. Press the button again to continue.",
+                notice=N_(
+                    "This page was open for a long time. Press the button again to continue."
+                ),
             )
         return render_failure("form_invalid")
     client = svc.client(claims.aud)
@@ -358,21 +367,21 @@ def press(token: str) -> Response:
 
 def _done(client: Client, rec: ledger.LinkRecord, *, repeated: bool) -> Response:
     app = client.display_name
+    i18n.use(rec.locale, client.locale)
     if repeated:
-        title, text = (
-            "Already done",
-            f"This link was already used in this browser. Return to {app} to continue.",
+        title = _("Already done")
+        text = _(
+            "This link was already used in this browser. Return to %(app)s to continue.", app=app
         )
     elif rec.purpose == "password_reset":
-        title, text = (
-            "Confirmed",
-            f"Your request to reset your {app} password is confirmed. Return to {app} to continue.",
+        title = _("Confirmed")
+        text = _(
+            "Your request to reset your %(app)s password is confirmed. Return to %(app)s to continue.",
+            app=app,
         )
     else:
-        title, text = (
-            "Confirmed",
-            f"Your sign-in to {app} is confirmed. Return to {app} to continue.",
-        )
+        title = _("Confirmed")
+        text = _("Your sign-in to %(app)s is confirmed. Return to %(app)s to continue.", app=app)
     return render_page("done.html", 200, title=title, explanation=text, reason="completed")
 
 

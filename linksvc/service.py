@@ -139,6 +139,7 @@ class LinkService:
         now: int | None = None,
         defer_supersede: bool = False,
         code_challenge: str | None = None,
+        l10n: str | None = None,
     ) -> Minted:
         """Mint a link. With ``defer_supersede`` (its mail is still to be sent) the older
         links it would supersede stay issued until :meth:`supersede` is called. With
@@ -278,6 +279,7 @@ class LinkService:
             data=data,
             confirm=confirm,
             code_challenge=code_challenge,
+            l10n=l10n,  # checked by the caller (linksvc.locales.link_l10n)
         )
         sink = self.sinks.get(self.engine, client.id)
         supersede = purpose in s.supersede_purposes and not defer_supersede

@@ -26,7 +26,6 @@ import hmac
 import logging
 import re
 import secrets
-import time
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -35,9 +34,11 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 
-from . import errors, metrics, signins
+from . import errors, i18n, metrics, signins
 from .clients import Client
 from .html import register_error_pages, render_failure, render_page
+from .i18n import N_, ngettext
+from .i18n import gettext as _
 from .pages import html_http_error, with_code
 from .service import LinkService, Verified
 from .signins import SignIn, SignInError, SignIns
@@ -150,46 +151,53 @@ def _client(svc: LinkService, signin: SignIn) -> Client:
 
 # -- rendering --------------------------------------------------------------------------
 
-#: Title, text and status of each end a waiting or approval page can show.
+#: Title, text and status of each end a waiting or approval page can show (English source
+#: text, translated in :func:`_end`; ``%(app)s`` is the application).
 ENDS: dict[str, tuple[str, str, int]] = {
-    "completed": ("You are signed in", "This sign-in is complete. Return to {app}.", 200),
+    "completed": (N_("You are signed in"), N_("This sign-in is complete. Return to %(app)s."), 200),
     "denied": (
-        "This sign-in was stopped",
-        "It was denied, or the number or the code did not match. Nobody was signed in. "
-        "Ask {app} for a new link if you still want to sign in.",
+        N_("This sign-in was stopped"),
+        N_(
+            "It was denied, or the number or the code did not match. Nobody was signed in. "
+            "Ask %(app)s for a new link if you still want to sign in."
+        ),
         410,
     ),
     "expired": (
-        "This sign-in has expired",
-        "Sign-ins work for a few minutes only. Ask {app} for a new link.",
+        N_("This sign-in has expired"),
+        N_("Sign-ins work for a few minutes only. Ask %(app)s for a new link."),
         410,
     ),
-    "ended": ("This sign-in was cancelled", "Ask {app} for a new link.", 410),
+    "ended": (N_("This sign-in was cancelled"), N_("Ask %(app)s for a new link."), 410),
     "approved_elsewhere": (
-        "Approved",
-        "You can close this page; you are signed in on the other device.",
+        N_("Approved"),
+        N_("You can close this page; you are signed in on the other device."),
         200,
     ),
     "denied_here": (
-        "Sign-in denied",
-        "Nobody was signed in. You can close this page.",
+        N_("Sign-in denied"),
+        N_("Nobody was signed in. You can close this page."),
         200,
     ),
     "wrong_number": (
-        "The number did not match",
-        "So this sign-in was stopped and nobody was signed in. If it was you, ask {app} for a "
-        "new link on the device where you want to sign in.",
+        N_("The number did not match"),
+        N_(
+            "So this sign-in was stopped and nobody was signed in. If it was you, ask %(app)s "
+            "for a new link on the device where you want to sign in."
+        ),
         200,
     ),
     "other_browser": (
-        "Open this on the device where you asked",
-        "This sign-in belongs to the browser where you asked to sign in to {app}. "
-        "Open the link from your e-mail there, or approve it with the number shown there.",
+        N_("Open this on the device where you asked"),
+        N_(
+            "This sign-in belongs to the browser where you asked to sign in to %(app)s. "
+            "Open the link from your e-mail there, or approve it with the number shown there."
+        ),
         403,
     ),
     "no_longer_pending": (
-        "This sign-in is no longer waiting",
-        "It was already approved, denied or completed. You can close this page.",
+        N_("This sign-in is no longer waiting"),
+        N_("It was already approved, denied or completed. You can close this page."),
         409,
     ),
 }
@@ -198,8 +206,14 @@ ENDS: dict[str, tuple[str, str, int]] = {
 def _end(reason: str, app: str) -> Response:
     title, text, status = ENDS[reason]
     return render_page(
-        "signin_message.html", status, title=title, text=text.format(app=app), reason=reason
+        "signin_message.html", status, title=_(title), text=_(text, app=app), reason=reason
     )
+
+
+def _speak(svc: LinkService, signin: SignIn) -> None:
+    """A sign-in's pages speak its link's language (else the client's, else the browser's)."""
+    client = svc.client(signin.client_id)
+    i18n.use(signin.locale, client.locale if client is not None else None)
 
 
 def _wait_page(
@@ -212,6 +226,7 @@ def _wait_page(
     status: int = 200,
 ) -> Response:
     client = _client(svc, signin)
+    _speak(svc, signin)
     state = signin.status(now)
     if state not in (signins.PENDING, signins.APPROVED):
         return _end(state, client.display_name)
@@ -220,7 +235,7 @@ def _wait_page(
         "signin_wait.html",
         status,
         content_security_policy=_csp(_origin(signin.redirect_uri), script=True),
-        title=f"Sign in to {client.display_name}",
+        title=_("Sign in to %(app)s", app=client.display_name),
         app_name=client.display_name,
         signin=signin,
         approved=state == signins.APPROVED,
@@ -239,6 +254,7 @@ def _approval_page(
     svc: LinkService, signin: SignIn, now: int, *, notice: str | None = None, status: int = 200
 ) -> Response:
     client = _client(svc, signin)
+    _speak(svc, signin)
     value = request.cookies.get(APPROVE_COOKIE, "")
     new = not NONCE_RE.fullmatch(value)
     nonce = secrets.token_urlsafe(32) if new else value
@@ -246,11 +262,11 @@ def _approval_page(
     resp = render_page(
         "signin_approve.html",
         status,
-        title=f"Sign in to {client.display_name} on another device?",
+        title=_("Sign in to %(app)s on another device?", app=client.display_name),
         app_name=client.display_name,
-        browser=signin.browser,
-        asked_ago=signins.ago(max(0, now - signin.created_at)),
-        asked_at=time.strftime("%H:%M UTC", time.gmtime(signin.created_at)),
+        browser=browser_words(signin.browser),
+        asked_ago=i18n.ago(signin.created_at, now, just_now=False),
+        asked_at=i18n.clock(signin.created_at, signin.timezone),
         csrf=token,
         notice=notice,
     )
@@ -265,6 +281,23 @@ def _approval_page(
             secure=svc.settings.base_url.startswith("https://"),
         )
     return resp
+
+
+_BROWSER_ON = re.compile(r"(.+) on (.+)")
+
+
+def browser_words(stored: str) -> str:
+    """The requesting browser in the page's language. :func:`signins.describe_browser`
+    stores English ("Firefox on Linux", "a browser on iOS", "an unknown browser"), and the
+    names in it are names: only the words around them are translated."""
+    if stored == "an unknown browser":
+        return _("an unknown browser")
+    m = _BROWSER_ON.fullmatch(stored)
+    if m is None:
+        return stored
+    if m[1] == "a browser":
+        return _("a browser on %(system)s", system=m[2])
+    return _("%(browser)s on %(system)s", browser=m[1], system=m[2])
 
 
 def _redirect(done: signins.Completed) -> Response:
@@ -299,6 +332,7 @@ def _bound_signin(signin_id: str) -> tuple[LinkService, SignIn, str] | Response:
     if signin is None:
         return render_failure("not_found", 404)
     binding = request.cookies.get(binding_cookie_name(svc), "")
+    _speak(svc, signin)
     if not signins.is_bound_to(sign_ins().secret, signin, binding):
         return _end("other_browser", _client(svc, signin).display_name)
     return svc, signin, binding
@@ -313,6 +347,7 @@ def wait(signin_id: str) -> Response:
     if signin is None:
         return render_failure("not_found", 404)
     binding, _new = _binding(svc)
+    _speak(svc, signin)
     if request.method == "HEAD" or signin.status(now) != signins.PENDING:
         bound = signins.is_bound_to(sign_ins().secret, signin, binding)
     else:
@@ -359,7 +394,7 @@ def code(signin_id: str) -> Response:
     now = svc.now()
     typed = request.form.get("code", "")
     if not typed.strip():
-        return _wait_page(svc, signin, binding, now, notice="Type the code from the mail.")
+        return _wait_page(svc, signin, binding, now, notice=_("Type the code from the mail."))
     try:
         return _redirect(sign_ins().try_code(signin, binding, typed, now))
     except SignInError as exc:
@@ -372,7 +407,11 @@ def code(signin_id: str) -> Response:
                 binding,
                 now,
                 status=400,
-                notice=f"That code is not right. {left} {'try' if left == 1 else 'tries'} left.",
+                notice=ngettext(
+                    "That code is not right. %(num)d try left.",
+                    "That code is not right. %(num)d tries left.",
+                    left,
+                ),
             )
         return _wait_page(svc, current, binding, now)
 
@@ -395,7 +434,7 @@ def complete(signin_id: str) -> Response:
             signin,
             binding,
             now,
-            notice="Not approved yet. Open the link in the mail, or type the code from it.",
+            notice=_("Not approved yet. Open the link in the mail, or type the code from it."),
         )
     if state != signins.APPROVED and state != signins.COMPLETED:
         return _wait_page(svc, signin, binding, now)
@@ -435,6 +474,7 @@ def sign_in_press(claims: Claims, now: int) -> Response | None:
         return _redirect(sign_ins().complete_by_press(signin, binding, now))
     except SignInError as exc:
         app = _client(svc, signin).display_name
+        _speak(svc, signin)
         if exc.reason == "other_browser":
             return _end("other_browser", app)
         current = exc.signin or signin
@@ -466,6 +506,7 @@ def approve() -> Response:
     if signin is None:
         return render_failure("not_found", 404)
     app = _client(svc, signin).display_name
+    _speak(svc, signin)
     action = request.form.get("action", "")
     try:
         if action == "deny":
@@ -473,7 +514,7 @@ def approve() -> Response:
                 return _end("denied_here", app)
             return _end("no_longer_pending", app)
         if action != "approve":
-            return _approval_page(svc, signin, now, status=400, notice="Choose Approve or Deny.")
+            return _approval_page(svc, signin, now, status=400, notice=_("Choose Approve or Deny."))
         typed = re.fullmatch(r"\s*([0-9]{2})\s*", request.form.get("number", "")[:16])
         if typed is None:
             return _approval_page(
@@ -481,7 +522,7 @@ def approve() -> Response:
                 signin,
                 now,
                 status=400,
-                notice="Type the two-digit number shown where you asked to sign in.",
+                notice=_("Type the two-digit number shown where you asked to sign in."),
             )
         outcome = sign_ins().approve(signin, int(typed.group(1)), now)
     except SignInError:

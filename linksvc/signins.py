@@ -104,6 +104,16 @@ class SignIn:
     subject: str
     link_state: str
     redirect_uri: str | None
+    #: From the link's row too: the language and time zone of its pages (PRODUCT §8).
+    l10n: str | None = None
+
+    @property
+    def locale(self) -> str | None:
+        return (self.l10n or "").partition("|")[0] or None
+
+    @property
+    def timezone(self) -> str | None:
+        return (self.l10n or "").partition("|")[2] or None
 
     def status(self, now: int) -> str:
         """What the waiting page shows: ``pending``, ``approved``, ``completed``, ``denied``,
@@ -239,9 +249,13 @@ def ago(seconds: int) -> str:
 # -- reading -------------------------------------------------------------------------
 
 _t, _l = db.sign_ins, db.links
-_SELECT = sa.select(*_t.c, _l.c.subject, _l.c.state.label("link_state"), _l.c.redirect_uri).join(
-    _l, _l.c.jti == _t.c.jti
-)
+_SELECT = sa.select(
+    *_t.c,
+    _l.c.subject,
+    _l.c.state.label("link_state"),
+    _l.c.redirect_uri,
+    _l.c.l10n,
+).join(_l, _l.c.jti == _t.c.jti)
 
 
 def _signin(row: sa.RowMapping) -> SignIn:
@@ -340,6 +354,7 @@ class SignIns:
         send: Callable[[Minted, str], None],
         now: int,
         code_challenge: str | None = None,
+        l10n: str | None = None,
     ) -> Started:
         """Mint the link, record the sign-in, then ``send(minted, shown_code)`` the mail.
         With ``code_challenge`` the code it ends in needs the matching verifier (linksvc.codes).
@@ -374,6 +389,7 @@ class SignIns:
             redirect_uri=redirect_uri,
             now=now,
             code_challenge=code_challenge,
+            l10n=l10n,  # the language and zone of its pages and mail (linksvc.i18n)
         )
         rec = minted.record
         code = new_code()
@@ -394,7 +410,11 @@ class SignIns:
             "binding_hash": None,
         }
         signin = SignIn(
-            **values, subject=rec.subject, link_state=ledger.ISSUED, redirect_uri=rec.redirect_uri
+            **values,
+            subject=rec.subject,
+            link_state=ledger.ISSUED,
+            redirect_uri=rec.redirect_uri,
+            l10n=rec.l10n,
         )
         with db.write(self.engine) as conn:
             conn.execute(sa.insert(_t).values(**values))

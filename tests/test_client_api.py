@@ -407,3 +407,39 @@ def test_errors_are_one_family():
         obj = getattr(lc, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, lc.LinksvcError), name
+
+
+def test_locale_and_timezone_of_links_and_sign_ins(client, mailbox, live, request):
+    """The language and time zone of a link's pages and mail (issue 22), both ways."""
+    link = client.mint("magic_link", _subject(request), locale="de-AT", timezone="Europe/Berlin")
+    status = client.status(link.jti)
+    assert (status.locale, status.timezone) == ("de", "Europe/Berlin")
+    box, _ = mailbox
+    started = client.sign_in(
+        _subject(request) + "-s",
+        "someone@example.com",
+        ip="203.0.113.9",
+        user_agent="Firefox/140",
+        locale="ja",
+        timezone="Asia/Tokyo",
+    )
+    assert client.status(started.jti).locale == "ja"
+    assert box.messages[-1]["Content-Language"] == "ja"
+    with pytest.raises(lc.LinksvcError) as caught:
+        client.mint("magic_link", _subject(request), locale="pt_BR")
+    assert caught.value.code == "invalid_field"
+
+    async def journey() -> None:
+        async with AsyncLinkClient(live.url, live.api_key) as c:
+            minted = await c.mint("magic_link", _subject(request) + "-a", timezone="Asia/Tokyo")
+            assert (await c.status(minted.jti)).timezone == "Asia/Tokyo"
+            started = await c.sign_in(
+                _subject(request) + "-as",
+                "b@example.com",
+                ip="203.0.113.9",
+                user_agent="x",
+                locale="ar",
+            )
+            assert (await c.status(started.jti)).locale == "ar"
+
+    asyncio.run(journey())

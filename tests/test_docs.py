@@ -49,7 +49,7 @@ def test_landing_page_says_what_this_is_and_links_onwards(client):
     resp = client.get("/")
     assert resp.status_code == 200 and resp.mimetype == "text/html"
     body = resp.get_data(as_text=True)
-    assert "single-use, short-lived signed links" in body
+    assert "single-use, short-lived links" in body
     assert f'<span id="version">{__version__}</span>' in body
     refs = {href for _tag, href in parse(body).refs}
     for path in (

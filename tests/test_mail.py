@@ -121,12 +121,16 @@ def test_smtp_message_has_both_parts_and_its_link_works_once(env, smtp, logbuf, 
     token = link_in(text)
     assert token == link_in(html) == body["token"]
     # The application's name (escaped in HTML) and the expiry time are in both parts.
-    expires = datetime.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).strftime(
-        "%Y-%m-%d %H:%M UTC"
+    # English dates as CLDR writes them ("Dec 5, 2026, 7:38\u202fAM UTC"), then in 4 minutes.
+    expires = datetime.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+    expires_text = (
+        f"{expires:%b} {expires.day}, {expires:%Y}, {expires:%I:%M}".replace(", 0", ", ")
+        + f"\u202f{expires:%p} UTC"
     )
     assert "Acme & <Co>" in text and "Acme &amp; &lt;Co&gt;" in html and "<Co>" not in html
-    assert expires in text and expires in html
-    assert "4 minutes" in text
+    assert expires_text in text and expires_text in html
+    assert "expires in 4 minutes" in text
+    assert msg["Content-Language"] == "en"
 
     # The link in the mail works once.
     assert api.redeem(token).status_code == 200

@@ -191,6 +191,8 @@ def mint(
     confirm: bool | None,
     idempotency_key: str | None,
     code_verifier: str | None = None,
+    locale: str | None = None,
+    timezone: str | None = None,
 ) -> Op[MintedLink]:
     # A key on every mint: a retry after a lost answer then names the same link.
     key = idempotency_key or str(uuid.uuid4())
@@ -206,6 +208,8 @@ def mint(
             "email": email,
             "confirm": confirm,
             "code_challenge": code_challenge(code_verifier) if code_verifier else None,
+            "locale": locale,
+            "timezone": timezone,
         }
     )
     return Op(
@@ -314,6 +318,8 @@ def sign_in(
     redirect_uri: str | None,
     idempotency_key: str | None,
     code_verifier: str | None = None,
+    locale: str | None = None,
+    timezone: str | None = None,
 ) -> Op[SignIn]:
     key = idempotency_key or str(uuid.uuid4())
     method, path = _path("start_sign_in")
@@ -325,6 +331,8 @@ def sign_in(
             "user_agent": user_agent,
             "redirect_uri": redirect_uri,
             "code_challenge": code_challenge(code_verifier) if code_verifier else None,
+            "locale": locale,
+            "timezone": timezone,
         }
     )
     return Op(

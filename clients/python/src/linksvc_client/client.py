@@ -106,6 +106,8 @@ class LinkClient:
         idempotency_key: str | None = None,
         code_verifier: str | None = None,
         bind: bool = True,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> MintedLink:
         """Mint a link for ``subject`` (your opaque user id). With ``email``, linksvc mails
         it. An Idempotency-Key is sent (a fresh UUID unless you give one): retries, and
@@ -115,7 +117,10 @@ class LinkClient:
         exchanged only with the verifier): to ``code_verifier`` — the one you keep in that
         browser's session — or else to a new one, returned as ``link.code_verifier`` for
         you to keep there. ``bind=False`` mints an unbound link, for a flow no browser
-        started (a link sent by a batch job); its code then works in any browser."""
+        started (a link sent by a batch job); its code then works in any browser.
+
+        ``locale`` (BCP 47: "de", "pt-BR") and ``timezone`` (IANA: "Europe/Berlin") choose
+        the language and time zone of the link's pages and mail."""
         return self._run(
             _core.mint(
                 purpose,
@@ -134,6 +139,8 @@ class LinkClient:
                     idempotency_key=idempotency_key,
                     secret=self._binding_secret,
                 ),
+                locale=locale,
+                timezone=timezone,
             )
         )
 
@@ -211,12 +218,15 @@ class LinkClient:
         idempotency_key: str | None = None,
         code_verifier: str | None = None,
         bind: bool = True,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> SignIn:
         """Start a sign-in that completes in the browser that asked (PRODUCT §6): linksvc
         mails the link and a code; send that browser to the answer's ``wait_url``. Its
         one-time code is bound to ``code_verifier`` (or a new one, returned as
         ``code_verifier`` on the answer), as :meth:`mint` binds a sign-in link; ``bind=False``
-        starts it unbound."""
+        starts it unbound. ``locale`` and ``timezone``: the language and time zone of its
+        pages and mail (the browser's Accept-Language best match is a good ``locale``)."""
         return self._run(
             _core.sign_in(
                 subject,
@@ -232,6 +242,8 @@ class LinkClient:
                     idempotency_key=idempotency_key,
                     secret=self._binding_secret,
                 ),
+                locale=locale,
+                timezone=timezone,
             )
         )
 
@@ -320,6 +332,8 @@ class AsyncLinkClient:
         idempotency_key: str | None = None,
         code_verifier: str | None = None,
         bind: bool = True,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> MintedLink:
         """See :meth:`LinkClient.mint`."""
         return await self._run(
@@ -340,6 +354,8 @@ class AsyncLinkClient:
                     idempotency_key=idempotency_key,
                     secret=self._binding_secret,
                 ),
+                locale=locale,
+                timezone=timezone,
             )
         )
 
@@ -406,6 +422,8 @@ class AsyncLinkClient:
         idempotency_key: str | None = None,
         code_verifier: str | None = None,
         bind: bool = True,
+        locale: str | None = None,
+        timezone: str | None = None,
     ) -> SignIn:
         return await self._run(
             _core.sign_in(
@@ -422,6 +440,8 @@ class AsyncLinkClient:
                     idempotency_key=idempotency_key,
                     secret=self._binding_secret,
                 ),
+                locale=locale,
+                timezone=timezone,
             )
         )
 

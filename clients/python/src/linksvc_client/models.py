@@ -171,6 +171,9 @@ class LinkStatus:
     state_changed_at: datetime | None
     state_via: str | None
     events: tuple[LinkEvent, ...]
+    #: The language (BCP 47) and IANA time zone of its pages and mail, if minted with them.
+    locale: str | None = None
+    timezone: str | None = None
 
     @classmethod
     def from_api(cls, body: Mapping[str, Any]) -> LinkStatus:
@@ -187,6 +190,8 @@ class LinkStatus:
                 LinkEvent(parse_time(e["at"]), e["event"], e.get("reason"), e.get("via"))
                 for e in body.get("events", ())
             ),
+            locale=body.get("locale"),
+            timezone=body.get("timezone"),
         )
 
 
