@@ -48,6 +48,24 @@ clients = sa.Table(
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("restart_uri", sa.Text(), nullable=True),  # "Request a new link" on failure pages
     sa.Column("locale", sa.String(16), nullable=True),  # default language of its pages and mails
+    # Its face on pages and mails (migration 0009); the sender *address* stays the operator's.
+    sa.Column("brand_color", sa.String(7), nullable=True),  # "#RRGGBB"
+    sa.Column("support_url", sa.Text(), nullable=True),
+    sa.Column("support_email", sa.String(254), nullable=True),
+    sa.Column("mail_from_name", sa.String(100), nullable=True),
+    sa.Column("link_format", sa.String(8), nullable=False, server_default="jwt"),  # jwt | short
+)
+
+#: A client's logo, re-encoded by linksvc (metadata dropped), served at a URL named by its
+#: SHA-256 and embedded in mails; kept out of the ``clients`` row that every request reads.
+client_logos = sa.Table(
+    "client_logos",
+    metadata,
+    sa.Column("client_id", sa.String(40), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(20), nullable=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+    sa.Column("updated_at", sa.BigInteger(), nullable=False),
 )
 
 #: On PostgreSQL ``links`` is partitioned by day of ``exp`` and ``link_events`` by day of
