@@ -328,11 +328,15 @@ SCHEMAS: dict[str, Any] = {
         },
         # What belongs to which purpose: a download link has its file and no redirect; a
         # sign-in or reset link has no file and always confirms (so `confirm: true` is
-        # refused as meaningless there).
+        # refused as meaningless there); only a link that ends in a code binds a flow.
         "if": {"properties": {"purpose": {"const": "download"}}},
         "then": {
             "required": ["download"],
-            "properties": {"download": {"type": "object"}, "redirect_uri": {"type": "null"}},
+            "properties": {
+                "download": {"type": "object"},
+                "redirect_uri": {"type": "null"},
+                "code_challenge": {"type": "null"},
+            },
         },
         "else": {"properties": {"download": {"type": "null"}, "confirm": {"enum": [False, None]}}},
         "examples": [{"purpose": "magic_link", "subject": "user-42"}],
