@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, render_template
 
-from . import db, errors, i18n, locales
+from . import db, errors, i18n, locales, metrics
 from .clients import Client
 from .config import ConfigError, Settings
 from .i18n import N_
@@ -241,6 +241,7 @@ class Mailer:
         try:
             self.transport.send(self.render(client, minted, address, code=code))
         except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+            metrics.MAIL.labels("failed").inc()
             # The exception text can quote the recipient; log only its type and SMTP code.
             log.warning(
                 "mail not sent; link revoked",
@@ -258,6 +259,7 @@ class Mailer:
                 kind="bad_gateway",
                 field="email",
             ) from None
+        metrics.MAIL.labels("sent").inc()
         log.info("mail sent", extra={**extra, "outcome": "mailed"})
         self._sent(client, minted)
 

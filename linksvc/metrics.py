@@ -22,11 +22,13 @@ import time
 from collections.abc import Collection, Iterator
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -34,7 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import errors
+from . import db, errors, partitions
 from .config import PURPOSES
 
 #: prometheus_client itself chooses file-backed values when this is set at import time.
@@ -70,6 +72,19 @@ RESPONSES = Counter(
     "linksvc_http_responses",
     "Responses by endpoint and status code.",
     ["endpoint", "status"],
+    registry=REGISTRY,
+)
+MAIL = Counter(
+    "linksvc_mail",
+    "Link mails handed to the transport (sent) or refused by it (failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+# Summed over the live workers only: a dead worker's connections are gone with it.
+POOL_IN_USE = Gauge(
+    "linksvc_db_pool_in_use",
+    "Database connections checked out of the workers' pools.",
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 
@@ -122,6 +137,8 @@ def _preinitialise() -> None:
             REDEMPTIONS.labels(purpose, outcome)
         for outcome in ("valid", *reason_codes()):
             VERIFICATIONS.labels(purpose, outcome)
+    for outcome in ("sent", "failed"):
+        MAIL.labels(outcome)
 
 
 class KeyAgeCollector(Collector):
@@ -155,6 +172,61 @@ class KeyAgeCollector(Collector):
         yield in_state
 
 
+class LedgerCollector(Collector):
+    """What the maintenance jobs leave behind, read from the database at scrape time: the
+    jobs are cron runs, not processes a scrape could ask, so their work shows only in the
+    ledger. Also whether the database answers (what ``/readyz`` asks)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        svc = self.app.extensions["linksvc"]
+        settings = self.app.config["LINKSVC"]
+        ready = GaugeMetricFamily(
+            "linksvc_database_ready", "1 when the database answers a ping, else 0."
+        )
+        pool = GaugeMetricFamily(
+            "linksvc_db_pool_size", "Connections each worker's pool keeps (LINKSVC_DB_POOL_SIZE)."
+        )
+        pool.add_metric([], settings.db_pool_size)
+        yield pool
+        up = svc.ready()
+        ready.add_metric([], 1 if up else 0)
+        yield ready
+        if not up:
+            return
+        now = svc.now()
+        overdue = GaugeMetricFamily(
+            "linksvc_ledger_purge_overdue_seconds",
+            "How long the oldest link has been kept past exp plus the retention"
+            " (LINKSVC_RETENTION_DAYS); grows while purge does not run.",
+        )
+        ahead = GaugeMetricFamily(
+            "linksvc_ledger_partitions_ahead_days",
+            "Days after today with a partition of their own, counted from today"
+            " (PostgreSQL's partitioned ledger only).",
+            labels=["table"],
+        )
+        try:
+            with db.read(svc.engine) as conn:
+                oldest = conn.execute(sa.select(sa.func.min(db.links.c.exp))).scalar()
+                if partitions.is_partitioned(conn):
+                    for table in partitions.KEYS:
+                        have = partitions.days(conn, table)
+                        day, n = partitions.day_of(now), -1
+                        while day in have:
+                            day, n = day + partitions.DAY, n + 1
+                        ahead.add_metric([table], n)
+        except errors.ServiceUnavailable:
+            return
+        kept = 0 if oldest is None else now - int(oldest) - settings.retention_days * 86400
+        overdue.add_metric([], max(0, kept))
+        yield overdue
+        if ahead.samples:
+            yield ahead
+
+
 def scrape(app: Flask) -> bytes:
     """The metrics text: every worker's counters (multiprocess mode) or this process's."""
     registry = CollectorRegistry(auto_describe=False)
@@ -165,6 +237,7 @@ def scrape(app: Flask) -> bytes:
     else:
         registry.register(_Forward(REGISTRY))
     registry.register(KeyAgeCollector(app))
+    registry.register(LedgerCollector(app))
     for collector in app.extensions.get("linksvc.collectors", ()):  # e.g. the webhook backlog
         registry.register(collector(app))
     return generate_latest(registry)
@@ -214,11 +287,27 @@ def metrics_view() -> Response:
     )
 
 
+def _count_pool(engine: sa.engine.Engine) -> None:
+    if sa.event.contains(engine, "checkout", _checked_out):
+        return
+    sa.event.listen(engine, "checkout", _checked_out)
+    sa.event.listen(engine, "checkin", _checked_in)
+
+
+def _checked_out(*_: Any) -> None:
+    POOL_IN_USE.inc()
+
+
+def _checked_in(*_: Any) -> None:
+    POOL_IN_USE.dec()
+
+
 def init_app(app: Flask) -> None:
     _preinitialise()
     svc = app.extensions["linksvc"]
     if observe not in svc.observers:
         svc.observers.append(observe)
+    _count_pool(svc.engine)
     app.before_request(_start_timer)
     app.after_request(_stop_timer)
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

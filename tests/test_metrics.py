@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
-from linksvc import db, errors, logs, metrics
+from linksvc import create_app, db, errors, ledger, logs, metrics, migrate, partitions
 
 from .conftest import ApiUser
 from .support import base_env, prepare_instance, start_gunicorn
@@ -207,6 +208,96 @@ def test_unavailable_key_store_drops_the_gauge_not_the_scrape(
     resp = api.http.get("/metrics")
     assert resp.status_code == 200
     assert "linksvc_signing_key_age_seconds{" not in resp.get_data(as_text=True)
+
+
+def test_mails_are_counted_sent_and_failed(app, api: ApiUser, monkeypatch) -> None:
+    def scrape() -> dict:
+        return parse(api.http.get("/metrics").get_data(as_text=True))
+
+    before = scrape()
+    assert api.mint("magic_link", "user-1", email="someone@example.com").status_code == 201
+    mailer = app.extensions["linksvc.mailer"]
+
+    class Refusing:
+        def send(self, _message: object) -> None:
+            raise OSError("connection refused")
+
+    monkeypatch.setattr(mailer, "transport", Refusing())
+    assert api.mint("magic_link", "user-1", email="someone@example.com").status_code == 502
+    after = scrape()
+    for outcome in ("sent", "failed"):
+        assert value(after, "linksvc_mail_total", outcome=outcome) == (
+            value(before, "linksvc_mail_total", outcome=outcome) + 1
+        )
+
+
+def test_pool_connections_in_use_go_up_and_back(app) -> None:
+    engine = app.extensions["linksvc"].engine
+    before = metrics.POOL_IN_USE._value.get()
+    with engine.connect():
+        assert metrics.POOL_IN_USE._value.get() == before + 1
+    assert metrics.POOL_IN_USE._value.get() == before
+
+
+def test_database_ready_and_purge_overdue_follow_the_ledger(app, api: ApiUser) -> None:
+    svc = app.extensions["linksvc"]
+    retention = app.config["LINKSVC"].retention_days * 86400
+    api.minted("magic_link", ttl=60)
+    with db.read(svc.engine) as conn:
+        exp = conn.execute(sa.select(sa.func.max(db.links.c.exp))).scalar_one()
+    samples = parse(api.http.get("/metrics").get_data(as_text=True))
+    assert value(samples, "linksvc_database_ready") == 1
+    assert value(samples, "linksvc_ledger_purge_overdue_seconds") == 0
+    assert value(samples, "linksvc_db_pool_size") == app.config["LINKSVC"].db_pool_size
+    # SQLite has no partitions: the gauge is absent rather than a misleading 0.
+    assert not any(n == "linksvc_ledger_partitions_ahead_days" for n, _ in samples)
+
+    svc.clock = lambda: exp + retention + 3600  # purge has not run for an hour past due
+    samples = parse(api.http.get("/metrics").get_data(as_text=True))
+    assert value(samples, "linksvc_ledger_purge_overdue_seconds") == 3600
+    ledger.purge(svc.engine, now=exp + retention + 3600, retention_seconds=retention)
+    samples = parse(api.http.get("/metrics").get_data(as_text=True))
+    assert value(samples, "linksvc_ledger_purge_overdue_seconds") == 0
+
+
+def test_database_down_reports_not_ready_and_keeps_the_scrape(
+    app, api: ApiUser, monkeypatch
+) -> None:
+    svc = app.extensions["linksvc"]
+    monkeypatch.setattr(svc, "ready", lambda: False)
+    resp = api.http.get("/metrics")
+    assert resp.status_code == 200
+    samples = parse(resp.get_data(as_text=True))
+    assert samples[("linksvc_database_ready", frozenset())] == 0
+    assert "linksvc_ledger_purge_overdue_seconds" not in resp.get_data(as_text=True)
+
+
+def test_partitions_ahead_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    engine = db.make_engine(pg_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    app = create_app(base_env(tmp_path / "instance", pg_url))
+    try:
+        svc = app.extensions["linksvc"]
+        client = app.test_client()
+        today = partitions.day_of(int(time.time()))
+        partitions.ensure_ahead(svc.engine, now=today)
+
+        def ahead() -> dict[str, float]:
+            samples = parse(client.get("/metrics").get_data(as_text=True))
+            return {
+                t: value(samples, "linksvc_ledger_partitions_ahead_days", table=t)
+                for t in partitions.KEYS
+            }
+
+        assert ahead() == dict.fromkeys(partitions.KEYS, partitions.AHEAD_DAYS)
+        with svc.engine.begin() as conn:  # the third day ahead went missing
+            name = partitions.day_name("links", today + 3 * partitions.DAY)
+            conn.exec_driver_sql(f'ALTER TABLE links DETACH PARTITION "{name}"')
+            conn.exec_driver_sql(f'DROP TABLE "{name}"')
+        assert ahead() == {"links": 2, "link_events": partitions.AHEAD_DAYS}
+    finally:
+        app.extensions["linksvc"].engine.dispose()
 
 
 # -- two gunicorn workers ------------------------------------------------------------------
