@@ -81,7 +81,7 @@ def match_of(resp: Any) -> str:
 
 
 def reason_of(resp: Any) -> str:
-    return re.search(r'id="reason">([a-z_]+)<', resp.get_data(as_text=True)).group(1)
+    return re.search(r'data-reason="([a-z_]+)"', resp.get_data(as_text=True)).group(1)
 
 
 def wrong_number(right: str) -> str:
