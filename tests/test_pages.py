@@ -508,3 +508,21 @@ def test_press_cookie_is_host_prefixed_where_the_base_url_is_https(env):
         assert done.status_code == 303 and "code=" in done.headers["Location"]
     finally:
         app.extensions["linksvc"].engine.dispose()
+
+
+def test_an_over_long_link_gets_our_page_under_gunicorn(tmp_path):
+    """gunicorn's own request-line limit would answer a bare 414 before linksvc sees the
+    link (gunicorn.conf.py); a mangled 20,000-character link gets linksvc's page instead."""
+    import requests
+
+    from .support import base_env, prepare_instance, start_gunicorn
+
+    env = base_env(tmp_path / "instance")
+    prepare_instance(env)
+    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    try:
+        resp = requests.get(server.url + "/l/" + "A" * 20_000, timeout=30)
+    finally:
+        server.stop()
+    assert resp.status_code == 400, resp.text[:300]
+    assert 'data-reason="invalid"' in resp.text and "This link is not valid" in resp.text
