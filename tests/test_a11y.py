@@ -92,7 +92,9 @@ def test_sign_in_with_the_keyboard_alone(browser, stack):  # noqa: F811
         page.wait_for_url(stack.linksvc + "/l/**")
         tab_to("#confirm button")
         # The focused button shows it is focused (a visible outline), then Enter presses it.
-        outline = page.locator("#confirm button").evaluate("el => getComputedStyle(el).outlineStyle")
+        outline = page.locator("#confirm button").evaluate(
+            "el => getComputedStyle(el).outlineStyle"
+        )
         assert outline != "none"
         page.keyboard.press("Enter")
         page.wait_for_url(stack.app + "/")

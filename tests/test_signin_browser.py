@@ -304,7 +304,10 @@ def test_phone_approves_with_the_right_number(desktop, phone, stack):
     # The link opened after completion, on either device.
     for device in (phone, desktop):
         resp = device.page.goto(mail.link)
-        assert resp.status == 409 and device.page.locator("[data-reason]").get_attribute("data-reason") == "used"
+        assert (
+            resp.status == 409
+            and device.page.locator("[data-reason]").get_attribute("data-reason") == "used"
+        )
     _shot(stack, phone, "06-link-after-completion-phone")
 
 
