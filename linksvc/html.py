@@ -172,7 +172,7 @@ def origin(uri: str | None) -> str | None:
 class Onward:
     """Where an end page sends the user next: the client's restart URI ("Request a new
     link"), and the application itself (the origin of the link's, else the client's first,
-    registered redirect URI)."""
+    registered redirect URI, else of its restart URI)."""
 
     app_name: str
     restart_uri: str | None
@@ -180,9 +180,8 @@ class Onward:
 
 
 def onward(client: Client, redirect_uri: str | None = None) -> Onward:
-    app_uri = origin(redirect_uri) or next(
-        (o for o in map(origin, client.redirect_uris) if o), None
-    )
+    candidates = (redirect_uri, *client.redirect_uris, client.restart_uri)
+    app_uri = next((o for o in map(origin, candidates) if o), None)
     return Onward(client.display_name, client.restart_uri, app_uri)
 
 
