@@ -50,8 +50,13 @@ graceful_timeout = 20
 keepalive = 5
 # Heartbeat files in memory, not on a possibly slow disk (containers).
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-# Room for an oversized token to reach linksvc's own "malformed" answer instead of a bare 400.
-limit_request_line = 8190
+# No request-line limit of gunicorn's own: an over-long link (a token cut and pasted twice, a
+# mangled mail of 20,000 characters) must reach linksvc, which refuses it on its own page
+# ("This link is not valid", 400) instead of gunicorn's bare 414 — any value above 0 is capped
+# at 8,190. Unbounded here is bounded in front: gunicorn serves behind a buffering proxy
+# (docs/deploy.md), whose own request-line limit (nginx: large_client_header_buffers) is the
+# one to raise to 32k or so.
+limit_request_line = 0
 max_requests = 0
 accesslog = "-"
 errorlog = "-"

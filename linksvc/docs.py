@@ -10,9 +10,12 @@ the page needs no CDN and keeps a CSP without inline script: the start-up code i
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, abort, send_from_directory, url_for
+from flask import Blueprint, Flask, Response, abort, current_app, send_from_directory, url_for
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from . import __version__
 from .html import render_page
@@ -61,9 +64,26 @@ def api_docs_asset(name: str) -> Response:
     return resp
 
 
+@cache
+def problem_sections() -> list[tuple[str, int, str, Markup]]:
+    """Each problem type as ``(code, status, title, explanation as HTML)``, rendered once.
+    The explanations are our own Markdown; raw HTML in them is escaped all the same."""
+    md = MarkdownIt("commonmark", {"html": False})
+    return [
+        (code, p.status, p.title, Markup(md.render(p.explanation)))
+        for code, p in sorted(PROBLEMS.items())
+    ]
+
+
 @bp.get("/problems")
 def problems() -> Response:
-    return render_page("problems.html", problems=sorted(PROBLEMS.items()))
+    return render_page("problems.html", problems=problem_sections())
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for it on every page; answering spares a 404 in every access log."""
+    return send_from_directory(str(current_app.static_folder), "favicon.ico", max_age=86400)
 
 
 def init_app(app: Flask) -> None:

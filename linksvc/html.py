@@ -7,15 +7,20 @@ carry no script at all.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, current_app, g, render_template
 
 from . import db, errors, i18n, ledger
+from .clients import Client
 from .http import REASON_STATUS
 from .i18n import N_
 from .i18n import gettext as _
+
+log = logging.getLogger("linksvc.pages")
 
 #: What the end user is told, per reason: a title and what to do next. Never whether an
 #: account exists, never the precise token fault (that goes to logs and the API). English
@@ -152,6 +157,34 @@ LINK_WHAT: dict[tuple[str, str], str] = {
 }
 
 
+def origin(uri: str | None) -> str | None:
+    """``scheme://host[:port]/`` of a registered URI: where "Return to the application" goes
+    (the origin only: a redirect URI's path expects a code and would show the user an error)."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc.lower()}/"
+
+
+@dataclass(frozen=True)
+class Onward:
+    """Where an end page sends the user next: the client's restart URI ("Request a new
+    link"), and the application itself (the origin of the link's, else the client's first,
+    registered redirect URI, else of its restart URI)."""
+
+    app_name: str
+    restart_uri: str | None
+    app_uri: str | None
+
+
+def onward(client: Client, redirect_uri: str | None = None) -> Onward:
+    candidates = (redirect_uri, *client.redirect_uris, client.restart_uri)
+    app_uri = next((o for o in map(origin, candidates) if o), None)
+    return Onward(client.display_name, client.restart_uri, app_uri)
+
+
 @dataclass(frozen=True)
 class LinkFacts:
     """What a failure page may say about a genuine link: whose it is and when it failed."""
@@ -159,6 +192,7 @@ class LinkFacts:
     app_name: str
     restart_uri: str | None
     what: str  # e.g. "This sign-in link for Acme was used 3 minutes ago."
+    app_uri: str | None = None
 
 
 def link_facts(exc: errors.LinkError, now: int) -> LinkFacts | None:
@@ -192,7 +226,7 @@ def link_facts(exc: errors.LinkError, now: int) -> LinkFacts | None:
         time=clock(when, rec.timezone),
         ago=ago(when, now),
     )
-    return LinkFacts(app, client.restart_uri, what)
+    return LinkFacts(app, client.restart_uri, what, onward(client, rec.redirect_uri).app_uri)
 
 
 def render_failure(
@@ -205,6 +239,13 @@ def render_failure(
         status = REASON_STATUS.get(reason) or PAGE_STATUS.get(reason, 400)
     if facts is not None:
         advice = FAILURE_ADVICE.get(reason, advice)
+    ref = support_ref()
+    # The line a support desk finds with the reference the user reads out: the request id
+    # (whose short form the page shows) and the precise reason the page does not show.
+    log.info(
+        "failure page",
+        extra={"outcome": "failure_page", "reason": reason, "status": status, "support_ref": ref},
+    )
     return render_page(
         "failure.html",
         status,
@@ -212,7 +253,20 @@ def render_failure(
         title=_(title),
         advice=_(advice),
         facts=facts,
+        support_ref=ref,
     )
+
+
+def support_ref() -> str:
+    """The short support reference of this request: the start of its request id (which every
+    log line of the request carries), short enough to read out over the phone."""
+    rid = str(g.get("request_id") or "")
+    return rid[:SUPPORT_REF_LENGTH] or "-"
+
+
+#: Characters of the request id shown on failure pages: 8 hex digits tell apart the
+#: requests of one link and one day many times over, and are searched as a prefix.
+SUPPORT_REF_LENGTH = 8
 
 
 #: The advice under a failure that names its application (the "what" says which and when).

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+import css_inline
 from flask import Flask, current_app, render_template
 
 from . import db, errors, i18n, locales, metrics
@@ -60,6 +61,14 @@ _ADDRESS_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+"
 )
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+
+#: The HTML part's stylesheet goes into style attributes (what most mail programs keep);
+#: the <style> tag stays for the dark-mode and phone rules, which cannot be inlined. Our own
+#: templates reference nothing remote, and the inliner fetches nothing.
+_INLINER = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
+#: A link up to this long is shown as an address to copy; a JWT link (450 characters or so)
+#: is not: the button and the code are the ways in, and a wrapped base64 blob helps nobody.
+ADDRESS_SHOWN_UP_TO = 120
 
 
 class Transport(Protocol):
@@ -208,9 +217,10 @@ class Mailer:
                 # link; the mail names that page's host, so a look-alike asking for it stands out.
                 "code": code,
                 "host": urlsplit(self.settings.base_url).netloc,
+                "show_address": len(minted.url) <= ADDRESS_SHOWN_UP_TO,
             }
             text = render_template(f"email/{rec.purpose}.txt", **context)
-            html = render_template(f"email/{rec.purpose}.html", **context)
+            html = _INLINER.inline(render_template(f"email/{rec.purpose}.html", **context))
         msg = EmailMessage()
         msg["Subject"] = subject
         msg["From"] = self.settings.mail_from
@@ -221,6 +231,8 @@ class Mailer:
         msg["X-Linksvc-Jti"] = rec.jti
         # A one-time link must not be followed by an auto-responder or archived by a list.
         msg["Auto-Submitted"] = "auto-generated"
+        # Nor answered by Exchange's out-of-office and delivery reports (its own header).
+        msg["X-Auto-Response-Suppress"] = "All"
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         # After the parts exist: making the message multipart moves Content-* headers into them.

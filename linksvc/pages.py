@@ -31,7 +31,15 @@ from werkzeug.exceptions import HTTPException
 
 from . import codes, db, errors, i18n, ledger, scanners
 from .clients import Client
-from .html import clock, csp, lasts, register_error_pages, render_failure, render_page
+from .html import (
+    clock,
+    csp,
+    lasts,
+    onward,
+    register_error_pages,
+    render_failure,
+    render_page,
+)
 from .i18n import N_
 from .i18n import gettext as _
 from .service import PAGE_PURPOSES, LinkService, Verified
@@ -382,7 +390,14 @@ def _done(client: Client, rec: ledger.LinkRecord, *, repeated: bool) -> Response
     else:
         title = _("Confirmed")
         text = _("Your sign-in to %(app)s is confirmed. Return to %(app)s to continue.", app=app)
-    return render_page("done.html", 200, title=title, explanation=text, reason="completed")
+    return render_page(
+        "done.html",
+        200,
+        title=title,
+        explanation=text,
+        reason="completed",
+        onward=onward(client, rec.redirect_uri),
+    )
 
 
 # -- errors: one template family ----------------------------------------------------

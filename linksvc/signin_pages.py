@@ -36,7 +36,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import errors, i18n, metrics, signins
 from .clients import Client
-from .html import register_error_pages, render_failure, render_page
+from .html import onward, register_error_pages, render_failure, render_page
 from .i18n import N_, ngettext
 from .i18n import gettext as _
 from .pages import html_http_error, with_code
@@ -203,10 +203,22 @@ ENDS: dict[str, tuple[str, str, int]] = {
 }
 
 
-def _end(reason: str, app: str) -> Response:
+#: The ends after which a new link is what the user needs (the others only lead back).
+RESTART_ENDS = frozenset({"denied", "expired", "ended", "wrong_number"})
+
+
+def _end(reason: str, client: Client, signin: SignIn) -> Response:
+    """An end page: what happened, and the way onward (a new link, back to the application).
+    The reason code is a ``data-reason`` attribute for machines, never shown."""
     title, text, status = ENDS[reason]
     return render_page(
-        "signin_message.html", status, title=_(title), text=_(text, app=app), reason=reason
+        "signin_message.html",
+        status,
+        title=_(title),
+        text=_(text, app=client.display_name),
+        reason=reason,
+        onward=onward(client, signin.redirect_uri),
+        offer_restart=reason in RESTART_ENDS,
     )
 
 
@@ -229,7 +241,7 @@ def _wait_page(
     _speak(svc, signin)
     state = signin.status(now)
     if state not in (signins.PENDING, signins.APPROVED):
-        return _end(state, client.display_name)
+        return _end(state, client, signin)
     secret = sign_ins().secret
     return render_page(
         "signin_wait.html",
@@ -303,7 +315,7 @@ def browser_words(stored: str) -> str:
 def _redirect(done: signins.Completed) -> Response:
     uri = done.signin.redirect_uri
     if done.code is None or uri is None:  # pragma: no cover - a sign-in always has one
-        return _end("completed", "the application")
+        return _end("completed", _client(_service(), done.signin), done.signin)
     # 303: the browser follows with a GET, so the form is never re-posted to the application.
     return cast(Response, redirect(with_code(uri, done.code), code=303))
 
@@ -334,7 +346,7 @@ def _bound_signin(signin_id: str) -> tuple[LinkService, SignIn, str] | Response:
     binding = request.cookies.get(binding_cookie_name(svc), "")
     _speak(svc, signin)
     if not signins.is_bound_to(sign_ins().secret, signin, binding):
-        return _end("other_browser", _client(svc, signin).display_name)
+        return _end("other_browser", _client(svc, signin), signin)
     return svc, signin, binding
 
 
@@ -354,7 +366,7 @@ def wait(signin_id: str) -> Response:
         bound = sign_ins().bind(signin, binding, now)
         signin = signins.by_id(svc.engine, signin_id) or signin
     if not bound:
-        return _end("other_browser", _client(svc, signin).display_name)
+        return _end("other_browser", _client(svc, signin), signin)
     resp = _wait_page(svc, signin, binding, now)
     if request.method != "HEAD":
         _set_binding(resp, svc, binding)  # refreshed on every view: it outlives the sign-in
@@ -473,13 +485,13 @@ def sign_in_press(claims: Claims, now: int) -> Response | None:
     try:
         return _redirect(sign_ins().complete_by_press(signin, binding, now))
     except SignInError as exc:
-        app = _client(svc, signin).display_name
+        client = _client(svc, signin)
         _speak(svc, signin)
         if exc.reason == "other_browser":
-            return _end("other_browser", app)
+            return _end("other_browser", client, signin)
         current = exc.signin or signin
         state = current.status(now)
-        return _end(state if state in ENDS else "no_longer_pending", app)
+        return _end(state if state in ENDS else "no_longer_pending", client, signin)
 
 
 @bp.post("/s/approve")
@@ -505,14 +517,14 @@ def approve() -> Response:
     signin = signins.by_jti(svc.engine, payload["j"])
     if signin is None:
         return render_failure("not_found", 404)
-    app = _client(svc, signin).display_name
+    client = _client(svc, signin)
     _speak(svc, signin)
     action = request.form.get("action", "")
     try:
         if action == "deny":
             if sign_ins().deny(signin, now):
-                return _end("denied_here", app)
-            return _end("no_longer_pending", app)
+                return _end("denied_here", client, signin)
+            return _end("no_longer_pending", client, signin)
         if action != "approve":
             return _approval_page(svc, signin, now, status=400, notice=_("Choose Approve or Deny."))
         typed = re.fullmatch(r"\s*([0-9]{2})\s*", request.form.get("number", "")[:16])
@@ -526,8 +538,10 @@ def approve() -> Response:
             )
         outcome = sign_ins().approve(signin, int(typed.group(1)), now)
     except SignInError:
-        return _end("no_longer_pending", app)
-    return _end("approved_elsewhere" if outcome == signins.APPROVED else "wrong_number", app)
+        return _end("no_longer_pending", client, signin)
+    return _end(
+        "approved_elsewhere" if outcome == signins.APPROVED else "wrong_number", client, signin
+    )
 
 
 # -- errors, metrics, wiring ------------------------------------------------------------

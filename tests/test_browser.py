@@ -329,7 +329,7 @@ def test_failure_pages(page, stack):
     for reason, url, status in _failure_cases(stack):
         resp = page.goto(url)
         assert resp.status == status, (reason, resp.status)
-        assert page.locator("#reason").inner_text() == reason
+        assert page.locator("[data-reason]").get_attribute("data-reason") == reason
         headers = resp.all_headers()
         assert (
             headers["cache-control"] == "no-store" and headers["referrer-policy"] == "no-referrer"

@@ -125,3 +125,75 @@ def test_confirmation_page_says_how_long_the_link_works(app, acme, client):
     text = text_of(resp)
     until = en_clock(T0 + 240)
     assert f"This link works until {until} (3 minutes from now), once." in text
+
+
+# -- plain words, a way onward, a support reference ---------------------------------------
+
+
+def test_failure_pages_show_no_reason_code_and_a_support_reference(app, acme, client, caplog):
+    """The page says what happened in words; the reason stays a data attribute. Its support
+    reference is the start of the request id, which the log line of that request holds."""
+    link = acme.minted(subject="u-8")
+    assert acme.redeem(link["token"]).status_code == 200
+    resp = client.get(f"/l/{link['token']}", headers={"X-Request-Id": "0123456789abcdef"})
+    text = text_of(resp)
+    assert reason_of(resp) == "used"
+    assert "For support" not in text and "Reason" not in text and " used / " not in text
+    assert "<code>used</code>" not in resp.get_data(as_text=True)
+    ref = re.search(r'id="support-ref">([^<]+)<', resp.get_data(as_text=True)).group(1)
+    assert ref == "01234567" and f"Support reference: {ref}" in text
+    assert resp.headers["X-Request-Id"].startswith(ref)
+    lines = [r for r in caplog.records if getattr(r, "support_ref", None) == ref]
+    assert lines and lines[0].reason == "used" and lines[0].status == 409
+    # A forged token's page has a reference too, and codes such as "not_found" stay hidden.
+    for path in (f"/l/{link['token']}x", "/nowhere"):
+        resp = client.get(path)
+        assert re.search(r'id="support-ref">[0-9a-f]{8}<', resp.get_data(as_text=True))
+        assert not re.search(r"\b[a-z]+_[a-z_]+\b", text_of(resp)), text_of(resp)
+
+
+def test_done_page_leads_back_to_the_application(app, client):
+    """Without a redirect URI to hand a code to, the done page still offers the way back
+    (to the origin of the client's restart URI)."""
+    plain = make_api_user(
+        app,
+        "nocode",
+        display_name="No Code",
+        restart_uri=RESTART,
+        redirect_uris=[],
+        purposes=["password_reset"],
+    )
+    link = plain.minted("password_reset", "u-9")
+    page = client.get(f"/l/{link['token']}")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    resp = client.post(f"/l/{link['token']}", data={"csrf": csrf})
+    assert resp.status_code == 200 and reason_of(resp) == "completed"
+    assert "completed" not in text_of(resp).lower().split()
+    assert 'id="return" href="https://acme.example/"' in resp.get_data(as_text=True)
+    assert "Return to No Code" in text_of(resp)
+
+
+def test_expired_page_offers_both_ways_onward(app, acme, client):
+    link = acme.minted(subject="u-10", ttl=60)
+    at(app, T0 + 3600)
+    body = client.get(f"/l/{link['token']}").get_data(as_text=True)
+    assert f'id="restart" href="{RESTART}"' in body
+    assert 'id="return" href="http://127.0.0.1:5001/"' in body
+
+
+def test_favicon_answers(client):
+    resp = client.get("/favicon.ico")
+    assert resp.status_code == 200 and resp.data[:4] == b"\x00\x00\x01\x00"
+    assert "max-age" in resp.headers["Cache-Control"]
+
+
+def test_problems_page_renders_its_markdown(client):
+    body = client.get("/problems").get_data(as_text=True)
+    assert "`" not in re.sub(r"<[^>]+>", "", body)
+    assert body.count("<code>") > 40  # each title's code and the codes in the explanations
+
+
+def test_an_over_long_link_gets_our_page(client):
+    resp = client.get("/l/" + "A" * 20_000)
+    assert resp.status_code == 400 and reason_of(resp) == "invalid"
+    assert "This link is not valid" in text_of(resp)

@@ -285,7 +285,7 @@ def _pages_in(browser: Any, stack: Stack, language: str, size: str) -> dict[str,
         else:
             assert approve["x"] < deny["x"]
         ph.click("#deny")
-        ph.wait_for_selector("#reason")
+        ph.wait_for_selector("[data-reason]")
         texts["denied"] = _check_page(ph, lang, direction, "signin_denied", stack, size)
     finally:
         laptop.close()

@@ -415,3 +415,86 @@ def test_production_refuses_smtp_credentials_in_clear(env):
     assert info.value.name == "LINKSVC_SMTP_URL" and "pw" not in str(info.value)
     app = create_app({**prod, "LINKSVC_SMTP_URL": "smtp+starttls://user:pw@127.0.0.1:587"})
     app.extensions["linksvc"].engine.dispose()
+
+
+# -- mail that renders everywhere ------------------------------------------------------------
+
+
+def _all_mails(app, api) -> dict[str, email.message.EmailMessage]:
+    """One mail of each kind: a sign-in's (with its code), a magic link's, a reset's and a
+    download's (the reset's record relabelled: the templates are what differs)."""
+    import dataclasses
+
+    from .test_signins import _mail, start
+
+    out = {"sign_in": _mail(app, start(app, api).jti)}
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    for purpose in ("magic_link", "password_reset"):
+        link = api.minted(purpose, f"user-{purpose}", email=ADDRESS)
+        path = next(p for p in outbox.glob("*.eml") if link["jti"] in p.name)
+        out[purpose] = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    svc, mailer = app.extensions["linksvc"], app.extensions["linksvc.mailer"]
+    reset = svc.mint(api.client, purpose="password_reset", subject="user-dl", ttl=300)
+    dl = dataclasses.replace(reset, record=dataclasses.replace(reset.record, purpose="download"))
+    with app.test_request_context():
+        out["download"] = mailer.render(api.client, dl, ADDRESS)
+    return out
+
+
+def test_mail_headers_parts_and_inlined_css(app, api):
+    mails = _all_mails(app, api)
+    for kind, msg in mails.items():
+        assert re.fullmatch(r"<[^@>]+@localhost>", msg["Message-ID"]), kind  # LINKSVC_MAIL_FROM's
+        assert email.utils.parsedate_to_datetime(msg["Date"]).tzinfo is not None
+        assert msg["Auto-Submitted"] == "auto-generated"
+        assert msg["X-Auto-Response-Suppress"] == "All"
+        assert msg["Content-Language"] == "en"
+        text, html = parts(msg)
+        anchor = re.search(r'<a [^>]*id="button"[^>]*>', html).group(0)
+        link = re.search(r'href="([^"]+)"', anchor).group(1)
+        assert "/l/" in link and link in text.splitlines(), kind  # alone on its line
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+        assert '<meta name="color-scheme" content="light dark">' in html
+        assert '<meta name="supported-color-schemes" content="light dark">' in html
+        assert "prefers-color-scheme: dark" in html
+        # Inlined at build time: the card's width and the button's colour are attributes.
+        assert re.search(r'class="card"[^>]*style="[^"]*max-width: 600px', html), kind
+        assert re.search(r'class="button-cell"[^>]*style="[^"]*background: #0b57d0', html)
+        # A JWT link is a button, not a 450-character address to copy.
+        visible = re.sub(r"<[^>]+>", " ", html.split("<body", 1)[1])
+        assert link not in visible and 'id="address"' not in html, kind
+    assert re.search(r'id="sign-in-code"[^>]*>[0-9A-Z]{4}-[0-9A-Z]{4}<', parts(mails["sign_in"])[1])
+
+
+def test_a_short_link_is_shown_to_copy(app, api):
+    from linksvc import mail
+
+    assert mail.ADDRESS_SHOWN_UP_TO < 200 < len(api.minted()["url"])
+
+
+def test_each_mail_renders_on_a_phone_and_a_desktop_without_scrolling(app, api, tmp_path):
+    """Each mail's HTML part in Chromium at 360 and 1280 px: nothing wider than the window."""
+    from .support import missing
+    from .test_browser import ARGS, CHROMIUM
+
+    if not CHROMIUM.exists():
+        missing("Chromium at /usr/bin/chromium", "apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    mails = _all_mails(app, api)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            for width in (360, 1280):
+                page = browser.new_page(viewport={"width": width, "height": 800})
+                for kind, msg in mails.items():
+                    page.set_content(parts(msg)[1])
+                    scroll = page.evaluate("document.documentElement.scrollWidth")
+                    assert scroll <= width, (kind, width, scroll)
+                    box = page.locator("#button").bounding_box()
+                    assert box is not None and box["width"] > 100, (kind, width)
+                    card = page.locator(".card").bounding_box()
+                    assert card is not None and card["width"] <= 600, (kind, width)
+                page.close()
+        finally:
+            browser.close()

@@ -81,7 +81,7 @@ def match_of(resp: Any) -> str:
 
 
 def reason_of(resp: Any) -> str:
-    return re.search(r'id="reason">([a-z_]+)<', resp.get_data(as_text=True)).group(1)
+    return re.search(r'data-reason="([a-z_]+)"', resp.get_data(as_text=True)).group(1)
 
 
 def wrong_number(right: str) -> str:
@@ -914,3 +914,36 @@ def test_a_malformed_code_challenge_starts_nothing(app, api):
         headers=api.headers,
     )
     assert resp.status_code == 422 and resp.get_json()["field"] == "code_challenge"
+
+
+def visible_text(resp: Any) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", resp.get_data(as_text=True)))
+
+
+def test_end_pages_speak_plainly_and_lead_onward(app, api, laptop, phone):
+    """No reason code is shown on an end page (only a data-reason attribute for machines),
+    and each offers a way onward: back to the application, and a new link where one helps."""
+    s = start(app, api)
+    wait = laptop.get(s.wait_path)
+    page = phone.get(s.link_path)
+    form = {"csrf": csrf_of(page), "action": "approve", "number": match_of(wait)}
+    ok = phone.post("/s/approve", data=form)
+    assert reason_of(ok) == "approved_elsewhere"
+    assert "approved_elsewhere" not in visible_text(ok) and "Reason" not in visible_text(ok)
+    app_origin = REDIRECT.split("/callback")[0] + "/"
+    assert f'id="return" href="{app_origin}"' in ok.get_data(as_text=True)
+
+    s2 = start(app, api, subject="user-43")
+    wait2 = laptop.get(s2.wait_path)
+    page2 = phone.get(s2.link_path)
+    wrong = {"csrf": csrf_of(page2), "action": "approve", "number": wrong_number(match_of(wait2))}
+    stopped = phone.post("/s/approve", data=wrong)
+    assert reason_of(stopped) == "wrong_number" and "wrong_number" not in visible_text(stopped)
+    denied = laptop.get(s2.wait_path)
+    assert reason_of(denied) == "denied" and "This sign-in was stopped" in visible_text(denied)
+    body = denied.get_data(as_text=True)
+    assert 'id="return"' in body and "Return to Acme" in visible_text(denied)
+    assert "go back to Acme and ask for one" in visible_text(denied)
+    # The other browser is told where to go, not "other_browser".
+    other = phone.get(s2.wait_path)
+    assert reason_of(other) == "other_browser" and "other_browser" not in visible_text(other)
