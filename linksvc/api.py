@@ -348,6 +348,7 @@ def mint() -> Response | tuple[Response, int]:
         defer_supersede=f["email"] is not None,
         code_challenge=f["code_challenge"],
         l10n=l10n,
+        handle_seed=idem_key,
     )
     if f["email"] is not None and mailer is not None:
         mailer(client, minted, f["email"])
@@ -380,7 +381,7 @@ def _idempotency_claim(
     client: Client,
     key: str,
     f: dict[str, Any],
-    replay: Callable[[Client, dict[str, Any]], Response] | None = None,
+    replay: Callable[[Client, dict[str, Any], str], Response] | None = None,
 ) -> Response | None:
     """Claim ``key`` for this mint (None: go on and mint), or the answer of the link it
     already names. A request whose twin is still minting waits for it, a few seconds."""
@@ -417,7 +418,7 @@ def _idempotency_claim(
                 "This Idempotency-Key was used with another request body; use a new key.",
             )
         if c.outcome == idempotency.DONE and c.link is not None:
-            return (replay or _idempotency_replay)(client, c.link)
+            return (replay or _idempotency_replay)(client, c.link, key)
         if time.monotonic() + pause > deadline:
             resp = problem(
                 409,
@@ -430,7 +431,7 @@ def _idempotency_claim(
         pause = min(pause * 2, 0.2)
 
 
-def _idempotency_replay(client: Client, link: dict[str, Any]) -> Response:
+def _idempotency_replay(client: Client, link: dict[str, Any], key: str) -> Response:
     token, url = service().resign(
         client,
         jti=link["jti"],
@@ -438,6 +439,7 @@ def _idempotency_replay(client: Client, link: dict[str, Any]) -> Response:
         subject=link["subject"],
         iat=link["iat"],
         exp=link["exp"],
+        handle_seed=key,
     )
     body: dict[str, Any] = {
         "url": url,
@@ -824,7 +826,7 @@ def _sign_in_json(si: signins.SignIn) -> dict[str, Any]:
     }
 
 
-def _sign_in_replay(client: Client, link: dict[str, Any]) -> Response:
+def _sign_in_replay(client: Client, link: dict[str, Any], key: str) -> Response:
     """The answer of the sign-in an Idempotency-Key already names: no second link, no mail."""
     si = signins.by_jti(service().engine, link["jti"])
     if si is None or si.client_id != client.id:  # pragma: no cover - purged with its link

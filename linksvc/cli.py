@@ -103,6 +103,7 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
         "disabled": c.disabled,
         "restart_uri": c.restart_uri,
         "locale": c.locale,
+        "link_format": c.link_format,
     }
 
 
@@ -138,6 +139,12 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
     help="Default language of its links' pages and mails (BCP 47: de, pt-BR, zh-Hans, ...).",
 )
 @click.option(
+    "--link-format",
+    type=click.Choice(clients_mod.LINK_FORMATS),
+    help="How its links are written: jwt (the token in the path, the default) or short "
+    "(<base>/l/<26-character handle>); the API answers the JWT as token either way.",
+)
+@click.option(
     "--allow-pii-subject", is_flag=True, help="Allow subjects that look like e-mail addresses."
 )
 @click.option(
@@ -153,6 +160,7 @@ def clients_create(
     mint_limit: str | None,
     subject_limit: str | None,
     locale: str | None,
+    link_format: str | None,
     allow_pii_subject: bool,
     as_json: bool,
 ) -> None:
@@ -172,6 +180,7 @@ def clients_create(
                 allow_http_redirects=not _settings().is_production,
                 restart_uri=restart_uri,
                 locale=locale,
+                link_format=link_format,
                 now=int(time.time()),
             )
     except clients_mod.ClientError as exc:
@@ -260,6 +269,12 @@ def clients_enable(client: str) -> None:
 @click.option("--mint-limit", help="Mint rate limit, e.g. '600 per minute'.")
 @click.option("--subject-limit", help="Per-subject mint limit, e.g. '5 per 15 minutes'.")
 @click.option("--locale", help="Default language of its pages and mails (BCP 47); '' removes it.")
+@click.option(
+    "--link-format",
+    type=click.Choice(clients_mod.LINK_FORMATS),
+    help="How its links are written: jwt (the token in the path) or short "
+    "(<base>/l/<26-character handle>); links minted before keep theirs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the client as JSON afterwards.")
 def clients_update(
     client: str,
@@ -275,10 +290,11 @@ def clients_update(
     mint_limit: str | None,
     subject_limit: str | None,
     locale: str | None,
+    link_format: str | None,
     as_json: bool,
 ) -> None:
     """Change a client's registration: display name, purposes, redirect URIs, download
-    prefixes, restart URI, limits, default locale. Takes effect within 5 seconds (workers cache clients)."""
+    prefixes, restart URI, limits, default locale, link format. Takes effect within 5 seconds (workers cache clients)."""
     try:
         with db.write(_svc().engine) as conn:
             c = _find_client(conn, client)
@@ -290,6 +306,7 @@ def clients_update(
                     ("subject_limit", subject_limit),
                     ("restart_uri", restart_uri),
                     ("locale", locale),
+                    ("link_format", link_format),
                 )
                 if v is not None
             }

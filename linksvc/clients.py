@@ -47,6 +47,12 @@ class Client:
     restart_uri: str | None = None
     #: The default language (BCP 47, shipped) of its links' pages and mails (PRODUCT §8).
     locale: str | None = None
+    #: How its links are written: ``jwt`` (the token in the path) or ``short`` (a handle,
+    #: linksvc.handles); either names the same ledger row (PRODUCT §8).
+    link_format: str = "jwt"
+
+
+LINK_FORMATS = ("jwt", "short")
 
 
 class ClientError(ValueError):
@@ -72,6 +78,7 @@ def _row_to_client(row: sa.RowMapping) -> Client:
         created_at=row["created_at"],
         restart_uri=row.get("restart_uri"),
         locale=row.get("locale"),
+        link_format=row.get("link_format") or "jwt",
     )
 
 
@@ -128,6 +135,14 @@ def validate_display_name(name: str) -> str:
     return name
 
 
+def validate_link_format(value: str | None) -> str:
+    if value is None:
+        return "jwt"
+    if value not in LINK_FORMATS:
+        raise ClientError(f"link format must be one of {', '.join(LINK_FORMATS)}: {value!r}")
+    return value
+
+
 def validate_limit(limit: str | None, what: str) -> str | None:
     if limit is None:
         return None
@@ -151,6 +166,7 @@ def create(
     allow_http_redirects: bool = True,
     restart_uri: str | None = None,
     locale: str | None = None,
+    link_format: str | None = None,
     now: int,
 ) -> tuple[Client, str]:
     """Register a client; returns it and its API key (which is not stored)."""
@@ -185,6 +201,7 @@ def create(
         "created_at": now,
         "restart_uri": validate_restart_uri(restart_uri, allow_http=allow_http_redirects),
         "locale": validate_locale(locale),
+        "link_format": validate_link_format(link_format),
     }
     conn.execute(sa.insert(db.clients).values(**values))
     return _row_to_client(values), api_key  # type: ignore[arg-type]
@@ -291,6 +308,7 @@ def update(
         "download_prefixes",
         "purposes",
         "locale",
+        "link_format",
     }
     unknown = set(values) - allowed
     if unknown:
@@ -322,6 +340,8 @@ def update(
         validate_display_name(str(values["display_name"]))
     if "locale" in values:
         values["locale"] = validate_locale(values["locale"])  # type: ignore[arg-type]
+    if "link_format" in values:
+        values["link_format"] = validate_link_format(values["link_format"])  # type: ignore[arg-type]
     for key in ("redirect_uris", "download_prefixes", "purposes"):
         if key in values:
             values[key] = json.dumps(list(values[key]))  # type: ignore[call-overload]

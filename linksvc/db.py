@@ -97,8 +97,18 @@ links = sa.Table(
     sa.Column("completion_hash", sa.String(64), nullable=True),
     # "<locale>|<time zone>" of its pages and mail (linksvc.ledger.LinkRecord.l10n).
     sa.Column("l10n", sa.String(100), nullable=True),
+    # A short link's handle, as its keyed hash (linksvc.handles; migration 0010); NULL for a
+    # link that exists as a JWT only. Not unique: on the partitioned ledger a unique index
+    # would have to include exp, and 128 random bits do not collide in practice.
+    sa.Column("handle_hash", sa.String(64), nullable=True),
     sa.Index("ix_links_client_subject", "client_id", "subject", "purpose", "state"),
     sa.Index("ix_links_exp", "exp"),
+    sa.Index(
+        "ix_links_handle_hash",
+        "handle_hash",
+        postgresql_where=sa.text("handle_hash IS NOT NULL"),
+        sqlite_where=sa.text("handle_hash IS NOT NULL"),
+    ),
 )
 
 link_events = sa.Table(

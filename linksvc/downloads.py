@@ -23,7 +23,7 @@ from babel.numbers import format_decimal
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from . import db, errors, i18n, ledger, storage
+from . import db, errors, handles, i18n, ledger, storage
 from .clients import Client
 from .config import Settings
 from .html import register_error_pages, render_page
@@ -266,7 +266,9 @@ def _refused(exc: errors.RequestRefused) -> Response:
     return _missing_page()
 
 
-def _verify(token: str, now: int, *, record: bool, browser: str | None = None) -> Any:
+def _verify(
+    token: str | handles.Handle, now: int, *, record: bool, browser: str | None = None
+) -> Any:
     """Verify a download token. With ``record``, a refusal is noted in the link's history;
     with ``browser`` too (the request would consume the link) a used link presented by
     another browser than the one that consumed it is a replay (``link.replayed`` and the
@@ -299,22 +301,24 @@ def _verify(token: str, now: int, *, record: bool, browser: str | None = None) -
 @bp.route("/d/<path:token>", methods=["GET", "HEAD"])
 def download(token: str) -> Response:
     now = _service().now()
+    link = _service().page_link(token)  # a short link's handle, or the JWT: one path from here
     if request.method == "HEAD":
         # Mail scanners and link previews send HEAD: answer the state, consume nothing.
-        _verify(token, now, record=False)
+        _verify(link, now, record=False)
         return Response(status=200, mimetype="text/html")
     browser, new = _browser()
-    v = _verify(token, now, record=True, browser=browser)
+    v = _verify(link, now, record=True, browser=browser)
     if v.record.confirm:
         return _remember_browser(_confirm_page(v), browser, new)
-    return _remember_browser(_deliver(token, v.record, now, browser), browser, new)
+    return _remember_browser(_deliver(link, v.record, now, browser), browser, new)
 
 
 @bp.post("/d/<path:token>")
 def confirm(token: str) -> Response:
     now = _service().now()
+    link = _service().page_link(token)
     browser, new = _browser()
-    v = _verify(token, now, record=True, browser=browser)
+    v = _verify(link, now, record=True, browser=browser)
     if not _csrf_ok(v.claims.jti):
         return _problem_page(
             403,
@@ -322,7 +326,7 @@ def confirm(token: str) -> Response:
             N_("This page has expired"),
             N_("Open the link from your e-mail again and press the button once."),
         )
-    return _remember_browser(_deliver(token, v.record, now, browser), browser, new)
+    return _remember_browser(_deliver(link, v.record, now, browser), browser, new)
 
 
 def _csrf_serializer() -> URLSafeTimedSerializer:
@@ -419,7 +423,9 @@ def _confirm_page(v: Any) -> Response:
     return resp
 
 
-def _deliver(token: str, rec: ledger.LinkRecord, now: int, browser: str) -> Response:
+def _deliver(
+    token: str | handles.Handle, rec: ledger.LinkRecord, now: int, browser: str
+) -> Response:
     """Make the storage URL, check the object, then consume (keeping the keyed hash of
     ``browser``, the browser's cookie, with the consumption); only then redirect."""
     svc, store, s = _service(), _store(), _settings()

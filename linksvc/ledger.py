@@ -49,6 +49,8 @@ class LinkRecord:
     #: The language and time zone of the link's pages and mail, ``"<locale>|<zone>"`` (either
     #: side may be empty): one optional column, never in the token (PRODUCT §8).
     l10n: str | None = None
+    #: A short link's handle, as its keyed hash (linksvc.handles); None for a JWT-only link.
+    handle_hash: str | None = None
 
     @property
     def locale(self) -> str | None:
@@ -107,6 +109,7 @@ def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
         completion_hash=row["completion_hash"],
         code_challenge=challenge,
         l10n=row["l10n"],
+        handle_hash=row["handle_hash"],
     )
 
 
@@ -198,6 +201,12 @@ def _change_with_event(
 
 _GET_SQL = db.Statement(_GET)
 _GET_AT_SQL = db.Statement(_GET_AT)
+# The condition of the partial index (migration 0010) repeated, so the planner may use it.
+_GET_BY_HANDLE_SQL = db.Statement(
+    sa.select(db.links).where(
+        db.links.c.handle_hash == sa.bindparam("k_handle"), db.links.c.handle_hash.is_not(None)
+    )
+)
 
 
 def add_event(
@@ -312,6 +321,7 @@ def _link_values(rec: LinkRecord) -> dict[str, Any]:
         "data": json.dumps(rec.data) if rec.data is not None else None,
         "confirm": rec.confirm,
         "l10n": rec.l10n,
+        "handle_hash": rec.handle_hash,
     }
 
 
@@ -397,6 +407,14 @@ def lookup(engine: Engine, jti: str, exp: int | None = None) -> LinkRecord | Non
         row = db.execute(engine, _GET_AT_SQL, {"k_jti": jti, "k_exp": exp}, writes=False)
     else:
         row = db.execute(engine, _GET_SQL, {"k_jti": jti}, writes=False)
+    return None if row is None else _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
+
+
+def lookup_handle(engine: Engine, handle_hash: str) -> LinkRecord | None:
+    """The link whose short-link handle hashes to ``handle_hash`` (linksvc.handles), as
+    committed now: one SELECT on the driver. On PostgreSQL it probes each day's partial
+    index (only short links are in it), as a lookup by ``jti`` alone does."""
+    row = db.execute(engine, _GET_BY_HANDLE_SQL, {"k_handle": handle_hash}, writes=False)
     return None if row is None else _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
 
 

@@ -355,7 +355,13 @@ SCHEMAS: dict[str, Any] = {
         ],
         "additionalProperties": False,
         "properties": {
-            "url": {"type": "string", "format": "uri"},
+            "url": {
+                "type": "string",
+                "format": "uri",
+                "description": "The link to send, in the client's link format: the JWT in the "
+                "path (`<base>/l/<token>`), or a short link `<base>/l/<handle>` (26 "
+                "case-insensitive characters; `/d/` for downloads). Both name the same link.",
+            },
             "token": {
                 "type": "string",
                 "description": "The compact JWS; shown once, never stored by linksvc.",

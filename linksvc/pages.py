@@ -292,7 +292,8 @@ def confirm(token: str) -> Response:
     """The confirmation page (GET and HEAD). Consumes nothing."""
     svc = service()
     now = svc.now()
-    v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
+    link = svc.page_link(token)  # a short link's handle, or the JWT: one path from here
+    v = svc.verify(link, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
     _note_view(svc, v.record, now)
     # A sign-in's link outside the browser that asked shows an approval page (linksvc.signin_pages).
     sign_in_view = current_app.extensions.get("linksvc.sign_in_view")
@@ -306,8 +307,9 @@ def press(token: str) -> Response:
     """The button: check the form, consume the link, hand the code to the application."""
     svc = service()
     now = svc.now()
+    link = svc.page_link(token)  # a short link's handle, or the JWT: one path from here
     try:
-        claims = svc.check_token(token, purposes=PAGE_PURPOSES, audience=None, now=now)
+        claims = svc.check_token(link, purposes=PAGE_PURPOSES, audience=None, now=now)
     except errors.LinkError as exc:
         log.info(
             "link rejected",
@@ -334,7 +336,7 @@ def press(token: str) -> Response:
             },
         )
         # A link that no longer works gets its own page (used, revoked, ...), whatever the form.
-        v = svc.verify(token, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
+        v = svc.verify(link, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
         owner = svc.client(v.record.client_id)
         i18n.use(v.record.locale, owner.locale if owner is not None else None)
         if exc.expired:
@@ -355,7 +357,7 @@ def press(token: str) -> Response:
     sign_in_press = current_app.extensions.get("linksvc.sign_in_press")
     if sign_in_press is not None and (page := sign_in_press(claims, now)) is not None:
         return cast(Response, page)
-    done = codes.complete(svc, token, nonce=nonce, now=now, actor=_actor(svc))
+    done = codes.complete(svc, link, nonce=nonce, now=now, actor=_actor(svc))
     rec = done.record
     if done.repeated:
         log.info(

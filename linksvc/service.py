@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from sqlalchemy.engine import Connection, Engine
 
-from . import clients, db, errors, ledger, logs, outbox, tokens
+from . import clients, db, errors, handles, ledger, logs, outbox, tokens
 from .clients import Client
 from .config import PURPOSES, Settings
 from .keys import KeyRing
@@ -140,11 +140,14 @@ class LinkService:
         defer_supersede: bool = False,
         code_challenge: str | None = None,
         l10n: str | None = None,
+        handle_seed: str | None = None,
     ) -> Minted:
         """Mint a link. With ``defer_supersede`` (its mail is still to be sent) the older
         links it would supersede stay issued until :meth:`supersede` is called. With
         ``code_challenge`` (a sign-in or reset link) its one-time code is exchanged only
-        with the matching ``code_verifier`` (linksvc.codes)."""
+        with the matching ``code_verifier`` (linksvc.codes). For a client whose links are
+        short, ``handle_seed`` (the mint's Idempotency-Key) makes the handle one that
+        :meth:`resign` can tell again (:func:`handles.derive`)."""
         now = self.now() if now is None else now
         s = self.settings
         if purpose not in PURPOSES:
@@ -266,6 +269,15 @@ class LinkService:
             exp=now + ttl,
         )
         token = tokens.sign(claims, key)
+        handle = handle_hash = None
+        if client.link_format == "short":
+            secret = self._secret()
+            raw = (
+                handles.new()
+                if handle_seed is None
+                else handles.derive(secret, client_id=client.id, seed=handle_seed, jti=claims.jti)
+            )
+            handle, handle_hash = handles.encode(raw), handles.digest(secret, raw)
         rec = ledger.LinkRecord(
             jti=claims.jti,
             client_id=client.id,
@@ -280,6 +292,7 @@ class LinkService:
             confirm=confirm,
             code_challenge=code_challenge,
             l10n=l10n,  # checked by the caller (linksvc.locales.link_l10n)
+            handle_hash=handle_hash,
         )
         sink = self.sinks.get(self.engine, client.id)
         supersede = purpose in s.supersede_purposes and not defer_supersede
@@ -304,8 +317,16 @@ class LinkService:
         for fn in self.observers:
             fn("mint", "minted", (purpose,), client.id)
         return Minted(
-            token=token, url=f"{s.base_url}/{path}/{token}", record=rec, superseded=superseded
+            token=token,
+            url=f"{s.base_url}/{path}/{handle or token}",
+            record=rec,
+            superseded=superseded,
         )
+
+    def _secret(self) -> bytes:
+        if self.settings.secret_key is None:
+            raise errors.NotInitialised("LINKSVC_SECRET_KEY")
+        return self.settings.secret_key
 
     def supersede(self, minted: Minted, now: int | None = None) -> Minted:
         """The deferred half of a mint with ``defer_supersede``: once its mail has been
@@ -325,11 +346,20 @@ class LinkService:
         return dataclasses.replace(minted, superseded=n)
 
     def resign(
-        self, client: Client, *, jti: str, purpose: str, subject: str, iat: int, exp: int
+        self,
+        client: Client,
+        *,
+        jti: str,
+        purpose: str,
+        subject: str,
+        iat: int,
+        exp: int,
+        handle_seed: str | None = None,
     ) -> tuple[str, str]:
         """A token and URL for an already minted link (an idempotent mint's replay): the
         same claims, signed afresh with the current key. Tokens are never stored; both
-        strings name the one ledger row, which is consumed once."""
+        strings name the one ledger row, which is consumed once. A short link minted with
+        ``handle_seed`` gets its handle again; any other link a JWT URL (which works too)."""
         claims = tokens.Claims(
             iss=self.settings.issuer,
             aud=client.id,
@@ -342,7 +372,16 @@ class LinkService:
         )
         token = tokens.sign(claims, self.keyring.signing_key())
         path = "d" if purpose == "download" else "l"
-        return token, f"{self.settings.base_url}/{path}/{token}"
+        handle = None
+        if client.link_format == "short" and handle_seed is not None:
+            secret = self._secret()
+            raw = handles.derive(secret, client_id=client.id, seed=handle_seed, jti=jti)
+            rec = ledger.lookup(self.engine, jti, exp)
+            # Only if the row holds this handle: minted before the client chose short links,
+            # it has none.
+            if rec is not None and rec.handle_hash == handles.digest(secret, raw):
+                handle = handles.encode(raw)
+        return token, f"{self.settings.base_url}/{path}/{handle or token}"
 
     # -- verifying and redeeming -------------------------------------------------------
 
@@ -354,8 +393,14 @@ class LinkService:
         With ``audience=None`` (the end-user pages and downloads, where no client is
         authenticated) the token's client must exist and be enabled: a disabled
         application's links stop working everywhere, as its API key does.
+
+        ``token`` may be a short link's :class:`handles.Handle` (only the pages make one,
+        :meth:`page_link`): its ledger row stands in for the signed claims, and meets the
+        same claim checks, including that the key which signed its JWT is still ours.
         """
         s = self.settings
+        if isinstance(token, handles.Handle):
+            return self._check_handle(token, purposes=purposes, audience=audience, now=now)
         claims = tokens.verify(
             token,
             keys=self.keyring,
@@ -372,6 +417,49 @@ class LinkService:
             raise errors.InvalidClaims(
                 "Token sub or aud is not of the minted form.", jti=claims.jti
             )
+        if audience is None:
+            client = self.client(claims.aud)
+            if client is None or client.disabled:
+                raise errors.UnknownLink(jti=claims.jti)
+        return claims
+
+    def page_link(self, segment: str) -> str | handles.Handle:
+        """What a page's path segment names: a short link's :class:`handles.Handle` (its
+        keyed hash), else the segment itself, a JWT (or nothing, refused as malformed)."""
+        return handles.from_path(self.settings.secret_key, segment) or segment
+
+    def _check_handle(
+        self,
+        handle: handles.Handle,
+        *,
+        purposes: Collection[str],
+        audience: str | None,
+        now: int,
+    ) -> tokens.Claims:
+        rec = ledger.lookup_handle(self.engine, handle.digest)
+        if rec is None:
+            # Nothing is known: the same page as any invalid link, no jti, no history.
+            raise errors.UnknownLink()
+        # A removed key ends the links it signed, in either form.
+        self.keyring.verification_key(rec.kid)
+        claims = tokens.check_claims(
+            {
+                "iss": self.settings.issuer,
+                "aud": rec.client_id,
+                "sub": rec.subject,
+                "pur": rec.purpose,
+                "jti": rec.jti,
+                "iat": rec.iat,
+                "nbf": rec.iat,
+                "exp": rec.exp,
+            },
+            issuer=self.settings.issuer,
+            purposes=purposes,
+            audience=audience,
+            now=now,
+            leeway=self.settings.leeway,
+            ceilings=self.settings.max_ttl,
+        )
         if audience is None:
             client = self.client(claims.aud)
             if client is None or client.disabled:

@@ -260,6 +260,31 @@ def verify(
     if not good:
         raise errors.BadSignature()
 
+    claims = check_claims(
+        payload,
+        issuer=issuer,
+        purposes=purposes,
+        audience=audience,
+        now=now,
+        leeway=leeway,
+        ceilings=ceilings,
+    )
+    return VerifiedToken(claims=claims, kid=kid, alg=key.alg)
+
+
+def check_claims(
+    payload: Mapping[str, Any],
+    *,
+    issuer: str,
+    purposes: Collection[str],
+    audience: str | None,
+    now: int,
+    leeway: int,
+    ceilings: Mapping[str, int],
+) -> Claims:
+    """Step 3's claim checks, in their order, on a signature-checked payload — or on the
+    claims of a short link's ledger row (linksvc.handles), so that both forms of a link
+    meet the same rules (a lowered ceiling, the leeway, the purpose). Raises LinkError."""
     jti = payload.get("jti")
     jti = jti if isinstance(jti, str) and JTI_RE.fullmatch(jti) else None
     if set(payload) != CLAIM_MEMBERS:
@@ -295,5 +320,4 @@ def verify(
     if exp <= now - leeway:
         raise errors.Expired(jti=jti, expired_at=exp)
 
-    claims = Claims(iss=issuer, aud=aud, sub=sub, pur=pur, jti=jti, iat=iat, nbf=nbf, exp=exp)
-    return VerifiedToken(claims=claims, kid=kid, alg=key.alg)
+    return Claims(iss=issuer, aud=aud, sub=sub, pur=pur, jti=jti, iat=iat, nbf=nbf, exp=exp)

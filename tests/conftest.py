@@ -121,8 +121,15 @@ def make_api_user(app: Flask, name: str = "acme", **kwargs: Any) -> ApiUser:
 
 
 @pytest.fixture
-def api(app: Flask) -> ApiUser:
-    return make_api_user(app)
+def link_format() -> str:
+    """How ``api``'s links are written; a module parametrises it (``jwt``, ``short``) to run
+    its tests over both forms of a link (PRODUCT §8)."""
+    return "jwt"
+
+
+@pytest.fixture
+def api(app: Flask, link_format: str) -> ApiUser:
+    return make_api_user(app, link_format=link_format)
 
 
 @pytest.fixture

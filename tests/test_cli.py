@@ -222,3 +222,20 @@ def test_partitions_has_nothing_to_do_on_sqlite(app, runner):
     with app.app_context():
         out = runner.invoke(args=["partitions"])
     assert out.exit_code == 0 and "not partitioned" in out.output
+
+
+def test_clients_link_format_is_set_shown_changed_and_checked(runner):
+    """Issue 23: ``--link-format short|jwt`` on create and update; jwt by default."""
+    made = runner.invoke(args=["clients", "create", "acme", "--json"])
+    assert json.loads(made.output)["link_format"] == "jwt"
+    made = runner.invoke(args=["clients", "create", "shorty", "--link-format", "short", "--json"])
+    assert made.exit_code == 0 and json.loads(made.output)["link_format"] == "short"
+    changed = runner.invoke(args=["clients", "update", "acme", "--link-format", "short", "--json"])
+    assert changed.exit_code == 0 and json.loads(changed.output)["link_format"] == "short"
+    bad = runner.invoke(args=["clients", "update", "acme", "--link-format", "tiny"])
+    assert bad.exit_code != 0 and "tiny" in bad.output
+    listed = {
+        c["name"]: c["link_format"]
+        for c in json.loads(runner.invoke(args=["clients", "list", "--json"]).output)
+    }
+    assert listed == {"acme": "short", "shorty": "short"}

@@ -144,9 +144,20 @@ def dl_app(env: dict[str, str], files: Path) -> Iterator[Any]:
     app.extensions["linksvc"].engine.dispose()
 
 
+@pytest.fixture(params=["jwt", "short"])
+def link_format(request: pytest.FixtureRequest) -> str:
+    """The in-process download tests run for both forms of a link (PRODUCT §8)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def dl_api(dl_app: Any) -> Any:
-    return make_api_user(dl_app)
+def dl_api(dl_app: Any, link_format: str) -> Any:
+    return make_api_user(dl_app, link_format=link_format)
+
+
+def dpath(link: dict[str, Any]) -> str:
+    """The path of a minted download link's ``url``: ``/d/`` and the JWT or the handle."""
+    return "/d/" + link["url"].rsplit("/d/", 1)[-1]
 
 
 @pytest.mark.parametrize(
@@ -290,12 +301,12 @@ def test_file_swapped_for_a_symlink_leaving_the_prefix_is_not_served(
     before = narrow.minted("download", download={"key": "reports/a.txt"})
     (files / "reports" / "a.txt").unlink()
     (files / "reports" / "a.txt").symlink_to(files / "other" / "secret.txt")
-    resp = http.get(f"/d/{before['token']}")
+    resp = http.get(dpath(before))
     assert resp.status_code == 404 and b"secret" not in resp.data
     assert link_state(engine, before["jti"]) == "issued"
     # Swapped between the click and the grant: the grant refuses it.
     after = narrow.minted("download", download={"key": "reports/b.txt"})
-    grant = _grant_path(http.get(f"/d/{after['token']}").headers["Location"])
+    grant = _grant_path(http.get(dpath(after)).headers["Location"])
     (files / "reports" / "b.txt").unlink()
     (files / "reports" / "b.txt").symlink_to(files / "other" / "secret.txt")
     resp = http.get(grant)
@@ -341,7 +352,7 @@ def test_grant_window_range_and_expiry(dl_api: Any, dl_app: Any, files: Path) ->
     svc.clock = lambda: now
     link = dl_api.minted("download", download={"key": "reports/q1.pdf"})
     http = dl_app.test_client()
-    resp = http.get(f"/d/{link['token']}")
+    resp = http.get(dpath(link))
     assert resp.status_code == 303
     grant = _grant_path(resp.headers["Location"])
     whole = (files / "reports" / "q1.pdf").read_bytes()
@@ -369,7 +380,7 @@ def test_grant_never_outlives_the_link(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", ttl=60, download={"key": "public/hello.txt"})
     svc.clock = lambda: now + 55  # 5 s of the link left, though grants may live 20 s
     http = dl_app.test_client()
-    grant = _grant_path(http.get(f"/d/{link['token']}").headers["Location"])
+    grant = _grant_path(http.get(dpath(link)).headers["Location"])
     svc.clock = lambda: now + 60
     assert http.get(grant).status_code == 200
     svc.clock = lambda: now + 61
@@ -401,7 +412,7 @@ def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(
     svc.clock = lambda: now
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
-    assert http.get(f"/d/{link['token']}").status_code == 303
+    assert http.get(dpath(link)).status_code == 303
     store = dl_app.extensions["linksvc.storage"]
     url = store.presigned_url(
         storage.ObjectInfo(None, "public/hello.txt", None, None),
@@ -425,7 +436,7 @@ def test_disabled_clients_download_links_stop_working(dl_api: Any, dl_app: Any) 
         clients_mod.update(conn, dl_api.client.id, disabled=True)
     http = dl_app.test_client()
     for method in ("head", "get"):
-        resp = getattr(http, method)(f"/d/{link['token']}")
+        resp = getattr(http, method)(dpath(link))
         assert resp.status_code == 400, resp.status_code
     with db.read(svc.engine) as conn:
         assert ledger.get(conn, link["jti"]).state == "issued"
@@ -435,11 +446,11 @@ def test_head_never_consumes(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
     for _ in range(3):
-        resp = http.head(f"/d/{link['token']}")
+        resp = http.head(dpath(link))
         assert resp.status_code == 200 and resp.data == b""
     assert link_state(dl_app.extensions["linksvc"].engine, link["jti"]) == "issued"
-    assert http.get(f"/d/{link['token']}").status_code == 303
-    assert http.head(f"/d/{link['token']}").status_code == 409
+    assert http.get(dpath(link)).status_code == 303
+    assert http.head(dpath(link)).status_code == 409
 
 
 def test_a_used_download_replayed_from_another_browser_is_a_replay(
@@ -459,7 +470,7 @@ def test_a_used_download_replayed_from_another_browser_is_a_replay(
     other = dl_api.minted(subject="user-7")
     browser, other_browser = dl_app.test_client(), dl_app.test_client()
     t0 = svc.now()
-    assert browser.get(f"/d/{link['token']}").status_code == 303
+    assert browser.get(dpath(link)).status_code == 303
     cookie = browser.get_cookie("linksvc_dl_browser", path="/d/")
     assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
     with db.read(svc.engine) as conn:  # only a keyed hash of it is kept
@@ -467,13 +478,13 @@ def test_a_used_download_replayed_from_another_browser_is_a_replay(
     assert stored is not None and cookie.value not in stored
     assert stored != hashlib.sha256(cookie.value.encode()).hexdigest()
     svc.clock = lambda: t0 + 12
-    assert browser.get(f"/d/{link['token']}").status_code == 409
-    assert browser.head(f"/d/{link['token']}").status_code == 409
-    assert other_browser.head(f"/d/{link['token']}").status_code == 409  # HEAD: a look only
+    assert browser.get(dpath(link)).status_code == 409
+    assert browser.head(dpath(link)).status_code == 409
+    assert other_browser.head(dpath(link)).status_code == 409  # HEAD: a look only
     assert "link.replayed" not in types(dl_app, link["jti"])
     assert link_state(svc.engine, other["jti"]) == "issued"
 
-    assert other_browser.get(f"/d/{link['token']}").status_code == 409
+    assert other_browser.get(dpath(link)).status_code == 409
     assert types(dl_app, link["jti"]).count("link.replayed") == 1
     assert link_state(svc.engine, other["jti"]) == "revoked"
 
@@ -483,11 +494,11 @@ def test_missing_file_at_click_does_not_consume(dl_api: Any, dl_app: Any, files:
     moved = files / "hello.bak"
     (files / "public" / "hello.txt").rename(moved)
     http = dl_app.test_client()
-    resp = http.get(f"/d/{link['token']}")
+    resp = http.get(dpath(link))
     assert resp.status_code == 404 and b"no longer available" in resp.data
     assert link_state(dl_app.extensions["linksvc"].engine, link["jti"]) == "issued"
     moved.rename(files / "public" / "hello.txt")
-    assert http.get(f"/d/{link['token']}").status_code == 303
+    assert http.get(dpath(link)).status_code == 303
 
 
 def test_file_swapped_for_symlink_after_mint_is_not_served(
@@ -495,7 +506,7 @@ def test_file_swapped_for_symlink_after_mint_is_not_served(
 ) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
-    grant = _grant_path(http.get(f"/d/{link['token']}").headers["Location"])
+    grant = _grant_path(http.get(dpath(link)).headers["Location"])
     (files / "public" / "hello.txt").unlink()
     (files / "public" / "hello.txt").symlink_to(tmp_path / "outside.txt")
     resp = http.get(grant)
@@ -508,7 +519,7 @@ def test_confirm_page_then_csrf_protected_post(dl_api: Any, dl_app: Any) -> None
     )
     engine = dl_app.extensions["linksvc"].engine
     http = dl_app.test_client()
-    page = http.get(f"/d/{link['token']}")
+    page = http.get(dpath(link))
     assert page.status_code == 200 and page.mimetype == "text/html"
     text = page.get_data(as_text=True)
     assert "Q1 &lt;b&gt;.pdf" in text and "1.8 KB" in text and "Acme" in text
@@ -516,22 +527,22 @@ def test_confirm_page_then_csrf_protected_post(dl_api: Any, dl_app: Any) -> None
     assert link_state(engine, link["jti"]) == "issued"
     csrf = re.search(r'name="csrf" value="([^"]+)"', text).group(1)
     # Without the form token, with a token for another link, or without the cookie: refused.
-    assert http.post(f"/d/{link['token']}", data={}).status_code == 403
+    assert http.post(dpath(link), data={}).status_code == 403
     other = dl_api.minted("download", confirm=True, download={"key": "public/hello.txt"})
-    other_page = http.get(f"/d/{other['token']}").get_data(as_text=True)
+    other_page = http.get(dpath(other)).get_data(as_text=True)
     other_csrf = re.search(r'name="csrf" value="([^"]+)"', other_page).group(1)
-    assert http.post(f"/d/{link['token']}", data={"csrf": other_csrf}).status_code == 403
+    assert http.post(dpath(link), data={"csrf": other_csrf}).status_code == 403
     cookieless = dl_app.test_client()
-    assert cookieless.post(f"/d/{link['token']}", data={"csrf": csrf}).status_code == 403
+    assert cookieless.post(dpath(link), data={"csrf": csrf}).status_code == 403
     assert link_state(engine, link["jti"]) == "issued"
     # The page again (a fresh cookie), then the button: consumed, 303 to the grant.
-    text = http.get(f"/d/{link['token']}").get_data(as_text=True)
+    text = http.get(dpath(link)).get_data(as_text=True)
     csrf = re.search(r'name="csrf" value="([^"]+)"', text).group(1)
-    resp = http.post(f"/d/{link['token']}", data={"csrf": csrf})
+    resp = http.post(dpath(link), data={"csrf": csrf})
     assert resp.status_code == 303 and "/dl/" in resp.headers["Location"]
     assert link_state(engine, link["jti"]) == "consumed"
-    assert http.post(f"/d/{link['token']}", data={"csrf": csrf}).status_code == 409
-    assert http.get(f"/d/{link['token']}").status_code == 409
+    assert http.post(dpath(link), data={"csrf": csrf}).status_code == 409
+    assert http.get(dpath(link)).status_code == 409
 
 
 def test_mailed_download_link_confirms_by_default(dl_api: Any, dl_app: Any) -> None:
@@ -539,22 +550,22 @@ def test_mailed_download_link_confirms_by_default(dl_api: Any, dl_app: Any) -> N
     engine = dl_app.extensions["linksvc"].engine
     http = dl_app.test_client()
     mailed = dl_api.minted("download", email="a@mail.example", download={"key": "public/hello.txt"})
-    page = http.get(f"/d/{mailed['token']}")
+    page = http.get(dpath(mailed))
     assert page.status_code == 200 and page.mimetype == "text/html"
-    assert http.get(f"/d/{mailed['token']}").status_code == 200  # a second scanner, too
+    assert http.get(dpath(mailed)).status_code == 200  # a second scanner, too
     assert link_state(engine, mailed["jti"]) == "issued"
     # confirm: false stays possible, and a link the application shows itself is unchanged.
     for extra in ({"email": "a@mail.example", "confirm": False}, {}):
         link = dl_api.minted("download", download={"key": "public/hello.txt"}, **extra)
-        assert http.get(f"/d/{link['token']}").status_code == 303
+        assert http.get(dpath(link)).status_code == 303
         assert link_state(engine, link["jti"]) == "consumed"
 
 
 def test_ledger_records_a_keyed_hash_of_the_requester(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
-    http.get(f"/d/{link['token']}", environ_base={"REMOTE_ADDR": "203.0.113.9"})
-    http.get(f"/d/{link['token']}", environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    http.get(dpath(link), environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    http.get(dpath(link), environ_base={"REMOTE_ADDR": "198.51.100.7"})
     with dl_app.extensions["linksvc"].engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT event, reason, via, actor FROM link_events WHERE jti = :j ORDER BY id"),
@@ -710,3 +721,29 @@ def test_hostile_tokens_refused_on_d_and_real_link_still_works(
         app.extensions["linksvc"].engine.dispose()
     final = requests.get(link["url"], timeout=10)  # follows the 303
     assert final.status_code == 200 and final.content == data
+
+
+def test_short_download_link_fits_65_characters_and_any_spelling_works(
+    env: dict[str, str], files: Path
+) -> None:
+    from linksvc import handles
+
+    base = "https://files.example-corp.com"
+    assert len(base) == 30
+    app = create_app({**env, "LINKSVC_STORAGE_DIR": str(files), "LINKSVC_BASE_URL": base})
+    _prepare(app)
+    try:
+        api = make_api_user(app, link_format="short")
+        link = api.minted("download", download={"key": "reports/q1.pdf"})
+        assert len(link["url"]) <= 65 and link["url"].startswith(base + "/d/")
+        handle = link["url"].rsplit("/d/", 1)[-1]
+        assert handles.decode(handle) is not None
+        http = app.test_client()
+        assert http.head("/d/" + handle.lower(), base_url=base).status_code == 200
+        forged = handles.encode(handles.new())
+        assert http.get("/d/" + forged, base_url=base).status_code == 400
+        resp = http.get("/d/" + handle.lower().replace("1", "l"), base_url=base)
+        assert resp.status_code == 303
+        assert http.get("/d/" + handle, base_url=base).status_code == 409
+    finally:
+        app.extensions["linksvc"].engine.dispose()

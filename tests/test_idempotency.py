@@ -334,3 +334,37 @@ def test_a_sign_in_with_a_key_starts_once_and_mails_once(app, api):
     clash = _mint(api, "si-1")
     assert clash.status_code == 422 and clash.get_json()["code"] == "idempotency_mismatch"
     assert _start(api, "bad key").get_json()["code"] == "invalid_idempotency_key"
+
+
+def test_a_short_links_replay_answers_a_url_that_works(app):
+    """Only a handle's keyed hash is kept, so a replay cannot tell a random handle again: an
+    idempotent mint's handle is derived from the key and the jti, and the replay derives it."""
+    from linksvc import clients, handles
+
+    from .conftest import make_api_user
+    from .test_pages import open_page, press
+
+    api = make_api_user(app, "shorty", link_format="short")
+    a = _mint(api, "k-short").get_json()
+    b = _mint(api, "k-short").get_json()
+    assert a["jti"] == b["jti"] and a["url"] == b["url"]
+    assert handles.decode(a["url"].rsplit("/l/", 1)[-1]) is not None
+    other = _mint(api, "k-other").get_json()  # another key, another handle
+    assert other["url"] != a["url"]
+    browser = app.test_client()
+    _, csrf = open_page(browser, b["url"])
+    assert press(browser, b["url"], csrf).status_code == 303
+    assert api.redeem(a["token"]).get_json()["code"] == "used"
+    # Minted as a JWT link, replayed after the client chose short links: a JWT URL, working.
+    jwt_first = _mint(api, "k-before").get_json()
+    with db.write(app.extensions["linksvc"].engine) as conn:
+        clients.update(conn, api.client.id, link_format="jwt")
+    app.extensions["linksvc"].client_cache.clear()
+    jwt_link = _mint(api, "k-jwt").get_json()
+    with db.write(app.extensions["linksvc"].engine) as conn:
+        clients.update(conn, api.client.id, link_format="short")
+    app.extensions["linksvc"].client_cache.clear()
+    replayed = _mint(api, "k-jwt").get_json()
+    assert replayed["jti"] == jwt_link["jti"] and "." in replayed["url"].rsplit("/l/", 1)[-1]
+    assert app.test_client().get("/l/" + replayed["url"].rsplit("/l/", 1)[-1]).status_code == 200
+    assert _mint(api, "k-before").get_json()["url"] == jwt_first["url"]

@@ -123,3 +123,72 @@ def test_supersede_race_postgresql(tmp_path, pg_url):
     states, log = _supersede_race(tmp_path, pg_url)
     _assert_one_issued(states)
     assert "Traceback" not in log
+
+
+# -- the page's button under a real race, for both forms of a link (PRODUCT §8) ----------
+
+PRESSERS = 16
+
+
+def _press_race(tmp_path, link_format, database_url=None):
+    """``PRESSERS`` browsers open one link's page, then all press its button at once,
+    through gunicorn workers; returns the statuses of the presses of each round."""
+    import re
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = base_env(tmp_path / "instance", database_url, LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
+    creds = prepare_instance(env, "acme", "--link-format", link_format)
+    headers = {"Authorization": f"Bearer {creds['api_key']}"}
+    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    try:
+        results = []
+        for round_ in range(2):
+            link = requests.post(
+                f"{server.url}/api/v1/links",
+                json={"purpose": "magic_link", "subject": f"u{round_}"},
+                headers=headers,
+                timeout=10,
+            ).json()
+            # The link's path on this server (the URL names the configured base URL).
+            tail = link["url"].rsplit("/l/", 1)[-1]
+            assert ("." in tail) == (link_format == "jwt")
+            url = f"{server.url}/l/{tail}"
+            browsers = [requests.Session() for _ in range(PRESSERS)]
+            forms = []
+            for b in browsers:
+                page = b.get(url, timeout=10)
+                assert page.status_code == 200, page.text
+                forms.append(re.search(r'name="csrf" value="([^"]+)"', page.text).group(1))
+            barrier = threading.Barrier(PRESSERS)
+
+            def press(i: int, url: str = url) -> int:
+                barrier.wait()
+                return (
+                    browsers[i]
+                    .post(url, data={"csrf": forms[i]}, allow_redirects=False, timeout=30)
+                    .status_code
+                )
+
+            with ThreadPoolExecutor(max_workers=PRESSERS) as pool:
+                results.append(collections.Counter(pool.map(press, range(PRESSERS))))
+            state = requests.get(
+                f"{server.url}/api/v1/links/{link['jti']}", headers=headers, timeout=10
+            ).json()
+            assert state["state"] == "consumed"
+        assert "Traceback" not in server.log()
+        return results
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("link_format", ["jwt", "short"])
+def test_press_race_sqlite(tmp_path, link_format):
+    for counts in _press_race(tmp_path, link_format):
+        assert counts == {303: 1, 409: PRESSERS - 1}, counts
+
+
+@pytest.mark.parametrize("link_format", ["jwt", "short"])
+def test_press_race_postgresql(tmp_path, pg_url, link_format):
+    for counts in _press_race(tmp_path, link_format, pg_url):
+        assert counts == {303: 1, 409: PRESSERS - 1}, counts

@@ -94,8 +94,11 @@ def _one_round(server_url: str, headers: dict[str, str], outbox: Path, subject: 
     return {"started": started, "results": results, "laptop": laptop}
 
 
+@pytest.mark.parametrize("link_format", ["jwt", "short"])
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_approve_and_code_at_the_same_instant_complete_once(tmp_path, request, backend):
+def test_approve_and_code_at_the_same_instant_complete_once(
+    tmp_path, request, backend, link_format
+):
     database_url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     port = free_port()
     env = base_env(
@@ -104,7 +107,7 @@ def test_approve_and_code_at_the_same_instant_complete_once(tmp_path, request, b
         LINKSVC_BASE_URL=f"http://127.0.0.1:{port}",
         LINKSVC_PAGE_RATE_LIMIT="100000 per minute",
     )
-    creds = prepare_instance(env)
+    creds = prepare_instance(env, "acme", "--link-format", link_format)
     headers = {"Authorization": f"Bearer {creds['api_key']}"}
     server = start_gunicorn(env, workers=3, port=port, log_path=tmp_path / "server.log")
     outbox = tmp_path / "instance" / "outbox"

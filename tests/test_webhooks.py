@@ -17,7 +17,7 @@ from linksvc import create_app, db, outbox, ssrf, webhooks
 
 from .conftest import _prepare, make_api_user
 from .support import dump_database
-from .test_pages import code_of, open_page, press
+from .test_pages import code_of, open_page, path_of, press
 
 DEV = ssrf.Policy(allow_loopback=True)
 
@@ -45,6 +45,12 @@ def rows(app: Flask, client_id: str | None = None) -> list[dict[str, Any]]:
         q = q.where(o.c.client_id == client_id)
     with db.read(app.extensions["linksvc"].engine) as conn:
         return [dict(r._mapping) for r in conn.execute(q)]
+
+
+@pytest.fixture(params=["jwt", "short"])
+def link_format(request: pytest.FixtureRequest) -> str:
+    """The events of ``api``'s links are the same for both forms of a link (PRODUCT §8)."""
+    return str(request.param)
 
 
 def types(app: Flask, jti: str | None = None) -> list[str]:
@@ -197,8 +203,8 @@ def test_life_of_a_sign_in_link(app, api, client):
     add_endpoint(app, api.client.id)
     link = api.minted()
     jti = link["jti"]
-    _, csrf = open_page(client, link["token"])
-    resp = press(client, link["token"], csrf)
+    _, csrf = open_page(client, link["url"])
+    resp = press(client, link["url"], csrf)
     assert resp.status_code == 303
     code = code_of(resp.headers["Location"])
     assert (
@@ -221,6 +227,7 @@ def test_life_of_a_sign_in_link(app, api, client):
         assert b["data"]["client_id"] == api.client.id and b["data"]["purpose"] == "magic_link"
         assert b["type"] == r["event_type"] and b["timestamp"].endswith("Z")
         assert link["token"] not in r["payload"] and code not in r["payload"]
+        assert link["url"].rsplit("/", 1)[-1] not in r["payload"]  # nor a short link's handle
         assert api.api_key not in r["payload"]
     viewed = json.loads(rows(app)[1]["payload"])["data"]
     assert viewed["suspected_scanner"] is False and viewed["signals"] == []
@@ -229,9 +236,9 @@ def test_life_of_a_sign_in_link(app, api, client):
 def test_double_press_is_not_a_replay(app, api, client):
     add_endpoint(app, api.client.id)
     link = api.minted()
-    _, csrf = open_page(client, link["token"])
-    assert press(client, link["token"], csrf).status_code == 303
-    assert press(client, link["token"], csrf).status_code == 303
+    _, csrf = open_page(client, link["url"])
+    assert press(client, link["url"], csrf).status_code == 303
+    assert press(client, link["url"], csrf).status_code == 303
     assert "link.replayed" not in types(app)
 
 
@@ -254,7 +261,7 @@ def test_viewed_by_a_scanner(app, api, how, signal):
     browser = app.test_client()
     method = how.get("method", "GET")
     headers = how.get("headers", {"User-Agent": "Mozilla/5.0"})
-    resp = browser.open(f"/l/{link['token']}", method=method, headers=headers)
+    resp = browser.open(path_of(link), method=method, headers=headers)
     assert resp.status_code == 200
     [viewed] = [json.loads(r["payload"]) for r in rows(app) if r["event_type"] == "link.viewed"]
     assert viewed["data"]["suspected_scanner"] is True
@@ -266,10 +273,10 @@ def test_second_fetch_without_cookie_is_suspect(app, api):
     link = api.minted()
     ua = {"User-Agent": "Mozilla/5.0"}
     person = app.test_client()
-    assert person.get(f"/l/{link['token']}", headers=ua).status_code == 200
-    assert person.get(f"/l/{link['token']}", headers=ua).status_code == 200  # has the cookie
+    assert person.get(path_of(link), headers=ua).status_code == 200
+    assert person.get(path_of(link), headers=ua).status_code == 200  # has the cookie
     scanner = app.test_client()
-    assert scanner.get(f"/l/{link['token']}", headers=ua).status_code == 200
+    assert scanner.get(path_of(link), headers=ua).status_code == 200
     facts = [
         json.loads(r["payload"])["data"] for r in rows(app) if r["event_type"] == "link.viewed"
     ]
@@ -374,21 +381,21 @@ def test_the_same_browsers_late_second_press_is_no_replay_another_browsers_is(ap
     used = api.minted(subject="user-7")
     other = api.minted("password_reset", subject="user-7")
     browser, mallory = app.test_client(), app.test_client()
-    _, first_tab = open_page(browser, used["token"])
-    _, second_tab = open_page(browser, used["token"])
-    _, stolen = open_page(mallory, used["token"])
+    _, first_tab = open_page(browser, used["url"])
+    _, second_tab = open_page(browser, used["url"])
+    _, stolen = open_page(mallory, used["url"])
     t0 = svc.now()
     svc.clock = lambda: t0
-    assert press(browser, used["token"], first_tab).status_code == 303
+    assert press(browser, used["url"], first_tab).status_code == 303
     svc.clock = lambda: t0 + 12
-    assert press(browser, used["token"], second_tab).status_code == 409
+    assert press(browser, used["url"], second_tab).status_code == 409
     svc.clock = lambda: t0 + 200  # much later still: the same browser
-    assert press(browser, used["token"], first_tab).status_code == 409
+    assert press(browser, used["url"], first_tab).status_code == 409
     assert "link.replayed" not in types(app, used["jti"])
     assert api.status(other["jti"]).get_json()["state"] == "issued"
 
     svc.clock = lambda: t0 + 1
-    assert press(mallory, used["token"], stolen).status_code == 409
+    assert press(mallory, used["url"], stolen).status_code == 409
     assert types(app, used["jti"]).count("link.replayed") == 1
     assert api.status(other["jti"]).get_json()["state"] == "revoked"
 
@@ -462,10 +469,10 @@ def pg_app(env, pg_url):
     pg.extensions["linksvc"].engine.dispose()
 
 
-def test_postgresql_change_and_event_in_one_statement(pg_app):
+def test_postgresql_change_and_event_in_one_statement(pg_app, link_format):
     """On PostgreSQL the mint and the API redemption of a webhook client are each one
     statement (a data-modifying CTE) that writes the link change and its outbox row."""
-    user = make_api_user(pg_app)
+    user = make_api_user(pg_app, link_format=link_format)
     add_endpoint(pg_app, user.client.id, events=["link.minted", "link.consumed"])
     add_endpoint(pg_app, user.client.id)
     link = user.minted()
