@@ -505,7 +505,7 @@ def test_balancer_node_killed_under_redemption_load(balanced, pg_url, penv):
                         timeout=30,
                     )
                     status = r.status_code
-                except requests.ConnectionError:
+                except requests.RequestException:  # closed unanswered, or cut mid-answer
                     status = 0
                 with lock:
                     results.append((token, status, time.monotonic()))
@@ -528,7 +528,10 @@ def test_balancer_node_killed_under_redemption_load(balanced, pg_url, penv):
     # the node closed it (0 here) within a moment of the kill; none afterwards.
     print(f"errors after the kill (status, seconds after): {len(errors)} {errors}")
     assert all(status in (0, 502, 503, 504) for status, _ in errors), errors
-    assert len(errors) <= 8 and all(0 <= after < 5 for _, after in errors), errors
+    # At most one per client thread (what was in flight at the kill), all at once: a request
+    # that found node1 gone went to node2 (retry on conn-failure, redispatch) instead of
+    # failing until the health check took node1 out (without them: 503s two seconds later).
+    assert len(errors) <= len(threads) and all(0 <= after < 1.5 for _, after in errors), errors
     import psycopg
 
     jtis = {m["token"]: m["jti"] for m in minted}
