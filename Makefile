@@ -12,7 +12,7 @@ APP_PORT ?= 5001
 INSTANCE := $(or $(LINKSVC_INSTANCE_PATH),instance)
 export FLASK_APP := app
 
-.PHONY: run test lint serve init-db venv venv-test bench clean system-deps i18n catalogs
+.PHONY: run test lint serve init-db venv venv-test bench clean system-deps i18n catalogs image
 
 # Reinstall whenever a requirements file changes.
 $(VENV)/.runtime: requirements.txt
@@ -88,6 +88,21 @@ run: init-db $(VENV)/.examples
 #   .venv/bin/flask --app app webhooks run
 serve: init-db
 	$(BIN)/gunicorn -c gunicorn.conf.py app:app
+
+# The container image (Containerfile; docs/deploy.md, "The image"). `--format docker` keeps
+# the HEALTHCHECK. The CA bundle pip trusts (PIP_CERT, else SSL_CERT_FILE, else the system's)
+# is a build secret: mounted for the pip step only, never in a layer. Add podman options
+# with IMAGE_BUILD_OPTS (the tests pass --pull=never --isolation chroot --network host).
+IMAGE ?= linksvc:latest
+IMAGE_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' linksvc/__init__.py)
+IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE_SOURCE ?= $(or $(shell git remote get-url origin 2>/dev/null),unknown)
+CA_BUNDLE ?= $(or $(PIP_CERT),$(SSL_CERT_FILE),/etc/ssl/certs/ca-certificates.crt)
+image:
+	podman build --format docker $(IMAGE_BUILD_OPTS) \
+	  --secret id=cacert,src=$(CA_BUNDLE) \
+	  --build-arg VERSION=$(IMAGE_VERSION) --build-arg REVISION=$(IMAGE_REVISION) \
+	  --build-arg SOURCE=$(IMAGE_SOURCE) -t $(IMAGE) -f Containerfile .
 
 # s3rver, the real S3-API server of the download tests, from the committed lock file. Without
 # npm the S3 tests skip and say why (in CI, where CI=true, they fail instead).

@@ -21,7 +21,27 @@ from urllib.parse import unquote
 
 from gunicorn.glogging import Logger, SafeAtoms
 
-bind = os.environ.get("LINKSVC_BIND", "127.0.0.1:8000")
+
+def _settings() -> dict[str, str]:
+    """The LINKSVC_* settings with the LINKSVC_CONFIG file and the _FILE secrets, as the app
+    reads them (linksvc.config.environment). Loaded by its path, not imported as part of the
+    package: the master must not hold linksvc's modules, or `kill -HUP` would not load new
+    code. A bad setting is left to the app's own check below (one line, status 4)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linksvc", "config.py")
+    spec = importlib.util.spec_from_file_location("_linksvc_gunicorn_config", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look it up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    try:
+        return module.environment()  # type: ignore[no-any-return]
+    except module.ConfigError:
+        return dict(os.environ)
+
+
+_ENV = _settings()
+bind = _ENV.get("LINKSVC_BIND", "127.0.0.1:8000")
 # Sync workers (bench/README.md, "Serving model"): measured side by side on this 2-core
 # machine, they beat threaded workers (gthread, 2 x 4) on every call and database, in
 # throughput and in p99 — the threads of one process take turns on the GIL, and a few
@@ -33,9 +53,9 @@ bind = os.environ.get("LINKSVC_BIND", "127.0.0.1:8000")
 # overrides the count, LINKSVC_THREADS > 1 gives threaded workers. Sync workers read a
 # request whole before anything else runs: put them behind a buffering proxy (docs/deploy.md).
 _CORES = multiprocessing.cpu_count()
-_SQLITE = (os.environ.get("LINKSVC_DATABASE_URL") or "sqlite").startswith("sqlite")
-workers = int(os.environ.get("LINKSVC_WORKERS", str(_CORES + 1 if _SQLITE else 2 * _CORES + 1)))
-threads = int(os.environ.get("LINKSVC_THREADS", "1"))
+_SQLITE = (_ENV.get("LINKSVC_DATABASE_URL") or "sqlite").startswith("sqlite")
+workers = int(_ENV.get("LINKSVC_WORKERS", str(_CORES + 1 if _SQLITE else 2 * _CORES + 1)))
+threads = int(_ENV.get("LINKSVC_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "sync"
 # gunicorn 27 opens a control socket at one fixed path per user; several masters on one host
 # (two nodes, tests) would fight over it, and nothing here uses it.

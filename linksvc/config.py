@@ -1,8 +1,16 @@
 """Settings: read from ``LINKSVC_*`` environment variables once, at start-up.
 
+Three sources, read once (:func:`environment`): an optional TOML file named by
+``LINKSVC_CONFIG`` whose keys are the setting names without the prefix, in lower case
+(``database_url`` for ``LINKSVC_DATABASE_URL``); the environment, which overrides the file
+key by key; and, for every secret, a ``_FILE`` variant (``LINKSVC_SECRET_KEY_FILE``, or
+``secret_key_file`` in the TOML file) naming a file that holds the value, as container
+platforms mount secrets.
+
 Every value is coerced and validated here; an unsafe or malformed setting raises
 :class:`ConfigError` naming the variable, and the application refuses to start.
-Nothing else in linksvc reads ``os.environ``.
+Nothing else in linksvc reads ``os.environ`` (``gunicorn.conf.py`` reads its own three
+settings through :func:`environment` too).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import dataclasses
 import math
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -38,6 +47,130 @@ class ConfigError(ValueError):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(f"{name}: {message}")
         self.name = name
+
+
+PREFIX = "LINKSVC_"
+#: Every setting, without the prefix: the keys a ``LINKSVC_CONFIG`` file may hold (in lower
+#: case). BIND, WORKERS and THREADS are gunicorn.conf.py's.
+SETTINGS: tuple[str, ...] = (
+    "ENV", "INSTANCE_PATH", "BASE_URL", "TRUSTED_HOSTS", "TRUSTED_PROXIES", "DATABASE_URL",
+    "DB_POOL_SIZE", "DB_STATEMENT_TIMEOUT_MS", "DB_CONNECT_TIMEOUT", "KEY_ENCRYPTION_KEY",
+    "SECRET_KEY", "KEY_REFRESH_SECONDS", "LEEWAY", "MAX_TTL_MAGIC_LINK",
+    "MAX_TTL_PASSWORD_RESET", "MAX_TTL_DOWNLOAD", "SUPERSEDE_PURPOSES", "RETENTION_DAYS",
+    "MAX_BODY_BYTES", "MAX_DATA_BYTES", "CODE_TTL", "STORAGE", "STORAGE_DIR", "S3_BUCKET",
+    "S3_ENDPOINT_URL", "S3_REGION", "S3_ADDRESSING_STYLE", "DOWNLOAD_URL_SECONDS", "SMTP_URL",
+    "MAIL_OUTBOX", "MAIL_FROM", "RATELIMIT_STORAGE_URL", "PAGE_RATE_LIMIT", "RECIPIENT_LIMIT",
+    "LOG_LEVEL", "METRICS_TOKEN", "WEBHOOK_ALLOW_PRIVATE", "WEBHOOK_TIMEOUT",
+    "WEBHOOK_DEADLINE", "WEBHOOK_ENDPOINT_CONCURRENCY", "BIND", "WORKERS", "THREADS",
+)  # fmt: skip
+#: The settings that are (or may carry) secrets: each may also be given as ``<NAME>_FILE``.
+#: URLs are here because they carry passwords (database, SMTP, Redis).
+SECRETS: tuple[str, ...] = (
+    "KEY_ENCRYPTION_KEY", "SECRET_KEY", "DATABASE_URL", "SMTP_URL", "RATELIMIT_STORAGE_URL",
+    "METRICS_TOKEN",
+)  # fmt: skip
+#: Largest secret file read: a secret is a line, and a wrong path (a disk image, /dev/zero)
+#: must fail fast instead of filling memory.
+_MAX_SECRET_FILE = 64 * 1024
+
+
+def _toml_value(name: str, value: object) -> str:
+    """A TOML value as the environment would spell it: strings as they are, whole numbers in
+    decimal, booleans as 1/0, a list of strings joined by commas (TRUSTED_HOSTS)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise ConfigError(
+        name, f"must be a string, a whole number, true/false or a list of strings in {PREFIX}CONFIG"
+    )
+
+
+def _read_file_setting(name: str, path: str) -> str:
+    """The value a ``_FILE`` setting names: the file's text, without its trailing newline."""
+    if not path.strip():
+        raise ConfigError(name, "is empty; it must name a file")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_SECRET_FILE:
+        raise ConfigError(name, f"{path} is larger than {_MAX_SECRET_FILE} bytes")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(name, f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(name, f"{path} is empty")
+    return text
+
+
+def _read_config_file(path: str) -> dict[str, str]:
+    """The ``LINKSVC_CONFIG`` TOML file as ``LINKSVC_*`` variables."""
+    name = f"{PREFIX}CONFIG"
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, f"{path} is not valid TOML ({exc})") from None
+    known = {k.lower() for k in SETTINGS} | {f"{k.lower()}_file" for k in SECRETS}
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        if key not in known:
+            # A misspelt key would silently leave a default in force (a secret, a limit).
+            raise ConfigError(
+                name,
+                f"unknown key {key!r} in {path} (keys are setting names without LINKSVC_, "
+                "in lower case)",
+            )
+        out[PREFIX + key.upper()] = _toml_value(PREFIX + key.upper(), value)
+    return out
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every ``LINKSVC_*`` setting from the three sources, as one mapping of variables.
+
+    The ``LINKSVC_CONFIG`` file first; the environment overrides it setting by setting (for a
+    secret, either of its two forms in the environment replaces both forms in the file); each
+    ``<SECRET>_FILE`` is then read and replaced by its value. A secret given both as a value
+    and as a file in one source is refused: which one was meant cannot be known.
+    """
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, str] = {}
+    config_path = env.get(f"{PREFIX}CONFIG", "")
+    if config_path.strip():
+        from_file = _read_config_file(config_path)
+        _check_both_forms(from_file, f" in {config_path}")
+        merged.update(from_file)
+    _check_both_forms(env, "")
+    for key in env:
+        setting = key.removeprefix(PREFIX).removesuffix("_FILE")
+        if key.startswith(PREFIX) and setting in SECRETS:
+            merged.pop(PREFIX + setting, None)
+            merged.pop(f"{PREFIX}{setting}_FILE", None)
+    merged.update({k: v for k, v in env.items() if k != f"{PREFIX}CONFIG"})
+    for secret in SECRETS:
+        file_name = f"{PREFIX}{secret}_FILE"
+        path = merged.pop(file_name, None)
+        if path is not None:
+            merged[PREFIX + secret] = _read_file_setting(file_name, path)
+    return merged
+
+
+def _check_both_forms(source: Mapping[str, str], where: str) -> None:
+    for secret in SECRETS:
+        value, file_name = PREFIX + secret, f"{PREFIX}{secret}_FILE"
+        if source.get(value) and file_name in source:
+            raise ConfigError(
+                value, f"is given both as a value and as {file_name}{where}; keep one"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,8 +398,9 @@ def _base_url(env: Mapping[str, str], production: bool) -> str:
 def load(
     environ: Mapping[str, str] | None = None, instance_path: str | os.PathLike[str] | None = None
 ) -> Settings:
-    """Build :class:`Settings` from ``environ`` (default: ``os.environ``)."""
-    env = dict(os.environ if environ is None else environ)
+    """Build :class:`Settings` from ``environ`` (default: ``os.environ``), with the
+    ``LINKSVC_CONFIG`` file and the ``_FILE`` secrets it names (:func:`environment`)."""
+    env = environment(environ)
     envname = _choice(env, "LINKSVC_ENV", "development", ("development", "production", "test"))
     production = envname == "production"
     instance = Path(

@@ -292,3 +292,200 @@ def test_trusted_hosts_come_from_the_base_url(tmp_path):
     assert extra.trusted_hosts == ("links.example.com", "internal.example", ".svc.local")
     dev = config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path)})
     assert dev.trusted_hosts == ("127.0.0.1", "localhost")
+
+
+# -- the LINKSVC_CONFIG file and the _FILE secrets (container configuration) ----------------
+
+
+def _toml(tmp_path, text):
+    path = tmp_path / "linksvc.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_sets_every_kind_of_value(tmp_path):
+    path = _toml(
+        tmp_path,
+        'base_url = "https://links.example.com"\n'
+        "leeway = 7\n"
+        "webhook_allow_private = true\n"
+        'trusted_hosts = ["a.example.com", "b.example.com"]\n'
+        'supersede_purposes = "password_reset,magic_link"\n',
+    )
+    s = config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path})
+    assert s.base_url == "https://links.example.com"
+    assert s.leeway == 7
+    assert s.webhook_allow_private is True
+    assert {"a.example.com", "b.example.com"} <= set(s.trusted_hosts)
+    assert s.supersede_purposes == {"password_reset", "magic_link"}
+
+
+def test_environment_overrides_the_file(tmp_path):
+    path = _toml(tmp_path, 'leeway = 7\nlog_level = "debug"\n')
+    s = config.load(
+        {"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path, "LINKSVC_LEEWAY": "9"}
+    )
+    assert s.leeway == 9  # the environment wins
+    assert s.log_level == "debug"  # what the environment leaves alone comes from the file
+
+
+def test_gunicorn_settings_are_keys_too(tmp_path):
+    path = _toml(tmp_path, 'bind = "0.0.0.0:8000"\nworkers = 3\n')
+    env = config.environment({"LINKSVC_CONFIG": path, "LINKSVC_WORKERS": "5"})
+    assert env["LINKSVC_BIND"] == "0.0.0.0:8000" and env["LINKSVC_WORKERS"] == "5"
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("levway = 7\n", "unknown key 'levway'"),
+        ("LEEWAY = 7\n", "unknown key 'LEEWAY'"),
+        ("linksvc_leeway = 7\n", "unknown key 'linksvc_leeway'"),
+        ('config = "/etc/other.toml"\n', "unknown key 'config'"),
+        ("leeway = 7\nleeway = 8\n", "not valid TOML"),
+        ('leeway = "7\n', "not valid TOML"),
+        ("[server]\nleeway = 7\n", "unknown key 'server'"),
+    ],
+)
+def test_bad_config_file_names_the_setting(tmp_path, text, fragment):
+    path = _toml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path})
+    assert info.value.name == "LINKSVC_CONFIG"
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_config_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(
+            {"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": str(tmp_path / "no.toml")}
+        )
+    assert info.value.name == "LINKSVC_CONFIG"
+    assert "no.toml" in str(info.value) and "No such file" in str(info.value)
+
+
+def test_bad_value_from_the_file_names_the_setting(tmp_path):
+    for text, name in (
+        ("leeway = 61\n", "LINKSVC_LEEWAY"),
+        ("leeway = 1.5\n", "LINKSVC_LEEWAY"),
+        ('storage = "gcs"\n', "LINKSVC_STORAGE"),
+        ("trusted_hosts = [1, 2]\n", "LINKSVC_TRUSTED_HOSTS"),
+    ):
+        path = _toml(tmp_path, text)
+        with pytest.raises(ConfigError) as info:
+            config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path})
+        assert info.value.name == name, text
+
+
+def test_secrets_from_files(tmp_path):
+    kek, secret = secret_b64(), secret_b64()
+    (tmp_path / "kek").write_text(kek + "\n")  # as `echo … > file` writes it
+    (tmp_path / "secret").write_text(secret)
+    (tmp_path / "db").write_text("postgresql://linksvc:pw@db:5432/linksvc\n")
+    (tmp_path / "metrics").write_text("m" * 20)
+    s = config.load(
+        {
+            "LINKSVC_INSTANCE_PATH": str(tmp_path),
+            "LINKSVC_ENV": "production",
+            "LINKSVC_BASE_URL": "https://links.example.com",
+            "LINKSVC_KEY_ENCRYPTION_KEY_FILE": str(tmp_path / "kek"),
+            "LINKSVC_SECRET_KEY_FILE": str(tmp_path / "secret"),
+            "LINKSVC_DATABASE_URL_FILE": str(tmp_path / "db"),
+            "LINKSVC_METRICS_TOKEN_FILE": str(tmp_path / "metrics"),
+        }
+    )
+    assert s.key_encryption_key == config.decode_secret("k", kek, production=True)
+    assert s.secret_key == config.decode_secret("k", secret, production=True)
+    assert s.database_url == "postgresql+psycopg://linksvc:pw@db:5432/linksvc"
+    assert s.metrics_token == "m" * 20
+
+
+def test_secret_file_named_in_the_config_file(tmp_path):
+    (tmp_path / "smtp").write_text("smtp://user:pw@mail.example.com:25\n")
+    path = _toml(tmp_path, f'smtp_url_file = "{tmp_path / "smtp"}"\n')
+    s = config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path})
+    assert s.smtp_url == "smtp://user:pw@mail.example.com:25"
+
+
+def test_secret_file_in_the_environment_overrides_the_value_in_the_file(tmp_path):
+    (tmp_path / "rl").write_text("redis://:pw@redis:6379/0")
+    path = _toml(tmp_path, 'ratelimit_storage_url = "memory://"\n')
+    s = config.load(
+        {
+            "LINKSVC_INSTANCE_PATH": str(tmp_path),
+            "LINKSVC_CONFIG": path,
+            "LINKSVC_RATELIMIT_STORAGE_URL_FILE": str(tmp_path / "rl"),
+        }
+    )
+    assert s.ratelimit_storage_url == "redis://:pw@redis:6379/0"
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n", b"\xff\xfe"])
+def test_bad_secret_file_names_the_file_setting(tmp_path, content):
+    path = tmp_path / "kek"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        config.load(
+            {"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_KEY_ENCRYPTION_KEY_FILE": str(path)}
+        )
+    assert info.value.name == "LINKSVC_KEY_ENCRYPTION_KEY_FILE"
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_secret_from_a_file_names_the_setting(tmp_path):
+    (tmp_path / "kek").write_text("c2hvcnQ")
+    with pytest.raises(ConfigError) as info:
+        config.load(
+            {
+                "LINKSVC_INSTANCE_PATH": str(tmp_path),
+                "LINKSVC_KEY_ENCRYPTION_KEY_FILE": str(tmp_path / "kek"),
+            }
+        )
+    assert info.value.name == "LINKSVC_KEY_ENCRYPTION_KEY"
+    assert "c2hvcnQ" not in str(info.value)  # the message never echoes a secret
+
+
+def test_secret_given_both_as_value_and_as_file_is_refused(tmp_path):
+    (tmp_path / "secret").write_text(secret_b64())
+    both = {
+        "LINKSVC_SECRET_KEY": secret_b64(),
+        "LINKSVC_SECRET_KEY_FILE": str(tmp_path / "secret"),
+    }
+    with pytest.raises(ConfigError) as info:
+        config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), **both})
+    assert info.value.name == "LINKSVC_SECRET_KEY"
+    assert "LINKSVC_SECRET_KEY_FILE" in str(info.value)
+    # The same in the configuration file.
+    path = _toml(
+        tmp_path, f'secret_key = "{secret_b64()}"\nsecret_key_file = "{tmp_path / "secret"}"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path})
+    assert info.value.name == "LINKSVC_SECRET_KEY"
+    assert str(path) in str(info.value)
+
+
+def test_non_secret_has_no_file_variant(tmp_path):
+    path = _toml(tmp_path, 'leeway_file = "/etc/leeway"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_CONFIG": path})
+    assert "unknown key 'leeway_file'" in str(info.value)
+
+
+def test_every_setting_read_is_a_config_key():
+    """A setting added to config.py or gunicorn.conf.py without its key would be
+    unreachable from the file (and refused there as unknown)."""
+    import re
+
+    from .support import ROOT
+
+    names = set()
+    for source in ("linksvc/config.py", "gunicorn.conf.py"):
+        text = (ROOT / source).read_text()
+        names |= set(re.findall(r'"LINKSVC_([A-Z0-9_]+)"', text))
+    names |= {f"MAX_TTL_{p.upper()}" for p in config.PURPOSES}
+    names -= {"CONFIG"}
+    assert names <= set(config.SETTINGS), names - set(config.SETTINGS)
