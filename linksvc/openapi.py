@@ -188,7 +188,7 @@ _JTI_PARAM = {
     "name": "jti",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": _JTI["pattern"]},
     "description": "The link's `jti`, as returned when it was minted.",
 }
 

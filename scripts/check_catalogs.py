@@ -13,6 +13,7 @@ directory that exists, ``LC_MESSAGES/messages.po`` must:
   its count ``%(num)d``, as "one try" is written in many languages), and no markup the
   English has not (the templates treat a translation as HTML-safe);
 - give every plural message the number of forms of the language's CLDR plural rules;
+- in the source language (English), say exactly what the code says (msgstr = msgid);
 - compile without a warning (Babel's own checks, then to ``.mo`` in memory).
 
 Prints one line per problem (``de: "Sign in to %(app)s": fuzzy``) and exits 1 if there is any.
@@ -103,6 +104,8 @@ def check_catalog(po: Path, locale: str, template: Catalog) -> list[str]:
                 say(message, f"placeholder {sorted(english - found)} missing in {s!r}")
             if ("<" in s or ">" in s) and not any("<" in i or ">" in i for i in ids):
                 say(message, f"markup in the translation: {s!r}")
+        if locale == DEFAULT and strings[0] != ids[0]:
+            say(message, f"the source language says {strings[0]!r}, not what the code says")
     # Babel's own checks (what `pybabel compile` warns about), then the compile itself.
     for message, errors in catalog.check():
         for error in errors:
@@ -129,16 +132,17 @@ def check(directory: Path, required: Iterable[str]) -> list[str]:
 
 
 def fill_source(directory: Path, locale: str) -> None:
-    """The source language's catalog says what the code says: msgstr = msgid where empty."""
+    """The source language's catalog says what the code says: msgstr = msgid."""
     po = directory / locale / "LC_MESSAGES" / "messages.po"
     catalog = _read(po, locale)
     for message in catalog:
         if not message.id:
             continue
+        # Always, not only where empty: msgmerge fills a new message with a near match as
+        # fuzzy ("Return to %(app)s" once shipped as "Sign in to %(app)s").
         if isinstance(message.id, tuple):
-            if not all(_strs(message)):
-                message.string = (message.id[0], *[message.id[1]] * (catalog.num_plurals - 1))
-        elif not message.string:
+            message.string = (message.id[0], *[message.id[1]] * (catalog.num_plurals - 1))
+        else:
             message.string = message.id
         message.flags.discard("fuzzy")
     with po.open("wb") as fh:

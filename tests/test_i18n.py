@@ -562,6 +562,23 @@ def test_catalog_check_fails_on_a_broken_copy(german_copy, msgid, change, said):
     assert said in done.stdout and "de:" in done.stdout
 
 
+def test_catalog_check_fails_where_english_says_other_than_the_code(tmp_path: Path):
+    """The source catalog once shipped "Return to %(app)s" as "Sign in to %(app)s" (a
+    near match msgmerge filled in): every English page said the wrong thing."""
+    (tmp_path / "en" / "LC_MESSAGES").mkdir(parents=True)
+    shutil.copy(TRANSLATIONS / "messages.pot", tmp_path / "messages.pot")
+    po = tmp_path / "en" / "LC_MESSAGES" / "messages.po"
+    shutil.copy(TRANSLATIONS / "en" / "LC_MESSAGES" / "messages.po", po)
+    assert run_check(tmp_path, "en").returncode == 0
+    with po.open("rb") as fh:
+        cat = read_po(fh, locale="en")
+    cat["Return to %(app)s"].string = "Sign in to %(app)s"
+    with po.open("wb") as fh:
+        write_po(fh, cat, width=0)
+    done = run_check(tmp_path, "en")
+    assert done.returncode == 1 and "Return to %(app)s" in done.stdout
+
+
 def test_catalog_check_fails_on_the_wrong_number_of_plural_forms(german_copy):
     po = german_copy / "de" / "LC_MESSAGES" / "messages.po"
     text = po.read_text(encoding="utf-8")
