@@ -1,7 +1,7 @@
 """partitioned ledger: links by day of exp, link_events by day of at (PostgreSQL)
 
 On PostgreSQL the two tables become range-partitioned, one partition per UTC day plus a
-default one (linksvc/partitions.py), every row and every state carried across in the same
+default one (as linksvc/partitions.py names them), every row and every state carried across in the same
 transaction; the primary keys take the partition key in (links (jti, exp), link_events
 (id, at)), as a partitioned table requires. On SQLite only the primary key of links
 changes, to match the models; SQLite's purge keeps deleting in batches.
@@ -15,12 +15,11 @@ Revises: 0002
 Create Date: 2026-12-01
 """
 
+import datetime
 import time
 
 import sqlalchemy as sa
 from alembic import op
-
-from linksvc import partitions
 
 revision = "0007"
 down_revision = "0002"
@@ -38,6 +37,30 @@ INDEXES = {
 PARTITIONED_PK = {"links": "jti, exp", "link_events": "id, at"}
 PLAIN_PK = {"links": "jti", "link_events": "id"}
 
+# Frozen from linksvc/partitions.py as it was when this migration was written: a migration
+# never imports the application, whose modules move and change after it.
+DAY = 86400
+AHEAD_DAYS = 7
+KEYS = {"links": "exp", "link_events": "at"}
+
+
+def _day_name(table: str, day_start: int) -> str:
+    d = datetime.datetime.fromtimestamp(day_start, datetime.UTC)
+    return f"{table}_p{d:%Y%m%d}"
+
+
+def _create_day(conn: sa.Connection, table: str, day_start: int) -> None:
+    """Create and attach the (empty) partition of ``table`` for the day at ``day_start``."""
+    name = _day_name(table, day_start)
+    key = KEYS[table]
+    lo, hi = day_start, day_start + DAY
+    conn.exec_driver_sql(
+        f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'
+    )
+    conn.exec_driver_sql(
+        f'ALTER TABLE "{table}" ATTACH PARTITION "{name}" FOR VALUES FROM ({lo}) TO ({hi})'
+    )
+
 
 def _move(conn: sa.Connection, table: str, *, partitioned: bool) -> None:
     """Rebuild ``table`` in the other shape, keeping every row (and the id sequence)."""
@@ -47,20 +70,19 @@ def _move(conn: sa.Connection, table: str, *, partitioned: bool) -> None:
     x(f'ALTER TABLE "{old}" DROP CONSTRAINT "{table}_pkey"')  # its name is needed again
     for name, _ in INDEXES[table]:
         x(f'DROP INDEX "{name}"')
-    by = f" PARTITION BY RANGE ({partitions.KEYS[table]})" if partitioned else ""
+    by = f" PARTITION BY RANGE ({KEYS[table]})" if partitioned else ""
     x(f'CREATE TABLE "{table}" (LIKE "{old}" INCLUDING DEFAULTS){by}')
     if partitioned:
-        partitions.create_partitioned(conn, table)
-        key = partitions.KEYS[table]
+        x(f'CREATE TABLE "{table}_default" PARTITION OF "{table}" DEFAULT')
+        key = KEYS[table]
         data_days = conn.exec_driver_sql(
-            f'SELECT DISTINCT {key} / {partitions.DAY} * {partitions.DAY} FROM "{old}"'
+            f'SELECT DISTINCT {key} / {DAY} * {DAY} FROM "{old}"'
         ).scalars()
-        today = partitions.day_of(int(time.time()))
-        wanted = set(data_days) | {
-            today + i * partitions.DAY for i in range(partitions.AHEAD_DAYS + 1)
-        }
+        now = int(time.time())
+        today = now - now % DAY
+        wanted = set(data_days) | {today + i * DAY for i in range(AHEAD_DAYS + 1)}
         for day in sorted(wanted):
-            partitions.create_day(conn, table, day)
+            _create_day(conn, table, day)
     # Rows first, then the keys and indexes: one build per index instead of one per row.
     x(f'INSERT INTO "{table}" SELECT * FROM "{old}"')
     pk = PARTITIONED_PK[table] if partitioned else PLAIN_PK[table]
