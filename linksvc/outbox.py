@@ -713,6 +713,25 @@ def replay(
     )
 
 
+def refresh_statistics(engine: Engine) -> bool:
+    """``ANALYZE`` the outbox (PostgreSQL; elsewhere nothing). A claim's plan leans on the
+    table's statistics: on a table that filled faster than autovacuum looks at it (a new
+    deployment's first burst, a backlog after an outage), the planner guessed one row and
+    checked every due row against every pending one: 0.4 s a claim at 1,500 rows, 0.9 s
+    at 3,000, and the relay delivered 5 events a second. Fresh statistics give the indexed
+    plan again (2 ms). Returns whether it ran; a role that may not analyze is not an error."""
+    if engine.dialect.name != "postgresql":
+        return False
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"ANALYZE {_o.name}")
+            conn.commit()
+    except sa.exc.DBAPIError as exc:
+        log.warning("webhook outbox: ANALYZE failed", extra={"error": type(exc).__name__})
+        return False
+    return True
+
+
 def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int = 1000) -> int:
     """Delete delivered and given-up rows older than ``retention_seconds``, with their
     attempts, in batches. Pending rows are never deleted. Returns how many rows went."""

@@ -41,6 +41,11 @@ Sender = Callable[..., ssrf.Answer]
 #: clocks of relays on other nodes, which decide from their own clock that it ran out.
 LEASE_MARGIN = 10
 
+#: A claim slower than this (seconds) means the outbox's statistics are stale: the relay
+#: refreshes them, at most once per STATISTICS_EVERY seconds (outbox.refresh_statistics).
+CLAIM_SLOW = 0.1
+STATISTICS_EVERY = 60.0
+
 
 class Relay:
     def __init__(
@@ -81,6 +86,7 @@ class Relay:
         self._freed = threading.Condition()
         self._last_sweep = 0.0
         self._last_purge = 0.0
+        self._last_statistics = -STATISTICS_EVERY
 
     def close(self) -> None:
         """Wait for the deliveries in hand (each ends by its deadline)."""
@@ -98,6 +104,7 @@ class Relay:
             return 0
         # Only what can start at once is claimed: a row claimed to wait in a queue would
         # spend its lease waiting for slow receivers, and then go to a second relay.
+        started = time.monotonic()
         claimed = outbox.claim(
             self.engine,
             now=self.now(),
@@ -105,6 +112,11 @@ class Relay:
             lease_seconds=self.lease_seconds,
             per_endpoint=self.per_endpoint,
         )
+        took = time.monotonic() - started
+        if took > CLAIM_SLOW and started - self._last_statistics >= STATISTICS_EVERY:
+            self._last_statistics = started
+            if outbox.refresh_statistics(self.engine):
+                log.info("webhook outbox statistics refreshed", extra={"ms": int(took * 1000)})
         for c in claimed:
             with self._freed:
                 self._busy += 1

@@ -335,6 +335,27 @@ def test_two_relays_on_one_postgresql_never_both_deliver(tmp_path: Path, pg_url:
         stack.close()
 
 
+def _outbox_rows(url: str, jtis: set[str]) -> list[tuple[object, ...]]:
+    """What the database holds of the events of ``jtis`` (for a failure's message)."""
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    db.webhook_outbox.c.jti,
+                    db.webhook_outbox.c.state,
+                    db.webhook_outbox.c.attempts,
+                    db.webhook_outbox.c.next_attempt_at,
+                    db.webhook_outbox.c.lease_until,
+                    db.webhook_outbox.c.last_status,
+                    db.webhook_outbox.c.last_error,
+                ).where(db.webhook_outbox.c.jti.in_(sorted(jtis)))
+            ).all()
+    finally:
+        engine.dispose()
+    return [(*r[1:],) for r in rows][:5] or [("no outbox row for any", len(jtis))]
+
+
 def test_postgresql_stopped_and_started_under_load(tmp_path: Path) -> None:
     """Mints go on while the database is stopped and started again: every mint that was
     answered 201 has its event delivered, and no event arrives for a link not in the ledger."""
@@ -380,7 +401,14 @@ def test_postgresql_stopped_and_started_under_load(tmp_path: Path) -> None:
             worker.join()
             assert before > 0 and len(minted) > before, (before, len(minted), failed)
             assert failed, "the outage was not seen by the load"
-            stack.receiver.wait_for(lambda got: {r.jti for r in got} >= set(minted), timeout=60)
+            try:
+                stack.receiver.wait_for(lambda got: {r.jti for r in got} >= set(minted), timeout=60)
+            except AssertionError as exc:
+                missing = set(minted) - {r.jti for r in stack.receiver.snapshot()}
+                raise AssertionError(
+                    f"{len(missing)} of {len(minted)} minted links had no event: "
+                    f"{_outbox_rows(cluster.url, missing)}; {exc}"
+                ) from None
             time.sleep(1.0)
             got = stack.receiver.snapshot()
             assert all(all(r.verified.values()) for r in got)

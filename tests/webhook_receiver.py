@@ -5,6 +5,7 @@ told, and records what came.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import select
@@ -147,8 +148,10 @@ class Receiver:
             while not predicate(self.received):
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    kinds = collections.Counter(r.type for r in self.received)
                     raise AssertionError(
-                        f"timed out; received {[(r.type, r.msg_id) for r in self.received]}"
+                        f"timed out after {timeout} s; received {len(self.received)} "
+                        f"({dict(kinds)}), last {[(r.type, r.msg_id) for r in self.received[-5:]]}"
                     )
                 self.arrived.wait(left)
 
