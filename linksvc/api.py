@@ -901,6 +901,8 @@ def put_branding() -> Response:
             raise BadRequest(422, "invalid_field", f"Field {name!r} must be a string.", field=name)
     svc = service()
     client = current_client()
+    if not body:
+        return jsonify(_branding_json(_fresh_client()))  # nothing to change
     try:
         with db.write(svc.engine) as conn:
             update_client(

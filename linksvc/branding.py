@@ -48,6 +48,11 @@ _ADDRESS_RE = re.compile(
 )
 
 
+#: What RFC 3986 allows in a URI (ASCII, no space, no fragment, well-formed %-escapes): the
+#: support URL is written into pages and mails as it is.
+_URI_CHARS_RE = re.compile(r"([A-Za-z0-9._~!$&'()*+,;=:@/?\[\]-]|%[0-9A-Fa-f]{2})+")
+
+
 class BrandingRefused(ValueError):
     """A brand setting or logo linksvc will not take: a stable ``code``, the HTTP ``status``
     it maps to, the ``field`` at fault and a message saying the rule."""
@@ -152,7 +157,7 @@ def validate_support_url(uri: str | None, *, allow_http: bool) -> str | None:
         or parts.username
         or parts.password
         or len(uri) > 2000
-        or any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in uri)
+        or not _URI_CHARS_RE.fullmatch(uri)
     )
     local = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if bad or (parts.scheme == "http" and not (allow_http or local)):

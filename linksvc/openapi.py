@@ -219,8 +219,9 @@ _NO_SUBJECT = {
 }
 
 #: Characters a name shown to users may not hold (linksvc.clients.validate_display_name,
-#: linksvc.branding.validate_mail_from_name): control, format and surrogate code points.
-_SHOWN_EXCLUDED = f"\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff{FORMAT_CHARACTERS}"
+#: linksvc.branding.validate_mail_from_name): control and format characters (a lone surrogate,
+#: which JSON can escape, is refused by the server too).
+_SHOWN_EXCLUDED = f"\\x00-\\x1f\\x7f-\\x9f{FORMAT_CHARACTERS}"
 #: A display name: 1-200 such characters, not only spaces.
 DISPLAY_NAME_PATTERN = f"^[^{_SHOWN_EXCLUDED}]*[^{_SHOWN_EXCLUDED}{_SPACES}][^{_SHOWN_EXCLUDED}]*$"
 #: A mail sender name: the same, and no line or paragraph separator either.
@@ -230,7 +231,9 @@ MAIL_FROM_NAME_PATTERN = (
 )
 #: A support URL (linksvc.branding.validate_support_url): absolute http(s), no credentials,
 #: no fragment, no space (http only outside production, or for a local host).
-SUPPORT_URL_PATTERN = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\\x21\\x22\\x24-\\x7e]*)?$"
+SUPPORT_URL_PATTERN = (
+    "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/([A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
+)
 BRAND_COLOR_PATTERN = "^#[0-9A-Fa-f]{6}$"
 
 SCHEMAS: dict[str, Any] = {

@@ -202,6 +202,8 @@ def test_the_bomb_is_refused_before_decoding(monkeypatch):
         ("support_url", "https://user:pw@example.com/"),
         ("support_url", "https://example.com/help#x"),
         ("support_url", "https://example.com/he lp"),
+        ("support_url", "https://example.com/x'\"><script>"),
+        ("support_url", "https://example.com/%zz"),
         ("brand_color", "red"),
         ("brand_color", "#12345"),
         ("display_name", "Acme\u200b"),
@@ -251,6 +253,8 @@ def test_get_and_put_branding(app, api):
     assert resp.get_json()["support_email"] == "help@acme.example"
     resp = api.http.put("/api/v1/branding", json={"display_name": None}, headers=api.headers)
     assert resp.status_code == 422
+    resp = api.http.put("/api/v1/branding", json={}, headers=api.headers)  # nothing to change
+    assert resp.status_code == 200 and resp.get_json()["support_email"] == "help@acme.example"
 
 
 def test_low_contrast_colour_is_refused_with_its_ratio(app, api):
