@@ -546,3 +546,25 @@ def test_cli_create_takes_the_brand(app, runner, tmp_path):
     assert created["brand_color"] == "#0b57d0" and created["mail_from_name"] == "BrandCo"
     with db.read(app.extensions["linksvc"].engine) as conn:
         assert branding.load_logo(conn, created["client_id"]) is not None
+
+
+def test_the_python_client_sets_and_reads_branding(app, api):
+    import httpx
+
+    from linksvc_client import InvalidRequest, LinkClient
+
+    http = httpx.Client(transport=httpx.WSGITransport(app=app))
+    with LinkClient("http://127.0.0.1:8000", api.api_key, http=http) as lc:
+        got = lc.set_branding(brand_color="#0F766E", support_email="help@acme.example")
+        assert got.brand_color == "#0f766e" and got.button_text_color == "#ffffff"
+        assert lc.set_branding(support_email=None).support_email is None
+        assert lc.get_branding().brand_color == "#0f766e"  # left out: kept
+        with_logo = lc.set_logo(jpeg_with_exif(), "image/jpeg")
+        assert with_logo.logo_url is not None and with_logo.logo_url.endswith(".jpg")
+        with pytest.raises(InvalidRequest) as info:
+            lc.set_branding(brand_color="#777777")
+        assert info.value.code == "brand_color_low_contrast" and info.value.status == 422
+        with pytest.raises(InvalidRequest) as info:
+            lc.set_logo(SVG, "image/svg+xml")
+        assert info.value.code == "logo_svg_refused" and info.value.status == 415
+        assert lc.delete_logo().logo_url is None
