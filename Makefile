@@ -78,7 +78,7 @@ run: init-db $(VENV)/.examples
 	  --ready http://127.0.0.1:$(APP_PORT)/ --expect 'a relying application of linksvc' \
 	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
 	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app" \
-	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \
+	  "example=env RELYING_APP_BRANDING=1 RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \
 	  "webhooks=$(BIN)/flask --app app webhooks run"
 
 # The production shape: sync workers, 2 x cores + 1 on PostgreSQL and cores + 1 on SQLite

@@ -19,7 +19,10 @@ cookie on http://), ``RELYING_APP_MAIL_DOMAIN`` (when set, linksvc mails the lin
 ``<user id>@<domain>`` instead of the app showing it; `make run` sets it and
 ``RELYING_APP_OUTBOX_URL``, linksvc's development outbox page, which the "check your inbox"
 page links to), ``RELYING_APP_SECRET_KEY`` (signs the small Flask session that a browser
-holds before it signs in; a random one per start by default).
+holds before it signs in; a random one per start by default), ``RELYING_APP_BRANDING``
+(``1``, as `make run` sets it: at start-up the app gives linksvc its face — brand colour,
+logo, support page and address, mail sender name — through ``PUT /api/v1/branding`` and
+``PUT /api/v1/branding/logo``, so linksvc's pages and mails look like this app's).
 
 Every sign-in and reset is bound to the browser that asked for it: the Flask integration
 keeps a random ``code_verifier`` in that browser's session and sends its challenge with
@@ -114,7 +117,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         raise SystemExit("relying_app: RELYING_APP_URL must be https outside development")
 
     secure_cookies = not development or own_url.startswith("https://")
-    app = Flask(__name__, template_folder="templates")
+    app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = 16 * 1024
     app.config["LINKSVC_URL"] = linksvc_url
     app.config["LINKSVC_API_KEY"] = api_key
@@ -303,10 +306,56 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     def style() -> Response:
         return Response(CSS, mimetype="text/css")
 
+    @app.get("/help")
+    def help_page() -> Any:
+        return render_template("help.html", support_email=SUPPORT_EMAIL)
+
+    if env.get("RELYING_APP_BRANDING") == "1":
+        threading.Thread(
+            target=push_branding, args=(app, linksvc, own_url), daemon=True, name="branding"
+        ).start()
     return app
 
 
-CSS = """body{font:17px/1.5 system-ui,sans-serif;max-width:34rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
+#: This app's face, which it gives linksvc at start-up (RELYING_APP_BRANDING=1).
+BRAND_COLOR = "#4338ca"
+SUPPORT_EMAIL = "help@example.com"
+LOGO = os.path.join(os.path.dirname(__file__), "static", "logo.png")
+
+
+def push_branding(app: Flask, linksvc: Linksvc, own_url: str, deadline: float = 60.0) -> None:
+    """Set this app's branding on linksvc (idempotent: the same values every start). linksvc
+    may still be starting (``make run`` starts both at once): tried again until ``deadline``."""
+    with open(LOGO, "rb") as fh:
+        logo = fh.read()
+    until = time.monotonic() + deadline
+    with app.app_context():
+        while True:
+            try:
+                linksvc.set_branding(
+                    brand_color=BRAND_COLOR,
+                    support_url=f"{own_url}/help",
+                    support_email=SUPPORT_EMAIL,
+                    mail_from_name="Example App",
+                )
+                linksvc.set_logo(logo, "image/png")
+            except LinksvcError as exc:
+                if time.monotonic() > until or (exc.status is not None and exc.status < 500):
+                    app.logger.warning("branding not set on linksvc: %s", exc)
+                    return
+                time.sleep(1)
+                continue
+            app.logger.info("branding set on linksvc (colour %s, logo, support page)", BRAND_COLOR)
+            return
+
+
+CSS = """body{font:17px/1.5 system-ui,sans-serif;max-width:34rem;margin:2rem auto;padding:0 1rem;color:#1b1f24;background:#f7f7fb}
+header.app{display:flex;align-items:center;gap:.6rem;padding-bottom:.75rem;margin-bottom:1.25rem;border-bottom:3px solid #4338ca}
+header.app img{width:40px;height:40px}header.app .name{font-weight:700;font-size:1.2rem}
+header.app .tag{color:#4a5260;font-size:.9rem;margin-inline-start:auto}
 input,button{font:inherit;padding:.5rem .7rem}label{display:block;margin:.75rem 0 .25rem}
-.link{word-break:break-all;background:#f4f5f7;padding:.5rem;border-radius:6px}
-.error{color:#9b1c1c}"""
+input{border:1px solid #8a919c;border-radius:6px}
+button{background:#4338ca;color:#fff;border:0;border-radius:6px;cursor:pointer;margin:.25rem .25rem .25rem 0}
+button:hover{background:#3730a3}button:focus-visible{outline:3px solid #1b1f24;outline-offset:2px}
+a{color:#4338ca}.link{word-break:break-all;background:#eef0f6;padding:.5rem;border-radius:6px}
+.error{color:#9b1c1c}footer{margin-top:2rem;color:#4a5260;font-size:.9rem}"""

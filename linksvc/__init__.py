@@ -61,6 +61,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     from . import (
         api,
+        branding_pages,
         cli,
         devoutbox,
         docs,
@@ -97,6 +98,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     # that rate limits and metrics wrap the blueprints registered before them.
     for module in (
         i18n,
+        branding_pages,
         pages,
         signin_pages,
         downloads,

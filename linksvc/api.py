@@ -20,8 +20,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, PathConverter
 
-from . import codes, errors, idempotency, locales, signins
-from .clients import Client
+from . import branding, branding_pages, codes, db, errors, idempotency, locales, signins
+from .clients import BRAND_FIELDS, Client, ClientError
+from .clients import update as update_client
 from .config import PURPOSES
 from .http import KIND_STATUS, link_error_problem, problem
 from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
@@ -835,3 +836,138 @@ def _sign_in_replay(client: Client, link: dict[str, Any], key: str) -> Response:
     resp.status_code = 201
     resp.headers["Idempotent-Replayed"] = "true"
     return resp
+
+
+# -- branding: the client's own face on pages and mails (linksvc.branding) ------------------
+
+#: Media types a logo may be sent as; the content decides, the header only has to be one.
+LOGO_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+def _branding_json(client: Client) -> dict[str, Any]:
+    svc = service()
+    logo = branding_pages.logo_of(client.id)
+    text = branding.button_text(client.brand_color)[0] if client.brand_color else None
+    return {
+        "display_name": client.display_name,
+        "brand_color": client.brand_color,
+        "button_text_color": text,
+        "support_url": client.support_url,
+        "support_email": client.support_email,
+        "mail_from_name": client.mail_from_name,
+        "logo_url": (
+            svc.settings.base_url + branding_pages.logo_path(client.id, logo)
+            if logo is not None
+            else None
+        ),
+    }
+
+
+def _fresh_client() -> Client:
+    """This client as the database has it now (the key's cached copy may be seconds old)."""
+    svc = service()
+    client = svc.client(current_client().id)
+    if client is None:  # pragma: no cover - deleted between authentication and here
+        raise BadRequest(401, "unauthorized", "The API key is not valid.")
+    return client
+
+
+def _branding_changed(client_id: str) -> None:
+    # This worker shows the change at once; the others within their caches' few seconds.
+    service().client_cache.clear()
+    current_app.extensions["linksvc.logos"].forget(client_id)
+
+
+def _branding_refused(exc: branding.BrandingRefused) -> BadRequest:
+    return BadRequest(exc.status, exc.code, exc.detail, field=exc.field)
+
+
+@bp.get("/branding")
+def get_branding() -> Response:
+    return jsonify(_branding_json(_fresh_client()))
+
+
+@bp.put("/branding")
+def put_branding() -> Response:
+    """Set the members present; ``null`` clears one (not ``display_name``); absent ones stay."""
+    body = json_body()
+    for name in body:
+        if name not in BRAND_FIELDS:
+            raise BadRequest(422, "unknown_field", f"Unknown field {name!r}.", field=name)
+    for name, value in body.items():
+        if value is None and name == "display_name":
+            raise BadRequest(422, "invalid_field", "display_name cannot be cleared.", field=name)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(422, "invalid_field", f"Field {name!r} must be a string.", field=name)
+    svc = service()
+    client = current_client()
+    if not body:
+        return jsonify(_branding_json(_fresh_client()))  # nothing to change
+    try:
+        with db.write(svc.engine) as conn:
+            update_client(
+                conn,
+                client.id,
+                allow_http_redirects=not svc.settings.is_production,
+                **body,
+            )
+    except branding.BrandingRefused as exc:
+        raise _branding_refused(exc) from None
+    except ClientError as exc:
+        raise BadRequest(422, "invalid_field", str(exc), field="display_name") from None
+    _branding_changed(client.id)
+    return jsonify(_branding_json(_fresh_client()))
+
+
+def _logo_body() -> bytes:
+    """The request body, at most :data:`branding.MAX_LOGO_BYTES` (413 beyond, unread)."""
+    limit = branding.MAX_LOGO_BYTES
+    environ = request.environ
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BadRequest(413, "logo_too_large", f"A logo must be at most {limit // 1024} KiB.")
+    if length is not None:
+        raw: bytes = environ["wsgi.input"].read(length)
+        if len(raw) < length:
+            raise BadRequest(400, "bad_request", "The body ended before its Content-Length.")
+    elif environ.get("wsgi.input_terminated"):
+        raw = _read_at_most(environ["wsgi.input"], limit + 1)
+    else:
+        raw = b""
+    if len(raw) > limit:
+        raise BadRequest(413, "logo_too_large", f"A logo must be at most {limit // 1024} KiB.")
+    return raw
+
+
+@bp.put("/branding/logo")
+def put_logo() -> Response:
+    declared = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if declared == "image/svg+xml":
+        raise BadRequest(
+            415, "logo_svg_refused", "SVG logos are not accepted: send PNG, JPEG or WebP."
+        )
+    if declared not in LOGO_TYPES:
+        raise BadRequest(
+            415, "logo_unsupported_type", "Send the logo as image/png, image/jpeg or image/webp."
+        )
+    raw = _logo_body()
+    try:
+        logo = branding.process_logo(raw)
+    except branding.BrandingRefused as exc:
+        raise _branding_refused(exc) from None
+    svc = service()
+    client = current_client()
+    with db.write(svc.engine) as conn:
+        branding.save_logo(conn, client.id, logo, now=svc.now())
+    _branding_changed(client.id)
+    return jsonify(_branding_json(_fresh_client()))
+
+
+@bp.delete("/branding/logo")
+def delete_logo() -> Response:
+    svc = service()
+    client = current_client()
+    with db.write(svc.engine) as conn:
+        branding.clear_logo(conn, client.id)
+    _branding_changed(client.id)
+    return jsonify(_branding_json(_fresh_client()))

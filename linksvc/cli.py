@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,8 +20,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from . import branding, codes, db, errors, idempotency, ledger, migrate, partitions, signins
 from . import clients as clients_mod
-from . import codes, db, errors, idempotency, ledger, migrate, partitions, signins
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
@@ -104,7 +105,56 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
         "restart_uri": c.restart_uri,
         "locale": c.locale,
         "link_format": c.link_format,
+        "brand_color": c.brand_color,
+        "support_url": c.support_url,
+        "support_email": c.support_email,
+        "mail_from_name": c.mail_from_name,
     }
+
+
+def _brand_options(update: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The branding options of ``clients create`` and ``clients update`` (linksvc.branding)."""
+    clear = " '' removes it." if update else ""
+    options = [
+        click.option(
+            "--logo",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Logo file: PNG, JPEG or WebP, at most 256 KiB and 2048x2048 pixels; "
+            "re-encoded without metadata.",
+        ),
+        click.option(
+            "--brand-color",
+            help="Primary button colour, '#RRGGBB'; its button text must reach 4.5:1 contrast."
+            + clear,
+        ),
+        click.option("--support-url", help="Help page shown on failure pages and mails." + clear),
+        click.option("--support-email", help="Support address; also the mails' Reply-To." + clear),
+        click.option(
+            "--mail-from-name",
+            help="Sender name of its mails (default: the display name); the address stays "
+            "LINKSVC_MAIL_FROM." + clear,
+        ),
+    ]
+    if update:
+        options.append(click.option("--clear-logo", is_flag=True, help="Remove the logo."))
+
+    def apply(fn: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _read_logo(path: Path | None) -> branding.Logo | None:
+    if path is None:
+        return None
+    with path.open("rb") as fh:
+        data = fh.read(branding.MAX_LOGO_BYTES + 1)
+    try:
+        return branding.process_logo(data)
+    except branding.BrandingRefused as exc:
+        raise click.ClickException(f"{path}: {exc.detail} ({exc.code})") from None
 
 
 @clients_cli.command("create")
@@ -144,6 +194,7 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
     help="How its links are written: jwt (the token in the path, the default) or short "
     "(<base>/l/<26-character handle>); the API answers the JWT as token either way.",
 )
+@_brand_options(update=False)
 @click.option(
     "--allow-pii-subject", is_flag=True, help="Allow subjects that look like e-mail addresses."
 )
@@ -161,10 +212,16 @@ def clients_create(
     subject_limit: str | None,
     locale: str | None,
     link_format: str | None,
+    logo: Path | None,
+    brand_color: str | None,
+    support_url: str | None,
+    support_email: str | None,
+    mail_from_name: str | None,
     allow_pii_subject: bool,
     as_json: bool,
 ) -> None:
     """Register a client and print its API key (shown once)."""
+    new_logo = _read_logo(logo)
     try:
         with db.write(_svc().engine) as conn:
             client, api_key = clients_mod.create(
@@ -181,9 +238,15 @@ def clients_create(
                 restart_uri=restart_uri,
                 locale=locale,
                 link_format=link_format,
+                brand_color=brand_color,
+                support_url=support_url,
+                support_email=support_email,
+                mail_from_name=mail_from_name,
                 now=int(time.time()),
             )
-    except clients_mod.ClientError as exc:
+            if new_logo is not None:
+                branding.save_logo(conn, client.id, new_logo, now=int(time.time()))
+    except (clients_mod.ClientError, branding.BrandingRefused) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({**_client_json(client), "api_key": api_key}))
@@ -275,6 +338,7 @@ def clients_enable(client: str) -> None:
     help="How its links are written: jwt (the token in the path) or short "
     "(<base>/l/<26-character handle>); links minted before keep theirs.",
 )
+@_brand_options(update=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the client as JSON afterwards.")
 def clients_update(
     client: str,
@@ -291,10 +355,21 @@ def clients_update(
     subject_limit: str | None,
     locale: str | None,
     link_format: str | None,
+    logo: Path | None,
+    brand_color: str | None,
+    support_url: str | None,
+    support_email: str | None,
+    mail_from_name: str | None,
+    clear_logo: bool,
     as_json: bool,
 ) -> None:
     """Change a client's registration: display name, purposes, redirect URIs, download
-    prefixes, restart URI, limits, default locale, link format. Takes effect within 5 seconds (workers cache clients)."""
+    prefixes, restart URI, limits, default locale, link format, and its face on pages and
+    mails (logo, brand colour, support URL and e-mail, mail sender name). Takes effect within
+    5 seconds (workers cache clients and logos)."""
+    if logo is not None and clear_logo:
+        raise click.UsageError("--logo and --clear-logo exclude each other")
+    new_logo = _read_logo(logo)
     try:
         with db.write(_svc().engine) as conn:
             c = _find_client(conn, client)
@@ -307,6 +382,10 @@ def clients_update(
                     ("restart_uri", restart_uri),
                     ("locale", locale),
                     ("link_format", link_format),
+                    ("brand_color", brand_color),
+                    ("support_url", support_url),
+                    ("support_email", support_email),
+                    ("mail_from_name", mail_from_name),
                 )
                 if v is not None
             }
@@ -330,16 +409,23 @@ def clients_update(
                         f"{c.name} has no {field[:-1].replace('_', ' ')} {missing[0]!r}"
                     )
                 changes[field] = [v for v in [*current, *add] if v not in remove]
-            if not changes:
+            if not changes and new_logo is None and not clear_logo:
                 raise click.UsageError("nothing to change: give at least one option")
-            clients_mod.update(
-                conn,
-                c.id,
-                allow_http_redirects=not _settings().is_production,
-                **cast(dict[str, Any], changes),
-            )
+            if changes:
+                clients_mod.update(
+                    conn,
+                    c.id,
+                    allow_http_redirects=not _settings().is_production,
+                    **cast(dict[str, Any], changes),
+                )
+            if new_logo is not None:
+                branding.save_logo(conn, c.id, new_logo, now=int(time.time()))
+                changes["logo"] = new_logo.sha256
+            elif clear_logo:
+                branding.clear_logo(conn, c.id)
+                changes["logo"] = None
             updated = _find_client(conn, c.id)
-    except clients_mod.ClientError as exc:
+    except (clients_mod.ClientError, branding.BrandingRefused) as exc:
         raise click.ClickException(str(exc)) from None
     _svc().client_cache.clear()
     if as_json:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import db, locales
+from . import branding, db, locales
 from .config import PURPOSES
 
 API_KEY_PREFIX = "lsk_"
@@ -50,6 +50,12 @@ class Client:
     #: How its links are written: ``jwt`` (the token in the path) or ``short`` (a handle,
     #: linksvc.handles); either names the same ledger row (PRODUCT §8).
     link_format: str = "jwt"
+    #: Its face on pages and mails (linksvc.branding): the primary button's colour
+    #: (``#rrggbb``), where its users find help, and the mails' sender name.
+    brand_color: str | None = None
+    support_url: str | None = None
+    support_email: str | None = None
+    mail_from_name: str | None = None
 
 
 LINK_FORMATS = ("jwt", "short")
@@ -57,6 +63,11 @@ LINK_FORMATS = ("jwt", "short")
 
 class ClientError(ValueError):
     """An invalid client definition; the message says which field."""
+
+
+#: The brand settings a client may change itself (``PUT /api/v1/branding``); the logo is
+#: apart (linksvc.branding, ``client_logos``).
+BRAND_FIELDS = ("display_name", "brand_color", "support_url", "support_email", "mail_from_name")
 
 
 def hash_api_key(api_key: str) -> str:
@@ -79,6 +90,10 @@ def _row_to_client(row: sa.RowMapping) -> Client:
         restart_uri=row.get("restart_uri"),
         locale=row.get("locale"),
         link_format=row.get("link_format") or "jwt",
+        brand_color=row.get("brand_color"),
+        support_url=row.get("support_url"),
+        support_email=row.get("support_email"),
+        mail_from_name=row.get("mail_from_name"),
     )
 
 
@@ -128,7 +143,7 @@ def validate_display_name(name: str) -> str:
     U+202E, zero-width characters, BOM), which could make it read as something else."""
     if not name.strip() or len(name) > 200:
         raise ClientError("display name must be 1-200 characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in name):
         raise ClientError(
             "display name must not contain control or format characters (bidi, zero-width)"
         )
@@ -167,6 +182,10 @@ def create(
     restart_uri: str | None = None,
     locale: str | None = None,
     link_format: str | None = None,
+    brand_color: str | None = None,
+    support_url: str | None = None,
+    support_email: str | None = None,
+    mail_from_name: str | None = None,
     now: int,
 ) -> tuple[Client, str]:
     """Register a client; returns it and its API key (which is not stored)."""
@@ -202,6 +221,10 @@ def create(
         "restart_uri": validate_restart_uri(restart_uri, allow_http=allow_http_redirects),
         "locale": validate_locale(locale),
         "link_format": validate_link_format(link_format),
+        "brand_color": branding.validate_brand_color(brand_color),
+        "support_url": branding.validate_support_url(support_url, allow_http=allow_http_redirects),
+        "support_email": branding.validate_support_email(support_email),
+        "mail_from_name": branding.validate_mail_from_name(mail_from_name),
     }
     conn.execute(sa.insert(db.clients).values(**values))
     return _row_to_client(values), api_key  # type: ignore[arg-type]
@@ -309,6 +332,7 @@ def update(
         "purposes",
         "locale",
         "link_format",
+        *BRAND_FIELDS,
     }
     unknown = set(values) - allowed
     if unknown:
@@ -342,6 +366,17 @@ def update(
         values["locale"] = validate_locale(values["locale"])  # type: ignore[arg-type]
     if "link_format" in values:
         values["link_format"] = validate_link_format(values["link_format"])  # type: ignore[arg-type]
+    if "brand_color" in values:
+        values["brand_color"] = branding.validate_brand_color(values["brand_color"])  # type: ignore[arg-type]
+    if "support_url" in values:
+        values["support_url"] = branding.validate_support_url(
+            values["support_url"],  # type: ignore[arg-type]
+            allow_http=allow_http_redirects,
+        )
+    if "support_email" in values:
+        values["support_email"] = branding.validate_support_email(values["support_email"])  # type: ignore[arg-type]
+    if "mail_from_name" in values:
+        values["mail_from_name"] = branding.validate_mail_from_name(values["mail_from_name"])  # type: ignore[arg-type]
     for key in ("redirect_uris", "download_prefixes", "purposes"):
         if key in values:
             values[key] = json.dumps(list(values[key]))  # type: ignore[call-overload]

@@ -23,7 +23,7 @@ from babel.numbers import format_decimal
 from flask import Blueprint, Flask, Response, current_app, redirect, request, send_file
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from . import db, errors, handles, i18n, ledger, storage
+from . import branding_pages, db, errors, handles, i18n, ledger, storage
 from .clients import Client
 from .config import Settings
 from .html import register_error_pages, render_page
@@ -386,6 +386,7 @@ def _confirm_page(v: Any) -> Response:
     info = _store().stat(d.get("bucket"), d["key"])  # ObjectMissing → the missing page
     client = _service().client(rec.client_id)
     i18n.use(rec.locale, client.locale if client else None)
+    branding_pages.use(client)
     nonce = secrets.token_urlsafe(16)
     resp = render_page(
         "download_confirm.html",

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, g, render_template
 
-from . import db, errors, i18n, ledger
+from . import branding_pages, db, errors, i18n, ledger
 from .clients import Client
 from .http import REASON_STATUS
 from .i18n import N_
@@ -214,6 +214,7 @@ def link_facts(exc: errors.LinkError, now: int) -> LinkFacts | None:
         return None
     # The page speaks the link's language (else the client's, else the browser's).
     i18n.use(rec.locale, client.locale)
+    branding_pages.use(client)
     app = client.display_name
     at = exc.facts.get("at") or rec.state_at
     expired_at = exc.facts.get("expired_at") or rec.exp

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ import smtplib
 import ssl
 import time
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
@@ -32,8 +34,9 @@ from urllib.parse import unquote, urlsplit
 
 import css_inline
 from flask import Flask, current_app, render_template
+from PIL import Image
 
-from . import db, errors, i18n, locales, metrics
+from . import branding, branding_pages, db, errors, i18n, locales, metrics
 from .clients import Client
 from .config import ConfigError, Settings
 from .i18n import N_
@@ -69,6 +72,11 @@ _INLINER = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=F
 #: A link up to this long is shown as an address to copy; a JWT link (450 characters or so)
 #: is not: the button and the code are the ways in, and a wrapped base64 blob helps nobody.
 ADDRESS_SHOWN_UP_TO = 120
+#: The box the logo is fitted into in the mail, in CSS pixels (narrower than a phone).
+LOGO_HEIGHT = 48
+LOGO_WIDTH = 240
+#: The button's colour for a client without a brand colour (the pages' own blue).
+DEFAULT_BUTTON = "#0b57d0"
 
 
 class Transport(Protocol):
@@ -190,6 +198,11 @@ class Mailer:
         times in the link's zone, or as "in 5 minutes" and the UTC time without one."""
         rec = minted.record
         app_name = _header_text(client.display_name or client.name)
+        domain = parseaddr(self.settings.mail_from)[1].rpartition("@")[2] or "localhost"
+        logo = branding_pages.logo_of(client.id)
+        # The logo travels in the message (multipart/related): nothing is fetched from a
+        # server when the mail is opened, so opening it tells nobody anything.
+        logo_cid = f"logo.{logo.sha256[:16]}@{domain}" if logo is not None else None
         locale = (
             locales.from_bcp47(rec.locale) or locales.from_bcp47(client.locale) or locales.DEFAULT
         )
@@ -219,14 +232,21 @@ class Mailer:
                 "host": urlsplit(self.settings.base_url).netloc,
                 "show_address": len(minted.url) <= ADDRESS_SHOWN_UP_TO,
             }
+            context.update(self._brand(client, logo, logo_cid))
             text = render_template(f"email/{rec.purpose}.txt", **context)
             html = _INLINER.inline(render_template(f"email/{rec.purpose}.html", **context))
         msg = EmailMessage()
         msg["Subject"] = subject
-        msg["From"] = self.settings.mail_from
+        # The operator's address, the application's name: the name is checked for control
+        # characters when it is set, and the header is encoded (RFC 2047) by the policy.
+        sender = parseaddr(self.settings.mail_from)[1] or self.settings.mail_from
+        msg["From"] = Address(
+            display_name=_header_text(client.mail_from_name or app_name), addr_spec=sender
+        )
+        if client.support_email:
+            msg["Reply-To"] = Address(addr_spec=client.support_email)
         msg["To"] = address
         msg["Date"] = formatdate(rec.iat, usegmt=True)
-        domain = parseaddr(self.settings.mail_from)[1].rpartition("@")[2] or "localhost"
         msg["Message-ID"] = make_msgid(domain=domain)
         msg["X-Linksvc-Jti"] = rec.jti
         # A one-time link must not be followed by an auto-responder or archived by a list.
@@ -235,9 +255,43 @@ class Mailer:
         msg["X-Auto-Response-Suppress"] = "All"
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
+        if logo is not None and logo_cid is not None:
+            html_part = msg.get_body(("html",))
+            assert html_part is not None
+            maintype, _, subtype = logo.content_type.partition("/")
+            html_part.add_related(
+                logo.data,
+                maintype=maintype,
+                subtype=subtype,
+                cid=f"<{logo_cid}>",
+                disposition="inline",
+                filename=f"logo.{logo.extension}",
+            )
         # After the parts exist: making the message multipart moves Content-* headers into them.
         msg["Content-Language"] = locales.to_bcp47(locale)
         return msg
+
+    @staticmethod
+    def _brand(client: Client, logo: branding.Logo | None, logo_cid: str | None) -> dict[str, Any]:
+        """What the mail shows of the client's face: its logo (by ``cid:``), button colour and
+        support contact."""
+        width = height = None
+        if logo is not None:
+            with Image.open(io.BytesIO(logo.data)) as im:  # re-encoded by us: header only
+                w, h = im.size
+            # Fitted into LOGO_WIDTH × LOGO_HEIGHT: mail programs (Outlook) size by attributes.
+            scale = min(LOGO_HEIGHT / h, LOGO_WIDTH / w)
+            width, height = max(1, round(w * scale)), max(1, round(h * scale))
+        color = client.brand_color
+        return {
+            "logo_cid": logo_cid,
+            "logo_width": width,
+            "logo_height": height,
+            "brand_color": color or DEFAULT_BUTTON,
+            "button_text": branding.button_text(color)[0] if color else "#ffffff",
+            "support_url": client.support_url,
+            "support_email": client.support_email,
+        }
 
     def __call__(
         self, client: Client, minted: Minted, address: str, *, code: str | None = None

@@ -218,6 +218,24 @@ _NO_SUBJECT = {
     )
 }
 
+#: Characters a name shown to users may not hold (linksvc.clients.validate_display_name,
+#: linksvc.branding.validate_mail_from_name): control and format characters (a lone surrogate,
+#: which JSON can escape, is refused by the server too).
+_SHOWN_EXCLUDED = f"\\x00-\\x1f\\x7f-\\x9f{FORMAT_CHARACTERS}"
+#: A display name: 1-200 such characters, not only spaces.
+DISPLAY_NAME_PATTERN = f"^[^{_SHOWN_EXCLUDED}]*[^{_SHOWN_EXCLUDED}{_SPACES}][^{_SHOWN_EXCLUDED}]*$"
+#: A mail sender name: the same, and no line or paragraph separator either.
+MAIL_FROM_NAME_PATTERN = (
+    f"^[^{_SHOWN_EXCLUDED}\u2028\u2029]*[^{_SHOWN_EXCLUDED}{_SPACES}]"
+    f"[^{_SHOWN_EXCLUDED}\u2028\u2029]*$"
+)
+#: A support URL (linksvc.branding.validate_support_url): absolute http(s), no credentials,
+#: no fragment, no space (http only outside production, or for a local host).
+SUPPORT_URL_PATTERN = (
+    "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/([A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?$"
+)
+BRAND_COLOR_PATTERN = "^#[0-9A-Fa-f]{6}$"
+
 SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -635,6 +653,81 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["Branding"] = {
+    "type": "object",
+    "description": "The client's face on the pages and mails of its links. The logo is set "
+    "apart, by `PUT /api/v1/branding/logo`.",
+    "required": [
+        "display_name",
+        "brand_color",
+        "button_text_color",
+        "support_url",
+        "support_email",
+        "mail_from_name",
+        "logo_url",
+    ],
+    "properties": {
+        "display_name": {"type": "string", "description": "The name end users read."},
+        "brand_color": {
+            "type": ["string", "null"],
+            "pattern": BRAND_COLOR_PATTERN,
+            "description": "The primary button's colour, `#rrggbb`; null: linksvc's blue.",
+        },
+        "button_text_color": {
+            "type": ["string", "null"],
+            "enum": ["#ffffff", "#1b1f24", None],
+            "description": "The button text chosen for `brand_color` (the better contrast).",
+        },
+        "support_url": {"type": ["string", "null"], "format": "uri"},
+        "support_email": {"type": ["string", "null"]},
+        "mail_from_name": {
+            "type": ["string", "null"],
+            "description": "The mails' sender name; null: `display_name`. The address is the "
+            "operator's.",
+        },
+        "logo_url": {
+            "type": ["string", "null"],
+            "format": "uri",
+            "description": "The logo, at a URL named by its content's hash (cached a year).",
+        },
+    },
+}
+SCHEMAS["BrandingUpdate"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Members present are set, `null` clears one (not `display_name`), absent "
+    "ones stay as they are. A brand colour whose button text cannot reach 4.5:1 contrast "
+    "(WCAG AA) is refused (`brand_color_low_contrast`).",
+    "properties": {
+        "display_name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "pattern": DISPLAY_NAME_PATTERN,
+        },
+        "brand_color": {"type": ["string", "null"], "pattern": BRAND_COLOR_PATTERN},
+        "support_url": {
+            "type": ["string", "null"],
+            "maxLength": 2000,
+            "pattern": SUPPORT_URL_PATTERN,
+        },
+        "support_email": {
+            "type": ["string", "null"],
+            "maxLength": 254,
+            "pattern": EMAIL_PATTERN,
+        },
+        "mail_from_name": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 100,
+            "pattern": MAIL_FROM_NAME_PATTERN,
+        },
+    },
+}
+
+_LOGO_TYPES = ("image/png", "image/jpeg", "image/webp")
+_BRANDING_OK = {"200": _json(_ref("Branding"), "The client's branding now.")}
+
 PATHS: dict[str, Any] = {
     f"{PREFIX}/links": {
         "post": {
@@ -894,6 +987,67 @@ PATHS: dict[str, Any] = {
             ),
         },
     },
+    f"{PREFIX}/branding": {
+        "get": {
+            "operationId": "get_branding",
+            "summary": "The client's branding",
+            "responses": _responses(_BRANDING_OK),
+        },
+        "put": {
+            "operationId": "put_branding",
+            "summary": "Change the client's branding",
+            "description": "Display name, brand colour, support URL and e-mail, mail sender "
+            "name: every page and mail of the client's links shows them, within seconds.",
+            "requestBody": _body(_ref("BrandingUpdate")),
+            "responses": _responses(
+                _BRANDING_OK,
+                _BODY_ERRORS,
+                {
+                    "422": _problem(
+                        "A field is unknown, of the wrong type or breaks its rule "
+                        "(`unknown_field`, `invalid_field`; `field` names it), or the brand "
+                        "colour's button text would be below 4.5:1 (`brand_color_low_contrast`, "
+                        "`detail` names the ratio)."
+                    )
+                },
+            ),
+        },
+    },
+    f"{PREFIX}/branding/logo": {
+        "put": {
+            "operationId": "put_logo",
+            "summary": "Set the client's logo",
+            "description": "The image as the body: PNG, JPEG or WebP, at most 256 KiB and "
+            "2048×2048 pixels. It is decoded and re-encoded (JPEG stays JPEG, the others become "
+            "PNG), at most 512 pixels on its longer side, without metadata; SVG is refused.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}} for t in _LOGO_TYPES
+                },
+            },
+            "responses": _responses(
+                _BRANDING_OK,
+                {
+                    "400": _problem("The body ended before its `Content-Length` (`bad_request`)."),
+                    "413": _problem("The logo is larger than 256 KiB (`logo_too_large`)."),
+                    "415": _problem(
+                        "Not sent as `image/png`, `image/jpeg` or `image/webp` "
+                        "(`logo_unsupported_type`), or an SVG (`logo_svg_refused`)."
+                    ),
+                    "422": _problem(
+                        "The body is not an image that decodes (`logo_unreadable`), or is larger "
+                        "than 2048×2048 pixels (`logo_too_many_pixels`)."
+                    ),
+                },
+            ),
+        },
+        "delete": {
+            "operationId": "delete_logo",
+            "summary": "Remove the client's logo",
+            "responses": _responses(_BRANDING_OK),
+        },
+    },
     f"{PREFIX}/openapi.json": {
         "get": {
             "operationId": "openapi",
@@ -924,6 +1078,12 @@ REQUEST_EXAMPLES: dict[str, Any] = {
     "redeem": {"token": "paste the token a mint returned", "purpose": "magic_link"},
     "revoke_subject": {"purposes": ["magic_link", "password_reset"]},
     "exchange_code": {"code": "paste the code from the redirect"},
+    "put_branding": {
+        "brand_color": "#0f766e",
+        "support_url": "https://example.com/help",
+        "support_email": "help@example.com",
+        "mail_from_name": "Example App",
+    },
     "start_sign_in": {
         "subject": "user-42",
         "email": "user@example.com",

@@ -29,7 +29,7 @@ from flask import Blueprint, Flask, Response, current_app, redirect, request
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
-from . import codes, db, errors, i18n, ledger, scanners
+from . import branding_pages, codes, db, errors, i18n, ledger, scanners
 from .clients import Client
 from .html import (
     clock,
@@ -222,6 +222,7 @@ def _confirmation(
 ) -> Response:
     client = _client_of(svc, v.record)
     i18n.use(v.record.locale, client.locale)
+    branding_pages.use(client)
     nonce, new = _nonce()
     form_token = _serializer(svc).dumps({"j": v.record.jti, "n": codes.completion_hash(nonce)})
     title, explanation, button = (_(s, app=client.display_name) for s in ACTIONS[v.record.purpose])
@@ -339,6 +340,7 @@ def press(token: str) -> Response:
         v = svc.verify(link, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
         owner = svc.client(v.record.client_id)
         i18n.use(v.record.locale, owner.locale if owner is not None else None)
+        branding_pages.use(owner)
         if exc.expired:
             # The page sat open too long: show it again with a fresh form.
             return _confirmation(
@@ -378,6 +380,7 @@ def press(token: str) -> Response:
 def _done(client: Client, rec: ledger.LinkRecord, *, repeated: bool) -> Response:
     app = client.display_name
     i18n.use(rec.locale, client.locale)
+    branding_pages.use(client)
     if repeated:
         title = _("Already done")
         text = _(

@@ -257,6 +257,39 @@ PROBLEMS: dict[str, Problem] = {
         "the flow was started without a `code_challenge`. The code reached a browser that did "
         "not start its flow. The code is spent: do not sign anyone in.",
     ),
+    # -- branding (PUT /api/v1/branding, PUT /api/v1/branding/logo)
+    "brand_color_low_contrast": Problem(
+        422,
+        "Brand colour too low in contrast",
+        "Neither white nor near-black button text reaches WCAG AA's 4.5:1 on this colour; "
+        "`detail` names the best ratio. Choose a darker or a lighter colour.",
+    ),
+    "logo_too_large": Problem(
+        413, "Logo too large", "A logo is at most 256 KiB; the body was not read further."
+    ),
+    "logo_svg_refused": Problem(
+        415,
+        "SVG logo refused",
+        "SVG is a document that can carry script and fetch resources; send the logo as PNG, "
+        "JPEG or WebP.",
+    ),
+    "logo_unsupported_type": Problem(
+        415,
+        "Logo type not accepted",
+        "Send the logo as `Content-Type: image/png`, `image/jpeg` or `image/webp`.",
+    ),
+    "logo_unreadable": Problem(
+        422,
+        "Logo unreadable",
+        "The body is not a PNG, JPEG or WebP image that decodes (empty, cut off, corrupt, or "
+        "another format whatever its `Content-Type`).",
+    ),
+    "logo_too_many_pixels": Problem(
+        422,
+        "Logo too large in pixels",
+        "A logo is at most 2048×2048 pixels (checked before it is decoded); it is stored at "
+        "most 512 pixels on its longer side.",
+    ),
 }
 
 #: Codes the scan in tests/test_problems.py finds that are end-user page reasons, never a

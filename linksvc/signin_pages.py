@@ -34,7 +34,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 
-from . import errors, i18n, metrics, signins
+from . import branding_pages, errors, i18n, metrics, signins
 from .clients import Client
 from .html import onward, register_error_pages, render_failure, render_page
 from .i18n import N_, ngettext
@@ -226,6 +226,7 @@ def _speak(svc: LinkService, signin: SignIn) -> None:
     """A sign-in's pages speak its link's language (else the client's, else the browser's)."""
     client = svc.client(signin.client_id)
     i18n.use(signin.locale, client.locale if client is not None else None)
+    branding_pages.use(client)
 
 
 def _wait_page(

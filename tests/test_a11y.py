@@ -101,3 +101,96 @@ def test_sign_in_with_the_keyboard_alone(browser, stack):  # noqa: F811
         assert page.locator("#subject").inner_text() == "user-keys"
     finally:
         context.close()
+
+
+def _sign_in_mail_link(stack: Any, jti: str) -> str:  # noqa: F811
+    import email
+    import email.policy
+    import re
+    from pathlib import Path
+
+    outbox = Path(stack.env["LINKSVC_INSTANCE_PATH"]) / "outbox"
+    for path in outbox.glob("*.eml"):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if msg["X-Linksvc-Jti"] == jti:
+            text = msg.get_body(("plain",)).get_content()
+            return re.search(r"https?://\S+/l/\S+", text).group(0)
+    raise AssertionError(f"no mail for {jti}")
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_every_sign_in_page_passes_axe(browser, stack, size):  # noqa: F811
+    """The sign-in pages (PRODUCT §6): the waiting page, the approval page on the device
+    that opened the mail, and each end page — approved, denied, wrong number — on both."""
+    import requests
+
+    from linksvc_client import code_challenge
+
+    from .test_browser import VERIFIER, _asked_here
+
+    def start(subject: str) -> tuple[str, str]:
+        resp = requests.post(
+            f"{stack.linksvc}/api/v1/sign-ins",
+            headers=stack.headers,
+            timeout=10,
+            json={
+                "subject": subject,
+                "email": f"{subject}.a11y@example.org",
+                "ip": "127.0.0.1",
+                "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36",
+                "code_challenge": code_challenge(VERIFIER),
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        body = resp.json()
+        return body["wait_url"], _sign_in_mail_link(stack, body["jti"])
+
+    asking = browser.new_context(**SIZES[size])
+    other = browser.new_context(**SIZES[size])
+    checked: list[str] = []
+    try:
+        wait, mailed = asking.new_page(), other.new_page()
+        for p in (wait, mailed):
+            p.set_default_timeout(15000)
+        _asked_here(wait, stack)
+
+        def check(page: Any, name: str) -> None:
+            assert serious(page) == [], (name, size, serious(page))
+            checked.append(name)
+
+        # denied on the other device: the approval page, its end page, the waiting page's
+        wait_url, link = start(f"a11y-deny-{size}")
+        wait.goto(wait_url)
+        check(wait, "waiting")
+        mailed.goto(link)
+        check(mailed, "approval")
+        mailed.get_by_role("button", name="Deny").click()
+        mailed.wait_for_selector("[data-reason]")
+        check(mailed, "denied")
+        wait.wait_for_selector("[data-reason]")
+        check(wait, "waiting_denied")
+        # a wrong number
+        wait_url, link = start(f"a11y-wrong-{size}")
+        wait.goto(wait_url)
+        number = wait.locator("#match-number").inner_text()
+        mailed.goto(link)
+        mailed.get_by_label("Number shown where you asked").fill("10" if number != "10" else "11")
+        mailed.get_by_role("button", name="Approve").click()
+        mailed.wait_for_selector("[data-reason]")
+        check(mailed, "wrong_number")
+        # approved: the other device's end page
+        wait_url, link = start(f"a11y-ok-{size}")
+        wait.goto(wait_url)
+        number = wait.locator("#match-number").inner_text()
+        mailed.goto(link)
+        mailed.get_by_label("Number shown where you asked").fill(number)
+        mailed.get_by_role("button", name="Approve").click()
+        mailed.wait_for_selector("[data-reason]")
+        check(mailed, "approved")
+        # the link opened again after completion
+        mailed.goto(link)
+        check(mailed, "link_after_completion")
+        assert len(checked) == 7
+    finally:
+        asking.close()
+        other.close()

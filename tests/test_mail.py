@@ -482,6 +482,26 @@ def test_each_mail_renders_on_a_phone_and_a_desktop_without_scrolling(app, api, 
     from playwright.sync_api import sync_playwright
 
     mails = _all_mails(app, api)
+    # and a branded client's, with a logo far wider than a phone and a support contact
+    from .test_branding import png
+
+    branded = make_api_user(app, "wideco", display_name="WideCo")
+    h = branded.headers
+    assert branded.http.put(
+        "/api/v1/branding",
+        json={"brand_color": "#9f1239", "support_url": "https://wide.example/help",
+              "support_email": "help@wide.example", "mail_from_name": "WideCo"},
+        headers=h,
+    ).status_code == 200  # fmt: skip
+    resp = branded.http.put(
+        "/api/v1/branding/logo", data=png(2000, 200), content_type="image/png", headers=h
+    )
+    assert resp.status_code == 200, resp.get_json()
+    link = branded.minted("magic_link", "user-wide", email=ADDRESS)
+    outbox = Path(app.config["LINKSVC"].mail_outbox)
+    path = next(p for p in outbox.glob("*.eml") if link["jti"] in p.name)
+    mails["branded"] = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert 'src="cid:' in parts(mails["branded"])[1]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -495,6 +515,9 @@ def test_each_mail_renders_on_a_phone_and_a_desktop_without_scrolling(app, api, 
                     assert box is not None and box["width"] > 100, (kind, width)
                     card = page.locator(".card").bounding_box()
                     assert card is not None and card["width"] <= 600, (kind, width)
+                    if kind == "branded":
+                        logo = page.locator("#brand-logo").bounding_box()
+                        assert logo is not None and 0 < logo["width"] <= min(width, 240)
                 page.close()
         finally:
             browser.close()

@@ -15,7 +15,7 @@ from .support import ROOT
 #: The ways linksvc's source names a problem code.
 SHAPES = [
     r'problem\(\s*[^,()]+,\s*"([a-z_]+)"',
-    r'(?:RequestRefused|BadRequest|_refuse|[A-Z]\w*Error)\(\s*(?:\d+\s*,\s*)?"([a-z_]+)"',
+    r'(?:\w*Refused|BadRequest|_refuse|[A-Z]\w*Error)\(\s*(?:\d+\s*,\s*)?"([a-z_]+)"',
     r'\breason\s*(?::\s*str\s*)?=\s*"([a-z_]+)"',
     r'\b[1-5]\d\d:\s*"([a-z_]+)"',
 ]

@@ -44,6 +44,7 @@ from .errors import (
     UnknownLink,
 )
 from .models import (
+    Branding,
     Claims,
     ExchangedCode,
     LinkEvent,
@@ -65,6 +66,7 @@ __all__ = [
     "APIError",
     "AsyncLinkClient",
     "AuthenticationError",
+    "Branding",
     "Claims",
     "CodeExpired",
     "CodeNotForThisBrowser",

@@ -22,6 +22,7 @@ import httpx
 
 from . import errors
 from .models import (
+    Branding,
     ExchangedCode,
     LinkPage,
     LinkStatus,
@@ -75,6 +76,8 @@ class Op(Generic[T]):
     path: str
     parse: Callable[[Any, httpx.Headers], T]
     json: Any = None
+    #: A body that is not JSON (a logo), sent as it is with its Content-Type in ``headers``.
+    content: bytes | None = None
     params: tuple[tuple[str, str], ...] | None = None
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: The call spends something once (a link, a code): once it may have reached the
@@ -94,9 +97,17 @@ OPERATIONS: Mapping[str, tuple[str, str]] = {
     "links_of": ("GET", f"{PREFIX}/subjects/{{subject}}/links"),
     "exchange_code": ("POST", f"{PREFIX}/codes/exchange"),
     "start_sign_in": ("POST", f"{PREFIX}/sign-ins"),
+    "get_branding": ("GET", f"{PREFIX}/branding"),
+    "put_branding": ("PUT", f"{PREFIX}/branding"),
+    "put_logo": ("PUT", f"{PREFIX}/branding/logo"),
+    "delete_logo": ("DELETE", f"{PREFIX}/branding/logo"),
 }
 #: The client method of each operation, where its name differs.
-METHOD_NAMES: Mapping[str, str] = {"start_sign_in": "sign_in"}
+METHOD_NAMES: Mapping[str, str] = {
+    "start_sign_in": "sign_in",
+    "put_branding": "set_branding",
+    "put_logo": "set_logo",
+}
 
 
 def _path(operation: str, **params: str) -> tuple[str, str]:
@@ -264,6 +275,38 @@ def revoke_subject(subject: str, purposes: Sequence[str] | None) -> Op[int]:
     method, path = _path("revoke_subject", subject=_str("subject", subject))
     body = {"purposes": list(purposes)} if purposes is not None else {}
     return Op("revoke_subject", method, path, lambda b, h: int(b["revoked"]), json=body)
+
+
+def get_branding() -> Op[Branding]:
+    method, path = _path("get_branding")
+    return Op("get_branding", method, path, lambda b, h: Branding.from_api(b))
+
+
+#: ``set_branding``'s default: a member left out stays as it is (``None`` clears it).
+KEEP: Any = object()
+
+
+def put_branding(**fields: Any) -> Op[Branding]:
+    method, path = _path("put_branding")
+    body = {k: v for k, v in fields.items() if v is not KEEP}
+    return Op("put_branding", method, path, lambda b, h: Branding.from_api(b), json=body)
+
+
+def put_logo(data: bytes, content_type: str) -> Op[Branding]:
+    method, path = _path("put_logo")
+    return Op(
+        "put_logo",
+        method,
+        path,
+        lambda b, h: Branding.from_api(b),
+        content=bytes(data),
+        headers={"Content-Type": content_type},
+    )
+
+
+def delete_logo() -> Op[Branding]:
+    method, path = _path("delete_logo")
+    return Op("delete_logo", method, path, lambda b, h: Branding.from_api(b))
 
 
 def _csv(value: str | Sequence[str] | None) -> str | None:

@@ -19,6 +19,7 @@ import httpx
 from . import _core, errors
 from ._core import RetryPolicy
 from .models import (
+    Branding,
     ExchangedCode,
     LinkPage,
     LinkStatus,
@@ -247,6 +248,39 @@ class LinkClient:
             )
         )
 
+    def get_branding(self) -> Branding:
+        """This client's face on its pages and mails."""
+        return self._run(_core.get_branding())
+
+    def set_branding(
+        self,
+        *,
+        display_name: Any = _core.KEEP,
+        brand_color: Any = _core.KEEP,
+        support_url: Any = _core.KEEP,
+        support_email: Any = _core.KEEP,
+        mail_from_name: Any = _core.KEEP,
+    ) -> Branding:
+        """Set the fields given (``None`` clears one, not ``display_name``); the others stay.
+        A brand colour whose button text cannot reach 4.5:1 raises :class:`InvalidRequest`
+        (``brand_color_low_contrast``)."""
+        return self._run(
+            _core.put_branding(
+                display_name=display_name,
+                brand_color=brand_color,
+                support_url=support_url,
+                support_email=support_email,
+                mail_from_name=mail_from_name,
+            )
+        )
+
+    def set_logo(self, data: bytes, content_type: str = "image/png") -> Branding:
+        """Upload the logo (PNG, JPEG or WebP, at most 256 KiB); linksvc re-encodes it."""
+        return self._run(_core.put_logo(data, content_type))
+
+    def delete_logo(self) -> Branding:
+        return self._run(_core.delete_logo())
+
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self, op: _core.Op[T]) -> T:
@@ -259,6 +293,7 @@ class LinkClient:
                     op.method,
                     self.base_url + op.path,
                     json=op.json,
+                    content=op.content,
                     params=op.params,
                     headers={**self._headers, **op.headers, "X-Request-Id": request_id},
                     timeout=timeout,
@@ -445,6 +480,39 @@ class AsyncLinkClient:
             )
         )
 
+    async def get_branding(self) -> Branding:
+        """This client's face on its pages and mails."""
+        return await self._run(_core.get_branding())
+
+    async def set_branding(
+        self,
+        *,
+        display_name: Any = _core.KEEP,
+        brand_color: Any = _core.KEEP,
+        support_url: Any = _core.KEEP,
+        support_email: Any = _core.KEEP,
+        mail_from_name: Any = _core.KEEP,
+    ) -> Branding:
+        """Set the fields given (``None`` clears one, not ``display_name``); the others stay.
+        A brand colour whose button text cannot reach 4.5:1 raises :class:`InvalidRequest`
+        (``brand_color_low_contrast``)."""
+        return await self._run(
+            _core.put_branding(
+                display_name=display_name,
+                brand_color=brand_color,
+                support_url=support_url,
+                support_email=support_email,
+                mail_from_name=mail_from_name,
+            )
+        )
+
+    async def set_logo(self, data: bytes, content_type: str = "image/png") -> Branding:
+        """Upload the logo (PNG, JPEG or WebP, at most 256 KiB); linksvc re-encodes it."""
+        return await self._run(_core.put_logo(data, content_type))
+
+    async def delete_logo(self) -> Branding:
+        return await self._run(_core.delete_logo())
+
     async def _run(self, op: _core.Op[T]) -> T:
         request_id = _core.new_request_id()
         retrier = _core.Retrier(self.retry, self.timeout, self._clock, self._rng)
@@ -455,6 +523,7 @@ class AsyncLinkClient:
                     op.method,
                     self.base_url + op.path,
                     json=op.json,
+                    content=op.content,
                     params=op.params,
                     headers={**self._headers, **op.headers, "X-Request-Id": request_id},
                     timeout=timeout,

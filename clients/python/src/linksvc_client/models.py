@@ -210,6 +210,31 @@ class Revoked:
 
 
 @dataclasses.dataclass(frozen=True)
+class Branding:
+    """The client's face on the pages and mails of its links (``GET /api/v1/branding``)."""
+
+    display_name: str
+    brand_color: str | None
+    button_text_color: str | None
+    support_url: str | None
+    support_email: str | None
+    mail_from_name: str | None
+    logo_url: str | None
+
+    @classmethod
+    def from_api(cls, body: Mapping[str, Any]) -> Branding:
+        return cls(
+            display_name=str(body["display_name"]),
+            brand_color=body.get("brand_color"),
+            button_text_color=body.get("button_text_color"),
+            support_url=body.get("support_url"),
+            support_email=body.get("support_email"),
+            mail_from_name=body.get("mail_from_name"),
+            logo_url=body.get("logo_url"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class LinkSummary:
     """One line of a subject's inventory (no token, no server-side data)."""
 
