@@ -210,8 +210,9 @@ def api_reference(doc: dict[str, Any]) -> str:
         "This page is generated at every build from the OpenAPI "
         f"{doc['openapi']} document linksvc serves at `GET /api/v1/openapi.json` "
         "([the same document](openapi.json)); a running linksvc renders it interactively at "
-        "`/api/v1/docs`. With local storage, a download's `bucket` is refused and left out "
-        "of the served document.",
+        "`/api/v1/docs`. Problems are `application/problem+json`, every other body "
+        "`application/json`. With local storage, a download's `bucket` is refused and left "
+        "out of the served document.",
         "",
     ]
     for path, item in doc["paths"].items():
@@ -238,9 +239,7 @@ def api_reference(doc: dict[str, Any]) -> str:
             responses = []
             for status, resp in op.get("responses", {}).items():
                 content = resp.get("content", {})
-                media = next(iter(content), "")
-                schema = _type(content[media]["schema"]) if media else ""
-                kind = f"`{media}` {schema}" if media else ""
+                kind = ", ".join(_type(media["schema"]) for media in content.values())
                 responses.append(f"| {status} | {_cell(resp['description'])} | {kind} |")
             out += _table("| status | when | body |", responses)
     out += ["## Schemas", ""]

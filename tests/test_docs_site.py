@@ -73,12 +73,33 @@ def _build(cwd: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _fresh_clone(tmp_path: Path) -> Path:
+    """The repository as a fresh clone of this working tree has it: the files git tracks or
+    would track, nothing ignored (no .venv, instance/, compiled catalogs or site/)."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    clone = tmp_path / "clone"
+    for name in filter(None, files.split("\0")):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    return clone
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    out = _build(ROOT, site)
+    """The manual, built strictly from a fresh clone (issue 26: "builds strictly from a fresh
+    clone"), with the repository's .venv."""
+    tmp_path = tmp_path_factory.mktemp("site")
+    clone = _fresh_clone(tmp_path)
+    assert not (clone / "instance").exists() and not (clone / ".venv").exists()
+    out = _build(clone, tmp_path / "site")
     assert out.returncode == 0, out.stderr
-    return site
+    return tmp_path / "site"
 
 
 def test_the_manual_builds_strictly_and_fetches_nothing(site):
@@ -95,27 +116,30 @@ def test_the_manual_builds_strictly_and_fetches_nothing(site):
             assert not outside.search(tag), f"{page.relative_to(site)} loads {tag}"
 
 
-def _copy_of_the_manual(tmp_path: Path) -> Path:
-    copy = tmp_path / "manual"
-    copy.mkdir()
-    shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
-    shutil.copytree(ROOT / "docs", copy / "docs")
-    for name in ("scripts", "SECURITY.md"):
-        (copy / name).symlink_to(ROOT / name)
-    return copy
-
-
 @pytest.mark.parametrize(
     "broken",
     ["[a page that is not there](nowhere.md)", "[a heading that is not there](keys.md#nowhere)"],
 )
 def test_a_broken_link_fails_the_build(tmp_path, broken):
-    copy = _copy_of_the_manual(tmp_path)
+    copy = _fresh_clone(tmp_path)
     page = copy / "docs" / "backups.md"
     page.write_text(page.read_text() + f"\n{broken}\n")
     out = _build(copy, tmp_path / "site")
     assert out.returncode != 0
     assert "WARNING" in out.stderr and "backups.md" in out.stderr and "nowhere" in out.stderr
+
+
+def test_make_docs_and_make_lint_build_it_strictly():
+    for target in ("docs", "lint"):
+        out = subprocess.run(
+            ["make", "-n", "--no-print-directory", target],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"bin/mkdocs build --strict", out.stdout), (target, out.stdout)
 
 
 def test_the_api_reference_is_the_served_document(site, app):
