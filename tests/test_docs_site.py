@@ -232,6 +232,7 @@ def test_the_blocks_that_say_they_run_are_where_they_were():
         "docs/python-client.md",
         "docs/cli.md",
         "docs/languages.md",
+        "docs/production.md",
     } <= pages
     for block in runnable():
         assert "lsk_..." not in block.body and "<" not in block.body, (block.name, "placeholder")
@@ -322,6 +323,10 @@ def _expect(block: Block, out: subprocess.CompletedProcess[str], run: MadeRun) -
         assert "api_key:   lsk_" in out.stdout  # clients create
         assert "http://127.0.0.1:8000/l/" in out.stdout  # mint, with the default base URL
         assert re.search(r"^cl_\w+ +demo ", out.stdout, re.M)  # what make run made is there
+    elif block.name == "docs/production.md":
+        printed, as_json = out.stdout.splitlines()
+        assert re.fullmatch(r"purged \d+ link\(s\), .* older than 7 day\(s\) past expiry", printed)
+        assert json.loads(as_json)["retention_days"] == 7
     elif block.name == "docs/languages.md":
         assert "every catalog" in out.stdout
 
