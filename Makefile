@@ -12,7 +12,7 @@ APP_PORT ?= 5001
 INSTANCE := $(or $(LINKSVC_INSTANCE_PATH),instance)
 export FLASK_APP := app
 
-.PHONY: run test lint serve init-db venv venv-test bench clean system-deps i18n catalogs image
+.PHONY: run test lint serve init-db venv venv-test bench clean system-deps i18n catalogs image docs
 
 # Reinstall whenever a requirements file changes.
 $(VENV)/.runtime: requirements.txt
@@ -83,7 +83,7 @@ run: init-db $(VENV)/.examples
 
 # The production shape: sync workers, 2 x cores + 1 on PostgreSQL and cores + 1 on SQLite
 # (LINKSVC_WORKERS, LINKSVC_THREADS; why: bench/README.md "Serving model") on LINKSVC_BIND,
-# redacted access log, graceful reload on HUP. See README "Production" and docs/deploy.md.
+# redacted access log, graceful reload on HUP. See docs/production.md and docs/deploy.md.
 # Webhooks need the relay beside it (as its own service, on one node or several):
 #   .venv/bin/flask --app app webhooks run
 serve: init-db
@@ -112,11 +112,20 @@ $(S3RVER): tests/s3rver/package-lock.json | system-deps
 	 else echo "npm not found: the S3 download tests will skip"; fi
 
 # ruff (lint and format check) and mypy (strict on linksvc/); configuration in pyproject.toml.
+# The manual is built --strict: a broken link, anchor or include fails.
 lint: venv-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy linksvc app.py clients/python/src/linksvc_client
 	$(BIN)/python scripts/check_catalogs.py
+	@d=$$(mktemp -d) && $(MKDOCS) build --strict --quiet --site-dir $$d; s=$$?; rm -rf $$d; exit $$s
+
+# The manual (mkdocs.yml, docs/): MkDocs with the Material theme, built into site/ offline
+# (no font or plugin fetches anything). The API reference and the table of settings are
+# generated from the code at each build (scripts/mkdocs_hooks.py).
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+docs: venv-test
+	$(MKDOCS) build --strict
 
 # What the tests need from the system: Debian's Chromium (the browser tests; Playwright drives
 # it and never downloads one), fonts for its Arabic and CJK pages, and npm (s3rver). Installed with apt-get when we are root and
@@ -149,4 +158,4 @@ bench: venv-test
 	$(BIN)/python bench/webhooks.py   # what an outbox row costs on mint and redeem (in-process)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -73,6 +73,82 @@ SECRETS: tuple[str, ...] = (
 #: must fail fast instead of filling memory.
 _MAX_SECRET_FILE = 64 * 1024
 
+#: What each setting is for, as the manual's configuration reference prints it. That page is
+#: generated at build time (scripts/mkdocs_hooks.py) from SETTINGS, SECRETS, these lines and
+#: the defaults and ranges ``load`` itself applies, so it cannot drift: a setting added to
+#: SETTINGS without a line here fails the docs build and tests/test_docs_site.py.
+HELP: dict[str, str] = {
+    "ENV": "`production` refuses plain-HTTP base URLs and requires the secrets from the "
+    "environment; `development` (`make run`) writes development secrets on `init-db` and "
+    "serves the mail outbox page",
+    "INSTANCE_PATH": "where the SQLite file, the development secrets, local files and the "
+    "mail outbox live",
+    "BASE_URL": "public URL used in links and as the token issuer (`iss`); its host is the only "
+    "`Host` answered (`400 untrusted_host` otherwise; `/healthz`, `/readyz`, `/metrics` exempt; "
+    "outside production also `127.0.0.1` and `localhost`)",
+    "TRUSTED_HOSTS": "more host names to answer for, comma-separated (`.example.com` for "
+    "subdomains)",
+    "TRUSTED_PROXIES": "how many reverse proxies stand in front: `X-Forwarded-For` is honoured "
+    "for exactly that many hops, never otherwise (a client could choose its own address)",
+    "DATABASE_URL": "`sqlite:///…` or `postgresql://…` (add `?sslmode=verify-full` across a "
+    "network)",
+    "DB_POOL_SIZE": "PostgreSQL connections kept per worker process (as many again may open "
+    "under load)",
+    "DB_STATEMENT_TIMEOUT_MS": "PostgreSQL `statement_timeout` and `lock_timeout` of every "
+    "linksvc connection, in milliseconds",
+    "DB_CONNECT_TIMEOUT": "seconds to open a PostgreSQL connection (or wait for a pooled one) "
+    "before answering 503",
+    "KEY_ENCRYPTION_KEY": "the KEK: canonical base64url, at least 32 bytes; encrypts the signing "
+    "keys in the database. Required in production",
+    "SECRET_KEY": "as the KEK, and different from it; signs form tokens, download grants and "
+    "cursors, and keys the hashes of codes and addresses. Required in production",
+    "KEY_REFRESH_SECONDS": "how soon every worker sees a key rotation, in seconds",
+    "LEEWAY": "clock-skew leeway in seconds",
+    "MAX_TTL_MAGIC_LINK": "lifetime ceiling of a `magic_link`, in seconds",
+    "MAX_TTL_PASSWORD_RESET": "lifetime ceiling of a `password_reset` link, in seconds",
+    "MAX_TTL_DOWNLOAD": "lifetime ceiling of a `download` link, in seconds",
+    "SUPERSEDE_PURPOSES": "purposes where a new link supersedes the subject's outstanding ones "
+    "(comma-separated; empty for none)",
+    "RETENTION_DAYS": "ledger rows are purged this many days after they expire",
+    "MAX_BODY_BYTES": "largest accepted API request body, in bytes",
+    "MAX_DATA_BYTES": "largest `data` a link may carry, in bytes",
+    "CODE_TTL": "seconds a one-time code of a hosted sign-in or reset lives",
+    "STORAGE": "where download links' files are: `local` files or `s3`",
+    "STORAGE_DIR": "root of local storage",
+    "S3_BUCKET": "default bucket (required with `s3`)",
+    "S3_ENDPOINT_URL": "S3 endpoint for MinIO, Ceph, R2 … (boto3's default otherwise)",
+    "S3_REGION": "the region of the SigV4 scope (boto3's default otherwise; `auto` for R2)",
+    "S3_ADDRESSING_STYLE": "S3 addressing: `path` for MinIO and Ceph",
+    "DOWNLOAD_URL_SECONDS": "lifetime of the presigned or grant URL a download redirects to "
+    "(never longer than the link had left)",
+    "SMTP_URL": "`smtp://host:25`, `smtp+starttls://user:pass@host:587` or "
+    "`smtps://user:pass@host:465` (URL-encode special characters in the password; the "
+    "certificate is verified against the system CAs). In production, credentials over plain "
+    "`smtp://` refuse to start. Unset: mail goes to the outbox folder",
+    "MAIL_OUTBOX": "with no SMTP URL, each message is written here as an `.eml` file (folder "
+    "`0700`, files `0600`: they hold live links)",
+    "MAIL_FROM": "the `From:` header: `name <address>` or `address`",
+    "RATELIMIT_STORAGE_URL": "where rate-limit counters live: `memory://` (each worker counts "
+    "on its own) or a Redis URL shared by every worker and node",
+    "PAGE_RATE_LIMIT": "per-IP limit on the end-user pages (`/l/`, `/d/`, `/s/`)",
+    "RECIPIENT_LIMIT": "mails per recipient address, across subjects and clients (several "
+    "windows joined by `;`)",
+    "LOG_LEVEL": "level of the JSON log",
+    "METRICS_TOKEN": "when set (at least 16 characters), `GET /metrics` requires "
+    "`Authorization: Bearer <token>`",
+    "WEBHOOK_ALLOW_PRIVATE": "`1` lets webhook endpoints resolve to private, loopback and "
+    "link-local addresses",
+    "WEBHOOK_TIMEOUT": "seconds a webhook delivery may take to connect and for each read",
+    "WEBHOOK_DEADLINE": "seconds one webhook delivery attempt may take in all, however slowly "
+    "its receiver answers; the relay's lease is this plus 10 s",
+    "WEBHOOK_ENDPOINT_CONCURRENCY": "deliveries one webhook endpoint may hold at once, across "
+    "every relay",
+    "BIND": "gunicorn.conf.py: the address gunicorn listens on",
+    "WORKERS": 'gunicorn.conf.py: worker processes (sync workers: bench/README.md, "Serving '
+    'model")',
+    "THREADS": "gunicorn.conf.py: threads per worker; above 1, threaded workers",
+}
+
 
 def _toml_value(name: str, value: object) -> str:
     """A TOML value as the environment would spell it: strings as they are, whole numbers in

@@ -1,4 +1,4 @@
-"""The client's Flask helper and webhook verification, and the README's example run as
+"""The client's Flask helper and webhook verification, and the manual's example run as
 written — all against a live linksvc under gunicorn."""
 
 from __future__ import annotations
@@ -254,13 +254,12 @@ def test_any_header_values_verify_or_raise_the_verification_error(msg_id, stamp,
         construct_event(body, headers, secret, now=_NOW)
 
 
-# -- the README's example, as written ------------------------------------------------------
+# -- the manual's example, as written (docs/python-client.md) -------------------------------
 
 
-def test_the_readme_example_runs_as_written(live, tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Use it from Python\n", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
+def test_the_manuals_example_runs_as_written(live, tmp_path):
+    page = (ROOT / "docs" / "python-client.md").read_text()
+    code = re.search(r'```python title="example.py"\n(.*?)```', page, re.S)
     assert code, "the section has a python example"
     lines = [x for x in code.group(1).splitlines() if x.strip()]
     assert len(lines) <= 12, f"the example is {len(lines)} lines"

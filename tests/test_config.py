@@ -271,7 +271,7 @@ def test_production_refuses_the_same_secret_twice(tmp_path):
 
 
 def test_generated_secrets_are_accepted_in_production(tmp_path):
-    """What init-db writes and the README's one-liner prints always passes the checks."""
+    """What init-db writes and the manual's one-liner (docs/configuration.md) prints always passes the checks."""
     import secrets
 
     for _ in range(2000):

@@ -6,7 +6,7 @@ the button, signed in — with a screenshot of each step; PORT and APP_PORT are
 honoured in everything `make run` prints and mints; Ctrl-C stops everything it started.
 
 Screenshots go to ``<pytest basetemp>/screenshots/journey_*.png`` (or
-``$LINKSVC_TEST_ARTEFACTS``); with ``LINKSVC_UPDATE_SCREENSHOTS=1`` the ones the README
+``$LINKSVC_TEST_ARTEFACTS``); with ``LINKSVC_UPDATE_SCREENSHOTS=1`` the ones the manual
 shows are also written to ``docs/screenshots/``.
 """
 
@@ -52,7 +52,7 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def publish(shot: Path) -> None:
-    """Copy a screenshot the README shows into docs/screenshots/ (on request only)."""
+    """Copy a screenshot the manual shows into docs/screenshots/ (on request only)."""
     if os.environ.get("LINKSVC_UPDATE_SCREENSHOTS") == "1":
         target = ROOT / "docs" / "screenshots"
         target.mkdir(parents=True, exist_ok=True)

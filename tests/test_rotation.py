@@ -58,7 +58,7 @@ def _rotate(env: dict[str, str], *args: str) -> str:
 def _verify_outside(
     jwks_url: str, token: str, issuer: str, audience: str
 ) -> subprocess.CompletedProcess[str]:
-    # Run as the README shows it, as a command (it is executable), with this venv's python3.
+    # Run as the manual (docs/keys.md) shows it, as a command (it is executable), with this venv's python3.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.run(
         [

@@ -7,7 +7,7 @@ number, a wrong number, Deny; the code typed on the desktop, right and wrong fiv
 phone opening the ``wait_url``; the link opened after completion; the waiting page without
 JavaScript. Each page is screenshotted into ``<basetemp>/screenshots/signins`` (or
 ``$LINKSVC_TEST_ARTEFACTS/signins``); with ``LINKSVC_UPDATE_SCREENSHOTS=1`` into
-``docs/screenshots/signins`` (committed, shown in the README) instead.
+``docs/screenshots/signins`` (committed, shown in docs/sign-ins.md) instead.
 """
 
 from __future__ import annotations
