@@ -77,17 +77,19 @@ run: init-db $(VENV)/.examples
 	  --ready $(LINKSVC_BASE_URL)/healthz --expect '"service":"linksvc"' \
 	  --ready http://127.0.0.1:$(APP_PORT)/ --expect 'a relying application of linksvc' \
 	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
-	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app" \
+	  "linksvc=$(BIN)/python serve.py --bind 127.0.0.1:$(PORT)" \
 	  "example=env RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \
 	  "webhooks=$(BIN)/flask --app app webhooks run"
 
 # The production shape: sync workers, 2 x cores + 1 on PostgreSQL and cores + 1 on SQLite
 # (LINKSVC_WORKERS, LINKSVC_THREADS; why: bench/README.md "Serving model") on LINKSVC_BIND,
 # redacted access log, graceful reload on HUP. See README "Production" and docs/deploy.md.
+# serve.py runs gunicorn (gunicorn.conf.py), or granian with LINKSVC_SERVER=granian (both
+# here and in `make run`; docs/deploy.md "Choosing the HTTP server").
 # Webhooks need the relay beside it (as its own service, on one node or several):
 #   .venv/bin/flask --app app webhooks run
 serve: init-db
-	$(BIN)/gunicorn -c gunicorn.conf.py app:app
+	$(BIN)/python serve.py
 
 # The container image (Containerfile; docs/deploy.md, "The image"). `--format docker` keeps
 # the HEALTHCHECK. The CA bundle pip trusts (PIP_CERT, else SSL_CERT_FILE, else the system's)
