@@ -22,6 +22,7 @@ import importlib.util
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,8 +144,17 @@ def _app_loads(app: str) -> bool:
 
 
 def _load_app(target: str) -> Any:
-    """Runs in each worker, after the fork: linksvc's app behind the access log."""
+    """Runs in each worker, after the fork: linksvc's app behind the access log.
+
+    Until granian installs the worker's own handlers (after this returns), the worker has
+    the master's, which only set a flag in the master's memory: a TERM sent while the app
+    was loading (a stop right after a respawn) was swallowed, and the worker then served on
+    until killed at the graceful timeout. A worker still loading serves nothing yet, so
+    here TERM and INT simply end it."""
     import importlib
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     module, _, name = target.partition(":")
     if ROOT not in sys.path:
