@@ -143,11 +143,13 @@ test: venv-test init-db system-deps $(S3RVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The side-by-side benchmark (bench/README.md): Flask hello-world vs linksvc on SQLite and
-# PostgreSQL under the same gunicorn, plus the in-process floor. Installs wrk if missing.
+# PostgreSQL under the same gunicorn, plus the in-process floor; then every target under both
+# servers (bench/servers.py). Installs wrk if missing.
 # `make bench BENCH_ARGS=--quick` checks the bench itself in about two minutes.
 bench: venv-test
 	$(BIN)/pip install --disable-pip-version-check -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/servers.py $(BENCH_ARGS)   # gunicorn and granian side by side (issue 27)
 	$(BIN)/python bench/webhooks.py   # what an outbox row costs on mint and redeem (in-process)
 
 clean:
