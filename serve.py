@@ -79,9 +79,10 @@ GRACEFUL_TIMEOUT = 20
 #: connection (hyper's header read timeout, in ms): a slowloris client is cut off here.
 HEADER_READ_TIMEOUT_MS = 10_000
 #: Connections one worker holds at once (granian counts backpressure in connections, not
-#: requests): far above the threads, so that idle keep-alive connections of a proxy's pool
-#: cannot starve a worker (tests/test_servers.py).
-BACKPRESSURE = 128
+#: requests): far above the threads, so that slow or idle keep-alive connections cannot
+#: starve a worker. At 128, 300 slowloris or idle connections made a good request wait for
+#: the header timeout (bench/README.md, "Two servers"); tests/test_servers.py holds at 512.
+BACKPRESSURE = 512
 METRICS_PREFIX = "linksvc-metrics-"
 
 

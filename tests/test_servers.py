@@ -120,7 +120,8 @@ def _address(url: str) -> tuple[str, int]:
 
 
 def _prompt_answers(url: str, headers: dict[str, str], n: int = 6) -> list[float]:
-    """Mint ``n`` links on fresh connections; each one's seconds (inf when it failed)."""
+    """Mint up to ``n`` links on fresh connections; each one's seconds (inf when it failed),
+    up to the first that was not prompt."""
     took = []
     for i in range(n):
         started = time.monotonic()
@@ -134,6 +135,8 @@ def _prompt_answers(url: str, headers: dict[str, str], n: int = 6) -> list[float
             took.append(time.monotonic() - started if r.status_code == 201 else float("inf"))
         except requests.RequestException:
             took.append(float("inf"))
+        if took[-1] >= PROMPT:
+            break  # one is enough to fail on (and keeps the xfail cases short)
     return took
 
 
@@ -259,12 +262,16 @@ def test_many_idle_keep_alive_connections_do_not_starve_the_others(
                 s = socket.create_connection(_address(url), timeout=10)
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
                 idle.append(s)
+            started = time.monotonic()
             for s in idle:
                 assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            all_answered = time.monotonic() - started
             took = _prompt_answers(url, headers)
         finally:
             for s in idle:
                 s.close()
+    # Past a worker's backpressure (connections), the rest waited for idle ones to time out.
+    assert all_answered < PROMPT, all_answered
     assert max(took) < PROMPT, took
 
 
