@@ -77,17 +77,19 @@ run: init-db $(VENV)/.examples
 	  --ready $(LINKSVC_BASE_URL)/healthz --expect '"service":"linksvc"' \
 	  --ready http://127.0.0.1:$(APP_PORT)/ --expect 'a relying application of linksvc' \
 	  --banner "\nReady. Open http://127.0.0.1:$(APP_PORT), sign in, then read the mail at $(LINKSVC_BASE_URL)/dev/outbox  (Ctrl-C stops everything)\n" \
-	  "linksvc=$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app" \
+	  "linksvc=$(BIN)/python serve.py --bind 127.0.0.1:$(PORT)" \
 	  "example=env RELYING_APP_BRANDING=1 RELYING_APP_MAIL_DOMAIN=example.com RELYING_APP_OUTBOX_URL=$(LINKSVC_BASE_URL)/dev/outbox $(BIN)/flask --app examples/relying_app run --port $(APP_PORT)" \
 	  "webhooks=$(BIN)/flask --app app webhooks run"
 
 # The production shape: sync workers, 2 x cores + 1 on PostgreSQL and cores + 1 on SQLite
 # (LINKSVC_WORKERS, LINKSVC_THREADS; why: bench/README.md "Serving model") on LINKSVC_BIND,
 # redacted access log, graceful reload on HUP. See docs/production.md and docs/deploy.md.
+# serve.py runs gunicorn (gunicorn.conf.py), or granian with LINKSVC_SERVER=granian (both
+# here and in `make run`; docs/deploy.md "Choosing the HTTP server").
 # Webhooks need the relay beside it (as its own service, on one node or several):
 #   .venv/bin/flask --app app webhooks run
 serve: init-db
-	$(BIN)/gunicorn -c gunicorn.conf.py app:app
+	$(BIN)/python serve.py
 
 # The container image (Containerfile; docs/deploy.md, "The image"). `--format docker` keeps
 # the HEALTHCHECK. The CA bundle pip trusts (PIP_CERT, else SSL_CERT_FILE, else the system's)
@@ -150,11 +152,13 @@ test: venv-test init-db system-deps $(S3RVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The side-by-side benchmark (bench/README.md): Flask hello-world vs linksvc on SQLite and
-# PostgreSQL under the same gunicorn, plus the in-process floor. Installs wrk if missing.
+# PostgreSQL under the same gunicorn, plus the in-process floor; then every target under both
+# servers (bench/servers.py). Installs wrk if missing.
 # `make bench BENCH_ARGS=--quick` checks the bench itself in about two minutes.
 bench: venv-test
 	$(BIN)/pip install --disable-pip-version-check -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/servers.py $(BENCH_ARGS)   # gunicorn and granian side by side (issue 27)
 	$(BIN)/python bench/webhooks.py   # what an outbox row costs on mint and redeem (in-process)
 
 clean:

@@ -10,30 +10,32 @@ and lets the old ones finish their requests (up to ``graceful_timeout``) before 
 request is dropped. `kill -TERM` is a graceful stop, `kill -USR1` reopens the log files.
 """
 
-import logging
 import multiprocessing
 import os
-import re
 import subprocess
 import sys
-import traceback
-from urllib.parse import unquote
 
 from gunicorn.glogging import Logger, SafeAtoms
 
 
-def _settings() -> dict[str, str]:
-    """The LINKSVC_* settings with the LINKSVC_CONFIG file and the _FILE secrets, as the app
-    reads them (linksvc.config.environment). Loaded by its path, not imported as part of the
-    package: the master must not hold linksvc's modules, or `kill -HUP` would not load new
-    code. A bad setting is left to the app's own check below (one line, status 4)."""
+def _load_by_path(name: str, relative: str):  # type: ignore[no-untyped-def]
+    """A module of linksvc's loaded by its path, not imported as part of the package: the
+    master must not hold linksvc's modules, or `kill -HUP` would not load new code."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linksvc", "config.py")
-    spec = importlib.util.spec_from_file_location("_linksvc_gunicorn_config", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relative)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look it up
     spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _settings() -> dict[str, str]:
+    """The LINKSVC_* settings with the LINKSVC_CONFIG file and the _FILE secrets, as the app
+    reads them (linksvc.config.environment). A bad setting is left to the app's own check
+    below (one line, status 4)."""
+    module = _load_by_path("_linksvc_gunicorn_config", "linksvc/config.py")
     try:
         return module.environment()  # type: ignore[no-any-return]
     except module.ConfigError:
@@ -85,57 +87,12 @@ access_log_format = (
     '"request_id":"%({x-request-id}o)s"}'
 )
 
-# The whole rest of the path: the link routes take <path:token>, so '/l/a/b' is token 'a/b'.
-_SECRET_PATH = re.compile(r"/(l|d|dl)/[^\s?#\"]+", re.IGNORECASE)
-# A compact JWS (dots possibly percent-encoded) or an API key, wherever it appears.
-_TOKENISH = re.compile(
-    r"eyJ[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]{4,}(?:\.|%2[eE])[A-Za-z0-9_-]*"
-    r"|lsk_[A-Za-z0-9_-]{8,}"
-)
-# Query values: linksvc takes no secrets in query strings, but a caller may put one there.
-_QUERY_VALUE = re.compile(r"([?&][^=&\s\"#?]*=)[^&\s\"#]+")
-
-
-_PATH = re.compile(r"/[^\s\"?#]*")
-
-
-def _redact_path(path: str) -> str:
-    """A path as routing sees it: percent-decoded first (``/%64l/<grant>`` is routed to
-    ``/dl/``), so a secret path segment is found whatever encoding carried it."""
-    if "%" not in path:
-        return _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/[redacted]", path)
-    decoded = unquote(path, errors="replace")
-    if not _SECRET_PATH.search(decoded):
-        return path
-    return _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/[redacted]", decoded)
-
-
-def redact(text: str) -> str:
-    text = _PATH.sub(lambda m: _redact_path(m.group()), text)
-    text = _QUERY_VALUE.sub(r"\1[redacted]", text)
-    return _TOKENISH.sub("[redacted]", text)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _json_safe(value: str) -> str:
-    """Escape backslashes and control characters so that an atom inside the JSON access line
-    stays valid JSON whatever a client sent (gunicorn itself escapes the double quotes)."""
-    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", value.replace("\\", "\\\\"))
-
-
-class _RedactFilter(logging.Filter):
-    """Formats the message, redacts it, and redacts a traceback's text too."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = redact(
-                "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-            )
-        return True
+# The redaction every access and error line goes through (linksvc/accesslog.py; under
+# granian, serve.py writes the same lines with the same module).
+_accesslog = _load_by_path("_linksvc_gunicorn_accesslog", "linksvc/accesslog.py")
+redact = _accesslog.redact
+_json_safe = _accesslog.json_safe
+_RedactFilter = _accesslog.RedactFilter
 
 
 class _RedactedAtoms(SafeAtoms):

@@ -1,6 +1,7 @@
 #!/bin/sh
 # linksvc's container entrypoint (Containerfile). Commands:
-#   serve [gunicorn options]  the HTTP service (default); never changes the schema
+#   serve [options]           the HTTP service (default; serve.py: gunicorn, or granian with
+#                             LINKSVC_SERVER=granian); never changes the schema
 #   migrate                   bring the database to the current schema and create the signing
 #                             keys (`flask --app app init-db`); a one-off job before serving
 #   relay                     the webhook relay (`flask --app app webhooks run`)
@@ -11,7 +12,7 @@ cd /app
 command="${1:-serve}"
 [ "$#" -gt 0 ] && shift
 case "$command" in
-  serve) exec gunicorn -c /app/gunicorn.conf.py "$@" app:app ;;
+  serve) exec python3 /app/serve.py "$@" ;;
   migrate) exec flask --app app init-db "$@" ;;
   relay) exec flask --app app webhooks run "$@" ;;
   flask) exec flask --app app "$@" ;;
@@ -27,7 +28,7 @@ except Exception as exc:
     sys.exit(1)
 PY
     ;;
-  -*) exec gunicorn -c /app/gunicorn.conf.py "$command" "$@" app:app ;;
+  -*) exec python3 /app/serve.py "$command" "$@" ;;
   *)
     echo "linksvc: unknown command '$command' (serve, migrate, relay, flask …, healthcheck)" >&2
     exit 64

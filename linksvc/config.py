@@ -9,8 +9,8 @@ platforms mount secrets.
 
 Every value is coerced and validated here; an unsafe or malformed setting raises
 :class:`ConfigError` naming the variable, and the application refuses to start.
-Nothing else in linksvc reads ``os.environ`` (``gunicorn.conf.py`` reads its own three
-settings through :func:`environment` too).
+Nothing else in linksvc reads ``os.environ`` (``gunicorn.conf.py`` and ``serve.py`` read
+their own settings through :func:`environment` too).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class ConfigError(ValueError):
 
 PREFIX = "LINKSVC_"
 #: Every setting, without the prefix: the keys a ``LINKSVC_CONFIG`` file may hold (in lower
-#: case). BIND, WORKERS and THREADS are gunicorn.conf.py's.
+#: case). SERVER is serve.py's; BIND, WORKERS and THREADS are the server's (gunicorn.conf.py,
+#: serve.py).
 SETTINGS: tuple[str, ...] = (
     "ENV", "INSTANCE_PATH", "BASE_URL", "TRUSTED_HOSTS", "TRUSTED_PROXIES", "DATABASE_URL",
     "DB_POOL_SIZE", "DB_STATEMENT_TIMEOUT_MS", "DB_CONNECT_TIMEOUT", "KEY_ENCRYPTION_KEY",
@@ -62,6 +63,7 @@ SETTINGS: tuple[str, ...] = (
     "MAIL_OUTBOX", "MAIL_FROM", "RATELIMIT_STORAGE_URL", "PAGE_RATE_LIMIT", "RECIPIENT_LIMIT",
     "LOG_LEVEL", "METRICS_TOKEN", "WEBHOOK_ALLOW_PRIVATE", "WEBHOOK_TIMEOUT",
     "WEBHOOK_DEADLINE", "WEBHOOK_ENDPOINT_CONCURRENCY", "BIND", "WORKERS", "THREADS",
+    "SERVER",
 )  # fmt: skip
 #: The settings that are (or may carry) secrets: each may also be given as ``<NAME>_FILE``.
 #: URLs are here because they carry passwords (database, SMTP, Redis).
@@ -144,6 +146,8 @@ HELP: dict[str, str] = {
     "WEBHOOK_ENDPOINT_CONCURRENCY": "deliveries one webhook endpoint may hold at once, across "
     "every relay",
     "BIND": "gunicorn.conf.py: the address gunicorn listens on",
+    "SERVER": "serve.py: the HTTP server, `gunicorn` or `granian` (a tested option; "
+    'bench/README.md, "Two servers")',
     "WORKERS": 'gunicorn.conf.py: worker processes (sync workers: bench/README.md, "Serving '
     'model")',
     "THREADS": "gunicorn.conf.py: threads per worker; above 1, threaded workers",

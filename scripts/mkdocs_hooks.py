@@ -89,6 +89,7 @@ _DEFAULTS_IN_WORDS = {
     "KEY_ENCRYPTION_KEY": "development: `instance/kek.key`",
     "SECRET_KEY": "development: `instance/secret.key`",
     "WORKERS": "2 × cores + 1 (PostgreSQL), cores + 1 (SQLite)",
+    "SERVER": "`gunicorn`",
 }
 
 

@@ -125,6 +125,15 @@ class Server:
     proc: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    server: str = "gunicorn"
+
+    def workers(self) -> set[int]:
+        """The worker processes: the master's children."""
+        pid = self.proc.pid
+        try:
+            return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+        except FileNotFoundError:
+            return set()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -139,6 +148,11 @@ class Server:
                 self.proc.wait()
 
 
+#: The HTTP servers linksvc runs under (serve.py, LINKSVC_SERVER); the server-level tests
+#: run over both.
+SERVERS = ("gunicorn", "granian")
+
+
 def start_gunicorn(
     env: Mapping[str, str],
     *,
@@ -150,18 +164,59 @@ def start_gunicorn(
     timeout: float = 30.0,
 ) -> Server:
     """Serve ``wsgi`` under gunicorn with the repository's configuration; wait until it answers."""
+    return start_server(
+        env,
+        server="gunicorn",
+        workers=workers,
+        port=port,
+        log_path=log_path,
+        extra_args=extra_args,
+        wsgi=wsgi,
+        timeout=timeout,
+    )
+
+
+def start_server(
+    env: Mapping[str, str],
+    *,
+    server: str = "gunicorn",
+    workers: int | None = 2,
+    port: int | None = None,
+    log_path: Path,
+    extra_args: tuple[str, ...] = (),
+    wsgi: str = "app:app",
+    timeout: float = 30.0,
+) -> Server:
+    """Serve ``wsgi`` under ``server`` (gunicorn with gunicorn.conf.py, or granian as serve.py
+    runs it) with the repository's configuration; wait until it answers."""
     port = port or free_port()
     full = {**_clean_environ(), **env, "PYTHONUNBUFFERED": "1"}
-    args = [
-        venv_bin("gunicorn"),
-        "-c",
-        str(ROOT / "gunicorn.conf.py"),
-        *(("--workers", str(workers)) if workers is not None else ()),
-        "--bind",
-        f"127.0.0.1:{port}",
-        *extra_args,
-        wsgi,
-    ]
+    workers_args = ("--workers", str(workers)) if workers is not None else ()
+    if server == "gunicorn":
+        args = [
+            venv_bin("gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            *workers_args,
+            "--bind",
+            f"127.0.0.1:{port}",
+            *extra_args,
+            wsgi,
+        ]
+    elif server == "granian":
+        full["LINKSVC_SERVER"] = "granian"
+        args = [
+            sys.executable,
+            str(ROOT / "serve.py"),
+            *workers_args,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--app",
+            wsgi,
+            *extra_args,
+        ]
+    else:
+        raise ValueError(f"unknown server {server!r}")
     logf = open(log_path, "ab")
     proc = subprocess.Popen(
         args, cwd=ROOT, env=full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
@@ -171,16 +226,16 @@ def start_gunicorn(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+                f"{server} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
             )
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return Server(url, proc, log_path, dict(env))
+                return Server(url, proc, log_path, dict(env), server)
         except requests.RequestException:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"gunicorn did not come up on {url}:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"{server} did not come up on {url}:\n{log_path.read_text()[-3000:]}")
 
 
 def prepare_instance(env: Mapping[str, str], name: str = "acme", *extra: str) -> dict[str, str]:

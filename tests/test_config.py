@@ -344,7 +344,7 @@ def test_gunicorn_settings_are_keys_too(tmp_path):
         ('config = "/etc/other.toml"\n', "unknown key 'config'"),
         ("leeway = 7\nleeway = 8\n", "not valid TOML"),
         ('leeway = "7\n', "not valid TOML"),
-        ("[server]\nleeway = 7\n", "unknown key 'server'"),
+        ("[tables]\nleeway = 7\n", "unknown key 'tables'"),
     ],
 )
 def test_bad_config_file_names_the_setting(tmp_path, text, fragment):
@@ -476,14 +476,14 @@ def test_non_secret_has_no_file_variant(tmp_path):
 
 
 def test_every_setting_read_is_a_config_key():
-    """A setting added to config.py or gunicorn.conf.py without its key would be
+    """A setting added to config.py, gunicorn.conf.py or serve.py without its key would be
     unreachable from the file (and refused there as unknown)."""
     import re
 
     from .support import ROOT
 
     names = set()
-    for source in ("linksvc/config.py", "gunicorn.conf.py"):
+    for source in ("linksvc/config.py", "gunicorn.conf.py", "serve.py"):
         text = (ROOT / source).read_text()
         names |= set(re.findall(r'"LINKSVC_([A-Z0-9_]+)"', text))
     names |= {f"MAX_TTL_{p.upper()}" for p in config.PURPOSES}

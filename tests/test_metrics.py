@@ -22,7 +22,7 @@ from linksvc import clients as clients_mod
 from linksvc import create_app, db, errors, ledger, logs, metrics, migrate, partitions
 
 from .conftest import ApiUser
-from .support import base_env, prepare_instance, start_gunicorn
+from .support import SERVERS, base_env, prepare_instance, start_server
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
@@ -312,7 +312,8 @@ def _worker_pids(prom_dir: Path) -> set[int]:
 
 
 @pytest.mark.slow
-def test_counts_add_up_across_two_gunicorn_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_counts_add_up_across_two_workers(tmp_path: Path, server_name: str) -> None:
     instance = tmp_path / "instance"
     env = base_env(instance)
     created = prepare_instance(env)
@@ -321,7 +322,7 @@ def test_counts_add_up_across_two_gunicorn_workers(tmp_path: Path) -> None:
     prom_dir.mkdir()
     (prom_dir / "counter_999999.db").write_bytes(b"stale counts from an earlier run")
     env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
-    server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    server = start_server(env, server=server_name, workers=2, log_path=tmp_path / "server.log")
     try:
         assert not (prom_dir / "counter_999999.db").exists()  # emptied at start
         h = {"Authorization": f"Bearer {key}"}
@@ -416,7 +417,10 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_gunicorn_without_a_named_directory_makes_and_removes_its_own(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_server_without_a_named_directory_makes_and_removes_its_own(
+    tmp_path: Path, server_name: str
+) -> None:
     env = base_env(tmp_path / "instance")
     created = prepare_instance(env)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -425,7 +429,7 @@ def test_gunicorn_without_a_named_directory_makes_and_removes_its_own(tmp_path: 
     orphan = shm / "linksvc-metrics-4194305-orphan"
     orphan.mkdir(exist_ok=True)
     (orphan / "counter_1.db").write_bytes(b"")
-    server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    server = start_server(env, server=server_name, workers=2, log_path=tmp_path / "server.log")
     assert not orphan.exists()
     try:
         h = {"Authorization": f"Bearer {created['api_key']}"}

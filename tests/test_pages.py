@@ -522,16 +522,18 @@ def test_press_cookie_is_host_prefixed_where_the_base_url_is_https(env):
         app.extensions["linksvc"].engine.dispose()
 
 
-def test_an_over_long_link_gets_our_page_under_gunicorn(tmp_path):
+@pytest.mark.parametrize("server_name", ["gunicorn", "granian"])
+def test_an_over_long_link_gets_our_page_under_either_server(tmp_path, server_name):
     """gunicorn's own request-line limit would answer a bare 414 before linksvc sees the
-    link (gunicorn.conf.py); a mangled 20,000-character link gets linksvc's page instead."""
+    link (gunicorn.conf.py; granian's buffer is serve.py's); a mangled 20,000-character link
+    gets linksvc's page instead."""
     import requests
 
-    from .support import base_env, prepare_instance, start_gunicorn
+    from .support import base_env, prepare_instance, start_server
 
     env = base_env(tmp_path / "instance")
     prepare_instance(env)
-    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    server = start_server(env, server=server_name, workers=1, log_path=tmp_path / "server.log")
     try:
         resp = requests.get(server.url + "/l/" + "A" * 20_000, timeout=30)
     finally:

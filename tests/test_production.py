@@ -33,7 +33,15 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from .support import Server, base_env, free_port, prepare_instance, start_gunicorn
+from .support import (
+    SERVERS,
+    Server,
+    base_env,
+    free_port,
+    prepare_instance,
+    start_gunicorn,
+    start_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -405,9 +413,10 @@ def test_database_outage_answers_503_and_recovers_without_restart(
 # -- 3. SIGKILL a worker under load --------------------------------------------------------
 
 
-def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env, server_name: str) -> None:
     env, headers = pg_env
-    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    server = start_server(env, server=server_name, workers=3, log_path=tmp_path / "server.log")
     links = _mint(server, headers, 200)
     # Every link is asked for twice at about the same time, by two different client threads.
     queue = [link for link in links for _ in range(2)]
@@ -488,14 +497,14 @@ def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env) -> None:
 # -- access log and reload -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=SERVERS)
 def sqlite_server(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("sqlite-node")
     env = base_env(tmp / "instance")
     creds = prepare_instance(env)
-    server = start_gunicorn(env, workers=2, log_path=tmp / "server.log")
+    server = start_server(env, server=request.param, workers=2, log_path=tmp / "server.log")
     try:
         yield server, creds
     finally:
@@ -557,7 +566,8 @@ def test_access_log_holds_no_token(sqlite_server) -> None:
             assert piece not in log, f"a secret reached the log: …{piece[-12:]}"
 
 
-def test_access_log_redacts_paths_as_routing_decodes_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_access_log_redacts_paths_as_routing_decodes_them(tmp_path: Path, server_name: str) -> None:
     """Issue 17 item 11: ``GET /%64l/<grant>`` is routed to /dl/ (and served); its access line
     must not hold the grant. The same for /l/ and /d/ spelled with percent-escapes."""
     import http.client
@@ -570,7 +580,7 @@ def test_access_log_redacts_paths_as_routing_decodes_them(tmp_path: Path) -> Non
     env = base_env(tmp_path / "instance", LINKSVC_STORAGE_DIR=str(files))
     creds = prepare_instance(env)
     headers = {"Authorization": f"Bearer {creds['api_key']}"}
-    server = start_gunicorn(env, workers=1, log_path=tmp_path / "server.log")
+    server = start_server(env, server=server_name, workers=1, log_path=tmp_path / "server.log")
     port = int(server.url.rsplit(":", 1)[1])
 
     def raw_get(path: str) -> int:

@@ -1,4 +1,4 @@
-"""Single use under a real race: gunicorn with several worker processes, 32+ concurrent
+"""Single use under a real race: gunicorn or granian with several worker processes, 32+ concurrent
 redemptions of one link over HTTP, on SQLite and on PostgreSQL. Exactly one wins."""
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from .support import base_env, prepare_instance, race, start_gunicorn
+from .support import SERVERS, base_env, prepare_instance, race, start_gunicorn, start_server
 
 pytestmark = pytest.mark.slow
 
 RACERS = 32
 
 
-def _run_race(tmp_path, database_url=None):
+def _run_race(tmp_path, database_url=None, server_name="gunicorn"):
     env = base_env(tmp_path / "instance", database_url)
     creds = prepare_instance(env)
     headers = {"Authorization": f"Bearer {creds['api_key']}"}
-    server = start_gunicorn(env, workers=3, log_path=tmp_path / "server.log")
+    server = start_server(env, server=server_name, workers=3, log_path=tmp_path / "server.log")
     try:
         results = []
         for round_ in range(3):
@@ -47,15 +47,17 @@ def _run_race(tmp_path, database_url=None):
         server.stop()
 
 
-def test_race_sqlite(tmp_path):
-    results, server, _ = _run_race(tmp_path)
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_race_sqlite(tmp_path, server_name):
+    results, server, _ = _run_race(tmp_path, server_name=server_name)
     for counts in results:
         assert counts == {200: 1, 409: RACERS - 1}, counts
     assert "Traceback" not in server.log()
 
 
-def test_race_postgresql(tmp_path, pg_url):
-    results, _server, _env = _run_race(tmp_path, pg_url)
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_race_postgresql(tmp_path, pg_url, server_name):
+    results, _server, _env = _run_race(tmp_path, pg_url, server_name)
     for counts in results:
         assert counts == {200: 1, 409: RACERS - 1}, counts
     engine = sa.create_engine(pg_url)
