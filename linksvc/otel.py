@@ -365,6 +365,12 @@ def _trace_logs() -> None:
             handler.addFilter(TraceIdFilter())
 
 
+def _patch(obj: Any, name: str, fn: Any) -> None:
+    # The transports and storages are frozen dataclasses: their instance gets the traced
+    # method as an attribute of its own, the class is untouched.
+    object.__setattr__(obj, name, fn)
+
+
 def install(app: Flask, *, exporters: set[str], traceparent: str) -> None:
     """Trace ``app``: its requests, database, mail, storage and the webhook relay."""
     tracer = _provider(exporters).get_tracer("linksvc")
@@ -381,8 +387,10 @@ def install(app: Flask, *, exporters: set[str], traceparent: str) -> None:
     if mailer is not None:
         transport = mailer.transport
         kind = type(transport).__name__.removesuffix("Transport").lower()
-        transport.send = _spanned(
-            tracer, "mail send", transport.send, **{"linksvc.mail.transport": kind}
+        _patch(
+            transport,
+            "send",
+            _spanned(tracer, "mail send", transport.send, **{"linksvc.mail.transport": kind}),
         )
     store = app.extensions.get("linksvc.storage")
     if store is not None:
@@ -390,7 +398,7 @@ def install(app: Flask, *, exporters: set[str], traceparent: str) -> None:
         for method in ("stat", "presigned_url", "open_grant"):
             fn = getattr(store, method, None)
             if fn is not None:
-                setattr(
+                _patch(
                     store,
                     method,
                     _spanned(
