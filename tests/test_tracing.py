@@ -195,12 +195,20 @@ def test_journey_is_traced_without_secrets(traced: tuple[Stack, OtlpReceiver]) -
         )
     )[0]
     assert deliver["attrs"]["http.response.status_code"] == 200
-    stack.receiver.wait_for(lambda rs: any(r.type == "link.minted" and r.traceparent for r in rs))
-    minted = next(r for r in stack.receiver.received if r.type == "link.minted" and r.traceparent)
-    assert minted.traceparent is not None
-    assert minted.traceparent.split("-")[1] == parent_trace
+
+    def carried(r: Any) -> bool:
+        return r.type == "link.minted" and r.jti == link["jti"]
+
+    stack.receiver.wait_for(lambda rs: any(carried(r) for r in rs))
+    minted = next(r for r in stack.receiver.received if carried(r))
+    # The endpoint got the delivery span's context: the mint's trace, the deliver span.
+    assert minted.traceparent == f"00-{parent_trace}-{deliver['id']}-01"
     # The failure page's support reference is the request's trace id; the log lines carry it.
-    failure = otlp.wait_for(lambda s: s["attrs"].get("http.response.status_code") == 409 and s["name"].startswith("GET /l/"))[0]
+    failure = otlp.wait_for(
+        lambda s: (
+            s["attrs"].get("http.response.status_code") == 409 and s["name"].startswith("GET /l/")
+        )
+    )[0]
     assert failure["trace"] in used.text
     logs = (stack.tmp / "gunicorn.log").read_text()
     lines = [json.loads(ln) for ln in logs.splitlines() if ln.startswith("{") and '"logger"' in ln]
@@ -242,9 +250,10 @@ def test_incoming_traceparent_only_linked_by_default(tmp_path: Path) -> None:
     try:
         incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
         requests.get(f"{stack.url}/healthz", headers={"traceparent": incoming}, timeout=10)
-        span = otlp.wait_for(lambda s: s["name"] == "GET /healthz")[0]
+        span = otlp.wait_for(lambda s: s["name"] == "GET /healthz" and s["links"])[0]
         # Not sampled out by the caller's flag, not in the caller's trace: linked to it.
         assert span["trace"] != "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert span["parent"] == ""
         assert span["links"] == [("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")]
     finally:
         stack.close()
