@@ -1,8 +1,10 @@
 """A do-nothing OTLP/HTTP receiver for measuring tracing's cost: answers every export 200 and
-counts the bytes. ``python bench/otlp_sink.py PORT`` (loopback only); Ctrl-C stops it."""
+counts the bytes. ``python bench/otlp_sink.py PORT`` (loopback only); Ctrl-C or SIGTERM
+stops it and prints the bytes received."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,7 +22,12 @@ class Sink(BaseHTTPRequestHandler):
         pass
 
 
+def _stop(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink)
     try:
         server.serve_forever()
