@@ -176,7 +176,8 @@ def _name_route() -> None:
         method = span.attributes.get("http.request.method", request.method)
         span.update_name(f"{method} {rule.rule}")
         span.set_attribute("http.route", rule.rule)
-    span.set_attribute("linksvc.request_id", g.get("request_id") or "")
+    # A caller may choose its X-Request-Id: redacted as in the log lines.
+    span.set_attribute("linksvc.request_id", logs.redact(g.get("request_id") or ""))
     ctx = span.get_span_context()
     if ctx.trace_flags.sampled:
         g.trace_id = f"{ctx.trace_id:032x}"

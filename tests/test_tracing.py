@@ -151,10 +151,12 @@ def test_journey_is_traced_without_secrets(traced: tuple[Stack, OtlpReceiver]) -
     assert ex.status_code == 200, ex.text
     # Redeem a second link over the API; and a failure page (used link) for its reference.
     other = stack.mint(subject="user-43")
+    # A caller that sends its API key as the request id (which a span records) leaks nothing.
+    assert len(stack.api_key) <= 64
     red = requests.post(
         f"{stack.url}/api/v1/links/redeem",
         json={"token": other["token"], "purpose": "magic_link"},
-        headers=stack.headers,
+        headers={**stack.headers, "X-Request-Id": stack.api_key},
         timeout=10,
     )
     assert red.status_code == 200, red.text
