@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 from werkzeug.sansio.utils import host_is_trusted
 
 from . import config as config_mod
-from . import db, errors, logs
+from . import db, errors, logs, tracing
 from .http import problem, security_headers
 from .keys import KeyRing
 from .service import LinkService
@@ -112,6 +112,8 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     ):
         module.init_app(app)
     cli.init_app(app)
+    # Last: it wraps the mail transport and storage made above (nothing at all when off).
+    tracing.init_app(app)
 
     hosts = settings.trusted_hosts
 
@@ -177,6 +179,9 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         if isinstance(exc, HTTPException):
             return problem(exc.code or 500, "http_error", exc.description or "")
         # Never a stack trace to the client; the log has the type, not the request body.
+        traced = app.extensions.get("linksvc.trace_error")
+        if traced is not None:
+            traced(exc)
         log.error(
             "unhandled error",
             extra={"error": type(exc).__name__, "path_kind": request.path.split("/")[1]},

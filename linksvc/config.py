@@ -63,7 +63,7 @@ SETTINGS: tuple[str, ...] = (
     "MAIL_OUTBOX", "MAIL_FROM", "RATELIMIT_STORAGE_URL", "PAGE_RATE_LIMIT", "RECIPIENT_LIMIT",
     "LOG_LEVEL", "METRICS_TOKEN", "WEBHOOK_ALLOW_PRIVATE", "WEBHOOK_TIMEOUT",
     "WEBHOOK_DEADLINE", "WEBHOOK_ENDPOINT_CONCURRENCY", "BIND", "WORKERS", "THREADS",
-    "SERVER",
+    "SERVER", "TRACEPARENT",
 )  # fmt: skip
 #: The settings that are (or may carry) secrets: each may also be given as ``<NAME>_FILE``.
 #: URLs are here because they carry passwords (database, SMTP, Redis).
@@ -146,6 +146,9 @@ HELP: dict[str, str] = {
     "WEBHOOK_ENDPOINT_CONCURRENCY": "deliveries one webhook endpoint may hold at once, across "
     "every relay",
     "BIND": "gunicorn.conf.py: the address gunicorn listens on",
+    "TRACEPARENT": "what an incoming `traceparent` does when tracing is on (`OTEL_*`, "
+    "docs/tracing.md): `link` (a trace of linksvc's own, linked to the caller's), `continue` "
+    "(behind a proxy that sets or strips the header) or `ignore`",
     "SERVER": "serve.py: the HTTP server, `gunicorn` or `granian` (a tested option; "
     'bench/README.md, "Two servers")',
     "WORKERS": 'gunicorn.conf.py: worker processes (sync workers: bench/README.md, "Serving '

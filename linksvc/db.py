@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +249,8 @@ webhook_outbox = sa.Table(
     sa.Column("delivered_at", sa.BigInteger(), nullable=True),
     sa.Column("last_status", sa.Integer(), nullable=True),
     sa.Column("last_error", sa.String(200), nullable=True),
+    # The W3C traceparent of the request that queued the event, with tracing on (migration 0011).
+    sa.Column("traceparent", sa.String(55), nullable=True),
     sa.UniqueConstraint("msg_id", "endpoint_id", name="uq_webhook_outbox_msg_endpoint"),
     sa.Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
     sa.Index("ix_webhook_outbox_link", "endpoint_id", "jti", "id"),
@@ -617,6 +619,8 @@ class HotConnections:
         slot.lost = False
         if self.postgres:
             slot.conn.autocommit = True
+        if CONNECTION_HOOK is not None:
+            slot.conn = CONNECTION_HOOK(engine, slot.conn)
 
     def _broken(self, engine: Engine, slot: _Slot, exc: BaseException) -> bool:
         """Whether a connection whose statement raised ``exc`` must not be used again."""
@@ -640,6 +644,10 @@ class HotConnections:
 
 
 _PG_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+#: Wraps each new hot connection, once, when it is made: set by linksvc.tracing (spans for
+#: the statements that bypass SQLAlchemy); None, and never called, with tracing off.
+CONNECTION_HOOK: Callable[[Engine, Any], Any] | None = None
 _INHERITED: list[_Slot] = []
 
 
@@ -703,9 +711,10 @@ def fetch(engine: Engine, conn: Any, stmt: Statement, params: Mapping[str, Any])
     return rows
 
 
-def _in_transaction(conn: Any) -> bool:
-    if isinstance(conn, sqlite3.Connection):
-        return conn.in_transaction
+def _in_transaction(engine: Engine, conn: Any) -> bool:
+    # By the dialect, not the connection's type: with tracing on it is a proxy (tracing.py).
+    if engine.dialect.name == "sqlite":
+        return bool(conn.in_transaction)
     return bool(conn.info.transaction_status != _PG_IDLE)
 
 
@@ -721,7 +730,7 @@ def driver_transaction(engine: Engine) -> Iterator[Any]:
             yield conn
             conn.execute("COMMIT")
         except BaseException:
-            if _in_transaction(conn):
+            if _in_transaction(engine, conn):
                 conn.execute("ROLLBACK")
             raise
 

@@ -260,7 +260,11 @@ def render_failure(
 
 def support_ref() -> str:
     """The short support reference of this request: the start of its request id (which every
-    log line of the request carries), short enough to read out over the phone."""
+    log line of the request carries), short enough to read out over the phone. With tracing
+    on (linksvc.tracing), its trace id: what every log line and span of the request carries."""
+    trace_id = g.get("trace_id")
+    if trace_id:
+        return str(trace_id)
     rid = str(g.get("request_id") or "")
     return rid[:SUPPORT_REF_LENGTH] or "-"
 

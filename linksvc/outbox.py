@@ -122,6 +122,7 @@ EMIT = sa.insert(_o).from_select(
         "state",
         "attempts",
         "next_attempt_at",
+        "traceparent",
     ],
     sa.select(
         sa.bindparam("w_msg", type_=sa.String()),
@@ -134,6 +135,7 @@ EMIT = sa.insert(_o).from_select(
         sa.literal(PENDING, type_=sa.String()),
         sa.literal(0, type_=sa.Integer()),
         sa.bindparam("w_now2", type_=sa.BigInteger()),
+        sa.bindparam("w_trace", type_=sa.String()),
     ).where(
         _e.c.client_id == sa.bindparam("w_client", type_=sa.String()),
         _e.c.disabled == sa.false(),
@@ -163,6 +165,7 @@ def insert_from(source: Any) -> sa.Insert:
             "state",
             "attempts",
             "next_attempt_at",
+            "traceparent",
         ],
         sa.select(
             sa.bindparam("w_msg", type_=sa.String()),
@@ -175,6 +178,7 @@ def insert_from(source: Any) -> sa.Insert:
             sa.literal(PENDING, type_=sa.String()),
             sa.literal(0, type_=sa.Integer()),
             sa.bindparam("w_now2", type_=sa.BigInteger()),
+            sa.bindparam("w_trace", type_=sa.String()),
         )
         .select_from(source.join(_e, _e.c.client_id == source.c.client_id))
         .where(
@@ -216,7 +220,17 @@ def bind_params(
         "w_now2": now,
         "w_client": client_id,
         "w_like": _like(event_type),
+        "w_trace": traceparent(),
     }
+
+
+def _no_trace() -> str | None:
+    return None
+
+
+#: The W3C ``traceparent`` of the current request, written with its events so that the
+#: relay's delivery continues its trace; linksvc.tracing replaces it when tracing is on.
+traceparent: Callable[[], str | None] = _no_trace
 
 
 def _like(event_type: str) -> str:
@@ -362,6 +376,7 @@ class Claimed:
     secret_enc: bytes
     old_secret_enc: bytes | None
     old_secret_until: int | None
+    traceparent: str | None = None  # of the request that queued it (tracing on)
 
 
 def _due(now: int, per_endpoint: int | None = None, scan: int = 500) -> sa.Select[Any]:
@@ -460,6 +475,7 @@ def claim(
                 _e.c.secret_enc,
                 _e.c.old_secret_enc,
                 _e.c.old_secret_until,
+                _o.c.traceparent,
             )
             .select_from(_o.join(_e, _e.c.id == _o.c.endpoint_id))
             .where(_o.c.id.in_(ids))

@@ -46,6 +46,12 @@ LEASE_MARGIN = 10
 CLAIM_SLOW = 0.1
 STATISTICS_EVERY = 60.0
 
+#: Set by linksvc.tracing when tracing is on (None, and never called, otherwise):
+#: ``attempt(claimed)`` is a context manager spanning one delivery attempt, continuing the
+#: trace of the request that queued the event; ``inject(headers)`` adds its ``traceparent``
+#: to the outgoing request; ``answer(status, error)`` records what the endpoint said.
+TRACING: Any = None
+
 
 class Relay:
     def __init__(
@@ -130,7 +136,11 @@ class Relay:
 
     def _run(self, c: outbox.Claimed) -> None:
         try:
-            self._deliver(c)
+            if TRACING is None:
+                self._deliver(c)
+            else:
+                with TRACING.attempt(c):
+                    self._deliver(c)
         except errors.ServiceUnavailable:
             log.warning("webhook relay: database unavailable", extra={"msg_id": c.msg_id})
         except Exception as exc:
@@ -159,6 +169,8 @@ class Relay:
         body = c.payload.encode()
         # webhook-timestamp is the time of this attempt: receivers refuse old timestamps.
         headers = webhook_signature.headers(secret_list, c.msg_id, now, body)
+        if TRACING is not None:
+            TRACING.inject(headers)
         deadline = min(self.deadline, c.lease_until - self.margin - self.clock())
         if deadline <= 0:
             return None  # no time left under this lease: the next claim sends it
@@ -171,6 +183,8 @@ class Relay:
             deadline=deadline,
             resolver=self.resolver,
         )
+        if TRACING is not None:
+            TRACING.answer(answer.status, answer.error)
         try:
             outcome = outbox.finish(
                 self.engine,

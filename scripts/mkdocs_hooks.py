@@ -90,6 +90,7 @@ _DEFAULTS_IN_WORDS = {
     "SECRET_KEY": "development: `instance/secret.key`",
     "WORKERS": "2 × cores + 1 (PostgreSQL), cores + 1 (SQLite)",
     "SERVER": "`gunicorn`",
+    "TRACEPARENT": "`link`",
 }
 
 

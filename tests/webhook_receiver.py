@@ -29,6 +29,8 @@ class Received:
     host: str
     #: For each secret the receiver knows: did the delivery verify with it?
     verified: dict[str, bool]
+    #: The W3C trace context the delivery carried (linksvc's tracing on), if any.
+    traceparent: str | None = None
 
     @property
     def type(self) -> str:
@@ -84,6 +86,7 @@ class Receiver:
                     raw=raw,
                     host=headers.get("Host", ""),
                     verified=verified,
+                    traceparent=self.headers.get("traceparent"),
                 )
                 with receiver.arrived:
                     receiver.received.append(r)
