@@ -105,7 +105,7 @@ def deployment(penv, image, tmp_path):
 
     yield one_off, serve
     for name in names:
-        podman(penv, "rm", "-f", "-t", "0", name, check=False)
+        podman(penv, "rm", "-f", "-v", "-t", "0", name, check=False)  # and its volume
 
 
 def _mint_and_redeem(url: str, key: str) -> None:
