@@ -4,7 +4,7 @@ On this machine there is no image registry: the base the Containerfile starts FR
 from Debian's packages (mmdebstrap --variant=minbase bookworm, then podman import) and kept
 in podman's store between runs, so only the first run pays for it; podman's layer cache keeps
 the dependency stage while requirements.txt is unchanged. How podman runs here (runc, explicit
-ulimits, host networking) is this module's own containers.conf, not the image's.
+ulimits, host networking) is tests/image_support.py's own containers.conf, not the image's.
 """
 
 from __future__ import annotations
@@ -21,117 +21,27 @@ from pathlib import Path
 import pytest
 import requests
 
+from .image_support import (
+    Container,
+    assert_kill_outcome,
+    create_client,
+    image,
+    mint_many,
+    penv,
+    podman,
+    prometheus_sees_both,
+    redeem_twice_killing,
+    start_process,
+    wait_for,
+)
 from .support import ROOT, free_port, missing, pg_database, secret_b64
+
+__all__ = ["image", "penv"]  # fixtures shared with tests/test_compose.py
 
 pytestmark = pytest.mark.slow
 
-BASE = "docker.io/library/debian:bookworm-slim"
-IMAGE = "localhost/linksvc:test"
 UID = 10001
-# Podman as this sandbox allows it; an operator's podman or docker needs none of it.
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=1000:1000"]
-netns = "host"
-[engine]
-runtime = "runc"
-"""
 GRACE = 30  # podman stop -t; gunicorn's graceful_timeout is 20 s
-
-
-def _podman_env(conf: Path) -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(conf)}
-
-
-def podman(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120):
-    return subprocess.run(
-        ["podman", *args], env=env, text=True, capture_output=True, check=check, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def penv(tmp_path_factory) -> dict[str, str]:
-    for tool in ("podman", "runc", "mmdebstrap"):
-        if shutil.which(tool) is None:
-            missing(tool, f"apt-get install {tool}")
-    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
-    env = _podman_env(conf)
-    probe = podman(env, "info", check=False)
-    if probe.returncode != 0:
-        missing("podman", probe.stderr.strip().splitlines()[-1] if probe.stderr else "no info")
-    return env
-
-
-def ensure_base(env: dict[str, str], work: Path) -> None:
-    """The FROM image, from Debian's packages, once per machine (podman's store keeps it)."""
-    if podman(env, "image", "exists", BASE, check=False).returncode == 0:
-        return
-    tar = work / "bookworm.tar"
-    # The documentation, man pages and translations of the base's packages stay out.
-    excludes = [
-        f"--dpkgopt=path-exclude={p}"
-        for p in (
-            "/usr/share/doc/*",
-            "/usr/share/man/*",
-            "/usr/share/locale/*",
-            "/usr/share/info/*",
-        )
-    ]
-    run = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", *excludes, "bookworm", str(tar)],
-        text=True,
-        capture_output=True,
-        timeout=900,
-    )
-    if run.returncode != 0:
-        missing("a bookworm base image", f"mmdebstrap failed: {run.stderr.strip()[-300:]}")
-    podman(env, "import", "--change", 'CMD ["bash"]', str(tar), BASE, timeout=300)
-    tar.unlink()
-
-
-@pytest.fixture(scope="module")
-def image(penv, tmp_path_factory) -> str:
-    ensure_base(penv, tmp_path_factory.mktemp("base"))
-    build = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "image",
-            f"IMAGE={IMAGE}",
-            "IMAGE_BUILD_OPTS=--pull=never --isolation chroot --network host",
-        ],
-        cwd=ROOT,
-        env=penv,
-        text=True,
-        capture_output=True,
-        timeout=1200,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    return IMAGE
-
-
-class Container:
-    def __init__(self, env: dict[str, str], name: str, port: int) -> None:
-        self.env, self.name, self.url = env, name, f"http://127.0.0.1:{port}"
-
-    def logs(self) -> str:
-        out = podman(self.env, "logs", self.name, check=False)
-        return out.stdout + out.stderr
-
-    def wait_ready(self, path: str = "/healthz", timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + path, timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:  # not listening yet, or workers still booting
-                pass
-            state = podman(self.env, "inspect", "-f", "{{.State.Running}}", self.name, check=False)
-            if state.stdout.strip() == "false":
-                break
-            time.sleep(0.3)
-        pytest.fail(f"container {self.name} not ready:\n{self.logs()[-3000:]}")
 
 
 def run_args(settings: dict[str, str], volume: Path | None, secrets_dir: Path) -> list[str]:
@@ -195,26 +105,7 @@ def deployment(penv, image, tmp_path):
 
     yield one_off, serve
     for name in names:
-        podman(penv, "rm", "-f", "-t", "0", name, check=False)
-
-
-def _client(one_off, database_url: str, volume: Path | None) -> dict:
-    out = one_off(
-        database_url,
-        volume,
-        "flask",
-        "clients",
-        "create",
-        "acme",
-        "--redirect-uri",
-        "https://app.example/cb",
-        "--mint-limit",
-        "100000 per minute",
-        "--subject-limit",
-        "100000 per minute",
-        "--json",
-    )
-    return json.loads(out.strip().splitlines()[-1])
+        podman(penv, "rm", "-f", "-v", "-t", "0", name, check=False)  # and its volume
 
 
 def _mint_and_redeem(url: str, key: str) -> None:
@@ -263,7 +154,7 @@ def test_sqlite_read_only_non_root(deployment, tmp_path, penv):
     os.chown(volume, UID, UID)
     url = "sqlite:////var/lib/linksvc/linksvc.db"
     one_off(url, volume, "migrate")
-    client = _client(one_off, url, volume)
+    client = create_client(one_off, url, volume)
     node = serve(url, volume)
     node.wait_ready("/readyz")
     _mint_and_redeem(node.url, client["api_key"])
@@ -309,7 +200,7 @@ def test_postgresql_only_migrate_changes_the_schema(deployment, pg_url):
 def test_postgresql_serves_read_only_and_stops_gracefully(deployment, pg_url, penv):
     one_off, serve = deployment
     one_off(pg_url, None, "migrate")
-    client = _client(one_off, pg_url, None)
+    client = create_client(one_off, pg_url, None)
     node = serve(pg_url, None)  # no volume at all: nothing is written inside the container
     node.wait_ready("/readyz")
     _mint_and_redeem(node.url, client["api_key"])
@@ -378,11 +269,6 @@ def test_postgresql_serves_read_only_and_stops_gracefully(deployment, pg_url, pe
 # configuration's node addresses are rewritten to their loopback ports, nothing else).
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture
 def balanced(deployment, pg_url, tmp_path, penv):
     from .support import REDIS_URL
@@ -392,7 +278,7 @@ def balanced(deployment, pg_url, tmp_path, penv):
             missing(tool, f"apt-get install {tool}")
     one_off, serve = deployment
     one_off(pg_url, None, "migrate")
-    client = _client(one_off, pg_url, None)
+    client = create_client(one_off, pg_url, None)
     lb_port, prom_port = free_port(), free_port()
     lb = f"http://127.0.0.1:{lb_port}"
     extra = {
@@ -413,10 +299,10 @@ def balanced(deployment, pg_url, tmp_path, penv):
     prom = prom.replace("scrape_interval: 5s", "scrape_interval: 1s")
     (tmp_path / "prometheus.yml").write_text(prom)
     procs = [
-        _start(
+        start_process(
             ["haproxy", "-W", "-db", "-f", str(tmp_path / "haproxy.cfg")], tmp_path / "haproxy.log"
         ),
-        _start(
+        start_process(
             [
                 "prometheus",
                 f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -438,109 +324,19 @@ def balanced(deployment, pg_url, tmp_path, penv):
                 proc.wait()
 
 
-def _wait(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_balancer_node_killed_under_redemption_load(balanced, pg_url, penv):
     lb, prom, nodes, client, _logs = balanced
     headers = {"Authorization": f"Bearer {client['api_key']}"}
-    _wait(lambda: requests.get(lb + "/readyz", timeout=5).status_code == 200, "HAProxy")
+    wait_for(lambda: requests.get(lb + "/readyz", timeout=5).status_code == 200, "HAProxy")
 
     # Prometheus scrapes both nodes (each directly, as the shipped configuration says).
-    def both_up() -> bool:
-        r = requests.get(prom + "/api/v1/query", params={"query": "up"}, timeout=5).json()
-        return sorted(x["value"][1] for x in r["data"]["result"]) == ["1", "1"]
-
-    _wait(both_up, "Prometheus to scrape both nodes")
+    wait_for(lambda: prometheus_sees_both(prom), "Prometheus to scrape both nodes")
 
     # Links minted through HAProxy (a client's own X-Forwarded-For is kept before HAProxy's
     # entry, which is the one the nodes trust with LINKSVC_TRUSTED_PROXIES=1).
-    minted = []
-    for i in range(240):
-        r = requests.post(
-            f"{lb}/api/v1/links",
-            json={"purpose": "magic_link", "subject": f"s{i % 20}",
-                  "redirect_uri": "https://app.example/cb"},
-            headers={**headers, "X-Forwarded-For": "203.0.113.7"},
-            timeout=30,
-        )  # fmt: skip
-        assert r.status_code == 201, r.text
-        minted.append(r.json())
-
+    minted = mint_many(lb, {**headers, "X-Forwarded-For": "203.0.113.7"}, 240)
     # Each link is redeemed twice, by different threads; node1 is killed a third of the way.
-    attempts = [m["token"] for m in minted] * 2
-    import random
-
-    random.Random(7).shuffle(attempts)
-    results: list[tuple[str, int, float]] = []
-    lock = threading.Lock()
-    queue = iter(attempts)
-    killed_at: list[float] = []
-
-    def worker() -> None:
-        with requests.Session() as s:
-            while True:
-                with lock:
-                    token = next(queue, None)
-                    done = len(results)
-                if token is None:
-                    return
-                if done == len(attempts) // 3 and not killed_at:
-                    killed_at.append(time.monotonic())
-                    podman(penv, "kill", "--signal", "KILL", nodes[0].name)
-                try:
-                    r = s.post(
-                        f"{lb}/api/v1/links/redeem",
-                        json={"token": token, "purpose": "magic_link"},
-                        headers=headers,
-                        timeout=30,
-                    )
-                    status = r.status_code
-                except requests.RequestException:  # closed unanswered, or cut mid-answer
-                    status = 0
-                with lock:
-                    results.append((token, status, time.monotonic()))
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert killed_at, "node1 was never killed"
-    by_token: dict[str, list[int]] = {}
-    for token, status, _ in results:
-        by_token.setdefault(token, []).append(status)
-    assert len(results) == len(attempts)
-    twice = [t for t, codes in by_token.items() if codes.count(200) > 1]
-    assert not twice, f"{len(twice)} links answered 200 twice"
-    errors = [(status, at - killed_at[0]) for _, status, at in results if status not in (200, 409)]
-    # Errors only while HAProxy notices: the redemptions node1 held when it died (POST is
-    # never resent), answered 502 or, on a kept-alive connection, closed unanswered the way
-    # the node closed it (0 here) within a moment of the kill; none afterwards.
-    print(f"errors after the kill (status, seconds after): {len(errors)} {errors}")
-    assert all(status in (0, 502, 503, 504) for status, _ in errors), errors
-    # At most one per client thread (what was in flight at the kill), all at once: a request
-    # that found node1 gone went to node2 (retry on conn-failure, redispatch) instead of
-    # failing until the health check took node1 out (without them: 503s two seconds later).
-    assert len(errors) <= len(threads) and all(0 <= after < 1.5 for _, after in errors), errors
-    import psycopg
-
-    jtis = {m["token"]: m["jti"] for m in minted}
-    won = {jtis[t] for t, codes in by_token.items() if 200 in codes}
-    with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
-        consumed = {
-            r[0] for r in conn.execute("SELECT jti FROM links WHERE state = 'consumed'").fetchall()
-        }
-    assert won <= consumed  # every 200 is durable
-    # A link whose redemption died with node1 was consumed or not; either way it is never
-    # redeemed again: asked once more, none answers 200 if it had one already.
-    assert len(won) >= len(minted) - len(errors)
+    out = redeem_twice_killing(
+        lb, headers, minted, lambda: podman(penv, "kill", "--signal", "KILL", nodes[0].name)
+    )
+    assert_kill_outcome(out, minted, pg_url)
