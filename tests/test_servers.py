@@ -276,14 +276,15 @@ def test_many_idle_keep_alive_connections_do_not_starve_the_others(
 
 
 _GUNICORN_STOP = pytest.mark.xfail(
-    strict=True,
+    strict=False,  # a race: a stop with an empty backlog answers everything
     reason="gunicorn resets the connections still in its listen backlog when it stops (and "
     "HAProxy passes a POST's reset on): take a node out of the load balancer first",
 )
 
 
 # Measured: in about 1 stop in 3, one request that a keep-alive client sent on its idle
-# connection just as granian closed it gets no answer (RemoteDisconnected); never behind HAProxy.
+# connection just as granian closed it gets no answer (RemoteDisconnected); behind HAProxy
+# once in the runs here, on a loaded machine (HAProxy passes the close on).
 _GRANIAN_STOP = pytest.mark.xfail(
     strict=False,
     reason="granian may close an idle keep-alive connection as a request arrives on it",
@@ -294,8 +295,7 @@ _GRANIAN_STOP = pytest.mark.xfail(
     ("server_name", "proxied"),
     [
         pytest.param(server, proxied, id=f"{server}-{'proxied' if proxied else 'direct'}",
-                     marks=[_GUNICORN_STOP] if server == "gunicorn"
-                     else [_GRANIAN_STOP] if not proxied else [])
+                     marks=[_GUNICORN_STOP] if server == "gunicorn" else [_GRANIAN_STOP])
         for server in SERVERS
         for proxied in (False, True)
     ],
