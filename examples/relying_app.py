@@ -180,7 +180,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     # form-action against the redirect that follows a form post: name linksvc's origin too.
     parts = urlsplit(linksvc_url)
     csp = (
-        "default-src 'none'; style-src 'self'; "
+        "default-src 'none'; style-src 'self'; img-src 'self'; "
         f"form-action 'self' {parts.scheme}://{parts.netloc}; frame-ancestors 'none'"
     )
 
