@@ -413,7 +413,22 @@ def test_database_outage_answers_503_and_recovers_without_restart(
 # -- 3. SIGKILL a worker under load --------------------------------------------------------
 
 
-@pytest.mark.parametrize("server_name", SERVERS)
+@pytest.mark.parametrize(
+    "server_name",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="granian resets the connections in a killed worker's own accept queue "
+                "(net.ipv4.tcp_migrate_req=0 here; docs/deploy.md): a client mid-request sees a reset",
+            )
+            if name == "granian"
+            else [],
+        )
+        for name in SERVERS
+    ],
+)
 def test_sigkill_workers_during_redemptions(tmp_path: Path, pg_env, server_name: str) -> None:
     env, headers = pg_env
     server = start_server(env, server=server_name, workers=3, log_path=tmp_path / "server.log")
