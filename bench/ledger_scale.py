@@ -53,8 +53,9 @@ import psycopg  # noqa: E402
 
 from bench import run as bench_run  # noqa: E402  (machine description)
 from linksvc import db, ledger, migrate, partitions, tokens  # noqa: E402
-from tests import ledger_fill  # noqa: E402
-from tests.support import base_env, free_port, prepare_instance  # noqa: E402
+from tests.support import ledger_fill  # noqa: E402
+from tests.support.env import base_env, free_port  # noqa: E402
+from tests.support.servers import prepare_instance  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DAY = partitions.DAY

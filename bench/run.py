@@ -43,14 +43,9 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(ROOT))
 
-from tests.support import (  # noqa: E402
-    PG_ADMIN_URL,
-    base_env,
-    flask_cli,
-    fresh_pg_database,
-    pg_available,
-    start_gunicorn,
-)
+from tests.support.databases import PG_ADMIN_URL, fresh_pg_database, pg_available  # noqa: E402
+from tests.support.env import base_env, flask_cli  # noqa: E402
+from tests.support.servers import start_gunicorn  # noqa: E402
 
 CONNECTIONS = 8
 THREADS = 2

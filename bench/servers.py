@@ -39,7 +39,7 @@ from bench.run import (  # noqa: E402
     worker_pids,
     wrk,
 )
-from tests.support import SERVERS, start_server  # noqa: E402
+from tests.support.servers import SERVERS, start_server  # noqa: E402
 
 TARGETS = ("linksvc", "naive", "lean")
 #: granian settings tried for linksvc by --sweep: (workers, blocking threads, backpressure).

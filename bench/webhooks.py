@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from tests.support import base_env, fresh_pg_database, pg_available  # noqa: E402
+from tests.support.databases import fresh_pg_database, pg_available  # noqa: E402
+from tests.support.env import base_env  # noqa: E402
 
 
 @contextlib.contextmanager
