@@ -38,14 +38,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.databases import PG_ADMIN_URL, fresh_pg_database, pg_available
+from tests.support.env import base_env, flask_cli
+from tests.support.servers import start_gunicorn
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-sys.path.insert(0, str(ROOT))
 
-from tests.support.databases import PG_ADMIN_URL, fresh_pg_database, pg_available  # noqa: E402
-from tests.support.env import base_env, flask_cli  # noqa: E402
-from tests.support.servers import start_gunicorn  # noqa: E402
 
 CONNECTIONS = 8
 THREADS = 2
