@@ -46,7 +46,7 @@ from typing import Any
 
 import psycopg
 
-from bench import run as bench_run
+from bench.measure import machine
 from linksvc import db, ledger, migrate, partitions, tokens
 from tests.support import ledger_fill
 from tests.support.env import base_env, free_port
@@ -384,7 +384,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="linksvc-scale-"))
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": bench_run.machine(),
+        "machine": machine(),
         "config": {
             "links": args.links,
             "rounds": args.rounds,

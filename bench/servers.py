@@ -23,19 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.run import (
-    RESULTS,
-    SCENARIOS,
-    Baseline,
-    Instance,
-    ensure_wrk,
-    machine,
-    pg_bench_database,
-    rss_mb,
-    verify_token,
-    worker_pids,
-    wrk,
-)
+from bench.harness import RESULTS, Baseline, Instance, pg_bench_database, verify_token
+from bench.measure import SCENARIOS, ensure_wrk, machine, rss_mb, worker_pids, wrk
 from tests.support.servers import SERVERS, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
