@@ -393,11 +393,12 @@ def sample(scenario: str, n: int) -> str:
     with tempfile.TemporaryDirectory(prefix="linksvc-spy-") as tmp:
         raw = Path(tmp) / "stacks.txt"
         spy = Path(sys.executable).with_name("py-spy")
-        child = [sys.executable, __file__, "--loop", scenario, "--n", str(n)]
+        child = [sys.executable, "-m", "bench.inproc", "--loop", scenario, "--n", str(n)]
         subprocess.run(
             [str(spy), "record", "-r", "400", "-f", "raw", "-o", str(raw), "--", *child],
             check=True,
             capture_output=True,
+            cwd=Path(__file__).resolve().parent.parent,  # the repository's root: bench.inproc
         )
         # The timed requests only: the set-up (tokens minted for a redemption) is left out.
         return tree([raw], "Flask.wsgi_app", depth=7, floor=1.0, within="loop.<locals>.timed")
