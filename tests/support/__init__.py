@@ -10,9 +10,9 @@ The ground:
 Servers and networks:
     ``servers``       linksvc (or any WSGI app) under gunicorn or granian; an instance prepared
                       through the real CLI; concurrent requests at a live server
-    ``clock_wsgi``    ``app:app`` with a clock a test moves (served as ``tests.support.clock_wsgi:app``)
-    ``rotation_wsgi`` ``app:app`` naming the worker that answered (``tests.support.rotation_wsgi:app``)
-    ``live``          a live linksvc for the Python client's tests, and the user's browser in requests
+    ``clock_wsgi``    ``app:app`` with a clock a test moves (``tests.support.clock_wsgi:app``)
+    ``rotation_wsgi`` ``app:app`` naming the worker that answered each request
+    ``live``          a live linksvc for the Python client's tests; the user's browser in requests
     ``proxy``         a TCP proxy that cuts answers and refuses connections on cue
     ``webhook_receiver`` a real receiver that verifies each delivery with ``standardwebhooks``
     ``browsers``      Debian's Chromium and the flags Playwright launches it with
