@@ -157,9 +157,9 @@ test: venv-test init-db system-deps $(S3RVER)
 # `make bench BENCH_ARGS=--quick` checks the bench itself in about two minutes.
 bench: venv-test
 	$(BIN)/pip install --disable-pip-version-check -q -r bench/requirements.txt
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
-	$(BIN)/python bench/servers.py $(BENCH_ARGS)   # gunicorn and granian side by side (issue 27)
-	$(BIN)/python bench/webhooks.py   # what an outbox row costs on mint and redeem (in-process)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.servers $(BENCH_ARGS)   # gunicorn and granian side by side (issue 27)
+	$(BIN)/python -m bench.webhooks   # what an outbox row costs on mint and redeem (in-process)
 
 clean:
 	rm -rf $(VENV) .pytest_cache site

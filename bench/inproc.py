@@ -8,7 +8,7 @@ alternate with hello-world's, and the cell's ratio is the median of the blocks' 
 their neighbours; rounds are interleaved (every target and scenario runs once per round,
 the order rotated), and the median over the rounds is reported.
 
-    .venv/bin/python bench/inproc.py [--n 1000] [--rounds 5] [--profile redeem]
+    .venv/bin/python -m bench.inproc [--n 1000] [--rounds 5] [--profile redeem]
 
 ``--sample SCENARIO`` runs py-spy over ``--n`` requests of linksvc's SCENARIO and prints the
 call tree of a request (what bench/README.md quotes); ``--profile SCENARIO`` does the same
@@ -27,9 +27,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SCENARIOS = ("mint", "verify", "redeem", "exchange")
 REDIRECT = "http://127.0.0.1:5001/callback"
@@ -396,11 +393,12 @@ def sample(scenario: str, n: int) -> str:
     with tempfile.TemporaryDirectory(prefix="linksvc-spy-") as tmp:
         raw = Path(tmp) / "stacks.txt"
         spy = Path(sys.executable).with_name("py-spy")
-        child = [sys.executable, __file__, "--loop", scenario, "--n", str(n)]
+        child = [sys.executable, "-m", "bench.inproc", "--loop", scenario, "--n", str(n)]
         subprocess.run(
             [str(spy), "record", "-r", "400", "-f", "raw", "-o", str(raw), "--", *child],
             check=True,
             capture_output=True,
+            cwd=Path(__file__).resolve().parent.parent,  # the repository's root: bench.inproc
         )
         # The timed requests only: the set-up (tokens minted for a redemption) is left out.
         return tree([raw], "Flask.wsgi_app", depth=7, floor=1.0, within="loop.<locals>.timed")

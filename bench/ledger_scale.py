@@ -1,8 +1,8 @@
 """The ledger at size: mint and redeem on an empty ledger and on one of 10 million links, and
 the time to purge one day (bench/README.md, "Ledger at size").
 
-    .venv/bin/python bench/ledger_scale.py                  # 10 M links, ~20 minutes
-    .venv/bin/python bench/ledger_scale.py --links 200000   # a quick check of the script
+    .venv/bin/python -m bench.ledger_scale                  # 10 M links, ~20 minutes
+    .venv/bin/python -m bench.ledger_scale --links 200000   # a quick check of the script
 
 One run:
 
@@ -37,7 +37,6 @@ import pwd
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,16 +44,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from bench.measure import machine
+from linksvc import db, ledger, migrate, partitions, tokens
+from tests.support import ledger_fill
+from tests.support.env import base_env, free_port
+from tests.support.servers import prepare_instance
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-
-from bench import run as bench_run  # noqa: E402  (machine description)
-from linksvc import db, ledger, migrate, partitions, tokens  # noqa: E402
-from tests import ledger_fill  # noqa: E402
-from tests.support import base_env, free_port, prepare_instance  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DAY = partitions.DAY
@@ -384,7 +384,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="linksvc-scale-"))
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": bench_run.machine(),
+        "machine": machine(),
         "config": {
             "links": args.links,
             "rounds": args.rounds,

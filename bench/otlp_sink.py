@@ -1,5 +1,5 @@
 """A do-nothing OTLP/HTTP receiver for measuring tracing's cost: answers every export 200 and
-counts the bytes. ``python bench/otlp_sink.py PORT`` (loopback only); Ctrl-C or SIGTERM
+counts the bytes. ``python -m bench.otlp_sink PORT`` (loopback only); Ctrl-C or SIGTERM
 stops it and prints the bytes received."""
 
 from __future__ import annotations

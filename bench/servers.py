@@ -3,9 +3,9 @@ baselines, each under gunicorn (gunicorn.conf.py) and under granian (serve.py), 
 SQLite and on PostgreSQL; wrk, 2 threads, 8 connections. Every ratio is against numbers of
 the same run, so every one has the same ceiling.
 
-    .venv/bin/python bench/servers.py            # what `make bench` runs after bench/run.py
-    .venv/bin/python bench/servers.py --quick    # 1 round of 3 s: to check the bench itself
-    .venv/bin/python bench/servers.py --sweep    # linksvc under granian settings side by side
+    .venv/bin/python -m bench.servers            # what `make bench` runs after bench/run.py
+    .venv/bin/python -m bench.servers --quick    # 1 round of 3 s: to check the bench itself
+    .venv/bin/python -m bench.servers --sweep    # linksvc under granian settings side by side
 
 Writes bench/results/servers.json and servers.md (the table bench/README.md shows).
 """
@@ -23,23 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness import RESULTS, Baseline, Instance, pg_bench_database, verify_token
+from bench.measure import SCENARIOS, ensure_wrk, machine, rss_mb, worker_pids, wrk
+from tests.support.servers import SERVERS, start_server
 
-from bench.run import (  # noqa: E402
-    RESULTS,
-    SCENARIOS,
-    Baseline,
-    Instance,
-    ensure_wrk,
-    machine,
-    pg_bench_database,
-    rss_mb,
-    verify_token,
-    worker_pids,
-    wrk,
-)
-from tests.support import SERVERS, start_server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 TARGETS = ("linksvc", "naive", "lean")
 #: granian settings tried for linksvc by --sweep: (workers, blocking threads, backpressure).

@@ -7,7 +7,7 @@ one per link format. A page redemption is the press of the confirmation page's b
 alternate (the machine is shared: ratios of interleaved blocks, not rates, are what hold);
 ``time.process_time`` per block; the median over the blocks is printed.
 
-    .venv/bin/python bench/short_links.py [--blocks 40]
+    .venv/bin/python -m bench.short_links [--blocks 40]
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ import os
 import re
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 REDIRECT = "http://127.0.0.1:5001/callback"
 BLOCK = 20

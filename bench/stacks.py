@@ -3,7 +3,8 @@
 py-spy samples the interpreter from outside, so a Python-heavy part costs what it costs;
 a tracing profiler (pyinstrument, cProfile) adds its overhead to every call and makes the
 many small calls of a request look larger than the few native ones (a signature, a
-statement). ``bench/inproc.py --sample SCENARIO`` and ``bench/run.py --profile`` print these.
+statement). ``python -m bench.inproc --sample SCENARIO`` and ``python -m bench.run --profile``
+print these.
 """
 
 from __future__ import annotations

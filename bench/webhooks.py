@@ -8,7 +8,7 @@ both see the same machine; each round times ``--n`` mints then ``--n`` redemptio
 links. No relay runs: what is measured is the write path only. Prints a table and writes
 ``bench/results/webhooks.json`` and ``.md``.
 
-    .venv/bin/python bench/webhooks.py [--n 500] [--rounds 5] [--sqlite-only]
+    .venv/bin/python -m bench.webhooks [--n 500] [--rounds 5] [--sqlite-only]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.databases import fresh_pg_database, pg_available
+from tests.support.env import base_env
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT))
-
-from tests.support import base_env, fresh_pg_database, pg_available  # noqa: E402
 
 
 @contextlib.contextmanager

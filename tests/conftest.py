@@ -4,9 +4,7 @@ client with a registered application, and real servers where a test needs them."
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +12,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from linksvc import clients as clients_mod
-from linksvc import create_app, db, keys, migrate
-from linksvc.config import PURPOSES
-
-from .support import base_env, pg_database
-
-REDIRECT = "http://127.0.0.1:5001/callback"
+from linksvc import create_app, db, migrate
+from tests.support.apps import ApiUser, _prepare, make_api_user
+from tests.support.databases import pg_database
+from tests.support.env import base_env
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +36,6 @@ def env(tmp_path: Path, migrated_sqlite: Path) -> dict[str, str]:
     return base_env(instance)
 
 
-def _prepare(app: Flask) -> None:
-    svc = app.extensions["linksvc"]
-    with db.write(svc.engine) as conn:
-        keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, int(time.time()))
-
-
 @pytest.fixture
 def app(env: dict[str, str]) -> Iterator[Flask]:
     app = create_app(env)
@@ -63,61 +52,6 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> Any:
     return app.test_cli_runner()
-
-
-@dataclass
-class ApiUser:
-    """A registered client application talking to the API through the test client."""
-
-    http: FlaskClient
-    client: clients_mod.Client
-    api_key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def mint(self, purpose: str = "magic_link", subject: str = "user-42", **fields: Any) -> Any:
-        return self.http.post(
-            "/api/v1/links",
-            json={"purpose": purpose, "subject": subject, **fields},
-            headers=self.headers,
-        )
-
-    def minted(
-        self, purpose: str = "magic_link", subject: str = "user-42", **fields: Any
-    ) -> dict[str, Any]:
-        resp = self.mint(purpose, subject, **fields)
-        assert resp.status_code == 201, resp.get_json()
-        return resp.get_json()
-
-    def redeem(self, token: Any, purpose: str = "magic_link") -> Any:
-        return self.http.post(
-            "/api/v1/links/redeem", json={"token": token, "purpose": purpose}, headers=self.headers
-        )
-
-    def verify(self, token: Any, purpose: str = "magic_link") -> Any:
-        return self.http.post(
-            "/api/v1/links/verify", json={"token": token, "purpose": purpose}, headers=self.headers
-        )
-
-    def status(self, jti: str) -> Any:
-        return self.http.get(f"/api/v1/links/{jti}", headers=self.headers)
-
-
-def make_api_user(app: Flask, name: str = "acme", **kwargs: Any) -> ApiUser:
-    svc = app.extensions["linksvc"]
-    options: dict[str, Any] = {
-        "purposes": list(PURPOSES),
-        "redirect_uris": [REDIRECT],
-        "display_name": "Acme",
-        "mint_limit": "100000 per minute",
-        "subject_limit": "100000 per minute",
-    }
-    options.update(kwargs)
-    with db.write(svc.engine) as conn:
-        record, key = clients_mod.create(conn, name, now=int(time.time()), **options)
-    return ApiUser(app.test_client(), record, key)
 
 
 @pytest.fixture

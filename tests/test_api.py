@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .conftest import REDIRECT
+from tests.support.apps import REDIRECT
 
 
 def test_mint_redeem_replay_status(api):
@@ -112,7 +112,7 @@ def test_mint_rules(api):
 
 
 def test_purpose_not_allowed(app):
-    from .conftest import make_api_user
+    from tests.support.apps import make_api_user
 
     limited = make_api_user(app, "limited", purposes=["magic_link"])
     resp = limited.mint("password_reset")
@@ -308,8 +308,7 @@ def test_health_and_jwks(client):
 
 def test_readyz_fails_without_database(tmp_path):
     from linksvc import create_app
-
-    from .support import base_env
+    from tests.support.env import base_env
 
     app = create_app(
         base_env(tmp_path, database_url=f"sqlite:///{tmp_path}/missing/dir/../../nope/x.db")
@@ -331,8 +330,7 @@ def test_api_key_lookup_without_database_is_503_with_retry_after(tmp_path):
     import sqlalchemy as sa
 
     from linksvc import create_app
-
-    from .support import base_env
+    from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path))
     svc = app.extensions["linksvc"]
@@ -353,9 +351,8 @@ def test_no_key_yet_is_503_not_500(tmp_path, migrated_sqlite):
     import shutil
 
     from linksvc import create_app
-
-    from .conftest import make_api_user
-    from .support import base_env
+    from tests.support.apps import make_api_user
+    from tests.support.env import base_env
 
     shutil.copy(migrated_sqlite, tmp_path / "linksvc.db")
     app = create_app(base_env(tmp_path))
@@ -369,9 +366,8 @@ def test_path_parameters_never_reach_postgresql_malformed(pg_url, tmp_path):
     """A NUL byte in a jti or subject path parameter is refused before the database, which
     would otherwise raise (PostgreSQL text cannot hold NUL) — on the real server."""
     from linksvc import create_app, db, keys, migrate
-
-    from .conftest import make_api_user
-    from .support import base_env
+    from tests.support.apps import make_api_user
+    from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path, pg_url))
     svc = app.extensions["linksvc"]
@@ -540,7 +536,8 @@ def test_a_large_chunked_body_is_too_large_on_gunicorn(tmp_path):
     limit and the cut-off JSON answered 400 invalid_json."""
     import requests
 
-    from .support import base_env, prepare_instance, start_gunicorn
+    from tests.support.env import base_env
+    from tests.support.servers import prepare_instance, start_gunicorn
 
     env = base_env(tmp_path / "instance")
     creds = prepare_instance(env)

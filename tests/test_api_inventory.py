@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from .conftest import ApiUser
+from tests.support.apps import ApiUser
 
 
 def _list(api: ApiUser, subject: str, query: str = ""):
@@ -198,9 +198,8 @@ def test_forged_and_huge_cursors_are_refused_sqlite(app, api):
 
 def test_forged_and_huge_cursors_are_refused_postgresql(pg_url, tmp_path):
     from linksvc import create_app, db, keys, migrate
-
-    from .conftest import make_api_user
-    from .support import base_env
+    from tests.support.apps import make_api_user
+    from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path, pg_url))
     svc = app.extensions["linksvc"]

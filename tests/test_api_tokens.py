@@ -6,8 +6,8 @@ must not consume anything, and the real link must still redeem afterwards.
 
 import pytest
 
-from . import forge
-from .hostile import CASES
+from tests.support import forge
+from tests.support.hostile import CASES
 
 ENDPOINTS = ["verify", "redeem"]
 

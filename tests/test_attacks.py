@@ -8,7 +8,7 @@ the pages are installed) without echoing it; and the legitimate link it was made
 still works afterwards — so no attack consumes, revokes or otherwise spoils a real link.
 
 Tokens are built from what an attacker has (a link and the published JWKS) by
-``tests/jwt_attacks.py``. Where a check must hold even for a *well-signed* token (the
+``tests/support/jwt_attacks.py``. Where a check must hold even for a *well-signed* token (the
 header policy, duplicate members, nesting, single use keyed on ``jti``), the case is
 repeated "with our key": signed by the server's real key, which the test process reads
 from the same database, to show that the check does not lean on the signature.
@@ -29,10 +29,10 @@ import pytest
 import requests
 
 from linksvc import create_app
-
-from . import forge
-from . import jwt_attacks as atk
-from .support import Server, base_env, flask_cli, free_port, prepare_instance, start_gunicorn
+from tests.support import forge
+from tests.support import jwt_attacks as atk
+from tests.support.env import base_env, flask_cli, free_port
+from tests.support.servers import Server, prepare_instance, start_gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,7 @@ import pytest
 from PIL import Image
 
 from linksvc import branding, db
-
-from .conftest import make_api_user
+from tests.support.apps import make_api_user
 
 ADDRESS = "reader.8k2@mail-test.example"
 

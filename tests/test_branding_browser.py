@@ -27,9 +27,11 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 
-from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
+from tests.support.browsers import ARGS, CHROMIUM
+from tests.support.env import ROOT, base_env, flask_cli, free_port, missing
+from tests.support.servers import start_gunicorn
+
 from .test_a11y import SIZES, serious
-from .test_browser import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.slow
 

@@ -25,20 +25,10 @@ from typing import Any
 import pytest
 import requests
 
-from . import hostile
-from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
+from tests.support import hostile
+from tests.support.browsers import ARGS, CHROMIUM
+from tests.support.env import ROOT, base_env, flask_cli, free_port, missing
+from tests.support.servers import start_gunicorn
 
 #: The code_verifier the tests' own mints bind their links to (see :func:`_asked_here`).
 VERIFIER = "browser-test-verifier-" + "v" * 21
@@ -387,7 +377,7 @@ def test_screenshots_of_every_failure_page_the_landing_page_and_the_api_referenc
     CSP violation (its assets are served by linksvc)."""
     import shutil
 
-    from .support import flask_cli
+    from tests.support.env import flask_cli
 
     restart = f"{stack.app}/"
     flask_cli(stack.env, "clients", "update", "acme", "--restart-uri", restart)

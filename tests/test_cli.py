@@ -9,8 +9,7 @@ import stat
 import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
-
-from .support import flask_cli
+from tests.support.env import flask_cli
 
 
 def test_init_db_is_idempotent_and_makes_private_dev_secrets(tmp_path):

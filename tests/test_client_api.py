@@ -1,7 +1,7 @@
 """The Python client (clients/python, ``linksvc_client``) against a live linksvc under
 gunicorn: every method, sync and async, and every error class, each provoked for real.
 
-The service's clock is moved through ``tests.clock_wsgi`` to let links and codes expire;
+The service's clock is moved through ``tests.support.clock_wsgi`` to let links and codes expire;
 mail goes to a real SMTP server (aiosmtpd) that refuses ``bounce@`` addresses.
 """
 
@@ -18,9 +18,9 @@ from aiosmtpd.controller import Controller
 
 import linksvc_client as lc
 from linksvc_client import AsyncLinkClient, LinkClient, RetryPolicy, _core
-
-from .client_support import REDIRECT, Live, live_linksvc, press
-from .support import free_port
+from tests.support.apps import REDIRECT
+from tests.support.env import free_port
+from tests.support.live import Live, live_linksvc, press
 
 pytestmark = pytest.mark.slow
 

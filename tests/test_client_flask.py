@@ -22,9 +22,8 @@ from linksvc import webhook_signature
 from linksvc_client import ExchangedCode, LinksvcError
 from linksvc_client.flask import Linksvc
 from linksvc_client.webhooks import WebhookVerificationError, construct_event
-
-from .client_support import Live, live_linksvc, press
-from .support import ROOT
+from tests.support.env import ROOT
+from tests.support.live import Live, live_linksvc, press
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,9 @@ import pytest
 
 import linksvc_client as lc
 from linksvc_client import LinkClient, RetryPolicy
-
-from .client_support import Live, live_linksvc
-from .proxy import Proxy
-from .support import pg_database
+from tests.support.databases import pg_database
+from tests.support.live import Live, live_linksvc
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +81,7 @@ def test_a_redemption_cut_mid_answer_is_not_retried(live, proxy):
 
 
 def test_a_code_exchange_cut_mid_answer_is_not_retried(live, proxy):
-    from .client_support import press
+    from tests.support.live import press
 
     with _direct(live) as d:
         code = press(d.mint("magic_link", "u-code-cut").url)

@@ -1,6 +1,6 @@
 """``LinkVerifier``: offline verification with the published keys, held to the server.
 
-Every hostile token of ``tests/hostile.py`` is refused with the reason the server gives
+Every hostile token of ``tests/support/hostile.py`` is refused with the reason the server gives
 (the keys fetched from the real app's JWKS); the ECDSA twin and non-canonical spellings
 are refused. Against a live linksvc: the JWKS cache across key rotations (a published next
 key verifies with no fetch; a key the cache lacks is fetched at most once per 30 s) and
@@ -20,11 +20,10 @@ import pytest
 
 import linksvc_client as lc
 from linksvc_client import LinkClient, LinkVerifier
-
-from . import jwt_attacks
-from .client_support import Live, live_linksvc
-from .hostile import CASES
-from .proxy import Proxy
+from tests.support import jwt_attacks
+from tests.support.hostile import CASES
+from tests.support.live import Live, live_linksvc
+from tests.support.proxy import Proxy
 
 LEDGER_ONLY = {"unknown_link"}  # genuine signatures: only the ledger can refuse these
 

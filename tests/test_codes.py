@@ -177,9 +177,8 @@ def test_double_press_race_one_consumption(api, app):
 
 def test_double_press_race_postgresql(pg_url, tmp_path):
     from linksvc import create_app
-
-    from .conftest import _prepare, make_api_user
-    from .support import base_env
+    from tests.support.apps import _prepare, make_api_user
+    from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
     migrate.upgrade(app.extensions["linksvc"].engine)
@@ -295,7 +294,8 @@ def _press_revoke_race(tmp_path, database_url=None):
 
     import requests
 
-    from .support import base_env, prepare_instance, start_gunicorn
+    from tests.support.env import base_env
+    from tests.support.servers import prepare_instance, start_gunicorn
 
     env = base_env(tmp_path / "instance", database_url, LINKSVC_PAGE_RATE_LIMIT="100000 per minute")
     creds = prepare_instance(env)
@@ -454,9 +454,8 @@ def test_malformed_challenges_and_verifiers_are_refused_before_anything(api, app
 
 def test_bound_exchange_postgresql(pg_url, tmp_path):
     from linksvc import create_app
-
-    from .conftest import _prepare, make_api_user
-    from .support import base_env
+    from tests.support.apps import _prepare, make_api_user
+    from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
     migrate.upgrade(app.extensions["linksvc"].engine)

@@ -1,12 +1,12 @@
 """The reference deployment itself, brought up by podman-compose from deploy/compose.yaml.
 
-Run for real, from the shipped files: the image (tests/image_support.py builds it), HAProxy and
+Run for real, from the shipped files: the image (tests/support/images.py builds it), HAProxy and
 Prometheus from deploy/haproxy and deploy/prometheus (Debian's packages on the local base
 image), two nodes, the relay and the migration job, all started by podman-compose with the
 compose file's own settings (read-only, uid 10001, secrets as files, TRUSTED_PROXIES=1).
 
 Substituted, in the test's override tests/compose/host.yaml (podman here has no registry and
-only host networking; those podman settings are tests/image_support.py's containers.conf):
+only host networking; those podman settings are tests/support/images.py's containers.conf):
 PostgreSQL and Redis are the host's servers (the compose file's `db` and `redis` services use
 upstream images that cannot be pulled here, so they are not started), each service listens on
 its own loopback port instead of its own network namespace, and HAProxy's and Prometheus's
@@ -31,7 +31,9 @@ import pytest
 import requests
 from aiosmtpd.controller import Controller
 
-from .image_support import (
+from tests.support.databases import REDIS_URL, pg_database
+from tests.support.env import ROOT, free_port, missing, secret_b64
+from tests.support.images import (
     IMAGE,
     assert_kill_outcome,
     build_config_image,
@@ -43,7 +45,6 @@ from .image_support import (
     redeem_twice_killing,
     wait_for,
 )
-from .support import REDIS_URL, ROOT, free_port, missing, pg_database, secret_b64
 
 __all__ = ["image", "penv"]  # fixtures
 

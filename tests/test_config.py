@@ -2,8 +2,7 @@ import pytest
 
 from linksvc import config
 from linksvc.config import ConfigError
-
-from .support import secret_b64
+from tests.support.env import secret_b64
 
 
 def test_defaults(tmp_path):
@@ -82,7 +81,7 @@ def test_bad_setting_stops_startup_with_message(tmp_path):
     import os
     import subprocess
 
-    from .support import ROOT, venv_bin
+    from tests.support.env import ROOT, venv_bin
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
     env.update({"LINKSVC_INSTANCE_PATH": str(tmp_path), "LINKSVC_LEEWAY": "600"})
@@ -123,7 +122,7 @@ def test_gunicorn_refuses_to_start_with_one_line_and_status_4_every_time(tmp_pat
     import os
     import subprocess
 
-    from .support import ROOT, free_port, venv_bin
+    from tests.support.env import ROOT, free_port, venv_bin
 
     settings, message = STARTUP_REFUSALS[case]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
@@ -200,7 +199,7 @@ def test_malformed_ratelimit_url_stops_startup_without_a_traceback(tmp_path):
     import os
     import subprocess
 
-    from .support import ROOT, venv_bin
+    from tests.support.env import ROOT, venv_bin
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
     env.update(
@@ -480,7 +479,7 @@ def test_every_setting_read_is_a_config_key():
     unreachable from the file (and refused there as unknown)."""
     import re
 
-    from .support import ROOT
+    from tests.support.env import ROOT
 
     names = set()
     for source in ("linksvc/config.py", "gunicorn.conf.py", "serve.py"):

@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from linksvc import db, errors
-
-from .support import pg_database
+from tests.support.databases import pg_database
 
 SELECT_ONE = db.Statement(sa.select(sa.literal(1)))
 

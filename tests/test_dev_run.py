@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .support import ROOT, free_port
+from tests.support.env import ROOT, free_port
 
 DEV_RUN = ROOT / "scripts" / "dev_run.py"
 

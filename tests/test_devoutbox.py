@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from linksvc import create_app
-
-from .conftest import _prepare, make_api_user
+from tests.support.apps import _prepare, make_api_user
 
 ADDRESS = "someone@example.com"
 

@@ -128,7 +128,8 @@ def test_try_it_out_works_out_of_the_box(tmp_path):
     started sign-in, an unknown token), never a 4xx for the body's shape."""
     from pathlib import Path
 
-    from .support import base_env, missing, prepare_instance, start_gunicorn
+    from tests.support.env import base_env, missing
+    from tests.support.servers import prepare_instance, start_gunicorn
 
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():

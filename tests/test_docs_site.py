@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from linksvc import config, openapi
-
-from .support import ROOT, free_port, start_gunicorn
+from tests.support.env import ROOT, free_port
+from tests.support.servers import start_gunicorn
 
 MKDOCS = ROOT / ".venv" / "bin" / "mkdocs"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

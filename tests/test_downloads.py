@@ -22,10 +22,10 @@ import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
 from linksvc import create_app, db, ledger, storage
-
-from . import forge, hostile
-from .conftest import _prepare, make_api_user
-from .support import base_env, mint_download, missing, prepare_instance, start_gunicorn
+from tests.support import forge, hostile
+from tests.support.apps import _prepare, make_api_user
+from tests.support.env import base_env, missing
+from tests.support.servers import mint_download, prepare_instance, start_gunicorn
 
 #: File names every backend must deliver exactly (issue 5, "What it must show" 3).
 NAMES = [
@@ -607,7 +607,7 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     tmp = tmp_path_factory.mktemp("dl-local")
     files = tmp / "files"
     files.mkdir()
-    from .support import free_port
+    from tests.support.env import free_port
 
     port = free_port()
     # The page rate limit is tested elsewhere; here it would only count the hostile cases.

@@ -32,8 +32,10 @@ from typing import Any
 import pytest
 import requests
 
-from . import autofailover
-from .support import Server, base_env, prepare_instance, start_gunicorn
+from tests.support import autofailover
+from tests.support.env import base_env
+from tests.support.servers import Server, prepare_instance, start_gunicorn
+
 from .test_production import _mint, _workers
 
 pytestmark = pytest.mark.slow

@@ -39,9 +39,10 @@ from schemathesis.checks import (
 )
 
 from linksvc import openapi
-
-from .conftest import make_api_user
-from .support import base_env, pg_database, prepare_instance, start_gunicorn
+from tests.support.apps import make_api_user
+from tests.support.databases import pg_database
+from tests.support.env import base_env
+from tests.support.servers import prepare_instance, start_gunicorn
 
 EXAMPLES = int(os.environ.get("LINKSVC_FUZZ_EXAMPLES", "25"))
 OPERATIONS = [

@@ -25,9 +25,11 @@ import pytest
 import requests
 from flask import Flask
 
-from . import forge
-from .conftest import _prepare, make_api_user
-from .support import base_env, dump_database, free_port, prepare_instance, start_gunicorn
+from tests.support import forge
+from tests.support.apps import _prepare, make_api_user
+from tests.support.databases import dump_database
+from tests.support.env import base_env, free_port
+from tests.support.servers import prepare_instance, start_gunicorn
 
 #: Routes allowed to be cached, and what their Cache-Control must still say.
 CACHEABLE = {"ops.jwks": "public", "static": "", "docs.favicon": "public"}

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from linksvc import html
+from tests.support import hostile
+from tests.support.apps import make_api_user
 
-from . import hostile
-from .conftest import make_api_user
 from .test_pages import assert_html_headers, reason_of
 
 RESTART = "https://acme.example/sign-in"

@@ -26,8 +26,7 @@ from babel.messages.pofile import read_po, write_po
 
 from linksvc import clients as clients_mod
 from linksvc import db, i18n, locales
-
-from .conftest import make_api_user
+from tests.support.apps import make_api_user
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSLATIONS = ROOT / "linksvc" / "translations"

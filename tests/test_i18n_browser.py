@@ -32,7 +32,9 @@ import pytest
 import requests
 from babel.messages.pofile import read_po
 
-from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
+from tests.support.env import ROOT, base_env, flask_cli, free_port, missing
+from tests.support.servers import start_gunicorn
+
 from .test_i18n import needs
 
 pytestmark = pytest.mark.slow

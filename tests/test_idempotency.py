@@ -19,9 +19,9 @@ import requests
 import sqlalchemy as sa
 
 from linksvc import db, idempotency
-
-from .conftest import ApiUser
-from .support import base_env, prepare_instance, start_gunicorn
+from tests.support.apps import ApiUser
+from tests.support.env import base_env
+from tests.support.servers import prepare_instance, start_gunicorn
 
 
 def _mint(api: ApiUser, key: str | None, **body: object):
@@ -121,7 +121,7 @@ def test_longest_and_all_allowed_characters_work(api):
 
 def test_key_is_stored_only_as_a_hash(app, api):
     _mint(api, "very-recognisable-key-0042")
-    from .support import dump_database
+    from tests.support.databases import dump_database
 
     dump = dump_database(app.config["LINKSVC"].database_url)
     assert "very-recognisable-key-0042" not in dump
@@ -340,8 +340,8 @@ def test_a_short_links_replay_answers_a_url_that_works(app):
     """Only a handle's keyed hash is kept, so a replay cannot tell a random handle again: an
     idempotent mint's handle is derived from the key and the jti, and the replay derives it."""
     from linksvc import clients, handles
+    from tests.support.apps import make_api_user
 
-    from .conftest import make_api_user
     from .test_pages import open_page, press
 
     api = make_api_user(app, "shorty", link_format="short")

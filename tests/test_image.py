@@ -4,7 +4,7 @@ On this machine there is no image registry: the base the Containerfile starts FR
 from Debian's packages (mmdebstrap --variant=minbase bookworm, then podman import) and kept
 in podman's store between runs, so only the first run pays for it; podman's layer cache keeps
 the dependency stage while requirements.txt is unchanged. How podman runs here (runc, explicit
-ulimits, host networking) is tests/image_support.py's own containers.conf, not the image's.
+ulimits, host networking) is tests/support/images.py's own containers.conf, not the image's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from .image_support import (
+from tests.support.databases import pg_database
+from tests.support.env import ROOT, free_port, missing, secret_b64
+from tests.support.images import (
     Container,
     assert_kill_outcome,
     create_client,
@@ -34,7 +36,6 @@ from .image_support import (
     start_process,
     wait_for,
 )
-from .support import ROOT, free_port, missing, pg_database, secret_b64
 
 __all__ = ["image", "penv"]  # fixtures shared with tests/test_compose.py
 
@@ -271,7 +272,7 @@ def test_postgresql_serves_read_only_and_stops_gracefully(deployment, pg_url, pe
 
 @pytest.fixture
 def balanced(deployment, pg_url, tmp_path, penv):
-    from .support import REDIS_URL
+    from tests.support.databases import REDIS_URL
 
     for tool in ("haproxy", "prometheus"):
         if shutil.which(tool) is None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from .support import ROOT, _clean_environ, free_port, missing
+from tests.support.env import ROOT, _clean_environ, free_port, missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from jwt import PyJWK
 
 from linksvc import create_app, db, errors, keys, migrate, tokens
-
-from . import forge
-from .support import ROOT, _clean_environ, base_env, flask_cli, secret_b64, start_gunicorn
+from tests.support import forge
+from tests.support.env import ROOT, _clean_environ, base_env, flask_cli, secret_b64
+from tests.support.servers import start_gunicorn
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 

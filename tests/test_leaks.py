@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .support import base_env, dump_database, prepare_instance, start_gunicorn
+from tests.support.databases import dump_database
+from tests.support.env import base_env
+from tests.support.servers import prepare_instance, start_gunicorn
 
 pytestmark = pytest.mark.slow
 

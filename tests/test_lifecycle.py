@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from .conftest import make_api_user
+from tests.support.apps import make_api_user
 
 PAGE_TEXT = {
     "superseded": "A newer link was sent",
@@ -85,8 +85,7 @@ def test_supersede_is_per_purpose_subject_and_client(api, other_api):
 
 def test_supersede_policy_is_configurable(env):
     from linksvc import create_app
-
-    from .conftest import _prepare
+    from tests.support.apps import _prepare
 
     app = create_app({**env, "LINKSVC_SUPERSEDE_PURPOSES": "magic_link"})
     _prepare(app)

@@ -25,9 +25,8 @@ from flask import Flask
 
 from linksvc import create_app, db
 from linksvc.logs import JsonFormatter
-
-from .conftest import _prepare, make_api_user
-from .support import free_port
+from tests.support.apps import _prepare, make_api_user
+from tests.support.env import free_port
 
 ADDRESS = "victim.q7zx3@mail-test.example"
 
@@ -474,8 +473,8 @@ def test_a_short_link_is_shown_to_copy(app, api):
 
 def test_each_mail_renders_on_a_phone_and_a_desktop_without_scrolling(app, api, tmp_path):
     """Each mail's HTML part in Chromium at 360 and 1280 px: nothing wider than the window."""
-    from .support import missing
-    from .test_browser import ARGS, CHROMIUM
+    from tests.support.browsers import ARGS, CHROMIUM
+    from tests.support.env import missing
 
     if not CHROMIUM.exists():
         missing("Chromium at /usr/bin/chromium", "apt-get install chromium")

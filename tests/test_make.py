@@ -10,7 +10,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from .support import ROOT, free_port
+from tests.support.env import ROOT, free_port
+
 from .test_dev_run import other_server
 
 

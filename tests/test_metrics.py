@@ -20,9 +20,9 @@ import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
 from linksvc import create_app, db, errors, ledger, logs, metrics, migrate, partitions
-
-from .conftest import ApiUser
-from .support import SERVERS, base_env, prepare_instance, start_server
+from tests.support.apps import ApiUser
+from tests.support.env import base_env
+from tests.support.servers import SERVERS, prepare_instance, start_server
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 

@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from linksvc import db, migrate, partitions
-
-from .support import ROOT, _clean_environ, base_env, flask_cli, venv_bin
+from tests.support.env import ROOT, _clean_environ, base_env, flask_cli, venv_bin
 
 TABLES = {"clients", "links", "link_events", "codes", "signing_keys"}
 

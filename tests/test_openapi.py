@@ -20,8 +20,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from werkzeug.exceptions import HTTPException
 
 from linksvc import openapi
-
-from .conftest import REDIRECT, ApiUser
+from tests.support.apps import REDIRECT, ApiUser
 
 # -- the checkers ---------------------------------------------------------------------
 

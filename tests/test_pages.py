@@ -11,9 +11,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from linksvc import codes, config, errors, pages
-
-from . import hostile
-from .conftest import REDIRECT, make_api_user
+from tests.support import hostile
+from tests.support.apps import REDIRECT, make_api_user
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -104,8 +103,7 @@ def test_confirmation_page_names_app_and_action_and_consumes_nothing(api, client
 
 def test_secure_cookie_when_base_url_is_https(env, tmp_path):
     from linksvc import create_app
-
-    from .conftest import _prepare
+    from tests.support.apps import _prepare
 
     app = create_app({**env, "LINKSVC_BASE_URL": "https://links.example"})
     _prepare(app)
@@ -466,9 +464,8 @@ def test_hostile_tokens_are_refused_and_real_link_survives(api, app, case):
 
 def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path, link_format):
     from linksvc import create_app, migrate
-
-    from .conftest import _prepare
-    from .support import base_env
+    from tests.support.apps import _prepare
+    from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
     migrate.upgrade(app.extensions["linksvc"].engine)
@@ -498,8 +495,7 @@ def test_press_cookie_is_host_prefixed_where_the_base_url_is_https(env):
     """Issue 17 item 12: over https the nonce cookie is ``__Host-`` (Secure, Path=/, no
     Domain), so neither a sibling subdomain nor a plain-HTTP page can plant one."""
     from linksvc import create_app
-
-    from .conftest import _prepare, make_api_user
+    from tests.support.apps import _prepare, make_api_user
 
     base = "https://links.example.com"
     app = create_app({**env, "LINKSVC_BASE_URL": base})
@@ -529,7 +525,8 @@ def test_an_over_long_link_gets_our_page_under_either_server(tmp_path, server_na
     gets linksvc's page instead."""
     import requests
 
-    from .support import base_env, prepare_instance, start_server
+    from tests.support.env import base_env
+    from tests.support.servers import prepare_instance, start_server
 
     env = base_env(tmp_path / "instance")
     prepare_instance(env)
@@ -547,8 +544,7 @@ def test_an_over_long_link_gets_our_page_under_either_server(tmp_path, server_na
 
 def test_short_link_is_at_most_65_characters_with_a_30_character_base_url(env):
     from linksvc import create_app, handles
-
-    from .conftest import _prepare
+    from tests.support.apps import _prepare
 
     base = "https://links.example-corp.com"
     assert len(base) == 30

@@ -26,10 +26,10 @@ from flask import Flask
 
 from linksvc import create_app, db, ledger, migrate, partitions
 from linksvc.config import HARD_MAX_LEEWAY, HARD_MAX_TTL
-
-from . import ledger_fill
-from .conftest import ApiUser, _prepare, make_api_user
-from .support import base_env, prepare_instance, start_gunicorn
+from tests.support import ledger_fill
+from tests.support.apps import ApiUser, _prepare, make_api_user
+from tests.support.env import base_env
+from tests.support.servers import prepare_instance, start_gunicorn
 
 DAY = partitions.DAY
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from linksvc import metrics
 from linksvc.problems import PAGE_ONLY, PROBLEMS
-
-from .support import ROOT
+from tests.support.env import ROOT
 
 #: The ways linksvc's source names a problem code.
 SHAPES = [

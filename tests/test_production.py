@@ -33,15 +33,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from .support import (
-    SERVERS,
-    Server,
-    base_env,
-    free_port,
-    prepare_instance,
-    start_gunicorn,
-    start_server,
-)
+from tests.support.env import base_env, free_port
+from tests.support.servers import SERVERS, Server, prepare_instance, start_gunicorn, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -587,7 +580,7 @@ def test_access_log_redacts_paths_as_routing_decodes_them(tmp_path: Path, server
     must not hold the grant. The same for /l/ and /d/ spelled with percent-escapes."""
     import http.client
 
-    from .support import mint_download
+    from tests.support.servers import mint_download
 
     files = tmp_path / "files"
     (files / "docs").mkdir(parents=True)

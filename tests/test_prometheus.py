@@ -25,7 +25,8 @@ import pytest
 import requests
 import yaml
 
-from .support import base_env, free_port, missing, prepare_instance, start_gunicorn
+from tests.support.env import base_env, free_port, missing
+from tests.support.servers import prepare_instance, start_gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from linksvc import errors, tokens
-
-from . import forge
+from tests.support import forge
 
 EXAMPLES = int(os.environ.get("LINKSVC_PROPERTY_EXAMPLES", "200"))
 SETTINGS = settings(

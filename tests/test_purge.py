@@ -16,8 +16,8 @@ import requests
 import sqlalchemy as sa
 
 from linksvc import db, ledger, partitions
-
-from .support import ROOT, _clean_environ, base_env, prepare_instance, start_gunicorn, venv_bin
+from tests.support.env import ROOT, _clean_environ, base_env, venv_bin
+from tests.support.servers import prepare_instance, start_gunicorn
 
 DAY = 86400
 

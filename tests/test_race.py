@@ -9,7 +9,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from .support import SERVERS, base_env, prepare_instance, race, start_gunicorn, start_server
+from tests.support.env import base_env
+from tests.support.servers import SERVERS, prepare_instance, race, start_gunicorn, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import pytest
 from flask import Flask
 
 from linksvc import create_app
-
-from .conftest import _prepare, make_api_user
-from .support import REDIS_URL, free_port, missing
+from tests.support.apps import _prepare, make_api_user
+from tests.support.databases import REDIS_URL
+from tests.support.env import free_port, missing
 
 
 def unique_prefix(app: Flask) -> str:
@@ -331,7 +331,7 @@ def test_redis_limit_holds_under_a_race_across_gunicorn_workers(env, tmp_path):
 
     import requests
 
-    from .support import start_gunicorn
+    from tests.support.servers import start_gunicorn
 
     redis_client()
     env = {**env, "LINKSVC_RATELIMIT_STORAGE_URL": REDIS_URL}

@@ -12,7 +12,7 @@ import re
 
 import click
 
-from .support import ROOT
+from tests.support.env import ROOT
 
 README_PATH = ROOT / "README.md"
 README = README_PATH.read_text()

@@ -22,19 +22,10 @@ import requests
 import sqlalchemy as sa
 
 from linksvc import db, outbox
-
-from .pg_cluster import throwaway_cluster
-from .support import (
-    ROOT,
-    Server,
-    _clean_environ,
-    base_env,
-    flask_cli,
-    prepare_instance,
-    start_gunicorn,
-    venv_bin,
-)
-from .webhook_receiver import Received, Receiver
+from tests.support.env import ROOT, _clean_environ, base_env, flask_cli, venv_bin
+from tests.support.pg_cluster import throwaway_cluster
+from tests.support.servers import Server, prepare_instance, start_gunicorn
+from tests.support.webhook_receiver import Received, Receiver
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 UA = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) test"}

@@ -24,16 +24,9 @@ import pytest
 import requests
 
 from linksvc import config, db, keys
-
-from .support import (
-    ROOT,
-    base_env,
-    flask_cli,
-    free_port,
-    pg_database,
-    prepare_instance,
-    start_gunicorn,
-)
+from tests.support.databases import pg_database
+from tests.support.env import ROOT, base_env, flask_cli, free_port
+from tests.support.servers import prepare_instance, start_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -317,7 +310,7 @@ def test_two_rotations_under_load_fail_no_redemption(tmp_path, database_url):
         workers=3,
         port=port,
         log_path=tmp_path / "gunicorn.log",
-        wsgi="tests.rotation_wsgi:app",
+        wsgi="tests.support.rotation_wsgi:app",
     )
     load = Load(server.url, client["api_key"])
     settings = config.load(env)

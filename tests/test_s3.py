@@ -22,17 +22,10 @@ import requests
 from linksvc import create_app
 from linksvc.downloads import check_download
 from linksvc.storage import S3Storage
+from tests.support.apps import _prepare, make_api_user
+from tests.support.env import ROOT, base_env, free_port, missing
+from tests.support.servers import mint_download, prepare_instance, start_gunicorn
 
-from .conftest import _prepare, make_api_user
-from .support import (
-    ROOT,
-    base_env,
-    free_port,
-    mint_download,
-    missing,
-    prepare_instance,
-    start_gunicorn,
-)
 from .test_downloads import NAMES, browser_downloads, check_disposition, link_state
 
 S3RVER_DIR = ROOT / "tests" / "s3rver"

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import ROOT, SERVERS, Server, base_env, free_port, prepare_instance, start_server
+from tests.support.env import ROOT, base_env, free_port
+from tests.support.servers import SERVERS, Server, prepare_instance, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def haproxy(target: str, tmp_path: Path) -> Iterator[str]:
     request whole (headers and body) before it reaches the server, reusing its idle
     connections to the server for any client."""
     if shutil.which("haproxy") is None:
-        from .support import missing
+        from tests.support.env import missing
 
         missing("haproxy", "apt-get install haproxy")
     port = free_port()

@@ -27,8 +27,8 @@ import pytest
 import requests
 
 from linksvc_client import code_challenge
-
-from .support import ROOT, base_env, flask_cli, free_port, missing, start_gunicorn
+from tests.support.env import ROOT, base_env, flask_cli, free_port, missing
+from tests.support.servers import start_gunicorn
 
 #: The code_verifier of the sign-ins the tests start for the desktop (see ``_wait``).
 VERIFIER = "signin-browser-test-verifier-" + "v" * 14

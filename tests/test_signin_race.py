@@ -17,7 +17,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from .support import base_env, free_port, prepare_instance, start_gunicorn
+from tests.support.env import base_env, free_port
+from tests.support.servers import prepare_instance, start_gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from linksvc import codes, signins
-
-from .conftest import REDIRECT, make_api_user
-from .support import dump_database
+from tests.support.apps import REDIRECT, make_api_user
+from tests.support.databases import dump_database
 
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 ADDRESS = "alice.liddell@example.org"
@@ -267,8 +266,7 @@ def match_of_or_none(resp: Any) -> str | None:
 
 def test_the_secure_deployment_uses_a_host_prefixed_secure_cookie(env):
     from linksvc import create_app
-
-    from .conftest import _prepare
+    from tests.support.apps import _prepare
 
     app = create_app({**env, "LINKSVC_BASE_URL": "https://links.example.com"})
     _prepare(app)
@@ -718,8 +716,7 @@ def any_app(request, env):
         yield request.getfixturevalue("app")
         return
     from linksvc import create_app, migrate
-
-    from .conftest import _prepare
+    from tests.support.apps import _prepare
 
     pg = create_app({**env, "LINKSVC_DATABASE_URL": request.getfixturevalue("pg_url")})
     migrate.upgrade(pg.extensions["linksvc"].engine)

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from linksvc import ssrf
-
-from .webhook_receiver import Receiver
+from tests.support.webhook_receiver import Receiver
 
 PROD = ssrf.Policy(allow_loopback=False, allow_private=False)
 DEV = ssrf.Policy(allow_loopback=True, allow_private=False)

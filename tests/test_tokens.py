@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from linksvc import errors, tokens
-
-from . import forge
+from tests.support import forge
 
 ALGS = ("ES256", "EdDSA", "RS256")
 ISS = "https://links.example"

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from .support import ROOT, pg_database
+from tests.support.databases import pg_database
+from tests.support.env import ROOT
+
 from .test_relay import Stack, sign_in_through_the_page
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")

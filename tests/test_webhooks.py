@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from linksvc import create_app, db, outbox, ssrf, webhooks
+from tests.support.apps import _prepare, make_api_user
+from tests.support.databases import dump_database
 
-from .conftest import _prepare, make_api_user
-from .support import dump_database
 from .test_pages import code_of, open_page, path_of, press
 
 DEV = ssrf.Policy(allow_loopback=True)

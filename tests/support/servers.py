@@ -1,122 +1,19 @@
-"""Helpers for tests that need real servers: ports, gunicorn, PostgreSQL, skipping rules."""
+"""Real servers for tests: linksvc (or any WSGI app) under gunicorn or granian, an instance
+prepared through the real CLI, and requests fired at a live server."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-PG_ADMIN_URL = os.environ.get("LINKSVC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("LINKSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def missing(what: str, why: str) -> None:
-    """Skip a test whose real dependency is absent — except in CI, where that is a failure."""
-    message = f"{what} is not available ({why})"
-    if IN_CI:
-        pytest.fail(f"{message}; in CI every real dependency must be present", pytrace=False)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def secret_b64() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-
-
-def base_env(instance: Path, database_url: str | None = None, **extra: str) -> dict[str, str]:
-    """LINKSVC_* settings for a hermetic instance in ``instance``."""
-    env = {
-        "LINKSVC_ENV": "test",
-        "LINKSVC_INSTANCE_PATH": str(instance),
-        "LINKSVC_DATABASE_URL": database_url or f"sqlite:///{instance / 'linksvc.db'}",
-        "LINKSVC_KEY_ENCRYPTION_KEY": secret_b64(),
-        "LINKSVC_SECRET_KEY": secret_b64(),
-    }
-    env.update(extra)
-    return env
-
-
-def venv_bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
-
-
-def flask_cli(
-    env: Mapping[str, str], *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    full = {**_clean_environ(), **env}
-    return subprocess.run(
-        [venv_bin("flask"), "--app", "app", *args],
-        cwd=ROOT,
-        env=full,
-        text=True,
-        capture_output=True,
-        check=check,
-        timeout=120,
-    )
-
-
-def _clean_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LINKSVC_")}
-
-
-def pg_available() -> tuple[bool, str]:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-        return True, ""
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-@contextlib.contextmanager
-def pg_database(prefix: str = "linksvc_t") -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the machine's server; dropped afterwards.
-    Where the server is absent: skipped, or a failure in CI (see :func:`missing`)."""
-    ok, why = pg_available()
-    if not ok:
-        missing("PostgreSQL at 127.0.0.1:5432", why)
-    with fresh_pg_database(prefix) as url:
-        yield url
-
-
-@contextlib.contextmanager
-def fresh_pg_database(prefix: str) -> Iterator[str]:
-    """Create a uniquely named database (``prefix_…``) and drop it afterwards."""
-    import psycopg
-
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        # template0 accepts no connections, so concurrent CREATE DATABASE calls never trip
-        # over "source database is being accessed by other users".
-        conn.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from .env import ROOT, _clean_environ, flask_cli, free_port, venv_bin
 
 
 @dataclass
@@ -276,20 +173,6 @@ def race(url: str, n: int, payload: dict, headers: dict[str, str]) -> list[int]:
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(one, range(n)))
-
-
-def dump_database(url: str) -> str:
-    """Every row of every table, as text: for asserting that a secret was never stored."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    parts = []
-    with engine.connect() as conn:
-        for table in sa.inspect(engine).get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                parts.append(repr(tuple(row)))
-    engine.dispose()
-    return "\n".join(parts)
 
 
 def mint_download(url: str, headers: dict[str, str], subject: str, **download: object) -> dict:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .support import free_port, missing
+from .env import free_port, missing
 
 
 def _bindir() -> Path | None:

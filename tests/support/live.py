@@ -1,4 +1,4 @@
-"""A live linksvc for the Python client's tests: gunicorn serving ``tests.clock_wsgi``
+"""A live linksvc for the Python client's tests: gunicorn serving ``tests.support.clock_wsgi``
 (the real app with a clock the test can move), a client application registered through
 the real CLI, and helpers that act as the end user's browser."""
 
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import requests
 
-from .support import Server, base_env, flask_cli, free_port, prepare_instance, start_gunicorn
-
-REDIRECT = "http://127.0.0.1:5001/callback"
+from .env import base_env, flask_cli, free_port
+from .servers import Server, prepare_instance, start_gunicorn
 
 
 @dataclass
@@ -56,7 +55,11 @@ def live_linksvc(
     )
     creds = prepare_instance(env)
     server = start_gunicorn(
-        env, workers=workers, port=port, log_path=tmp / "server.log", wsgi="tests.clock_wsgi:app"
+        env,
+        workers=workers,
+        port=port,
+        log_path=tmp / "server.log",
+        wsgi="tests.support.clock_wsgi:app",
     )
     try:
         yield Live(server, env, instance, creds["client_id"], creds["api_key"])

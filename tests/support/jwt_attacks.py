@@ -4,7 +4,7 @@ RFC 8725 catalogue) do to a link, written out so a test can name each case.
 Everything here works from what an attacker holds — a legitimately minted token and the
 published JWKS — plus keys the attacker makes up. The builders never need our private
 key; tests that want a well-signed hostile token (to show a check does not rely on the
-signature) use ``tests.forge.resign`` with the server's key.
+signature) use ``tests.support.forge.resign`` with the server's key.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import ROOT, missing
+from .env import ROOT, missing
 
 BASE = "docker.io/library/debian:bookworm-slim"
 IMAGE = "localhost/linksvc:test"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 
-from .support import free_port, missing
+from .env import free_port, missing
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 EXTENSION = Path("/usr/share/postgresql/15/extension/pgautofailover.control")
