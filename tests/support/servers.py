@@ -3,6 +3,8 @@ prepared through the real CLI, and requests fired at a live server."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -41,8 +43,7 @@ class Server:
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                _kill_group(self.proc)
 
 
 #: The HTTP servers linksvc runs under (serve.py, LINKSVC_SERVER); the server-level tests
@@ -131,8 +132,16 @@ def start_server(
         except requests.RequestException:
             pass
         time.sleep(0.1)
-    proc.kill()
+    _kill_group(proc)
     raise RuntimeError(f"{server} did not come up on {url}:\n{log_path.read_text()[-3000:]}")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a server and its workers: the master leads a session of its own
+    (``start_new_session``), and a master killed alone leaves its workers running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def prepare_instance(env: Mapping[str, str], name: str = "acme", *extra: str) -> dict[str, str]:
