@@ -53,6 +53,7 @@ import psycopg  # noqa: E402
 
 from bench import run as bench_run  # noqa: E402  (machine description)
 from linksvc import db, ledger, migrate, partitions, tokens  # noqa: E402
+from linksvc.services import services  # noqa: E402
 from tests import ledger_fill  # noqa: E402
 from tests.support import base_env, free_port, prepare_instance  # noqa: E402
 
@@ -291,7 +292,7 @@ def service_load(env: dict[str, str], api_key: str, seconds: float) -> dict[str,
         }
 
     out = {"mint": run("mint"), "redeem": run("redeem")}
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
     return out
 
 

@@ -25,10 +25,11 @@ from . import clients as clients_mod
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
 from .service import LinkService
+from .services import services
 
 
 def _svc() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 def _settings() -> Settings:
@@ -833,14 +834,14 @@ linksvc demo client {client.id} ("{DEMO_DISPLAY_NAME}", redirect URI {app_url}/c
   curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" \\
        -H 'Content-Type: application/json' -d '{{"purpose":"magic_link","subject":"user-42"}}'
 """)
-    mailer = current_app.extensions.get("linksvc.mailer")
+    mailer = services().mailer
     if mailer is not None:
         # Add "email":"you@example.com" to the mint body to have the link mailed.
         where = (
             "SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) "
         ) + mailer.transport.describe()
         click.echo(f'  Mail ("email" in the mint body) goes to: {where}')
-        if "linksvc.dev_outbox" in current_app.extensions:
+        if services().dev_outbox is not None:
             click.echo(f"  Read it in the browser: {base}/dev/outbox\n")
         else:
             click.echo("")

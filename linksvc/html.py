@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, g, render_template
+from flask import Blueprint, Response, g, render_template
 
 from . import branding_pages, db, errors, i18n, ledger
 from .clients import Client
 from .http import REASON_STATUS
 from .i18n import N_
 from .i18n import gettext as _
+from .services import services
 
 log = logging.getLogger("linksvc.pages")
 
@@ -203,7 +204,7 @@ def link_facts(exc: errors.LinkError, now: int) -> LinkFacts | None:
     reason = page_reason(exc)
     if reason == "invalid" or exc.jti is None:
         return None
-    svc = current_app.extensions["linksvc"]
+    svc = services().links
     try:
         with db.read(svc.engine) as conn:
             rec = ledger.get(conn, exc.jti)
@@ -285,7 +286,7 @@ FAILURE_ADVICE = {
 
 def render_link_error(exc: errors.LinkError) -> Response:
     reason = page_reason(exc)
-    now = current_app.extensions["linksvc"].now()
+    now = services().links.now()
     return render_failure(reason, REASON_STATUS.get(reason, 400), facts=link_facts(exc, now))
 
 

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from . import db, errors, partitions
 from .config import PURPOSES
+from .services import services
 
 #: prometheus_client itself chooses file-backed values when this is set at import time.
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -158,7 +159,7 @@ class KeyAgeCollector(Collector):
             "Seconds since each published key entered its state (activated, retired).",
             labels=["kid", "alg", "state"],
         )
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         now = svc.now()
         try:
             published = svc.keyring.published()
@@ -181,7 +182,7 @@ class LedgerCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         settings = self.app.config["LINKSVC"]
         ready = GaugeMetricFamily(
             "linksvc_database_ready", "1 when the database answers a ping, else 0."
@@ -238,7 +239,7 @@ def scrape(app: Flask) -> bytes:
         registry.register(_Forward(REGISTRY))
     registry.register(KeyAgeCollector(app))
     registry.register(LedgerCollector(app))
-    for collector in app.extensions.get("linksvc.collectors", ()):  # e.g. the webhook backlog
+    for collector in services(app).collectors:  # e.g. the webhook backlog
         registry.register(collector(app))
     return generate_latest(registry)
 
@@ -304,7 +305,7 @@ def _checked_in(*_: Any) -> None:
 
 def init_app(app: Flask) -> None:
     _preinitialise()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     if observe not in svc.observers:
         svc.observers.append(observe)
     _count_pool(svc.engine)

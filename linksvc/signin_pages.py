@@ -29,7 +29,7 @@ import secrets
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, url_for
+from flask import Blueprint, Flask, Response, jsonify, redirect, request, url_for
 from itsdangerous import BadData, URLSafeTimedSerializer
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
@@ -41,6 +41,7 @@ from .i18n import N_, ngettext
 from .i18n import gettext as _
 from .pages import html_http_error, with_code
 from .service import LinkService, Verified
+from .services import services
 from .signins import SignIn, SignInError, SignIns
 from .tokens import Claims
 
@@ -65,11 +66,11 @@ SIGN_INS = Counter(
 
 
 def sign_ins() -> SignIns:
-    return cast(SignIns, current_app.extensions["linksvc.signins"])
+    return services().signins
 
 
 def _service() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 # -- cookies and forms ------------------------------------------------------------------
@@ -257,9 +258,7 @@ def _wait_page(
         poll_ms=POLL_MS,
         expires_in=max(0, signin.exp - now),
         # `make run`: the mail is in the development outbox (linksvc.devoutbox), never elsewhere.
-        dev_outbox=url_for("dev_outbox.outbox")
-        if "linksvc.dev_outbox" in current_app.extensions
-        else None,
+        dev_outbox=url_for("dev_outbox.outbox") if services().dev_outbox is not None else None,
     )
 
 
@@ -560,13 +559,12 @@ def _count(event: str, signin: SignIn) -> None:
 
 
 def init_app(app: Flask) -> None:
-    sis = SignIns(app.extensions["linksvc"])
-    sis.observers.append(_count)
+    found = services(app)
+    found.signins.observers.append(_count)
     for event in signins.EVENTS:
         SIGN_INS.labels(event)  # every series exists from the start, at 0
-    app.extensions["linksvc.signins"] = sis
-    app.extensions["linksvc.sign_in_view"] = sign_in_view
-    app.extensions["linksvc.sign_in_press"] = sign_in_press
+    found.sign_in_view = sign_in_view
+    found.sign_in_press = sign_in_press
     app.register_blueprint(bp)
 
 

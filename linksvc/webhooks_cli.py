@@ -23,12 +23,13 @@ from . import db, errors, outbox, relay, webhooks
 from .api import iso
 from .config import Settings
 from .service import LinkService
+from .services import services
 
 webhooks_cli = AppGroup("webhooks", help="Manage webhook endpoints and run the relay.")
 
 
 def _svc() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 def _settings() -> Settings:
@@ -313,7 +314,7 @@ class WebhookCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         endpoints = GaugeMetricFamily(
             "linksvc_webhook_endpoints",
             "Webhook endpoints by state (enabled, disabled) and why disabled"
@@ -347,4 +348,4 @@ class WebhookCollector(Collector):
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(webhooks_cli)
-    app.extensions.setdefault("linksvc.collectors", []).append(WebhookCollector)
+    services(app).collectors.append(WebhookCollector)

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from linksvc import clients as clients_mod
 from linksvc import create_app, db, keys, migrate
 from linksvc.config import PURPOSES
+from linksvc.services import services
 
 from .support import base_env, pg_database
 
@@ -42,7 +43,7 @@ def env(tmp_path: Path, migrated_sqlite: Path) -> dict[str, str]:
 
 
 def _prepare(app: Flask) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.write(svc.engine) as conn:
         keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, int(time.time()))
 
@@ -52,7 +53,7 @@ def app(env: dict[str, str]) -> Iterator[Flask]:
     app = create_app(env)
     _prepare(app)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ class ApiUser:
 
 
 def make_api_user(app: Flask, name: str = "acme", **kwargs: Any) -> ApiUser:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     options: dict[str, Any] = {
         "purposes": list(PURPOSES),
         "redirect_uris": [REDIRECT],

@@ -25,6 +25,8 @@ import pytest
 import requests
 from flask import Flask
 
+from linksvc.services import services
+
 from . import forge
 from .conftest import _prepare, make_api_user
 from .support import base_env, dump_database, free_port, prepare_instance, start_gunicorn
@@ -88,7 +90,7 @@ def files(tmp_path: Path) -> Path:
 def full_app(env: dict[str, str], files: Path) -> Iterator[Flask]:
     app = create_full_app(env, files)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def create_full_app(env: dict[str, str], files: Path) -> Flask:
