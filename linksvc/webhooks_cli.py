@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -97,7 +96,7 @@ def add_cmd(client: str, url: str, events: str | None, as_json: bool) -> None:
                 url,
                 events=events.split(",") if events else None,
                 rules=webhooks.policy(_settings()),
-                now=int(time.time()),
+                now=_svc().now(),
             )
     except webhooks.WebhookError as exc:
         raise click.ClickException(str(exc)) from None
@@ -142,7 +141,7 @@ def rotate_cmd(endpoint_id: str, grace: int, as_json: bool) -> None:
     try:
         with db.write(_svc().engine) as conn:
             e, secret = webhooks.rotate_secret(
-                conn, _kek(), endpoint_id, now=int(time.time()), grace=grace
+                conn, _kek(), endpoint_id, now=_svc().now(), grace=grace
             )
     except webhooks.WebhookError as exc:
         raise click.ClickException(str(exc)) from None
@@ -158,7 +157,7 @@ def rotate_cmd(endpoint_id: str, grace: int, as_json: bool) -> None:
 def _set_disabled(endpoint_id: str, disabled: bool) -> None:
     try:
         with db.write(_svc().engine) as conn:
-            e = webhooks.set_disabled(conn, endpoint_id, disabled, now=int(time.time()))
+            e = webhooks.set_disabled(conn, endpoint_id, disabled, now=_svc().now())
     except webhooks.WebhookError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{'disabled' if e.disabled else 'enabled'} {e.id} ({e.url})")
@@ -198,9 +197,7 @@ def on_replay_cmd(client: str, action: str) -> None:
     revoke-subject revokes every outstanding link of its subject (noted in their history)."""
     with db.write(_svc().engine) as conn:
         c = _client(conn, client)
-        webhooks.set_on_replay(
-            conn, c.id, None if action == "none" else action, now=int(time.time())
-        )
+        webhooks.set_on_replay(conn, c.id, None if action == "none" else action, now=_svc().now())
     click.echo(f"on replay, {c.id} ({c.name}): {action} (takes effect within 5 seconds)")
 
 
@@ -267,7 +264,7 @@ def replay_cmd(client: str, msg_id: str | None, failed: bool) -> None:
         raise click.UsageError("name one MSG_ID or pass --failed")
     with db.write(_svc().engine) as conn:
         c = _client(conn, client)
-        n = outbox.replay(conn, c.id, now=int(time.time()), msg_id=msg_id, failed=failed)
+        n = outbox.replay(conn, c.id, now=_svc().now(), msg_id=msg_id, failed=failed)
     if msg_id is not None and n == 0:
         raise click.ClickException(f"no delivery {msg_id!r} for {c.id}")
     click.echo(f"queued {n} deliveries again")
