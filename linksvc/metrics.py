@@ -17,7 +17,6 @@ label is the client's public id.
 from __future__ import annotations
 
 import hmac
-import os
 import time
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -39,9 +38,6 @@ from prometheus_client.registry import Collector
 from . import db, errors, partitions
 from .config import PURPOSES
 from .services import services
-
-#: prometheus_client itself chooses file-backed values when this is set at import time.
-MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The ``_created`` series double the output and say nothing a scrape needs.
@@ -231,10 +227,13 @@ class LedgerCollector(Collector):
 def scrape(app: Flask) -> bytes:
     """The metrics text: every worker's counters (multiprocess mode) or this process's."""
     registry = CollectorRegistry(auto_describe=False)
-    if MULTIPROCESS_DIR:
+    # prometheus_client itself chooses file-backed values when the same variable is set at
+    # import time (config.Settings.metrics_dir).
+    multiproc_dir = app.config["LINKSVC"].metrics_dir
+    if multiproc_dir is not None:
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
     else:
         registry.register(_Forward(REGISTRY))
     registry.register(KeyAgeCollector(app))
