@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -24,6 +23,7 @@ from . import branding, branding_pages, codes, db, errors, idempotency, locales,
 from .clients import BRAND_FIELDS, Client, ClientError
 from .clients import update as update_client
 from .config import PURPOSES
+from .formats import iso, strict_json_decoder
 from .http import KIND_STATUS, link_error_problem, problem
 from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .services import services
@@ -59,16 +59,6 @@ def service() -> LinkService:
     return services().links
 
 
-def iso(ts: int | None) -> str | None:
-    return None if ts is None else _iso(ts)
-
-
-@functools.lru_cache(maxsize=4096)
-def _iso(ts: int) -> str:
-    # Every answer names its iat and exp, and within a second they repeat: strftime once.
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -87,21 +77,7 @@ class BadRequest(Exception):
         self.status, self.code, self.detail, self.field = status, code, detail, field
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in obj:
-            raise ValueError(f"duplicate member {k!r}")
-        obj[k] = v
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-#: Built once: ``json.loads`` with hooks builds a new decoder (and its scanner) per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = strict_json_decoder()
 
 
 def _read_at_most(stream: Any, n: int) -> bytes:

@@ -11,7 +11,6 @@ import hmac
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +23,7 @@ from . import branding, codes, db, errors, idempotency, ledger, migrate, partiti
 from . import clients as clients_mod
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
+from .formats import iso
 from .service import LinkService
 from .services import services
 
@@ -37,7 +37,7 @@ def _settings() -> Settings:
 
 
 def _iso(ts: int | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return iso(ts) or "-"
 
 
 def _write_secret(path: Path) -> bytes:

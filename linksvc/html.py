@@ -8,6 +8,7 @@ carry no script at all.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +98,19 @@ def csp(*form_origins: str) -> str:
     """A strict Content-Security-Policy allowing forms to post here and, because Chrome
     checks ``form-action`` against the redirect that follows a form post, to ``form_origins``."""
     return _CSP.format(form_action=" ".join(("'self'", *form_origins)))
+
+
+def form_origin(uri: str | None) -> str | None:
+    """``scheme://host[:port]`` of a registered redirect URI, for a page's form-action
+    (:func:`csp`); ``None`` for none, or for one that is not plain http(s) to a host."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not re.fullmatch(
+        r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""
+    ):
+        return None
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def page_reason(exc: errors.LinkError) -> str:

@@ -38,6 +38,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import db, logs, outbox, relay
+from .accesslog import close_body
 from .services import services
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -159,9 +160,7 @@ class _Ending:
 
     def close(self) -> None:
         try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
+            close_body(self.body)
         finally:
             self.span.end()
 

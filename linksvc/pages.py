@@ -34,6 +34,7 @@ from .clients import Client
 from .html import (
     clock,
     csp,
+    form_origin,
     lasts,
     onward,
     register_error_pages,
@@ -149,18 +150,6 @@ def _client_of(svc: LinkService, rec: ledger.LinkRecord) -> Client:
     return client
 
 
-def _origin(uri: str | None) -> str | None:
-    """``scheme://host[:port]`` of a registered redirect URI, for the page's form-action."""
-    if not uri:
-        return None
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not re.fullmatch(
-        r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""
-    ):
-        return None
-    return f"{parts.scheme}://{parts.netloc.lower()}"
-
-
 def with_code(uri: str, code: str) -> str:
     """``uri`` with ``code=…`` added to its query. The registered query is kept byte for byte
     (re-encoding it could change what the application reads); only a ``code`` member is replaced."""
@@ -227,7 +216,7 @@ def _confirmation(
     nonce, new = _nonce()
     form_token = _serializer(svc).dumps({"j": v.record.jti, "n": codes.completion_hash(nonce)})
     title, explanation, button = (_(s, app=client.display_name) for s in ACTIONS[v.record.purpose])
-    origin = _origin(v.record.redirect_uri)
+    origin = form_origin(v.record.redirect_uri)
     left = max(0, v.record.exp - svc.now())
     resp = render_page(
         "confirm.html",

@@ -9,44 +9,21 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import clients as clients_mod
 from . import db, errors, outbox, relay, webhooks
-from .api import iso
-from .config import Settings
-from .service import LinkService
+from .cli import _iso, _kek, _settings, _svc
+from .formats import iso
 from .services import services
 
 webhooks_cli = AppGroup("webhooks", help="Manage webhook endpoints and run the relay.")
-
-
-def _svc() -> LinkService:
-    return services().links
-
-
-def _settings() -> Settings:
-    return cast(Settings, current_app.config["LINKSVC"])
-
-
-def _kek() -> bytes:
-    kek = _settings().key_encryption_key
-    if kek is None:
-        raise click.ClickException(
-            "no key-encryption key: run `.venv/bin/flask --app app init-db` "
-            "or set LINKSVC_KEY_ENCRYPTION_KEY"
-        )
-    return kek
-
-
-def _iso(ts: int | None) -> str:
-    return iso(ts) or "-"
 
 
 def _client(conn: Any, ident: str) -> clients_mod.Client:
