@@ -7,6 +7,7 @@ import click
 from linksvc import create_app
 from linksvc.config import ConfigError
 from linksvc.keys import KeyRingError
+from linksvc.services import services
 
 try:
     app = create_app()
@@ -21,7 +22,7 @@ except ConfigError as exc:
 # `init-db` and `keys generate` can create it.
 if app.config["LINKSVC"].is_production and click.get_current_context(silent=True) is None:
     try:
-        app.extensions["linksvc"].keyring.check()
+        services(app).links.keyring.check()
     except KeyRingError as exc:
         print(f"linksvc: cannot start: {exc}", file=sys.stderr)
         # 4 is gunicorn's "app failed to load": the master stops instead of respawning workers.

@@ -85,9 +85,10 @@ class Instance:
     def premint(self, n: int) -> Path:
         """Sign ``n`` tokens and record them in the ledger in one transaction, as a mint would."""
         from linksvc import create_app, db, ledger, tokens
+        from linksvc.services import services
 
         app = create_app(self.env)
-        svc = app.extensions["linksvc"]
+        svc = services(app).links
         s = svc.settings
         key = svc.keyring.signing_key()
         now = int(time.time())

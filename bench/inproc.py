@@ -70,6 +70,7 @@ class Linksvc(Target):
         import secrets
 
         from linksvc import clients, create_app, db, keys, migrate
+        from linksvc.services import services
 
         instance = workdir / "linksvc"
         instance.mkdir()
@@ -90,7 +91,7 @@ class Linksvc(Target):
         # terminal: building them is the cost that belongs to linksvc.
         for h in logging.getLogger("linksvc").handlers:
             h.stream = open(os.devnull, "w")  # type: ignore[attr-defined]
-        svc = app.extensions["linksvc"]
+        svc = services(app).links
         migrate.upgrade(svc.engine)
         now = int(time.time())
         with db.write(svc.engine) as conn:
@@ -154,8 +155,9 @@ class Linksvc(Target):
             self.pending = [self._mint()["token"] for _ in range(n)]
         elif scenario == "exchange":
             from linksvc import codes, ledger
+            from linksvc.services import services
 
-            svc = self.app.extensions["linksvc"]
+            svc = services(self.app).links
             now = svc.now()
             self.codes = []
             for _ in range(n):
@@ -252,8 +254,9 @@ class LinksvcWebhooks(Linksvc):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         from linksvc import db, ssrf, webhooks
+        from linksvc.services import services
 
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         with db.write(svc.engine) as conn:
             webhooks.add(
                 conn,

@@ -48,13 +48,13 @@ import psycopg
 
 from bench.measure import machine
 from linksvc import db, ledger, migrate, partitions, tokens
+from linksvc.services import services
 from tests.support import ledger_fill
 from tests.support.env import base_env, free_port
 from tests.support.servers import prepare_instance
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DAY = partitions.DAY
@@ -291,7 +291,7 @@ def service_load(env: dict[str, str], api_key: str, seconds: float) -> dict[str,
         }
 
     out = {"mint": run("mint"), "redeem": run("redeem")}
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
     return out
 
 

@@ -39,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from linksvc import clients, create_app, db, keys, migrate, service
+    from linksvc.services import services
 
     workdir = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     app = create_app(
@@ -54,7 +55,7 @@ def main() -> None:
     )
     for h in logging.getLogger("linksvc").handlers:
         h.stream = open(os.devnull, "w")  # type: ignore[attr-defined]
-    svc: service.LinkService = app.extensions["linksvc"]
+    svc: service.LinkService = services(app).links
     migrate.upgrade(svc.engine)
     now = int(time.time())
     users: dict[str, Any] = {}

@@ -36,10 +36,11 @@ def service(database_url: str | None, instance: Path) -> Iterator[Any]:
     import logging
 
     from linksvc import clients, create_app, db, keys, migrate, ssrf, webhooks
+    from linksvc.services import services
 
     app = create_app(base_env(instance, database_url, LINKSVC_LOG_LEVEL="error"))
     logging.getLogger("linksvc").setLevel(logging.ERROR)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     migrate.upgrade(svc.engine)
     kek = app.config["LINKSVC"].key_encryption_key
     now = int(time.time())

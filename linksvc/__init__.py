@@ -16,6 +16,8 @@ from . import db, errors, logs, tracing
 from .http import problem, security_headers
 from .keys import KeyRing
 from .service import LinkService
+from .services import KEY as SERVICES_KEY
+from .services import Services
 
 #: The service's version, shown on the landing page.
 __version__ = "1.0.0"
@@ -57,10 +59,11 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         refresh_seconds=settings.key_refresh_seconds,
         max_lifetime=max_lifetime,
     )
-    app.extensions["linksvc"] = LinkService(settings, engine, keyring)
+    links = LinkService(settings, engine, keyring)
 
     from . import (
         api,
+        branding,
         branding_pages,
         cli,
         devoutbox,
@@ -74,8 +77,20 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         pages,
         ratelimit,
         signin_pages,
+        signins,
+        storage,
         webhooks_cli,
     )
+
+    # The services every configuration has; each concern's init_app below adds its own.
+    services = Services(
+        links=links,
+        storage=storage.from_settings(settings),
+        signins=signins.SignIns(links),
+        logos=branding.LogoCache(),
+        catalogs=i18n.Catalogs(),
+    )
+    app.extensions[SERVICES_KEY] = services
 
     # The request id comes first, so that every later hook (and every log line) has it.
     @app.before_request
@@ -143,9 +158,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     @app.errorhandler(404)
     def _not_found(exc: Any) -> Any:
-        page = app.extensions.get(
-            "linksvc.html_http_error"
-        )  # linksvc.pages: HTML for browser paths
+        page = services.html_http_error  # linksvc.pages: HTML for browser paths
         if page is not None and not request.path.startswith(
             ("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")
         ):
@@ -154,7 +167,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     @app.errorhandler(405)
     def _method(exc: Any) -> Any:
-        page = app.extensions.get("linksvc.html_http_error")
+        page = services.html_http_error
         if page is not None and not request.path.startswith(
             ("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")
         ):
@@ -179,7 +192,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
         if isinstance(exc, HTTPException):
             return problem(exc.code or 500, "http_error", exc.description or "")
         # Never a stack trace to the client; the log has the type, not the request body.
-        traced = app.extensions.get("linksvc.trace_error")
+        traced = services.trace_error
         if traced is not None:
             traced(exc)
         log.error(

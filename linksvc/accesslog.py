@@ -124,11 +124,17 @@ class _Logged:
 
     def close(self) -> None:
         try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
+            close_body(self.body)
         finally:
             self.done(self.sent)
+
+
+def close_body(body: Iterable[bytes]) -> None:
+    """Close a wrapped response body, as a WSGI server would have (PEP 3333): a wrapper's
+    ``close`` must call the one of the body it wraps, if it has one."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
 
 
 _ACCESS = logging.getLogger("linksvc.access")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -24,8 +23,10 @@ from . import branding, branding_pages, codes, db, errors, idempotency, locales,
 from .clients import BRAND_FIELDS, Client, ClientError
 from .clients import update as update_client
 from .config import PURPOSES
+from .formats import iso, strict_json_decoder
 from .http import KIND_STATUS, link_error_problem, problem
 from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
+from .services import services
 from .tokens import JTI_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -55,17 +56,7 @@ def _converters(state: Any) -> None:
 
 
 def service() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
-
-
-def iso(ts: int | None) -> str | None:
-    return None if ts is None else _iso(ts)
-
-
-@functools.lru_cache(maxsize=4096)
-def _iso(ts: int) -> str:
-    # Every answer names its iat and exp, and within a second they repeat: strftime once.
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return services().links
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -86,21 +77,7 @@ class BadRequest(Exception):
         self.status, self.code, self.detail, self.field = status, code, detail, field
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in obj:
-            raise ValueError(f"duplicate member {k!r}")
-        obj[k] = v
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-#: Built once: ``json.loads`` with hooks builds a new decoder (and its scanner) per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = strict_json_decoder()
 
 
 def _read_at_most(stream: Any, n: int) -> bytes:
@@ -309,9 +286,6 @@ MINT_SPEC: dict[str, tuple[Any, bool]] = {
     "timezone": (str, False),
 }
 
-#: Hook for mail delivery: ``send(client, minted, address) -> None``; raises RequestRefused.
-MailHook = Callable[[Client, Any, str], None]
-
 
 @bp.post("/links")
 def mint() -> Response | tuple[Response, int]:
@@ -324,13 +298,16 @@ def mint() -> Response | tuple[Response, int]:
             return replay, replay.status_code
     purpose_field(f["purpose"])
     l10n = locales.link_l10n(f["locale"], f["timezone"], client.locale)
-    mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
-    if f["email"] is not None and mailer is None:
-        raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
-    if f["email"] is not None and hasattr(mailer, "check_address"):
-        mailer.check_address(f["email"])  # type: ignore[union-attr]  # refuse before anything is minted
+    wired = services()
+    mailer = wired.mailer
+    if f["email"] is not None:
+        if mailer is None:
+            raise BadRequest(
+                422, "mail_unavailable", "This service does not send mail.", field="email"
+            )
+        mailer.check_address(f["email"])  # refuse before anything is minted
     # Rate limits (linksvc.ratelimit): raise RateLimited before the mint changes anything.
-    guard: Callable[..., None] | None = current_app.extensions.get("linksvc.mint_guard")
+    guard = wired.mint_guard
     if guard is not None:
         guard(client, f["subject"], f["purpose"], f["email"])
     minted = service().mint(
@@ -778,9 +755,9 @@ def start_sign_in() -> tuple[Response, int]:
     f = fields(json_body(), SIGN_IN_SPEC)
     client = current_client()
     l10n = locales.link_l10n(f["locale"], f["timezone"], client.locale)
-    mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
-    sis: signins.SignIns | None = current_app.extensions.get("linksvc.signins")
-    if mailer is None or sis is None:
+    wired = services()
+    mailer, sis = wired.mailer, wired.signins
+    if mailer is None:
         raise BadRequest(422, "mail_unavailable", "This service does not send mail.", field="email")
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
@@ -790,15 +767,14 @@ def start_sign_in() -> tuple[Response, int]:
         replay = _idempotency_claim(client, idem_key, hashed, replay=_sign_in_replay)
         if replay is not None:
             return replay, replay.status_code
-    if hasattr(mailer, "check_address"):
-        mailer.check_address(f["email"])  # refuse before anything is minted
-    guard: Callable[..., None] | None = current_app.extensions.get("linksvc.mint_guard")
+    mailer.check_address(f["email"])  # refuse before anything is minted
+    guard = wired.mint_guard
     if guard is not None:
         guard(client, f["subject"], "magic_link", f["email"])
     address = f["email"]
 
     def send(minted: Any, code: str) -> None:
-        mailer(client, minted, address, code=code)  # type: ignore[call-arg]
+        mailer(client, minted, address, code=code)
 
     svc = service()
     started = sis.start(
@@ -875,7 +851,7 @@ def _fresh_client() -> Client:
 def _branding_changed(client_id: str) -> None:
     # This worker shows the change at once; the others within their caches' few seconds.
     service().client_cache.clear()
-    current_app.extensions["linksvc.logos"].forget(client_id)
+    services().logos.forget(client_id)
 
 
 def _branding_refused(exc: branding.BrandingRefused) -> BadRequest:

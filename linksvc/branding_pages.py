@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import cast
 
-from flask import Blueprint, Flask, Response, abort, current_app, g, url_for
+from flask import Blueprint, Flask, Response, abort, g, url_for
 
 from . import branding, db, errors
 from .clients import Client
 from .service import LinkService
+from .services import services
 
 bp = Blueprint("branding", __name__)
 
@@ -38,11 +38,11 @@ class PageBrand:
 
 
 def _service() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 def _logos() -> branding.LogoCache:
-    return cast(branding.LogoCache, current_app.extensions["linksvc.logos"])
+    return services().logos
 
 
 def logo_of(client_id: str) -> branding.Logo | None:
@@ -128,7 +128,6 @@ def stylesheet(client_id: str, digest: str) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["linksvc.logos"] = branding.LogoCache()
     app.register_blueprint(bp)
 
     @app.context_processor

@@ -11,7 +11,6 @@ import hmac
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -24,11 +23,13 @@ from . import branding, codes, db, errors, idempotency, ledger, migrate, partiti
 from . import clients as clients_mod
 from . import keys as keys_mod
 from .config import PURPOSES, Settings
+from .formats import iso
 from .service import LinkService
+from .services import services
 
 
 def _svc() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 def _settings() -> Settings:
@@ -36,7 +37,7 @@ def _settings() -> Settings:
 
 
 def _iso(ts: int | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return iso(ts) or "-"
 
 
 def _write_secret(path: Path) -> bytes:
@@ -80,7 +81,7 @@ def init_db() -> None:
         click.echo(f"created development secret {s.instance_path / 'secret.key'} (mode 0600)")
     with db.write(svc.engine) as conn:
         migrate.serialise_setup(conn)  # nodes running init-db at once create one key ring
-        created = keys_mod.ensure_keys(conn, kek, int(time.time()))
+        created = keys_mod.ensure_keys(conn, kek, svc.now())
     for k in created:
         click.echo(f"created {k.state} signing key {k.kid} ({k.alg})")
 
@@ -242,10 +243,10 @@ def clients_create(
                 support_url=support_url,
                 support_email=support_email,
                 mail_from_name=mail_from_name,
-                now=int(time.time()),
+                now=_svc().now(),
             )
             if new_logo is not None:
-                branding.save_logo(conn, client.id, new_logo, now=int(time.time()))
+                branding.save_logo(conn, client.id, new_logo, now=_svc().now())
     except (clients_mod.ClientError, branding.BrandingRefused) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -286,7 +287,7 @@ def clients_disable(client: str) -> None:
     """Disable a client: its API key stops working within 5 seconds (workers cache keys that long);
     its one-time codes not yet exchanged are voided, and its sign-ins approved but not yet
     completed ended (their links revoked), at once."""
-    now = int(time.time())
+    now = _svc().now()
     with db.write(_svc().engine) as conn:
         c = _find_client(conn, client)
         clients_mod.update(conn, c.id, disabled=True)
@@ -419,7 +420,7 @@ def clients_update(
                     **cast(dict[str, Any], changes),
                 )
             if new_logo is not None:
-                branding.save_logo(conn, c.id, new_logo, now=int(time.time()))
+                branding.save_logo(conn, c.id, new_logo, now=_svc().now())
                 changes["logo"] = new_logo.sha256
             elif clear_logo:
                 branding.clear_logo(conn, c.id)
@@ -502,7 +503,7 @@ def keys_generate(alg: str) -> None:
     or the active key if there is none."""
     try:
         with db.write(_svc().engine) as conn:
-            info, replaced = keys_mod.generate(conn, _kek(), alg, int(time.time()))
+            info, replaced = keys_mod.generate(conn, _kek(), alg, _svc().now())
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
@@ -541,7 +542,7 @@ def keys_rotate(alg: str | None, force: bool) -> None:
     try:
         with db.write(_svc().engine) as conn:
             old, active, nxt = keys_mod.rotate(
-                conn, _kek(), int(time.time()), alg, min_age=0 if force else _min_next_age()
+                conn, _kek(), _svc().now(), alg, min_age=0 if force else _min_next_age()
             )
     except keys_mod.KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
@@ -556,7 +557,7 @@ def keys_rotate(alg: str | None, force: bool) -> None:
 @keys_cli.command("retire")
 def keys_retire() -> None:
     """Remove retired keys whose tokens have all expired (safe to run from cron)."""
-    now = int(time.time())
+    now = _svc().now()
     with db.write(_svc().engine) as conn:
         done = keys_mod.retire_expired(conn, now, _retired_window())
         # A removed key's links cannot complete a sign-in (their codes would be refused).
@@ -572,7 +573,7 @@ def keys_retire() -> None:
 @click.confirmation_option(prompt="Links signed by this key stop working at once. Continue?")
 def keys_revoke(kid: str) -> None:
     """Emergency: remove a key now. Its links fail with unknown_key."""
-    now = int(time.time())
+    now = _svc().now()
     try:
         with db.write(_svc().engine) as conn:
             info, notes = keys_mod.revoke(conn, _kek(), kid, now)
@@ -681,7 +682,7 @@ def purge_cmd(
     try:
         removed = ledger.purge(
             _svc().engine,
-            now=int(time.time()),
+            now=_svc().now(),
             retention_seconds=days * 86400,
             batch_size=batch_size,
             max_batches=max_batches,
@@ -689,13 +690,13 @@ def purge_cmd(
         # Sign-ins go with their links (linksvc.signins).
         removed["sign_ins"] = signins.purge(
             _svc().engine,
-            now=int(time.time()),
+            now=_svc().now(),
             retention_seconds=days * 86400,
             batch_size=batch_size,
         )
         # Idempotency keys name their link for 24 h only (linksvc.idempotency).
         removed["idempotency_keys"] = idempotency.purge(
-            _svc().engine, now=int(time.time()), batch_size=batch_size
+            _svc().engine, now=_svc().now(), batch_size=batch_size
         )
     except errors.ServiceUnavailable as exc:
         raise click.ClickException(exc.detail) from None
@@ -730,7 +731,7 @@ def partitions_cmd(ahead_days: int) -> None:
         with db.read(engine) as conn:
             partitioned = partitions.is_partitioned(conn)
         created = (
-            partitions.ensure_ahead(engine, now=int(time.time()), ahead_days=ahead_days)
+            partitions.ensure_ahead(engine, now=_svc().now(), ahead_days=ahead_days)
             if partitioned
             else []
         )
@@ -805,7 +806,7 @@ def demo_cmd(app_url: str, env_file: Path | None) -> None:
                 redirect_uris=[app_url + "/callback"],
                 mint_limit="10000 per minute",
                 subject_limit="1000 per minute",
-                now=int(time.time()),
+                now=_svc().now(),
             )
         # The key is stored only as a hash: set it (again) each run, with the registration,
         # so a changed --app-url (make run APP_PORT=…) is the one registered.
@@ -833,14 +834,14 @@ linksvc demo client {client.id} ("{DEMO_DISPLAY_NAME}", redirect URI {app_url}/c
   curl -s -X POST {base}/api/v1/links -H "Authorization: Bearer $KEY" \\
        -H 'Content-Type: application/json' -d '{{"purpose":"magic_link","subject":"user-42"}}'
 """)
-    mailer = current_app.extensions.get("linksvc.mailer")
+    mailer = services().mailer
     if mailer is not None:
         # Add "email":"you@example.com" to the mint body to have the link mailed.
         where = (
             "SMTP " if s.smtp_url else "outbox folder (.eml files; no LINKSVC_SMTP_URL) "
         ) + mailer.transport.describe()
         click.echo(f'  Mail ("email" in the mint body) goes to: {where}')
-        if "linksvc.dev_outbox" in current_app.extensions:
+        if services().dev_outbox is not None:
             click.echo(f"  Read it in the browser: {base}/dev/outbox\n")
         else:
             click.echo("")

@@ -10,7 +10,9 @@ platforms mount secrets.
 Every value is coerced and validated here; an unsafe or malformed setting raises
 :class:`ConfigError` naming the variable, and the application refuses to start.
 Nothing else in linksvc reads ``os.environ`` (``gunicorn.conf.py`` and ``serve.py`` read
-their own settings through :func:`environment` too).
+their own settings through :func:`environment` too). One variable without the prefix is read
+here as well: ``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's own name for the folder of the
+workers' counters (:attr:`Settings.metrics_dir`).
 """
 
 from __future__ import annotations
@@ -304,6 +306,10 @@ class Settings:
     webhook_endpoint_concurrency: int = 2
     #: When set, ``GET /metrics`` wants ``Authorization: Bearer <this>`` (off by default).
     metrics_token: str | None = None
+    #: ``PROMETHEUS_MULTIPROC_DIR`` (the environment only, never the file: prometheus_client
+    #: reads the same variable when it is imported): a scrape sums the counter files every
+    #: worker writes there (gunicorn.conf.py, serve.py). ``None``: this process's counters.
+    metrics_dir: Path | None = None
 
     @property
     def issuer(self) -> str:
@@ -621,6 +627,7 @@ def load(
         webhook_deadline=_int(env, "LINKSVC_WEBHOOK_DEADLINE", 15, 1, 120),
         webhook_endpoint_concurrency=_int(env, "LINKSVC_WEBHOOK_ENDPOINT_CONCURRENCY", 2, 1, 64),
         metrics_token=metrics_token,
+        metrics_dir=Path(multiproc) if (multiproc := env.get("PROMETHEUS_MULTIPROC_DIR")) else None,
     )
 
 

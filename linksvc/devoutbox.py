@@ -15,11 +15,12 @@ from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response
 
 from .config import Settings
 from .html import render_page
 from .mail import OutboxTransport
+from .services import services
 
 bp = Blueprint("dev_outbox", __name__)
 
@@ -72,16 +73,17 @@ def read_outbox(directory: Path, limit: int = MAX_MESSAGES) -> list[Mail]:
 
 @bp.get("/dev/outbox")
 def outbox() -> Response:
-    directory: Path = current_app.extensions["linksvc.dev_outbox"]
+    directory = services().dev_outbox
+    assert directory is not None  # the blueprint is registered with it only
     return render_page("dev/outbox.html", mails=read_outbox(directory), directory=directory)
 
 
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["LINKSVC"]
-    mailer = app.extensions.get("linksvc.mailer")
-    transport = getattr(mailer, "transport", None)
+    mailer = services(app).mailer
+    transport = None if mailer is None else mailer.transport
     # Development only, and only for the outbox folder: never in production or tests.
     if settings.env != "development" or not isinstance(transport, OutboxTransport):
         return
-    app.extensions["linksvc.dev_outbox"] = transport.directory
+    services(app).dev_outbox = transport.directory
     app.register_blueprint(bp)

@@ -30,6 +30,7 @@ from .html import register_error_pages, render_page
 from .i18n import N_, ngettext
 from .i18n import gettext as _
 from .service import LinkService
+from .services import services
 
 log = logging.getLogger("linksvc.downloads")
 
@@ -53,11 +54,9 @@ _BROWSER_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def init_app(app: Flask) -> None:
-    settings: Settings = app.config["LINKSVC"]
-    store = storage.from_settings(settings)
-    app.extensions["linksvc.storage"] = store
-    svc: LinkService = app.extensions["linksvc"]
-    svc.download_checker = lambda client, download: check_download(store, client, download)
+    found = services(app)
+    store = found.storage
+    found.links.download_checker = lambda client, download: check_download(store, client, download)
     app.register_blueprint(bp)
 
 
@@ -174,13 +173,11 @@ def check_download(
 
 
 def _service() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 def _store() -> storage.LocalStorage | storage.S3Storage:
-    return cast(
-        "storage.LocalStorage | storage.S3Storage", current_app.extensions["linksvc.storage"]
-    )
+    return services().storage
 
 
 def _settings() -> Settings:

@@ -8,17 +8,19 @@ carry no script at all.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, g, render_template
+from flask import Blueprint, Response, g, render_template
 
 from . import branding_pages, db, errors, i18n, ledger
 from .clients import Client
 from .http import REASON_STATUS
 from .i18n import N_
 from .i18n import gettext as _
+from .services import services
 
 log = logging.getLogger("linksvc.pages")
 
@@ -96,6 +98,19 @@ def csp(*form_origins: str) -> str:
     """A strict Content-Security-Policy allowing forms to post here and, because Chrome
     checks ``form-action`` against the redirect that follows a form post, to ``form_origins``."""
     return _CSP.format(form_action=" ".join(("'self'", *form_origins)))
+
+
+def form_origin(uri: str | None) -> str | None:
+    """``scheme://host[:port]`` of a registered redirect URI, for a page's form-action
+    (:func:`csp`); ``None`` for none, or for one that is not plain http(s) to a host."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not re.fullmatch(
+        r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""
+    ):
+        return None
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def page_reason(exc: errors.LinkError) -> str:
@@ -203,7 +218,7 @@ def link_facts(exc: errors.LinkError, now: int) -> LinkFacts | None:
     reason = page_reason(exc)
     if reason == "invalid" or exc.jti is None:
         return None
-    svc = current_app.extensions["linksvc"]
+    svc = services().links
     try:
         with db.read(svc.engine) as conn:
             rec = ledger.get(conn, exc.jti)
@@ -285,7 +300,7 @@ FAILURE_ADVICE = {
 
 def render_link_error(exc: errors.LinkError) -> Response:
     reason = page_reason(exc)
-    now = current_app.extensions["linksvc"].now()
+    now = services().links.now()
     return render_failure(reason, REASON_STATUS.get(reason, 400), facts=link_facts(exc, now))
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Response, current_app, json
 
 from . import errors
+from .formats import iso_time
 
 #: Problem ``type`` URIs are ``<base URL>/problems#<code>``: a section of a page this service
 #: serves (linksvc.docs) explaining the code.
@@ -80,11 +80,6 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
 
 def _is_time(name: str) -> bool:
     return name == "at" or name.endswith("_at")
-
-
-def iso_time(ts: int) -> str:
-    """Epoch seconds in the API's one time format: ISO 8601, UTC, whole seconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def link_error_problem(exc: errors.LinkError) -> Response:

@@ -32,7 +32,7 @@ from babel.dates import get_datetime_format as _datetime_pattern
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
-from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, g, has_app_context, has_request_context, request
 from jinja2 import pass_context
 from markupsafe import Markup
 
@@ -47,6 +47,7 @@ from .locales import (
     negotiate,
     to_bcp47,
 )
+from .services import services
 
 log = logging.getLogger("linksvc.i18n")
 TRANSLATIONS = Path(__file__).parent / "translations"
@@ -128,8 +129,7 @@ _FALLBACK = NullTranslations()
 def _translations() -> NullTranslations:
     if not has_app_context():
         return _FALLBACK
-    catalogs: Catalogs | None = current_app.extensions.get("linksvc.catalogs")
-    return catalogs.get(current()) if catalogs is not None else _FALLBACK
+    return services().catalogs.get(current())
 
 
 # -- the current locale ----------------------------------------------------------------------
@@ -303,7 +303,6 @@ def init_app(app: Flask) -> None:
     """Load every catalog once and give the templates ``_``/``ngettext`` (Jinja's i18n
     extension with new-style callables of our own: autoescaped, ``%(name)s`` filled from
     keyword arguments, isolated on right-to-left pages)."""
-    app.extensions["linksvc.catalogs"] = Catalogs()
     app.jinja_env.add_extension("jinja2.ext.i18n")
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
         gettext=_template_gettext, ngettext=_template_ngettext, newstyle=False

@@ -33,14 +33,15 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import css_inline
-from flask import Flask, current_app, render_template
+from flask import Flask, render_template
 from PIL import Image
 
 from . import branding, branding_pages, db, errors, i18n, locales, metrics
 from .clients import Client
 from .config import ConfigError, Settings
 from .i18n import N_
-from .service import LinkService, Minted
+from .service import Minted
+from .services import services
 
 log = logging.getLogger("linksvc.mail")
 
@@ -332,7 +333,7 @@ class Mailer:
     def _sent(self, client: Client, minted: Minted) -> None:
         """``link.sent`` for webhooks: the SMTP server (or the outbox folder) took it. Its own
         transaction: no ledger row changes when a mail goes out. Best effort: the mail is gone."""
-        svc: LinkService = current_app.extensions["linksvc"]
+        svc = services().links
         rec = minted.record
         try:
             sink = svc.sinks.get(svc.engine, client.id)
@@ -351,7 +352,7 @@ class Mailer:
             log.warning("link.sent not recorded", extra={"jti": rec.jti, "client": client.id})
 
     def _revoke(self, client: Client, jti: str) -> None:
-        svc: LinkService = current_app.extensions["linksvc"]
+        svc = services().links
         try:
             svc.revoke(client, jti)
         except (
@@ -372,4 +373,4 @@ def init_app(app: Flask) -> None:
             "LINKSVC_SMTP_URL is not set: mail goes to the outbox folder",
             extra={"outbox": str(transport.directory)},
         )
-    app.extensions["linksvc.mailer"] = Mailer(settings, transport)
+    services(app).mailer = Mailer(settings, transport)

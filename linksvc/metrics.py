@@ -17,7 +17,6 @@ label is the client's public id.
 from __future__ import annotations
 
 import hmac
-import os
 import time
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -38,9 +37,7 @@ from prometheus_client.registry import Collector
 
 from . import db, errors, partitions
 from .config import PURPOSES
-
-#: prometheus_client itself chooses file-backed values when this is set at import time.
-MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+from .services import services
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The ``_created`` series double the output and say nothing a scrape needs.
@@ -158,7 +155,7 @@ class KeyAgeCollector(Collector):
             "Seconds since each published key entered its state (activated, retired).",
             labels=["kid", "alg", "state"],
         )
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         now = svc.now()
         try:
             published = svc.keyring.published()
@@ -181,7 +178,7 @@ class LedgerCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         settings = self.app.config["LINKSVC"]
         ready = GaugeMetricFamily(
             "linksvc_database_ready", "1 when the database answers a ping, else 0."
@@ -230,15 +227,18 @@ class LedgerCollector(Collector):
 def scrape(app: Flask) -> bytes:
     """The metrics text: every worker's counters (multiprocess mode) or this process's."""
     registry = CollectorRegistry(auto_describe=False)
-    if MULTIPROCESS_DIR:
+    # prometheus_client itself chooses file-backed values when the same variable is set at
+    # import time (config.Settings.metrics_dir).
+    multiproc_dir = app.config["LINKSVC"].metrics_dir
+    if multiproc_dir is not None:
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
     else:
         registry.register(_Forward(REGISTRY))
     registry.register(KeyAgeCollector(app))
     registry.register(LedgerCollector(app))
-    for collector in app.extensions.get("linksvc.collectors", ()):  # e.g. the webhook backlog
+    for collector in services(app).collectors:  # e.g. the webhook backlog
         registry.register(collector(app))
     return generate_latest(registry)
 
@@ -304,7 +304,7 @@ def _checked_in(*_: Any) -> None:
 
 def init_app(app: Flask) -> None:
     _preinitialise()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     if observe not in svc.observers:
         svc.observers.append(observe)
     _count_pool(svc.engine)

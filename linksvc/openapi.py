@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from . import locales
+from .services import services
 
 PREFIX = "/api/v1"
 PURPOSES = ["magic_link", "password_reset", "download"]
@@ -1164,11 +1165,11 @@ def routed_operations(app: Flask) -> set[tuple[str, str]]:
 
 
 def _serve() -> Response:
-    cached = current_app.extensions.get("linksvc.openapi")
+    wired = services()
+    cached = wired.openapi
     if cached is None:
-        store = current_app.extensions.get("linksvc.storage")
-        cached = current_app.extensions["linksvc.openapi"] = document(
-            routed_operations(current_app), buckets=getattr(store, "kind", None) == "s3"
+        cached = wired.openapi = document(
+            routed_operations(current_app), buckets=wired.storage.kind == "s3"
         )
     return jsonify(cached)
 

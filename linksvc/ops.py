@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from . import errors
 from .http import problem
@@ -10,6 +10,7 @@ from .http import problem
 # Verifiers may cache the JWKS this long; `keys rotate` refuses to activate a next key
 # published for less than this plus one refresh, so a cached JWKS knows a key before it signs.
 from .keys import JWKS_MAX_AGE
+from .services import services
 
 bp = Blueprint("ops", __name__)
 
@@ -23,7 +24,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    if not current_app.extensions["linksvc"].ready():
+    if not services().links.ready():
         return problem(503, "database_unavailable", "The database is not answering.")
     return jsonify({"status": "ready"})
 
@@ -31,7 +32,7 @@ def readyz() -> Response:
 @bp.get("/.well-known/jwks.json")
 def jwks() -> Response:
     try:
-        body = current_app.extensions["linksvc"].keyring.jwks()
+        body = services().links.keyring.jwks()
     except errors.ServiceUnavailable as exc:
         resp = problem(503, "unavailable", exc.detail)
         resp.headers["Retry-After"] = "5"

@@ -38,6 +38,8 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import db, logs, outbox, relay
+from .accesslog import close_body
+from .services import services
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SERVER, _CLIENT, _INTERNAL = SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL
@@ -158,9 +160,7 @@ class _Ending:
 
     def close(self) -> None:
         try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
+            close_body(self.body)
         finally:
             self.span.end()
 
@@ -375,16 +375,16 @@ def _patch(obj: Any, name: str, fn: Any) -> None:
 def install(app: Flask, *, exporters: set[str], traceparent: str) -> None:
     """Trace ``app``: its requests, database, mail, storage and the webhook relay."""
     tracer = _provider(exporters).get_tracer("linksvc")
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     app.wsgi_app = TracingMiddleware(app.wsgi_app, tracer, traceparent)  # type: ignore[method-assign]
     app.before_request(_name_route)
-    app.extensions["linksvc.trace_error"] = _unexpected
+    services(app).trace_error = _unexpected
     _trace_engine(svc.engine, tracer)
     system = svc.engine.dialect.name
     db.CONNECTION_HOOK = lambda _engine, conn: TracedConnection(conn, system, tracer)
     outbox.traceparent = current_traceparent
     relay.TRACING = RelayTracing(tracer)
-    mailer = app.extensions.get("linksvc.mailer")
+    mailer = services(app).mailer
     if mailer is not None:
         transport = mailer.transport
         kind = type(transport).__name__.removesuffix("Transport").lower()
@@ -393,17 +393,14 @@ def install(app: Flask, *, exporters: set[str], traceparent: str) -> None:
             "send",
             _spanned(tracer, "mail send", transport.send, **{"linksvc.mail.transport": kind}),
         )
-    store = app.extensions.get("linksvc.storage")
-    if store is not None:
-        backend = "s3" if type(store).__name__.startswith("S3") else "local"
-        for method in ("stat", "presigned_url", "open_grant"):
-            fn = getattr(store, method, None)
-            if fn is not None:
-                _patch(
-                    store,
-                    method,
-                    _spanned(
-                        tracer, f"storage {method}", fn, **{"linksvc.storage.backend": backend}
-                    ),
-                )
+    store = services(app).storage
+    backend = "s3" if type(store).__name__.startswith("S3") else "local"
+    for method in ("stat", "presigned_url", "open_grant"):
+        fn = getattr(store, method, None)
+        if fn is not None:
+            _patch(
+                store,
+                method,
+                _spanned(tracer, f"storage {method}", fn, **{"linksvc.storage.backend": backend}),
+            )
     _trace_logs()

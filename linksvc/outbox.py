@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import db
 from .config import HARD_MAX_LEEWAY
+from .formats import iso_time
 
 log = logging.getLogger("linksvc.webhooks")
 
@@ -80,8 +81,8 @@ def retry_delay(attempts: int, rand: Callable[[], float] = random.random) -> int
     return max(1, round(base * (0.9 + 0.2 * rand())))
 
 
-def iso(ts: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+#: The webhooks' time format is the API's (ledger.py writes its facts with it).
+iso = iso_time
 
 
 def body(
@@ -108,41 +109,56 @@ def body(
 
 _o, _e, _wc = db.webhook_outbox, db.webhook_endpoints, db.webhook_clients
 
-# Built once (the hot path of a webhook client runs it): one INSERT … SELECT writes a row
-# per enabled endpoint of the client that subscribes to the event, none if there is none.
-EMIT = sa.insert(_o).from_select(
-    [
-        "msg_id",
-        "endpoint_id",
-        "client_id",
-        "event_type",
-        "jti",
-        "payload",
-        "created_at",
-        "state",
-        "attempts",
-        "next_attempt_at",
-        "traceparent",
-    ],
-    sa.select(
+#: The outbox columns both statements below fill, in order.
+_COLUMNS = [
+    "msg_id",
+    "endpoint_id",
+    "client_id",
+    "event_type",
+    "jti",
+    "payload",
+    "created_at",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "traceparent",
+]
+
+
+def _row(jti: Any) -> Any:
+    """The select of one outbox row per endpoint (``_COLUMNS``), the link's id from ``jti``."""
+    return sa.select(
         sa.bindparam("w_msg", type_=sa.String()),
         _e.c.id,
         _e.c.client_id,
         sa.bindparam("w_type", type_=sa.String()),
-        sa.bindparam("w_jti", type_=sa.String()),
+        jti,
         sa.bindparam("w_payload", type_=sa.Text()),
         sa.bindparam("w_now", type_=sa.BigInteger()),
         sa.literal(PENDING, type_=sa.String()),
         sa.literal(0, type_=sa.Integer()),
         sa.bindparam("w_now2", type_=sa.BigInteger()),
         sa.bindparam("w_trace", type_=sa.String()),
-    ).where(
-        _e.c.client_id == sa.bindparam("w_client", type_=sa.String()),
+    )
+
+
+def _subscribed() -> list[Any]:
+    """An endpoint that takes the event: enabled, and subscribed to it (or to every event)."""
+    return [
         _e.c.disabled == sa.false(),
         sa.or_(
             _e.c.events.is_(None),
             _e.c.events.like(sa.bindparam("w_like", type_=sa.String()), escape="\\"),
         ),
+    ]
+
+
+# Built once (the hot path of a webhook client runs it): one INSERT … SELECT writes a row
+# per enabled endpoint of the client that subscribes to the event, none if there is none.
+EMIT = sa.insert(_o).from_select(
+    _COLUMNS,
+    _row(sa.bindparam("w_jti", type_=sa.String())).where(
+        _e.c.client_id == sa.bindparam("w_client", type_=sa.String()), *_subscribed()
     ),
 )
 
@@ -154,40 +170,10 @@ def insert_from(source: Any) -> sa.Insert:
     (``WITH c AS (UPDATE links … RETURNING …) INSERT INTO webhook_outbox … SELECT … FROM c``).
     Bound with :func:`bind_params`."""
     return sa.insert(_o).from_select(
-        [
-            "msg_id",
-            "endpoint_id",
-            "client_id",
-            "event_type",
-            "jti",
-            "payload",
-            "created_at",
-            "state",
-            "attempts",
-            "next_attempt_at",
-            "traceparent",
-        ],
-        sa.select(
-            sa.bindparam("w_msg", type_=sa.String()),
-            _e.c.id,
-            _e.c.client_id,
-            sa.bindparam("w_type", type_=sa.String()),
-            source.c.jti,
-            sa.bindparam("w_payload", type_=sa.Text()),
-            sa.bindparam("w_now", type_=sa.BigInteger()),
-            sa.literal(PENDING, type_=sa.String()),
-            sa.literal(0, type_=sa.Integer()),
-            sa.bindparam("w_now2", type_=sa.BigInteger()),
-            sa.bindparam("w_trace", type_=sa.String()),
-        )
+        _COLUMNS,
+        _row(source.c.jti)
         .select_from(source.join(_e, _e.c.client_id == source.c.client_id))
-        .where(
-            _e.c.disabled == sa.false(),
-            sa.or_(
-                _e.c.events.is_(None),
-                _e.c.events.like(sa.bindparam("w_like", type_=sa.String()), escape="\\"),
-            ),
-        ),
+        .where(*_subscribed()),
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, Response, current_app, redirect, request
+from flask import Blueprint, Flask, Response, redirect, request
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
@@ -34,6 +34,7 @@ from .clients import Client
 from .html import (
     clock,
     csp,
+    form_origin,
     lasts,
     onward,
     register_error_pages,
@@ -43,6 +44,7 @@ from .html import (
 from .i18n import N_
 from .i18n import gettext as _
 from .service import PAGE_PURPOSES, LinkService, Verified
+from .services import services
 
 log = logging.getLogger("linksvc.pages")
 
@@ -94,7 +96,7 @@ class FormRefused(Exception):
 
 
 def service() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 class _ClockSigner(TimestampSigner):
@@ -146,18 +148,6 @@ def _client_of(svc: LinkService, rec: ledger.LinkRecord) -> Client:
         )
         raise errors.UnknownLink(jti=rec.jti)
     return client
-
-
-def _origin(uri: str | None) -> str | None:
-    """``scheme://host[:port]`` of a registered redirect URI, for the page's form-action."""
-    if not uri:
-        return None
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not re.fullmatch(
-        r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""
-    ):
-        return None
-    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def with_code(uri: str, code: str) -> str:
@@ -226,7 +216,7 @@ def _confirmation(
     nonce, new = _nonce()
     form_token = _serializer(svc).dumps({"j": v.record.jti, "n": codes.completion_hash(nonce)})
     title, explanation, button = (_(s, app=client.display_name) for s in ACTIONS[v.record.purpose])
-    origin = _origin(v.record.redirect_uri)
+    origin = form_origin(v.record.redirect_uri)
     left = max(0, v.record.exp - svc.now())
     resp = render_page(
         "confirm.html",
@@ -297,9 +287,9 @@ def confirm(token: str) -> Response:
     v = svc.verify(link, purposes=PAGE_PURPOSES, audience=None, now=now, via="page")
     _note_view(svc, v.record, now)
     # A sign-in's link outside the browser that asked shows an approval page (linksvc.signin_pages).
-    sign_in_view = current_app.extensions.get("linksvc.sign_in_view")
+    sign_in_view = services().sign_in_view
     if sign_in_view is not None and (page := sign_in_view(v)) is not None:
-        return cast(Response, page)
+        return page
     return _confirmation(svc, v)
 
 
@@ -356,9 +346,9 @@ def press(token: str) -> Response:
     if client is None or client.disabled:
         raise errors.UnknownLink(jti=claims.jti)
     # A sign-in's link completes its sign-in, in the browser that asked only (linksvc.signin_pages).
-    sign_in_press = current_app.extensions.get("linksvc.sign_in_press")
+    sign_in_press = services().sign_in_press
     if sign_in_press is not None and (page := sign_in_press(claims, now)) is not None:
-        return cast(Response, page)
+        return page
     done = codes.complete(svc, link, nonce=nonce, now=now, actor=_actor(svc))
     rec = done.record
     if done.repeated:
@@ -438,4 +428,4 @@ def html_http_error(exc: HTTPException) -> Response:
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    app.extensions["linksvc.html_http_error"] = html_http_error
+    services(app).html_http_error = html_http_error

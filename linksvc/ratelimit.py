@@ -39,6 +39,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .clients import Client
 from .config import ConfigError, Settings
 from .http import problem
+from .services import services
 
 log = logging.getLogger("linksvc.ratelimit")
 
@@ -315,9 +316,10 @@ def init_app(app: Flask) -> None:
     limits.recipient_key = settings.secret_key or secrets.token_bytes(32)
     if url.startswith("memory://"):
         limits.local = LocalMovingWindow()
-    app.extensions["linksvc.ratelimit"] = limits
+    found = services(app)
+    found.ratelimit = limits
     # The mint view calls this with the parsed body (one parse, no second read of the body).
-    app.extensions["linksvc.mint_guard"] = limits.check_mint
+    found.mint_guard = limits.check_mint
 
     def page_limit() -> Response | None:
         if not request.path.startswith(PAGE_PREFIXES):

@@ -27,20 +27,20 @@ import logging
 import re
 import secrets
 from typing import Any, cast
-from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, url_for
+from flask import Blueprint, Flask, Response, jsonify, redirect, request, url_for
 from itsdangerous import BadData, URLSafeTimedSerializer
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 
 from . import branding_pages, errors, i18n, metrics, signins
 from .clients import Client
-from .html import onward, register_error_pages, render_failure, render_page
+from .html import form_origin, onward, register_error_pages, render_failure, render_page
 from .i18n import N_, ngettext
 from .i18n import gettext as _
 from .pages import html_http_error, with_code
 from .service import LinkService, Verified
+from .services import services
 from .signins import SignIn, SignInError, SignIns
 from .tokens import Claims
 
@@ -65,11 +65,11 @@ SIGN_INS = Counter(
 
 
 def sign_ins() -> SignIns:
-    return cast(SignIns, current_app.extensions["linksvc.signins"])
+    return services().signins
 
 
 def _service() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
+    return services().links
 
 
 # -- cookies and forms ------------------------------------------------------------------
@@ -109,17 +109,6 @@ def _set_binding(resp: Response, svc: LinkService, value: str) -> None:
 def _same_origin() -> bool:
     # Browsers say where a request comes from; a cross-site post is refused outright.
     return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
-
-
-def _origin(uri: str | None) -> str | None:
-    if not uri:
-        return None
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not re.fullmatch(
-        r"[A-Za-z0-9.\-\[\]:]+", parts.netloc or ""
-    ):
-        return None
-    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def _csp(*form_origins: str | None, script: bool = False) -> str:
@@ -247,7 +236,7 @@ def _wait_page(
     return render_page(
         "signin_wait.html",
         status,
-        content_security_policy=_csp(_origin(signin.redirect_uri), script=True),
+        content_security_policy=_csp(form_origin(signin.redirect_uri), script=True),
         title=_("Sign in to %(app)s", app=client.display_name),
         app_name=client.display_name,
         signin=signin,
@@ -257,9 +246,7 @@ def _wait_page(
         poll_ms=POLL_MS,
         expires_in=max(0, signin.exp - now),
         # `make run`: the mail is in the development outbox (linksvc.devoutbox), never elsewhere.
-        dev_outbox=url_for("dev_outbox.outbox")
-        if "linksvc.dev_outbox" in current_app.extensions
-        else None,
+        dev_outbox=url_for("dev_outbox.outbox") if services().dev_outbox is not None else None,
     )
 
 
@@ -394,16 +381,24 @@ def _check_wait_form(svc: LinkService, signin: SignIn, binding: str) -> str | No
     return None
 
 
-@bp.post("/s/<signin_id>/code")
-def code(signin_id: str) -> Response:
-    """The code from the mail: completes, or counts a failure (five end the sign-in)."""
+def _posted_from_wait_page(signin_id: str) -> Response | tuple[LinkService, SignIn, str]:
+    """The sign-in of a post from its waiting page: bound to this browser, with a good form
+    token; or the page that refuses the post."""
     found = _bound_signin(signin_id)
     if isinstance(found, Response):
         return found
     svc, signin, binding = found
     why = _check_wait_form(svc, signin, binding)
-    if why:
-        return _refused(why, signin)
+    return _refused(why, signin) if why else found
+
+
+@bp.post("/s/<signin_id>/code")
+def code(signin_id: str) -> Response:
+    """The code from the mail: completes, or counts a failure (five end the sign-in)."""
+    found = _posted_from_wait_page(signin_id)
+    if isinstance(found, Response):
+        return found
+    svc, signin, binding = found
     now = svc.now()
     typed = request.form.get("code", "")
     if not typed.strip():
@@ -432,13 +427,10 @@ def code(signin_id: str) -> Response:
 @bp.post("/s/<signin_id>/complete")
 def complete(signin_id: str) -> Response:
     """ "I have approved it" (or the script, once the status says approved)."""
-    found = _bound_signin(signin_id)
+    found = _posted_from_wait_page(signin_id)
     if isinstance(found, Response):
         return found
     svc, signin, binding = found
-    why = _check_wait_form(svc, signin, binding)
-    if why:
-        return _refused(why, signin)
     now = svc.now()
     state = signin.status(now)
     if state == signins.PENDING:
@@ -560,13 +552,12 @@ def _count(event: str, signin: SignIn) -> None:
 
 
 def init_app(app: Flask) -> None:
-    sis = SignIns(app.extensions["linksvc"])
-    sis.observers.append(_count)
+    found = services(app)
+    found.signins.observers.append(_count)
     for event in signins.EVENTS:
         SIGN_INS.labels(event)  # every series exists from the start, at 0
-    app.extensions["linksvc.signins"] = sis
-    app.extensions["linksvc.sign_in_view"] = sign_in_view
-    app.extensions["linksvc.sign_in_press"] = sign_in_press
+    found.sign_in_view = sign_in_view
+    found.sign_in_press = sign_in_press
     app.register_blueprint(bp)
 
 

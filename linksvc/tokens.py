@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from . import errors
+from .formats import strict_json_decoder
 
 TYP = "link+jwt"
 MAX_TOKEN_BYTES = 4096
@@ -130,21 +131,10 @@ def b64url_decode(segment: str) -> bytes:
     return data
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise errors.Malformed("Duplicate member in token JSON.")
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise errors.Malformed("Non-standard number in token JSON.")
-
-
-#: Built once: ``json.loads`` with hooks builds a new decoder (and its scanner) per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = strict_json_decoder(
+    duplicate=lambda _key: errors.Malformed("Duplicate member in token JSON."),
+    constant=lambda _name: errors.Malformed("Non-standard number in token JSON."),
+)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 

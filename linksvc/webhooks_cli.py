@@ -8,45 +8,22 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import clients as clients_mod
 from . import db, errors, outbox, relay, webhooks
-from .api import iso
-from .config import Settings
-from .service import LinkService
+from .cli import _iso, _kek, _settings, _svc
+from .formats import iso
+from .services import services
 
 webhooks_cli = AppGroup("webhooks", help="Manage webhook endpoints and run the relay.")
-
-
-def _svc() -> LinkService:
-    return cast(LinkService, current_app.extensions["linksvc"])
-
-
-def _settings() -> Settings:
-    return cast(Settings, current_app.config["LINKSVC"])
-
-
-def _kek() -> bytes:
-    kek = _settings().key_encryption_key
-    if kek is None:
-        raise click.ClickException(
-            "no key-encryption key: run `.venv/bin/flask --app app init-db` "
-            "or set LINKSVC_KEY_ENCRYPTION_KEY"
-        )
-    return kek
-
-
-def _iso(ts: int | None) -> str:
-    return iso(ts) or "-"
 
 
 def _client(conn: Any, ident: str) -> clients_mod.Client:
@@ -96,7 +73,7 @@ def add_cmd(client: str, url: str, events: str | None, as_json: bool) -> None:
                 url,
                 events=events.split(",") if events else None,
                 rules=webhooks.policy(_settings()),
-                now=int(time.time()),
+                now=_svc().now(),
             )
     except webhooks.WebhookError as exc:
         raise click.ClickException(str(exc)) from None
@@ -141,7 +118,7 @@ def rotate_cmd(endpoint_id: str, grace: int, as_json: bool) -> None:
     try:
         with db.write(_svc().engine) as conn:
             e, secret = webhooks.rotate_secret(
-                conn, _kek(), endpoint_id, now=int(time.time()), grace=grace
+                conn, _kek(), endpoint_id, now=_svc().now(), grace=grace
             )
     except webhooks.WebhookError as exc:
         raise click.ClickException(str(exc)) from None
@@ -157,7 +134,7 @@ def rotate_cmd(endpoint_id: str, grace: int, as_json: bool) -> None:
 def _set_disabled(endpoint_id: str, disabled: bool) -> None:
     try:
         with db.write(_svc().engine) as conn:
-            e = webhooks.set_disabled(conn, endpoint_id, disabled, now=int(time.time()))
+            e = webhooks.set_disabled(conn, endpoint_id, disabled, now=_svc().now())
     except webhooks.WebhookError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{'disabled' if e.disabled else 'enabled'} {e.id} ({e.url})")
@@ -197,9 +174,7 @@ def on_replay_cmd(client: str, action: str) -> None:
     revoke-subject revokes every outstanding link of its subject (noted in their history)."""
     with db.write(_svc().engine) as conn:
         c = _client(conn, client)
-        webhooks.set_on_replay(
-            conn, c.id, None if action == "none" else action, now=int(time.time())
-        )
+        webhooks.set_on_replay(conn, c.id, None if action == "none" else action, now=_svc().now())
     click.echo(f"on replay, {c.id} ({c.name}): {action} (takes effect within 5 seconds)")
 
 
@@ -266,7 +241,7 @@ def replay_cmd(client: str, msg_id: str | None, failed: bool) -> None:
         raise click.UsageError("name one MSG_ID or pass --failed")
     with db.write(_svc().engine) as conn:
         c = _client(conn, client)
-        n = outbox.replay(conn, c.id, now=int(time.time()), msg_id=msg_id, failed=failed)
+        n = outbox.replay(conn, c.id, now=_svc().now(), msg_id=msg_id, failed=failed)
     if msg_id is not None and n == 0:
         raise click.ClickException(f"no delivery {msg_id!r} for {c.id}")
     click.echo(f"queued {n} deliveries again")
@@ -313,7 +288,7 @@ class WebhookCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        svc = self.app.extensions["linksvc"]
+        svc = services(self.app).links
         endpoints = GaugeMetricFamily(
             "linksvc_webhook_endpoints",
             "Webhook endpoints by state (enabled, disabled) and why disabled"
@@ -347,4 +322,4 @@ class WebhookCollector(Collector):
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(webhooks_cli)
-    app.extensions.setdefault("linksvc.collectors", []).append(WebhookCollector)
+    services(app).collectors.append(WebhookCollector)

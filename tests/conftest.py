@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from linksvc import create_app, db, migrate
+from linksvc.services import services
 from tests.support.apps import ApiUser, _prepare, make_api_user
 from tests.support.databases import pg_database
 from tests.support.env import base_env
@@ -41,7 +42,7 @@ def app(env: dict[str, str]) -> Iterator[Flask]:
     app = create_app(env)
     _prepare(app)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 @pytest.fixture

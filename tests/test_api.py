@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from linksvc.services import services
 from tests.support.apps import REDIRECT
 
 
@@ -313,7 +314,7 @@ def test_readyz_fails_without_database(tmp_path):
     app = create_app(
         base_env(tmp_path, database_url=f"sqlite:///{tmp_path}/missing/dir/../../nope/x.db")
     )
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     svc.engine.dispose()
     import sqlalchemy as sa
 
@@ -333,7 +334,7 @@ def test_api_key_lookup_without_database_is_503_with_retry_after(tmp_path):
     from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path))
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     svc.engine.dispose()
     svc.engine = sa.create_engine(
         "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
@@ -370,7 +371,7 @@ def test_path_parameters_never_reach_postgresql_malformed(pg_url, tmp_path):
     from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path, pg_url))
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     migrate.upgrade(svc.engine)
     with db.write(svc.engine) as conn:
         keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, svc.now())
@@ -570,7 +571,7 @@ def test_times_in_problems_are_iso_8601_like_every_other_time(app, api):
     assert used["at"] == redeemed["redeemed_at"]
     assert used["at"] == api.status(link["jti"]).get_json()["state_changed_at"]
 
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     old = api.minted(ttl=60)
     real = svc.clock
     svc.clock = lambda: real() + 3600

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
+from linksvc.services import services
 from tests.support.apps import ApiUser
 
 
@@ -18,7 +19,7 @@ def _list(api: ApiUser, subject: str, query: str = ""):
 
 
 def _mint_at(app, api: ApiUser, at: int, **body):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     real = svc.clock
     svc.clock = lambda: at
     try:
@@ -28,7 +29,7 @@ def _mint_at(app, api: ApiUser, at: int, **body):
 
 
 def test_newest_first_with_states(app, api):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t = svc.now()
     a = _mint_at(app, api, t - 30, subject="user-1")
     b = _mint_at(app, api, t - 20, purpose="password_reset", subject="user-1")
@@ -57,7 +58,7 @@ def test_newest_first_with_states(app, api):
 
 
 def test_filters(app, api):
-    t = app.extensions["linksvc"].now()
+    t = services(app).links.now()
     m1 = _mint_at(app, api, t - 3, subject="u")
     r1 = _mint_at(app, api, t - 2, purpose="password_reset", subject="u")
     m2 = _mint_at(app, api, t - 1, subject="u")
@@ -78,7 +79,7 @@ def test_filters(app, api):
 
 
 def test_pagination_walks_every_link_once_even_with_equal_times(app, api):
-    t = app.extensions["linksvc"].now()
+    t = services(app).links.now()
     minted = [_mint_at(app, api, t - (i // 3), subject="pager")["jti"] for i in range(10)]
     seen, cursor, pages = [], None, 0
     while True:
@@ -202,7 +203,7 @@ def test_forged_and_huge_cursors_are_refused_postgresql(pg_url, tmp_path):
     from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path, pg_url))
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     migrate.upgrade(svc.engine)
     with db.write(svc.engine) as conn:
         keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, svc.now())

@@ -6,6 +6,7 @@ must not consume anything, and the real link must still redeem afterwards.
 
 import pytest
 
+from linksvc.services import services
 from tests.support import forge
 from tests.support.hostile import CASES
 
@@ -47,7 +48,7 @@ def test_wrong_audience(api, other_api, endpoint):
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_expired_by_the_clock(app, api, endpoint):
     link = api.minted("magic_link", ttl=60)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     real = svc.clock
     svc.clock = lambda: real() + 60 + svc.settings.leeway + 1
     try:
@@ -60,7 +61,7 @@ def test_expired_by_the_clock(app, api, endpoint):
 
 def test_leeway_accepts_small_skew(app, api):
     link = api.minted("magic_link", ttl=60)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     real = svc.clock
     svc.clock = lambda: real() + 60 + svc.settings.leeway - 2
     try:

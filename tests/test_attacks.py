@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from linksvc import create_app
+from linksvc.services import services
 from tests.support import forge
 from tests.support import jwt_attacks as atk
 from tests.support.env import base_env, flask_cli, free_port
@@ -97,7 +98,7 @@ class Live:
         return self.http.get(f"{self.url}/.well-known/jwks.json", timeout=10).json()["keys"]
 
     def our_key(self) -> Any:
-        ring = self.app.extensions["linksvc"].keyring
+        ring = services(self.app).links.keyring
         ring.reload()
         return ring.signing_key()
 
@@ -220,7 +221,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         )
     finally:
         server.stop()
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
     # Nothing the attacks did reached the log as a 5xx or a traceback.
     log = server.log()
     assert "Traceback" not in log and '"status":5' not in log and "internal_error" not in log

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from linksvc import branding, db
+from linksvc.services import services
 from tests.support.apps import make_api_user
 
 ADDRESS = "reader.8k2@mail-test.example"
@@ -311,7 +312,7 @@ def test_logo_refusals_over_http(app, api, data, content_type, status, code):
     assert resp.status_code == status, resp.get_json()
     assert resp.get_json()["code"] == code
     assert resp.mimetype == "application/problem+json"
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         assert branding.load_logo(conn, api.client.id) is None
 
 
@@ -505,12 +506,12 @@ def test_cli_update_sets_and_clears_branding(app, api, runner, tmp_path):
 
     shown = json.loads(result.output)
     assert shown["brand_color"] == "#0f766e" and shown["support_email"] == "help@acme.example"
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         stored = branding.load_logo(conn, api.client.id)
     assert stored is not None and b"SecretCam" not in stored.data
     result = runner.invoke(args=["clients", "update", "acme", "--clear-logo", "--brand-color", ""])
     assert result.exit_code == 0, result.output
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         assert branding.load_logo(conn, api.client.id) is None
     assert api.http.get("/api/v1/branding", headers=api.headers).get_json()["brand_color"] is None
 
@@ -543,7 +544,7 @@ def test_cli_create_takes_the_brand(app, runner, tmp_path):
 
     created = json.loads(result.output)
     assert created["brand_color"] == "#0b57d0" and created["mail_from_name"] == "BrandCo"
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         assert branding.load_logo(conn, created["client_id"]) is not None
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from linksvc.services import services
 from tests.support import hostile
 from tests.support.browsers import ARGS, CHROMIUM
 from tests.support.env import ROOT, base_env, flask_cli, free_port, missing
@@ -304,7 +305,7 @@ def _failure_cases(stack: Stack) -> list[tuple[str, str, int]]:
     app = create_app(stack.env)
     expired_case = next(c for c in hostile.CASES if c.name == "expired")
     expired = expired_case.build(app, stack.mint(subject="u4")["token"])
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
     return [
         ("used", used["url"], 409),
         ("revoked", revoked["url"], 410),

@@ -9,6 +9,7 @@ import stat
 import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
+from linksvc.services import services
 from tests.support.env import flask_cli
 
 
@@ -111,7 +112,7 @@ def test_demo_key_stays_the_same_across_runs_in_development(tmp_path):
         )
         assert resp.status_code == 201, resp.get_json()
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 def test_demo_key_is_new_each_run_outside_development_and_refused_in_production(tmp_path):

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from linksvc import codes, db, migrate
+from linksvc.services import services
 
 from .test_pages import code_of, open_page, press
 
@@ -55,7 +56,7 @@ def test_code_of_another_client_is_refused_and_not_burnt(api, other_api, app):
 
 def test_expired_code(api, app):
     _, code = pressed(api, app)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t0 = svc.now()
     svc.clock = lambda: t0 + svc.settings.code_ttl
     late = exchange(api, code)
@@ -87,7 +88,7 @@ def test_invalid_codes_and_bodies(api, client):
 
 def test_only_hashes_are_stored(api, app):
     _, code = pressed(api, app)
-    engine = app.extensions["linksvc"].engine
+    engine = services(app).links.engine
     with db.read(engine) as conn:
         rows = [dict(r) for r in conn.execute(sa.select(db.codes)).mappings()]
     assert len(rows) == 1
@@ -181,12 +182,12 @@ def test_double_press_race_postgresql(pg_url, tmp_path):
     from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
-    migrate.upgrade(app.extensions["linksvc"].engine)
+    migrate.upgrade(services(app).links.engine)
     _prepare(app)
     try:
         _double_press_race(make_api_user(app), app)
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 def _double_press_race(api: Any, app: Any) -> None:
@@ -213,7 +214,7 @@ def _double_press_race(api: Any, app: Any) -> None:
 def test_same_press_across_a_second_boundary(api, app):
     """Two presses racing: the loser may have read the clock a second before the winner did."""
     link = api.minted()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t0 = svc.now()
     first = codes.complete(svc, link["token"], nonce="n" * 43, now=t0 + 1)
     second = codes.complete(svc, link["token"], nonce="n" * 43, now=t0)
@@ -258,7 +259,7 @@ def test_client_disable_voids_codes_even_after_enabling_again(api, app, runner):
 def test_client_disabled_directly_in_the_database_refuses_its_codes(api, app):
     """The exchange checks the client in its own statement: no cached client is trusted."""
     _, code = pressed(api, app)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     api.http.get("/api/v1/links/" + "A" * 22, headers=api.headers)  # the key is now cached
     with db.write(svc.engine) as conn:
         conn.execute(sa.update(db.clients).values(disabled=True))
@@ -268,7 +269,7 @@ def test_client_disabled_directly_in_the_database_refuses_its_codes(api, app):
 
 def test_signing_key_revocation_voids_its_codes(api, app, runner):
     link, code = pressed(api, app)
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         kid = conn.execute(sa.select(db.links.c.kid).where(db.links.c.jti == link["jti"])).scalar()
     result = runner.invoke(args=["keys", "revoke", kid, "--yes"])
     assert result.exit_code == 0, result.output
@@ -458,7 +459,7 @@ def test_bound_exchange_postgresql(pg_url, tmp_path):
     from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
-    migrate.upgrade(app.extensions["linksvc"].engine)
+    migrate.upgrade(services(app).links.engine)
     _prepare(app)
     try:
         api = make_api_user(app)
@@ -471,4 +472,4 @@ def test_bound_exchange_postgresql(pg_url, tmp_path):
         _, code = pressed(api, app, code_challenge=challenge)
         assert bound_exchange(api, code, VERIFIER).status_code == 200
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()

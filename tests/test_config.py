@@ -2,6 +2,7 @@ import pytest
 
 from linksvc import config
 from linksvc.config import ConfigError
+from linksvc.services import services
 from tests.support.env import secret_b64
 
 
@@ -190,7 +191,7 @@ def test_every_setting_fails_cleanly_naming_itself(env, name, value):
 
     with pytest.raises(ConfigError) as info:
         app = create_app({**env, name: value})
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
     assert info.value.name == name, info.value
     assert "\n" not in str(info.value) and "\r" not in str(info.value)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from linksvc import create_app
+from linksvc.services import services
 from tests.support.apps import _prepare, make_api_user
 
 ADDRESS = "someone@example.com"
@@ -39,7 +40,7 @@ def test_outbox_lists_the_mails_with_their_links_in_development(env, tmp_path):
         assert page.headers["Cache-Control"] == "no-store"
         assert "<script" not in html
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 @pytest.mark.parametrize("mode", ["production", "test"])
@@ -53,9 +54,9 @@ def test_outbox_is_not_served_outside_development(env, tmp_path, mode):
         resp = app.test_client().get("/dev/outbox")
         assert resp.status_code == 404
         assert link["url"] not in resp.text
-        assert "linksvc.dev_outbox" not in app.extensions
+        assert services(app).dev_outbox is None
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 def test_outbox_is_not_served_with_smtp(env, tmp_path):
@@ -63,4 +64,4 @@ def test_outbox_is_not_served_with_smtp(env, tmp_path):
     try:
         assert app.test_client().get("/dev/outbox").status_code == 404
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()

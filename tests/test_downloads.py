@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
 from linksvc import create_app, db, ledger, storage
+from linksvc.services import services
 from tests.support import forge, hostile
 from tests.support.apps import _prepare, make_api_user
 from tests.support.env import base_env, missing
@@ -141,7 +142,7 @@ def dl_app(env: dict[str, str], files: Path) -> Iterator[Any]:
     )
     _prepare(app)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 @pytest.fixture(params=["jwt", "short"])
@@ -186,7 +187,7 @@ def test_mint_refuses_escapes_and_missing_objects(
     body = resp.get_json()
     assert body["code"] == code and resp.mimetype == "application/problem+json"
     assert key not in body["detail"]  # the problem names the field, never echoes the path
-    with dl_app.extensions["linksvc"].engine.connect() as conn:
+    with services(dl_app).links.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM links")).scalar() == 0
 
 
@@ -295,7 +296,7 @@ def test_file_swapped_for_a_symlink_leaving_the_prefix_is_not_served(
     (files / "reports" / "a.txt").write_bytes(b"a")
     (files / "reports" / "b.txt").write_bytes(b"b")
     narrow = make_api_user(dl_app, "narrow", download_prefixes=["reports/"])
-    engine = dl_app.extensions["linksvc"].engine
+    engine = services(dl_app).links.engine
     http = dl_app.test_client()
     # Swapped before the click: refused, and the link is not spent.
     before = narrow.minted("download", download={"key": "reports/a.txt"})
@@ -328,7 +329,7 @@ def test_token_carries_no_file_data_and_ledger_keeps_it(dl_api: Any, dl_app: Any
         "q1" not in json.dumps(claims).lower()
         and link["url"].split("/d/")[0] == "http://127.0.0.1:8000"
     )
-    with dl_app.extensions["linksvc"].engine.connect() as conn:
+    with services(dl_app).links.engine.connect() as conn:
         stored = json.loads(conn.execute(sa.text("SELECT download FROM links")).scalar_one())
     assert stored == {
         "storage": "local",
@@ -347,7 +348,7 @@ def _grant_path(location: str) -> str:
 
 def test_grant_window_range_and_expiry(dl_api: Any, dl_app: Any, files: Path) -> None:
     """The grant URL serves Range/206 inside its window, 410 after it, 403 when forged."""
-    svc = dl_app.extensions["linksvc"]
+    svc = services(dl_app).links
     now = svc.now()
     svc.clock = lambda: now
     link = dl_api.minted("download", download={"key": "reports/q1.pdf"})
@@ -374,7 +375,7 @@ def test_grant_window_range_and_expiry(dl_api: Any, dl_app: Any, files: Path) ->
 
 
 def test_grant_never_outlives_the_link(dl_api: Any, dl_app: Any) -> None:
-    svc = dl_app.extensions["linksvc"]
+    svc = services(dl_app).links
     now = svc.now()
     svc.clock = lambda: now
     link = dl_api.minted("download", ttl=60, download={"key": "public/hello.txt"})
@@ -390,14 +391,14 @@ def test_grant_never_outlives_the_link(dl_api: Any, dl_app: Any) -> None:
 def test_grant_for_a_link_not_consumed_by_download_is_refused(dl_api: Any, dl_app: Any) -> None:
     """A grant signed with our secret but naming an outstanding link gives nothing."""
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
-    store = dl_app.extensions["linksvc.storage"]
+    store = services(dl_app).storage
     url = store.presigned_url(
         storage.ObjectInfo(None, "public/hello.txt", None, None),
         jti=link["jti"],
         expires_in=30,
         disposition="attachment",
         content_type=None,
-        now=dl_app.extensions["linksvc"].now(),
+        now=services(dl_app).links.now(),
     )
     assert dl_app.test_client().get(_grant_path(url)).status_code == 403
 
@@ -407,13 +408,13 @@ def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(
 ) -> None:
     """Even a grant made with our own secret (say, a leaked one) and an expiry hours away
     stops working when the window that began at consumption ends."""
-    svc = dl_app.extensions["linksvc"]
+    svc = services(dl_app).links
     now = svc.now()
     svc.clock = lambda: now
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
     http = dl_app.test_client()
     assert http.get(dpath(link)).status_code == 303
-    store = dl_app.extensions["linksvc.storage"]
+    store = services(dl_app).storage
     url = store.presigned_url(
         storage.ObjectInfo(None, "public/hello.txt", None, None),
         jti=link["jti"],
@@ -431,7 +432,7 @@ def test_grant_signed_with_a_long_expiry_still_ends_with_the_window(
 
 def test_disabled_clients_download_links_stop_working(dl_api: Any, dl_app: Any) -> None:
     link = dl_api.minted("download", download={"key": "public/hello.txt"})
-    svc = dl_app.extensions["linksvc"]
+    svc = services(dl_app).links
     with db.write(svc.engine) as conn:
         clients_mod.update(conn, dl_api.client.id, disabled=True)
     http = dl_app.test_client()
@@ -448,7 +449,7 @@ def test_head_never_consumes(dl_api: Any, dl_app: Any) -> None:
     for _ in range(3):
         resp = http.head(dpath(link))
         assert resp.status_code == 200 and resp.data == b""
-    assert link_state(dl_app.extensions["linksvc"].engine, link["jti"]) == "issued"
+    assert link_state(services(dl_app).links.engine, link["jti"]) == "issued"
     assert http.get(dpath(link)).status_code == 303
     assert http.head(dpath(link)).status_code == 409
 
@@ -464,7 +465,7 @@ def test_a_used_download_replayed_from_another_browser_is_a_replay(
     add_endpoint(dl_app, dl_api.client.id)
     runner = dl_app.test_cli_runner()
     runner.invoke(args=["webhooks", "on-replay", dl_api.client.id, "revoke-subject"])
-    svc = dl_app.extensions["linksvc"]
+    svc = services(dl_app).links
     svc.sinks.clear()
     link = dl_api.minted("download", subject="user-7", download={"key": "public/hello.txt"})
     other = dl_api.minted(subject="user-7")
@@ -496,7 +497,7 @@ def test_missing_file_at_click_does_not_consume(dl_api: Any, dl_app: Any, files:
     http = dl_app.test_client()
     resp = http.get(dpath(link))
     assert resp.status_code == 404 and b"no longer available" in resp.data
-    assert link_state(dl_app.extensions["linksvc"].engine, link["jti"]) == "issued"
+    assert link_state(services(dl_app).links.engine, link["jti"]) == "issued"
     moved.rename(files / "public" / "hello.txt")
     assert http.get(dpath(link)).status_code == 303
 
@@ -517,7 +518,7 @@ def test_confirm_page_then_csrf_protected_post(dl_api: Any, dl_app: Any) -> None
     link = dl_api.minted(
         "download", confirm=True, download={"key": "reports/q1.pdf", "filename": "Q1 <b>.pdf"}
     )
-    engine = dl_app.extensions["linksvc"].engine
+    engine = services(dl_app).links.engine
     http = dl_app.test_client()
     page = http.get(dpath(link))
     assert page.status_code == 200 and page.mimetype == "text/html"
@@ -547,7 +548,7 @@ def test_confirm_page_then_csrf_protected_post(dl_api: Any, dl_app: Any) -> None
 
 def test_mailed_download_link_confirms_by_default(dl_api: Any, dl_app: Any) -> None:
     """Issue 14 item 7: a mail scanner's GET must not spend a download link sent by mail."""
-    engine = dl_app.extensions["linksvc"].engine
+    engine = services(dl_app).links.engine
     http = dl_app.test_client()
     mailed = dl_api.minted("download", email="a@mail.example", download={"key": "public/hello.txt"})
     page = http.get(dpath(mailed))
@@ -566,7 +567,7 @@ def test_ledger_records_a_keyed_hash_of_the_requester(dl_api: Any, dl_app: Any) 
     http = dl_app.test_client()
     http.get(dpath(link), environ_base={"REMOTE_ADDR": "203.0.113.9"})
     http.get(dpath(link), environ_base={"REMOTE_ADDR": "198.51.100.7"})
-    with dl_app.extensions["linksvc"].engine.connect() as conn:
+    with services(dl_app).links.engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT event, reason, via, actor FROM link_events WHERE jti = :j ORDER BY id"),
             {"j": link["jti"]},
@@ -718,7 +719,7 @@ def test_hostile_tokens_refused_on_d_and_real_link_still_works(
                 case.name
             )
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
     final = requests.get(link["url"], timeout=10)  # follows the 303
     assert final.status_code == 200 and final.content == data
 
@@ -746,4 +747,4 @@ def test_short_download_link_fits_65_characters_and_any_spelling_works(
         assert resp.status_code == 303
         assert http.get("/d/" + handle, base_url=base).status_code == 409
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()

@@ -5,15 +5,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from linksvc import ledger
+from linksvc.services import services
 
 
 def _at(app, t):
-    app.extensions["linksvc"].clock = lambda: t
+    services(app).links.clock = lambda: t
 
 
 def test_revoke_and_supersede_reach_links_inside_the_leeway_after_exp(app, api):
     """A token verifies up to the leeway past exp: revocation must reach it there too."""
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t0 = svc.now()
     _at(app, t0)
     one = api.minted("magic_link", ttl=60)
@@ -57,7 +58,7 @@ def test_replays_of_one_link_do_not_grow_its_history_without_bound(app, api):
     assert api.redeem(link["token"]).status_code == 200
     for _ in range(ledger.MAX_REJECTION_EVENTS + 15):
         assert api.redeem(link["token"]).status_code == 409
-    engine = app.extensions["linksvc"].engine
+    engine = services(app).links.engine
     with engine.connect() as conn:
         n = conn.execute(
             sa.text("SELECT count(*) FROM link_events WHERE jti = :j AND event = 'rejected'"),

@@ -25,6 +25,7 @@ import pytest
 import requests
 from flask import Flask
 
+from linksvc.services import services
 from tests.support import forge
 from tests.support.apps import _prepare, make_api_user
 from tests.support.databases import dump_database
@@ -90,7 +91,7 @@ def files(tmp_path: Path) -> Path:
 def full_app(env: dict[str, str], files: Path) -> Iterator[Flask]:
     app = create_full_app(env, files)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def create_full_app(env: dict[str, str], files: Path) -> Flask:

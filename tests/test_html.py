@@ -9,6 +9,7 @@ import time
 import pytest
 
 from linksvc import html
+from linksvc.services import services
 from tests.support import hostile
 from tests.support.apps import make_api_user
 
@@ -24,13 +25,13 @@ def text_of(resp) -> str:
 
 @pytest.fixture
 def acme(app):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     svc.clock = lambda: T0
     return make_api_user(app, "acme-restart", display_name="Acme Shop", restart_uri=RESTART)
 
 
 def at(app, t: int) -> None:
-    app.extensions["linksvc"].clock = lambda: t
+    services(app).links.clock = lambda: t
 
 
 def en_clock(ts: int) -> str:

@@ -26,6 +26,7 @@ from babel.messages.pofile import read_po, write_po
 
 from linksvc import clients as clients_mod
 from linksvc import db, i18n, locales
+from linksvc.services import services
 from tests.support.apps import make_api_user
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,7 +255,7 @@ def test_client_default_locale_by_the_command_line(app, runner):
 
 
 def test_client_default_locale_validated_by_the_clients_module(app):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.write(svc.engine) as conn, pytest.raises(clients_mod.ClientError):
         clients_mod.create(conn, "bad-locale", purposes=["magic_link"], locale="de AT", now=0)
 
@@ -317,7 +318,7 @@ def test_landing_page_negotiates(client):
 def test_failure_page_of_a_german_link_is_german_with_the_time_in_its_zone(app, api, client):
     needs("de")
     link = api.minted(subject="u-9", locale="de", timezone="Asia/Tokyo", ttl=60)
-    app.extensions["linksvc"].clock = lambda: link_exp(api, link) + 130
+    services(app).links.clock = lambda: link_exp(api, link) + 130
     page = client.get(f"/l/{link['token']}").get_data(as_text=True)
     assert "Dieser Anmeldelink für Acme ist um" in page and "JST" in page
     assert "vor 2 Minuten" in page
@@ -621,7 +622,7 @@ def test_a_broken_translation_shows_english_never_a_500(app, tmp_path):
     cat["Deny"].string = '<a href="https://evil.example">Ablehnen</a>'
     with po.open("wb") as fh:
         write_po(fh, cat, width=0)
-    app.extensions["linksvc.catalogs"] = i18n.Catalogs(tmp_path)
+    services(app).catalogs = i18n.Catalogs(tmp_path)
     with app.test_request_context(), i18n.using("de"):
         assert i18n.gettext("Sign in to %(app)s", app="Acme") == "Sign in to Acme"
         assert i18n.gettext("Your sign-in link for %(app)s", app="Acme") == (

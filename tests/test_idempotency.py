@@ -19,6 +19,7 @@ import requests
 import sqlalchemy as sa
 
 from linksvc import db, idempotency
+from linksvc.services import services
 from tests.support.apps import ApiUser
 from tests.support.env import base_env
 from tests.support.servers import prepare_instance, start_gunicorn
@@ -37,7 +38,7 @@ def _claims(token: str) -> dict:
 
 
 def _links(app) -> int:
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(db.links)).scalar_one()
 
 
@@ -136,7 +137,7 @@ def test_the_stored_request_hash_cannot_be_checked_against_a_guessed_address(app
 
     body = {"purpose": "password_reset", "subject": "user-42", "email": "victim@example.com"}
     assert _mint(api, "k-pii", **body).status_code == 201
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         stored = conn.execute(sa.select(db.idempotency_keys.c.request_hash)).scalar_one()
     guesses = set()
     for spelling in (body, {**body, "email": "victim@example.com".upper()}):
@@ -161,7 +162,7 @@ def test_a_row_stored_before_the_hash_was_keyed_still_recognises_its_retry(app, 
     body = {"purpose": "magic_link", "subject": "user-42", "email": "someone@example.com"}
     first = _mint(api, "k-legacy", **body).get_json()
     t = db.idempotency_keys
-    with db.write(app.extensions["linksvc"].engine) as conn:
+    with db.write(services(app).links.engine) as conn:
         conn.execute(
             sa.update(t).values(
                 request_hash=idempotency.legacy_request_hash(
@@ -197,7 +198,7 @@ def test_replay_sends_no_second_mail_and_supersedes_nothing(app, api):
 
 
 def test_a_key_expires_after_24_hours(app, api):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     first = _mint(api, "k-6").get_json()
     real = svc.clock
     svc.clock = lambda: real() + idempotency.WINDOW_SECONDS + 1
@@ -211,7 +212,7 @@ def test_a_key_expires_after_24_hours(app, api):
 def test_a_pending_claim_answers_in_progress_then_is_taken_over(app, api, monkeypatch):
     from linksvc import api as api_mod
 
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     body = {"purpose": "magic_link", "subject": "user-42"}
     # A claim left pending (the worker that took it died before minting).
     idempotency.claim(
@@ -235,7 +236,7 @@ def test_a_pending_claim_answers_in_progress_then_is_taken_over(app, api, monkey
 
 
 def test_purge_removes_old_keys_only(app, api):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     _mint(api, "old")
     now = svc.now()
     assert idempotency.purge(svc.engine, now=now) == 0
@@ -357,13 +358,13 @@ def test_a_short_links_replay_answers_a_url_that_works(app):
     assert api.redeem(a["token"]).get_json()["code"] == "used"
     # Minted as a JWT link, replayed after the client chose short links: a JWT URL, working.
     jwt_first = _mint(api, "k-before").get_json()
-    with db.write(app.extensions["linksvc"].engine) as conn:
+    with db.write(services(app).links.engine) as conn:
         clients.update(conn, api.client.id, link_format="jwt")
-    app.extensions["linksvc"].client_cache.clear()
+    services(app).links.client_cache.clear()
     jwt_link = _mint(api, "k-jwt").get_json()
-    with db.write(app.extensions["linksvc"].engine) as conn:
+    with db.write(services(app).links.engine) as conn:
         clients.update(conn, api.client.id, link_format="short")
-    app.extensions["linksvc"].client_cache.clear()
+    services(app).links.client_cache.clear()
     replayed = _mint(api, "k-jwt").get_json()
     assert replayed["jti"] == jwt_link["jti"] and "." in replayed["url"].rsplit("/l/", 1)[-1]
     assert app.test_client().get("/l/" + replayed["url"].rsplit("/l/", 1)[-1]).status_code == 200

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from jwt import PyJWK
 
 from linksvc import create_app, db, errors, keys, migrate, tokens
+from linksvc.services import services
 from tests.support import forge
 from tests.support.env import ROOT, _clean_environ, base_env, flask_cli, secret_b64
 from tests.support.servers import start_gunicorn
@@ -32,7 +33,7 @@ class Clock:
 def _ring(app, clock, refresh=1) -> keys.KeyRing:
     s = app.config["LINKSVC"]
     return keys.KeyRing(
-        app.extensions["linksvc"].engine,
+        services(app).links.engine,
         s.key_encryption_key,
         refresh_seconds=refresh,
         max_lifetime=max(s.max_ttl.values()) + s.leeway,
@@ -41,7 +42,7 @@ def _ring(app, clock, refresh=1) -> keys.KeyRing:
 
 
 def _by_state(app) -> dict[str, list[keys.KeyInfo]]:
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         found: dict[str, list[keys.KeyInfo]] = {}
         for k in keys.list_keys(conn):
             found.setdefault(k.state, []).append(k)
@@ -49,7 +50,7 @@ def _by_state(app) -> dict[str, list[keys.KeyInfo]]:
 
 
 def _write(app):
-    return db.write(app.extensions["linksvc"].engine)
+    return db.write(services(app).links.engine)
 
 
 def _kek(app) -> bytes:
@@ -168,7 +169,7 @@ def test_new_key_algorithm_is_for_life(app):
 
 
 def test_revoked_key_fails_with_unknown_key_and_minting_continues(app, api, runner):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     minted = api.minted()
     old_kid = forge.split(minted["token"])[0]["kid"]
     next_kid = _by_state(app)["next"][0].kid
@@ -239,7 +240,7 @@ def test_known_kid_with_another_algorithm_is_refused_at_the_api(app, api, header
 
 
 def test_jwks_holds_only_public_members_of_every_algorithm(app, api):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     kids = {}
     for alg in ("EdDSA", "RS256", "ES256"):
         with _write(app) as conn:
@@ -349,7 +350,7 @@ def test_kek_rotation_rewraps_every_key(app, env):
     new_app = create_app({**env, "LINKSVC_KEY_ENCRYPTION_KEY": secret_b64()})
     try:
         with pytest.raises(keys.KeyRingError):
-            new_app.extensions["linksvc"].keyring.check()
+            services(new_app).links.keyring.check()
         runner = new_app.test_cli_runner()
         wrong = runner.invoke(args=["keys", "rewrap"], input=secret_b64() + "\n")
         assert wrong.exit_code != 0 and "nothing was changed" in wrong.output
@@ -357,13 +358,13 @@ def test_kek_rotation_rewraps_every_key(app, env):
         done = runner.invoke(args=["keys", "rewrap"], input=old_kek + "\n")
         assert done.exit_code == 0 and "re-encrypted 2 key(s)" in done.output, done.output
         assert old_kek not in done.output
-        new_app.extensions["linksvc"].keyring.check()
+        services(new_app).links.keyring.check()
         with pytest.raises(keys.KeyRingError, match="cannot decrypt"):
             _ring(app, Clock(2_000_000_000)).check()  # the old KEK no longer opens anything
         again = runner.invoke(args=["keys", "rewrap"], input=old_kek + "\n")
         assert again.exit_code == 0 and "re-encrypted 0 key(s)" in again.output
     finally:
-        new_app.extensions["linksvc"].engine.dispose()
+        services(new_app).links.engine.dispose()
 
 
 def test_a_public_key_that_does_not_match_the_private_key_is_refused(app):
@@ -397,9 +398,9 @@ def test_wrong_kek_stops_minting_with_503_but_not_verification(app, env, api):
         )
         assert ok.status_code == 200
         with pytest.raises(keys.KeyRingError, match="LINKSVC_KEY_ENCRYPTION_KEY cannot decrypt"):
-            other.extensions["linksvc"].keyring.check()
+            services(other).links.keyring.check()
     finally:
-        other.extensions["linksvc"].engine.dispose()
+        services(other).links.engine.dispose()
 
 
 # -- concurrent rotations (PostgreSQL, where they really overlap) ----------------------

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from linksvc.services import services
 from tests.support.apps import make_api_user
 
 PAGE_TEXT = {
@@ -95,7 +96,7 @@ def test_supersede_policy_is_configurable(env):
     assert r2["superseded"] == 0 and m2["superseded"] == 1
     assert api.redeem(r1["token"], "password_reset").status_code == 200
     assert_api_refuses(api, m1["token"], "magic_link", "superseded")
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_consumed_link_is_not_superseded(api):
@@ -195,7 +196,7 @@ def iso(ts: int) -> str:
 def test_history_mint_view_consume_replay(app, api):
     """Every step of mint → page view → consume → replay attempt, with its time and channel."""
     pytest.importorskip("linksvc.pages")
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t0 = int(time.time())
     now = {"t": t0}
     svc.clock = lambda: now["t"]

@@ -25,6 +25,7 @@ from flask import Flask
 
 from linksvc import create_app, db
 from linksvc.logs import JsonFormatter
+from linksvc.services import services
 from tests.support.apps import _prepare, make_api_user
 from tests.support.env import free_port
 
@@ -145,11 +146,11 @@ def test_smtp_message_has_both_parts_and_its_link_works_once(env, smtp, logbuf, 
     assert ADDRESS not in logs and local not in logs
     # ... and in no table, nor anywhere in the database file.
     assert_nowhere_in_database(app, [ADDRESS, local])
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def assert_nowhere_in_database(app: Flask, needles: list[str]) -> None:
-    engine = app.extensions["linksvc"].engine
+    engine = services(app).links.engine
     meta = sa.MetaData()
     meta.reflect(engine)
     assert "links" in meta.tables and "link_events" in meta.tables
@@ -186,7 +187,7 @@ def test_send_failure_answers_502_and_revokes_the_link(env, logbuf):
     assert "token" not in problem and "eyJ" not in resp.get_data(as_text=True)
     assert handler.messages == []
     # The link that was minted for the failed mail is revoked, not left usable.
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.read(svc.engine) as conn:
         rows = conn.execute(
             sa.select(db.links.c.jti, db.links.c.state)
@@ -221,7 +222,7 @@ def test_failed_mail_leaves_the_older_link_working(env):
     assert resp.status_code == 502
     assert api.verify(old["token"], "password_reset").get_json()["state"] == "issued"
     assert api.redeem(old["token"], "password_reset").status_code == 200
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_accepted_mail_supersedes_the_older_link(env, smtp):
@@ -237,7 +238,7 @@ def test_accepted_mail_supersedes_the_older_link(env, smtp):
     newer = api.minted("password_reset", "user-9", email=ADDRESS)
     assert newer["superseded"] == 1
     assert api.verify(new["token"], "password_reset").get_json()["code"] == "superseded"
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_unreachable_smtp_server_answers_502(env):
@@ -245,7 +246,7 @@ def test_unreachable_smtp_server_answers_502(env):
     api = make_api_user(app)
     resp = api.mint("magic_link", "user-1", email=ADDRESS)
     assert resp.status_code == 502 and resp.get_json()["code"] == "mail_failed"
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -305,7 +306,7 @@ def test_limited_mint_sends_no_mail(env, smtp):
     assert api.mint("password_reset", "user-5", email=ADDRESS).status_code == 201
     assert api.mint("password_reset", "user-5", email=ADDRESS).status_code == 429
     assert len(handler.messages) == 1
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 # -- TLS and authentication -------------------------------------------------------------
@@ -393,7 +394,7 @@ def test_tls_and_authentication(env, tls_files, monkeypatch, scheme):
         monkeypatch.setenv("SSL_CERT_FILE", str(Path(cert).parent / "nothing.pem"))
         bad = api.mint("magic_link", "user-2", email=ADDRESS)
         assert bad.status_code == 502 and bad.get_json()["code"] == "mail_failed"
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
     finally:
         controller.stop()
 
@@ -413,7 +414,7 @@ def test_production_refuses_smtp_credentials_in_clear(env):
         create_app(prod)
     assert info.value.name == "LINKSVC_SMTP_URL" and "pw" not in str(info.value)
     app = create_app({**prod, "LINKSVC_SMTP_URL": "smtp+starttls://user:pw@127.0.0.1:587"})
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 # -- mail that renders everywhere ------------------------------------------------------------
@@ -432,7 +433,7 @@ def _all_mails(app, api) -> dict[str, email.message.EmailMessage]:
         link = api.minted(purpose, f"user-{purpose}", email=ADDRESS)
         path = next(p for p in outbox.glob("*.eml") if link["jti"] in p.name)
         out[purpose] = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    svc, mailer = app.extensions["linksvc"], app.extensions["linksvc.mailer"]
+    svc, mailer = services(app).links, services(app).mailer
     reset = svc.mint(api.client, purpose="password_reset", subject="user-dl", ttl=300)
     dl = dataclasses.replace(reset, record=dataclasses.replace(reset.record, purpose="download"))
     with app.test_request_context():

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from linksvc import clients as clients_mod
 from linksvc import create_app, db, errors, ledger, logs, metrics, migrate, partitions
+from linksvc.services import services
 from tests.support.apps import ApiUser
 from tests.support.env import base_env
 from tests.support.servers import SERVERS, prepare_instance, start_server
@@ -117,7 +118,7 @@ def test_rejections_before_the_signature_are_counted_too(api: ApiUser) -> None:
 
 
 def test_key_ages_follow_the_clock(app, api: ApiUser) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     active = next(k for k in svc.keyring.published() if k.state == "active")
     svc.clock = lambda: active.created_at + 3600
     samples = parse(api.http.get("/metrics").get_data(as_text=True))
@@ -167,7 +168,7 @@ def test_log_records_carry_the_request_id(api: ApiUser) -> None:
 
 
 def test_disabling_a_client_takes_effect_within_the_cache_bound(app, api: ApiUser) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t = [1000.0]
     svc.client_cache.clock = lambda: t[0]
     assert api.mint().status_code == 201  # cached now
@@ -181,7 +182,7 @@ def test_disabling_a_client_takes_effect_within_the_cache_bound(app, api: ApiUse
 
 
 def test_made_up_keys_are_never_cached(app, api: ApiUser) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     for i in range(5):
         resp = api.http.post(
             "/api/v1/links",
@@ -199,7 +200,7 @@ def test_made_up_keys_are_never_cached(app, api: ApiUser) -> None:
 def test_unavailable_key_store_drops_the_gauge_not_the_scrape(
     app, api: ApiUser, monkeypatch
 ) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
 
     def down() -> list:
         raise errors.ServiceUnavailable("database")
@@ -216,7 +217,7 @@ def test_mails_are_counted_sent_and_failed(app, api: ApiUser, monkeypatch) -> No
 
     before = scrape()
     assert api.mint("magic_link", "user-1", email="someone@example.com").status_code == 201
-    mailer = app.extensions["linksvc.mailer"]
+    mailer = services(app).mailer
 
     class Refusing:
         def send(self, _message: object) -> None:
@@ -232,7 +233,7 @@ def test_mails_are_counted_sent_and_failed(app, api: ApiUser, monkeypatch) -> No
 
 
 def test_pool_connections_in_use_go_up_and_back(app) -> None:
-    engine = app.extensions["linksvc"].engine
+    engine = services(app).links.engine
     before = metrics.POOL_IN_USE._value.get()
     with engine.connect():
         assert metrics.POOL_IN_USE._value.get() == before + 1
@@ -240,7 +241,7 @@ def test_pool_connections_in_use_go_up_and_back(app) -> None:
 
 
 def test_database_ready_and_purge_overdue_follow_the_ledger(app, api: ApiUser) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     retention = app.config["LINKSVC"].retention_days * 86400
     api.minted("magic_link", ttl=60)
     with db.read(svc.engine) as conn:
@@ -263,7 +264,7 @@ def test_database_ready_and_purge_overdue_follow_the_ledger(app, api: ApiUser) -
 def test_database_down_reports_not_ready_and_keeps_the_scrape(
     app, api: ApiUser, monkeypatch
 ) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     monkeypatch.setattr(svc, "ready", lambda: False)
     resp = api.http.get("/metrics")
     assert resp.status_code == 200
@@ -278,7 +279,7 @@ def test_partitions_ahead_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     engine.dispose()
     app = create_app(base_env(tmp_path / "instance", pg_url))
     try:
-        svc = app.extensions["linksvc"]
+        svc = services(app).links
         client = app.test_client()
         today = partitions.day_of(int(time.time()))
         partitions.ensure_ahead(svc.engine, now=today)
@@ -297,7 +298,7 @@ def test_partitions_ahead_on_postgresql(tmp_path: Path, pg_url: str) -> None:
             conn.exec_driver_sql(f'DROP TABLE "{name}"')
         assert ahead() == {"links": 2, "link_events": partitions.AHEAD_DAYS}
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 # -- two gunicorn workers ------------------------------------------------------------------
@@ -476,7 +477,7 @@ def test_metrics_token_is_off_by_default_and_required_when_set(env) -> None:
     try:
         assert open_app.test_client().get("/metrics").status_code == 200
     finally:
-        open_app.extensions["linksvc"].engine.dispose()
+        services(open_app).links.engine.dispose()
 
     token = "scrape-" + "x" * 24
     app = create_app({**env, "LINKSVC_METRICS_TOKEN": token})
@@ -496,7 +497,7 @@ def test_metrics_token_is_off_by_default_and_required_when_set(env) -> None:
         ok = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and "linksvc_redemptions_total" in ok.get_data(as_text=True)
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
     with pytest.raises(ConfigError) as info:
         create_app({**env, "LINKSVC_METRICS_TOKEN": "short"})
     assert info.value.name == "LINKSVC_METRICS_TOKEN"

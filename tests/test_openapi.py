@@ -20,6 +20,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from werkzeug.exceptions import HTTPException
 
 from linksvc import openapi
+from linksvc.services import services
 from tests.support.apps import REDIRECT, ApiUser
 
 # -- the checkers ---------------------------------------------------------------------
@@ -303,7 +304,7 @@ def scripted_session(app: Flask, api: ApiUser, other: ApiUser) -> Recorder:
     rec.call("GET", f"{v1}/subjects/user-1/links?cursor=zz", key=key)  # 422
     rec.call("GET", f"{v1}/subjects/user-1/links")  # 401
     # expiry, by the clock
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     short = api.minted("magic_link", "user-3", ttl=30)
     real = svc.clock
     svc.clock = lambda: real() + 30 + svc.settings.leeway + 1

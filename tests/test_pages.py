@@ -11,6 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from linksvc import codes, config, errors, pages
+from linksvc.services import services
 from tests.support import hostile
 from tests.support.apps import REDIRECT, make_api_user
 
@@ -112,7 +113,7 @@ def test_secure_cookie_when_base_url_is_https(env, tmp_path):
     resp = app.test_client().get(path_of(link))
     assert resp.status_code == 200
     assert "Secure" in resp.headers["Set-Cookie"]
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_scanners_head_prefetch_preview_leave_link_usable(api, app):
@@ -227,7 +228,7 @@ def test_double_press_same_browser_reaches_same_completion(api, app, client):
 def test_double_press_window_closes(api, app, client):
     link = api.minted()
     _, csrf = open_page(client, link["url"])
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t0 = svc.now()
     svc.clock = lambda: t0
     assert press(client, link["url"], csrf).status_code == 303
@@ -312,7 +313,7 @@ def test_cross_site_post_is_refused(api, client):
 
 def test_expired_form_token_renders_fresh_form(app):
     api = make_api_user(app, "slowreader")
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     svc.settings = config.replace(svc.settings, max_ttl={**svc.settings.max_ttl, "magic_link": 900})
     link = api.minted(ttl=900)
     browser = app.test_client()
@@ -369,13 +370,13 @@ def test_disabled_client_links_stop_working(api, app, client):
 
     link = api.minted()
     _, csrf = open_page(client, link["url"])
-    with db.write(app.extensions["linksvc"].engine) as conn:
+    with db.write(services(app).links.engine) as conn:
         conn.execute(
             sa.update(db.clients).where(db.clients.c.id == api.client.id).values(disabled=True)
         )
     assert client.get(path_of(link)).status_code == 400
     assert press(client, link["url"], csrf).status_code == 400
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         state = conn.execute(
             sa.select(db.links.c.state).where(db.links.c.jti == link["jti"])
         ).scalar_one()
@@ -395,7 +396,7 @@ def test_unknown_browser_path_is_html_404_api_stays_problem_json(client):
 
 def test_database_down_and_unexpected_errors_are_pages(api, app, client, monkeypatch):
     link = api.minted()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
 
     def down(*a: Any, **k: Any) -> Any:
         raise errors.ServiceUnavailable("database")
@@ -468,7 +469,7 @@ def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path, link_fo
     from tests.support.env import base_env
 
     app = create_app(base_env(tmp_path / "instance", database_url=pg_url))
-    migrate.upgrade(app.extensions["linksvc"].engine)
+    migrate.upgrade(services(app).links.engine)
     _prepare(app)
     try:
         api = make_api_user(app, link_format=link_format)
@@ -488,7 +489,7 @@ def test_press_double_press_and_exchange_on_postgresql(pg_url, tmp_path, link_fo
             == "code_used"
         )
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 def test_press_cookie_is_host_prefixed_where_the_base_url_is_https(env):
@@ -515,7 +516,7 @@ def test_press_cookie_is_host_prefixed_where_the_base_url_is_https(env):
         done = browser.post(path_of(link), data={"csrf": csrf}, base_url=base)
         assert done.status_code == 303 and "code=" in done.headers["Location"]
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 @pytest.mark.parametrize("server_name", ["gunicorn", "granian"])
@@ -560,7 +561,7 @@ def test_short_link_is_at_most_65_characters_with_a_30_character_base_url(env):
             assert link["token"].count(".") == 2  # the JWT, for redemption and offline checks
             assert api.verify(link["token"], purpose).get_json()["jti"] == link["jti"]
     finally:
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 def _spellings(handle: str) -> list[str]:
@@ -636,7 +637,7 @@ def test_short_link_of_a_removed_signing_key_stops_working_like_its_jwt(app, lin
 
     api = make_api_user(app, "shortapp", link_format=link_format)
     link = api.minted()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
 
     def no_key(kid: str) -> Any:
         raise errors.UnknownKey()

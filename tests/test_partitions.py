@@ -26,6 +26,7 @@ from flask import Flask
 
 from linksvc import create_app, db, ledger, migrate, partitions
 from linksvc.config import HARD_MAX_LEEWAY, HARD_MAX_TTL
+from linksvc.services import services
 from tests.support import ledger_fill
 from tests.support.apps import ApiUser, _prepare, make_api_user
 from tests.support.env import base_env
@@ -42,7 +43,7 @@ def pg_app(tmp_path: Path, pg_url: str) -> Iterator[Flask]:
     app = create_app(base_env(tmp_path / "instance", pg_url))
     _prepare(app)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def _partition_of(engine: sa.Engine, jti: str) -> str:
@@ -59,7 +60,7 @@ def _explain(conn: sa.Connection, stmt: sa.Executable, params: dict[str, Any]) -
 
 
 def test_a_link_minted_into_tomorrows_partition_redeems(pg_app: Flask) -> None:
-    svc = pg_app.extensions["linksvc"]
+    svc = services(pg_app).links
     api: ApiUser = make_api_user(pg_app)
     tomorrow = partitions.day_of(int(time.time())) + DAY
     svc.clock = lambda: tomorrow - 60  # a minute to midnight: exp falls tomorrow
@@ -99,7 +100,7 @@ def test_a_link_minted_into_tomorrows_partition_redeems(pg_app: Flask) -> None:
 def test_a_link_past_every_partition_lands_in_default_and_moves_to_its_day(
     pg_app: Flask,
 ) -> None:
-    svc = pg_app.extensions["linksvc"]
+    svc = services(pg_app).links
     api: ApiUser = make_api_user(pg_app)
     far = partitions.day_of(int(time.time())) + 40 * DAY + 3600  # no partition made yet
     svc.clock = lambda: far
@@ -122,7 +123,7 @@ def test_a_link_past_every_partition_lands_in_default_and_moves_to_its_day(
 
 
 def test_the_partitions_command_makes_the_days_ahead_without_purge(pg_app: Flask) -> None:
-    engine = pg_app.extensions["linksvc"].engine
+    engine = services(pg_app).links.engine
     today = partitions.day_of(int(time.time()))
     with engine.begin() as conn:  # a run missed: the last day ahead is not there
         last = partitions.day_name("links", today + partitions.AHEAD_DAYS * DAY)
@@ -146,7 +147,7 @@ def test_maintenance_waits_briefly_for_its_lock_and_tries_again(
 ) -> None:
     """A transaction holding the table (a long report, say) makes the maintenance's lock
     wait time out: it lets go — the requests queued behind it go ahead — and tries again."""
-    engine = pg_app.extensions["linksvc"].engine
+    engine = services(pg_app).links.engine
     far = partitions.day_of(int(time.time())) + 60 * DAY
     blocker = engine.connect()
     tx = blocker.begin()
@@ -179,7 +180,7 @@ def test_purge_moving_rows_out_of_default_races_redemptions_without_a_failure(
     then creates their day, moving them, while threads redeem them over the API. Every
     valid link answers 200 exactly once — none 503 (the deadlock of issue 24), none
     wrongly ``used`` or unknown — and every one ends consumed in its day's partition."""
-    svc = pg_app.extensions["linksvc"]
+    svc = services(pg_app).links
     api: ApiUser = make_api_user(pg_app)
     today = partitions.day_of(int(time.time()))
     outcomes: collections.Counter[int] = collections.Counter()

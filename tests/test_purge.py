@@ -16,6 +16,7 @@ import requests
 import sqlalchemy as sa
 
 from linksvc import db, ledger, partitions
+from linksvc.services import services
 from tests.support.env import ROOT, _clean_environ, base_env, venv_bin
 from tests.support.servers import prepare_instance, start_gunicorn
 
@@ -23,17 +24,17 @@ DAY = 86400
 
 
 def _rows(app, table: sa.Table) -> int:
-    with app.extensions["linksvc"].engine.connect() as conn:
+    with services(app).links.engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
 
 
 def _states(app) -> dict[str, str]:
-    with app.extensions["linksvc"].engine.connect() as conn:
+    with services(app).links.engine.connect() as conn:
         return dict(conn.execute(sa.select(db.links.c.jti, db.links.c.state)).all())
 
 
 def test_purge_removes_only_what_is_past_retention(app, api):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     retention = app.config["LINKSVC"].retention_days * DAY
     t0 = 1_900_000_000
     svc.clock = lambda: t0
@@ -105,7 +106,7 @@ def test_purge_removes_only_what_is_past_retention(app, api):
 
 
 def test_purge_works_in_bounded_batches(app, api):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     t0 = 1_900_000_000
     svc.clock = lambda: t0
     for i in range(23):
@@ -122,7 +123,7 @@ def test_purge_works_in_bounded_batches(app, api):
 
 
 def test_purge_refuses_a_retention_that_could_reach_live_links(app, runner):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with pytest.raises(ValueError):
         ledger.purge(svc.engine, now=int(time.time()), retention_seconds=60)
     with app.app_context():
@@ -131,7 +132,7 @@ def test_purge_refuses_a_retention_that_could_reach_live_links(app, runner):
 
 
 def test_purge_command_reports_what_it_removed(app, api, runner):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     svc.clock = lambda: int(time.time()) - 9 * DAY
     old = api.minted()
     # A stored event to purge with it (a mint alone stores none: the row says it).

@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 
 from linksvc import create_app
+from linksvc.services import services
 from tests.support.apps import _prepare, make_api_user
 from tests.support.databases import REDIS_URL
 from tests.support.env import free_port, missing
@@ -17,7 +18,7 @@ from tests.support.env import free_port, missing
 
 def unique_prefix(app: Flask) -> str:
     prefix = f"linksvc-test-{secrets.token_hex(6)}"
-    app.extensions["linksvc.ratelimit"].prefix = prefix
+    services(app).ratelimit.prefix = prefix
     return prefix
 
 
@@ -72,7 +73,7 @@ def test_one_mailbox_cannot_be_flooded_by_rotating_the_subject(app):
     from pathlib import Path
 
     unique_prefix(app)
-    limits = app.extensions["linksvc.ratelimit"]
+    limits = services(app).ratelimit
     seen: list[tuple[str, ...]] = []  # every key the store is asked about
     real_hit = limits._hit
 
@@ -140,7 +141,7 @@ def test_limited_mint_changes_nothing(app):
     assert api.mint("password_reset", "user-5").status_code == 429
     assert api.verify(first["token"], "password_reset").get_json()["state"] == "issued"
     assert [e["event"] for e in api.status(first["jti"]).get_json()["events"]] == ["minted"]
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     import sqlalchemy as sa
 
     from linksvc import db
@@ -161,9 +162,9 @@ def test_limits_changed_later_apply(app):
     assert api.mint(subject="b").status_code == 429
     from linksvc import clients, db
 
-    with db.write(app.extensions["linksvc"].engine) as conn:
+    with db.write(services(app).links.engine) as conn:
         clients.update(conn, api.client.id, mint_limit="100 per minute")
-    cache = getattr(app.extensions["linksvc"], "client_cache", None)
+    cache = getattr(services(app).links, "client_cache", None)
     if cache is not None:  # workers cache clients for a few seconds
         cache.clear()
     assert api.mint(subject="c").status_code == 201
@@ -175,7 +176,7 @@ def page_app(env) -> Iterator[Flask]:
     _prepare(app)
     unique_prefix(app)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_pages_limited_per_ip_with_html_429(page_app):
@@ -218,7 +219,7 @@ def test_forwarded_for_honoured_behind_one_trusted_proxy(env):
         )
     assert http.get("/l/x", headers={"X-Forwarded-For": "9.9.9.9, 203.0.113.1"}).status_code == 429
     assert http.get("/l/x", headers={"X-Forwarded-For": "203.0.113.2"}).status_code != 429
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_unreachable_store_falls_back_to_memory(env):
@@ -241,7 +242,7 @@ def test_unreachable_store_falls_back_to_memory(env):
     assert [r.getMessage() for r in records].count(
         "rate limit storage unavailable; counting in memory"
     ) == 1
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 # -- real Redis: two app instances, one limit ------------------------------------------
@@ -270,12 +271,12 @@ def redis_pair(env) -> Iterator[tuple[Flask, Flask, str]]:
     a, b = create_app(shared), create_app(shared)
     _prepare(a)
     prefix = unique_prefix(a)
-    b.extensions["linksvc.ratelimit"].prefix = prefix
+    services(b).ratelimit.prefix = prefix
     yield a, b, prefix
     for key in r.scan_iter(match=f"*{prefix}*"):
         r.delete(key)
     for app in (a, b):
-        app.extensions["linksvc"].engine.dispose()
+        services(app).links.engine.dispose()
 
 
 def test_redis_mint_limit_shared_by_two_instances(redis_pair):
@@ -339,7 +340,7 @@ def test_redis_limit_holds_under_a_race_across_gunicorn_workers(env, tmp_path):
     _prepare(setup)
     # A fresh client id per run keys the counter, so parallel runs never share it.
     racer = make_api_user(setup, "racer", mint_limit="6 per minute")
-    setup.extensions["linksvc"].engine.dispose()
+    services(setup).links.engine.dispose()
     server = start_gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
     try:
         n = 20

@@ -21,6 +21,7 @@ import requests
 
 from linksvc import create_app
 from linksvc.downloads import check_download
+from linksvc.services import services
 from linksvc.storage import S3Storage
 from tests.support.apps import _prepare, make_api_user
 from tests.support.env import ROOT, base_env, free_port, missing
@@ -344,7 +345,7 @@ def s3_app(
     app = create_app(s3_env(instance, s3rver))
     _prepare(app)
     yield app
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_s3_mint_checks(s3_app: Any, s3rver: str) -> None:
@@ -389,7 +390,7 @@ def test_s3_mint_checks(s3_app: Any, s3rver: str) -> None:
 
 def test_presigned_url_never_outlives_the_link(s3_app: Any, s3rver: str) -> None:
     s3_client(s3rver).put_object(Bucket=BUCKET, Key="short.txt", Body=b"s")
-    svc = s3_app.extensions["linksvc"]
+    svc = services(s3_app).links
     now = svc.now()
     svc.clock = lambda: now
     link = make_api_user(s3_app).minted("download", ttl=60, download={"key": "short.txt"})
@@ -404,19 +405,19 @@ def test_storage_outage_answers_503_on_mint_and_on_click(
     s3_client(s3rver).put_object(Bucket=BUCKET, Key="outage.txt", Body=b"o")
     api = make_api_user(s3_app)
     link = api.minted("download", download={"key": "outage.txt"})
-    store = s3_app.extensions["linksvc.storage"]
+    store = services(s3_app).storage
     dead = S3Storage(
         bucket=BUCKET,
         endpoint_url=f"http://127.0.0.1:{free_port()}",
         region=REGION,
         addressing_style="path",
     )
-    s3_app.extensions["linksvc.storage"] = dead
-    s3_app.extensions["linksvc"].download_checker = lambda c, d: check_download(dead, c, d)
+    services(s3_app).storage = dead
+    services(s3_app).links.download_checker = lambda c, d: check_download(dead, c, d)
     resp = api.mint("download", download={"key": "outage.txt"})
     assert resp.status_code == 503 and resp.get_json()["code"] == "unavailable"
     page = s3_app.test_client().get(f"/d/{link['token']}")
     assert page.status_code == 503 and page.headers["Retry-After"]
-    assert link_state(s3_app.extensions["linksvc"].engine, link["jti"]) == "issued"
-    s3_app.extensions["linksvc.storage"] = store
+    assert link_state(services(s3_app).links.engine, link["jti"]) == "issued"
+    services(s3_app).storage = store
     assert s3_app.test_client().get(f"/d/{link['token']}").status_code == 303

@@ -18,6 +18,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from linksvc import codes, signins
+from linksvc.services import services
 from tests.support.apps import REDIRECT, make_api_user
 from tests.support.databases import dump_database
 
@@ -276,7 +277,7 @@ def test_the_secure_deployment_uses_a_host_prefixed_secure_cookie(env):
     cookie = wait.headers["Set-Cookie"]
     assert cookie.startswith("__Host-linksvc_signin=")
     assert "Secure" in cookie and "Path=/;" in cookie and "Domain" not in cookie
-    app.extensions["linksvc"].engine.dispose()
+    services(app).links.engine.dispose()
 
 
 def test_head_and_get_of_the_link_change_nothing(app, api, laptop, phone):
@@ -437,7 +438,7 @@ def test_a_sign_in_revoked_through_the_api_ends(app, api, laptop):
 def test_an_expired_sign_in_completes_nowhere(app, api, laptop):
     s = start(app, api)
     wait = laptop.get(s.wait_path)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     real = svc.clock
     svc.clock = lambda: real() + 3600
     try:
@@ -486,7 +487,7 @@ def test_a_forged_or_replayed_binding_cookie_is_refused(app, api, laptop, phone)
     # The laptop's cookie value opens no other sign-in's page (the hash is per sign-in).
     from linksvc import db
 
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.read(svc.engine) as conn:
         hashes = [
             r[0]
@@ -561,7 +562,7 @@ def test_a_press_outside_the_binding_browser_never_completes(app, api, laptop, p
     # Post the confirmation form the way the laptop would, from the phone, with a valid press form.
     from linksvc import pages
 
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with app.test_request_context():
         nonce = "n" * 43
         token = pages._serializer(svc).dumps({"j": s.jti, "n": pages.codes.completion_hash(nonce)})
@@ -692,7 +693,7 @@ def test_purge_removes_sign_ins_with_their_links_only_past_retention(app, api):
     from linksvc import db, ledger
 
     s = start(app, api)
-    engine = app.extensions["linksvc"].engine
+    engine = services(app).links.engine
     exp = api.status(s.jti).get_json()["expires_at"]
     assert exp
     week = 7 * 86400
@@ -719,10 +720,10 @@ def any_app(request, env):
     from tests.support.apps import _prepare
 
     pg = create_app({**env, "LINKSVC_DATABASE_URL": request.getfixturevalue("pg_url")})
-    migrate.upgrade(pg.extensions["linksvc"].engine)
+    migrate.upgrade(services(pg).links.engine)
     _prepare(pg)
     yield pg
-    pg.extensions["linksvc"].engine.dispose()
+    services(pg).links.engine.dispose()
 
 
 def _approved(
@@ -793,7 +794,7 @@ def test_disabling_the_client_or_revoking_the_key_ends_an_approved_sign_in(
     if how == "client":
         out = runner.invoke(args=["clients", "disable", api.client.id])
     else:
-        with db.read(any_app.extensions["linksvc"].engine) as conn:
+        with db.read(services(any_app).links.engine) as conn:
             kid = conn.execute(
                 db.links.select().with_only_columns(db.links.c.kid).where(db.links.c.jti == s.jti)
             ).scalar_one()
@@ -802,11 +803,11 @@ def test_disabling_the_client_or_revoking_the_key_ends_an_approved_sign_in(
     assert "revoked 1 approved sign-in(s)" in out.output
     if how == "client":
         runner.invoke(args=["clients", "enable", api.client.id])  # even enabled again
-        any_app.extensions["linksvc"].client_cache.clear()
+        services(any_app).links.client_cache.clear()
     done = laptop.post(s.wait_path + "/complete", data={"csrf": csrf})
     assert done.status_code != 303
     assert laptop.get(s.wait_path + "/status").get_json() == {"state": "ended"}
-    with db.read(any_app.extensions["linksvc"].engine) as conn:
+    with db.read(services(any_app).links.engine) as conn:
         made = conn.execute(db.codes.select().where(db.codes.c.jti == s.jti)).first()
         assert made is None  # no code was made
         state = conn.execute(

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from linksvc import create_app, db, outbox, ssrf, webhooks
+from linksvc.services import services
 from tests.support.apps import _prepare, make_api_user
 from tests.support.databases import dump_database
 
@@ -23,7 +24,7 @@ DEV = ssrf.Policy(allow_loopback=True)
 
 
 def add_endpoint(app: Flask, client_id: str, url: str = "http://127.0.0.1:9/hook", **kw: Any):
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.write(svc.engine) as conn:
         endpoint, secret = webhooks.add(
             conn,
@@ -43,7 +44,7 @@ def rows(app: Flask, client_id: str | None = None) -> list[dict[str, Any]]:
     q = sa.select(o).order_by(o.c.id)
     if client_id:
         q = q.where(o.c.client_id == client_id)
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         return [dict(r._mapping) for r in conn.execute(q)]
 
 
@@ -82,7 +83,7 @@ def test_rotate_disable_enable_remove(app, api, runner):
     assert out.exit_code == 0, out.output
     new = json.loads(out.output)["secret"]
     assert new != old
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.read(svc.engine) as conn:
         row = conn.execute(
             sa.select(db.webhook_endpoints).where(db.webhook_endpoints.c.id == ep.id)
@@ -117,7 +118,7 @@ def test_secret_is_bound_to_its_endpoint(app, api):
     a, _ = add_endpoint(app, api.client.id)
     b, _ = add_endpoint(app, api.client.id)
     kek = app.config["LINKSVC"].key_encryption_key
-    with db.read(app.extensions["linksvc"].engine) as conn:
+    with db.read(services(app).links.engine) as conn:
         blob = conn.execute(
             sa.select(db.webhook_endpoints.c.secret_enc).where(db.webhook_endpoints.c.id == a.id)
         ).scalar_one()
@@ -150,7 +151,7 @@ def test_add_refuses_urls_in_production(env, url, why):
         if why:
             assert why in out.output
     finally:
-        prod.extensions["linksvc"].engine.dispose()
+        services(prod).links.engine.dispose()
 
 
 def test_add_refuses_unknown_events_and_clients(app, api, runner):
@@ -169,9 +170,7 @@ def test_no_endpoint_no_outbox_row(app, api):
     link = api.minted()
     assert api.redeem(link["token"]).status_code == 200
     assert rows(app) == []
-    assert (
-        app.extensions["linksvc"].sinks.get(app.extensions["linksvc"].engine, api.client.id) is None
-    )
+    assert services(app).links.sinks.get(services(app).links.engine, api.client.id) is None
 
 
 def test_events_only_for_the_client_with_endpoints(app, api, other_api):
@@ -309,7 +308,7 @@ def test_sent_after_the_mail_went_out(app, api):
 def test_event_rolls_back_with_its_change(app, api):
     """No event without its change: a mint whose transaction fails leaves no outbox row."""
     add_endpoint(app, api.client.id)
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     sink = svc.sinks.get(svc.engine, api.client.id)
     with pytest.raises(RuntimeError):
         with db.write(svc.engine) as conn:
@@ -337,7 +336,7 @@ def test_facts_may_not_carry_secrets():
 def test_on_replay_revoke_subject(app, api, runner):
     out = runner.invoke(args=["webhooks", "on-replay", api.client.id, "revoke-subject"])
     assert out.exit_code == 0, out.output
-    app.extensions["linksvc"].sinks.clear()
+    services(app).links.sinks.clear()
     used = api.minted(subject="user-7")
     other = api.minted("password_reset", subject="user-7")
     bystander = api.minted(subject="user-8")
@@ -358,7 +357,7 @@ def test_on_replay_revoke_subject(app, api, runner):
 def test_replay_policy_with_events(app, api, runner):
     add_endpoint(app, api.client.id)
     runner.invoke(args=["webhooks", "on-replay", api.client.id, "revoke-subject"])
-    app.extensions["linksvc"].sinks.clear()
+    services(app).links.sinks.clear()
     used = api.minted(subject="user-7")
     other = api.minted(subject="user-7")
     api.redeem(used["token"])
@@ -376,7 +375,7 @@ def test_the_same_browsers_late_second_press_is_no_replay_another_browsers_is(ap
 
     add_endpoint(app, api.client.id)
     runner.invoke(args=["webhooks", "on-replay", api.client.id, "revoke-subject"])
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     svc.sinks.clear()
     used = api.minted(subject="user-7")
     other = api.minted("password_reset", subject="user-7")
@@ -413,7 +412,7 @@ def test_no_policy_revokes_nothing(app, api):
 def test_metrics_report_a_failing_endpoint_and_the_backlog(app, api, client):
     add_endpoint(app, api.client.id)
     api.minted()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     now = int(time.time())
     [c] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)
     outbox.finish(svc.engine, c, status=500, error=None, duration_ms=1, now=now - 4 * 86400)
@@ -433,7 +432,7 @@ def test_metrics_report_a_failing_endpoint_and_the_backlog(app, api, client):
 def test_deliveries_and_replay_by_hand(app, api, runner):
     add_endpoint(app, api.client.id)
     api.minted()
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     now = int(time.time())
     [c] = outbox.claim(svc.engine, now=now, limit=1, lease_seconds=30)
     outbox.finish(svc.engine, c, status=204, error=None, duration_ms=3, now=now)
@@ -463,10 +462,10 @@ def pg_app(env, pg_url):
     pg = create_app({**env, "LINKSVC_DATABASE_URL": pg_url})
     from linksvc import migrate
 
-    migrate.upgrade(pg.extensions["linksvc"].engine)
+    migrate.upgrade(services(pg).links.engine)
     _prepare(pg)
     yield pg
-    pg.extensions["linksvc"].engine.dispose()
+    services(pg).links.engine.dispose()
 
 
 def test_postgresql_change_and_event_in_one_statement(pg_app, link_format):

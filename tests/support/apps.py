@@ -13,12 +13,13 @@ from flask.testing import FlaskClient
 from linksvc import clients as clients_mod
 from linksvc import db, keys
 from linksvc.config import PURPOSES
+from linksvc.services import services
 
 REDIRECT = "http://127.0.0.1:5001/callback"
 
 
 def _prepare(app: Flask) -> None:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     with db.write(svc.engine) as conn:
         keys.ensure_keys(conn, app.config["LINKSVC"].key_encryption_key, int(time.time()))
 
@@ -64,7 +65,7 @@ class ApiUser:
 
 
 def make_api_user(app: Flask, name: str = "acme", **kwargs: Any) -> ApiUser:
-    svc = app.extensions["linksvc"]
+    svc = services(app).links
     options: dict[str, Any] = {
         "purposes": list(PURPOSES),
         "redirect_uris": [REDIRECT],

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from app import app
+from linksvc.services import services
 
 _OFFSET = Path(os.environ["LINKSVC_INSTANCE_PATH"]) / "clock_offset"
 
@@ -18,4 +19,4 @@ def _now() -> float:
         return time.time()
 
 
-app.extensions["linksvc"].clock = _now
+services(app).links.clock = _now

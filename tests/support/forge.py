@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from linksvc import tokens
+from linksvc.services import services
 
 
 def b64(data: bytes) -> str:
@@ -53,4 +54,4 @@ def unsigned(header: dict[str, Any], claims: dict[str, Any], sig: str = "") -> s
 
 
 def signing_key(app: Any) -> tokens.SigningKey:
-    return app.extensions["linksvc"].keyring.signing_key()
+    return services(app).links.keyring.signing_key()
