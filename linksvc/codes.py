@@ -168,7 +168,9 @@ def hash_code(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
-def _insert(conn: Connection, h: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
+def insert(conn: Connection, h: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
+    """Record the code hashed ``h`` for the link ``jti``, alive ``ttl`` seconds, in ``conn``'s
+    transaction (the one that consumes the link)."""
     conn.execute(
         _INSERT,
         {
@@ -210,7 +212,7 @@ def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl:
                 sa.select(db.codes.c.code_hash).where(db.codes.c.code_hash == h)
             ).first()
             if exists is None:
-                _insert(conn, h, jti=jti, client_id=client_id, now=now, ttl=ttl)
+                insert(conn, h, jti=jti, client_id=client_id, now=now, ttl=ttl)
     except sa.exc.IntegrityError:
         pass  # the racing press inserted the same row first
 
@@ -411,7 +413,7 @@ def complete(
         # then fails) or after this code is committed (and voids it).
         if rec.redirect_uri is not None:
             code = derive(secret, rec.jti, nonce)
-            _insert(conn, hash_code(code), jti=rec.jti, client_id=rec.client_id, now=now, ttl=ttl)
+            insert(conn, hash_code(code), jti=rec.jti, client_id=rec.client_id, now=now, ttl=ttl)
 
     try:
         rec = service.redeem(

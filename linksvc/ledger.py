@@ -252,6 +252,15 @@ def add_event_driver(
     )
 
 
+_COUNT_EVENTS = (
+    sa.select(sa.func.count())
+    .select_from(db.link_events)
+    .where(
+        db.link_events.c.jti == sa.bindparam("k_jti"),
+        db.link_events.c.event == sa.bindparam("k_event"),
+    )
+)
+
 #: A leaked link replayed in a loop must not grow its history without bound.
 MAX_REJECTION_EVENTS = 20
 
@@ -266,14 +275,91 @@ def add_rejection(
     actor: str | None = None,
 ) -> None:
     """Note a refused attempt in the link's history, up to :data:`MAX_REJECTION_EVENTS`."""
-    e = db.link_events.c
-    seen = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(db.link_events)
-        .where(e.jti == jti, e.event == "rejected")
-    ).scalar_one()
+    seen = conn.execute(_COUNT_EVENTS, {"k_jti": jti, "k_event": "rejected"}).scalar_one()
     if seen < MAX_REJECTION_EVENTS:
         add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
+
+
+def note_view(
+    engine: Engine,
+    rec: LinkRecord,
+    now: int,
+    *,
+    via: str,
+    actor: str | None,
+    limit: int,
+    sinks: outbox.SinkCache,
+    facts: Callable[[int], dict[str, Any]],
+) -> None:
+    """Note that ``rec`` was shown (a ``viewed`` event, and ``link.viewed`` for a client with
+    webhooks, whose facts are ``facts(earlier_views)``), for its first ``limit`` views only.
+    Best effort: a page still shows when the history cannot be written."""
+    try:
+        with db.read(engine) as conn:
+            n = conn.execute(_COUNT_EVENTS, {"k_jti": rec.jti, "k_event": "viewed"}).scalar_one()
+        if n < limit:
+            sink = sinks.get(engine, rec.client_id)
+            with db.write(engine) as conn:
+                add_event(conn, rec.jti, "viewed", now, via=via, actor=actor)
+                if sink is not None:
+                    sink.emit(
+                        conn,
+                        "link.viewed",
+                        jti=rec.jti,
+                        purpose=rec.purpose,
+                        subject=rec.subject,
+                        now=now,
+                        facts=facts(n),
+                    )
+    except errors.ServiceUnavailable:
+        pass
+
+
+_SETTLE = (
+    sa.update(db.links)
+    .where(db.links.c.jti == sa.bindparam("k_jti"), db.links.c.state == ISSUED)
+    .values(
+        state=sa.bindparam("k_state"),
+        state_at=sa.bindparam("k_now"),
+        state_via=sa.bindparam("k_via"),
+    )
+    .returning(db.links.c.purpose, db.links.c.subject)
+)
+
+
+def settle(
+    conn: Connection,
+    jti: str,
+    state: str,
+    *,
+    now: int,
+    via: str,
+    sink: outbox.Sink | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> bool:
+    """Move the issued link ``jti`` to ``state`` (``consumed`` or ``revoked``) for a flow
+    that holds it (a sign-in step), in the caller's transaction ``conn``, with its history
+    event and its ``link.consumed`` / ``link.revoked`` webhook (facts: ``facts``, then
+    ``via``). False, and nothing written, when the link had already left ``issued``: the
+    caller then rolls its own step back."""
+    row = conn.execute(
+        _SETTLE, {"k_jti": jti, "k_state": state, "k_now": now, "k_via": via}
+    ).first()
+    if row is None:
+        return False
+    event = "consumed" if state == CONSUMED else "revoked"
+    add_event(conn, jti, event, now, via=via)
+    if sink is not None:
+        sink.emit(
+            conn,
+            "link." + event,
+            jti=jti,
+            purpose=row.purpose,
+            subject=row.subject,
+            now=now,
+            facts={**(facts or {}), "via": via},
+        )
+    return True
 
 
 def record_mint(
