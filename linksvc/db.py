@@ -461,6 +461,24 @@ def write(engine: Engine) -> Iterator[Connection]:
         raise _unavailable() from exc
 
 
+def in_batches(
+    engine: Engine, batch: Callable[[Connection], int | None], *, max_batches: int | None = None
+) -> tuple[int, int]:
+    """Run ``batch`` in one write transaction after another until it returns None (nothing
+    was left) or ``max_batches`` have run: a purge in bounded transactions, which can run
+    beside live traffic. Returns the sum of what the batches returned, and how many ran (the
+    last, empty one included)."""
+    total = runs = 0
+    while max_batches is None or runs < max_batches:
+        runs += 1
+        with write(engine) as conn:
+            n = batch(conn)
+        if n is None:
+            break
+        total += n
+    return total, runs
+
+
 @contextlib.contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """A read transaction; database trouble becomes 503."""

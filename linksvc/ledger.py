@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -1008,13 +1008,6 @@ def purge(
         ("links", "events", "codes", "batches", "partitions_dropped", "partitions_created"), 0
     )
 
-    def batches() -> Iterator[int]:
-        n = 0
-        while max_batches is None or n < max_batches:
-            removed["batches"] += 1
-            yield n
-            n += 1
-
     with db.read(engine) as conn:
         partitioned = partitions.is_partitioned(conn)
     if partitioned:
@@ -1031,52 +1024,56 @@ def purge(
             )
         )
     else:
-        for _ in batches():
-            with db.write(engine) as conn:
-                jtis = [
-                    r[0]
-                    for r in conn.execute(
-                        sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size)
-                    )
-                ]
-                if not jtis:
-                    break
-                # The condition again in the DELETE: only what is past the cutoff, whatever was read.
-                gone = conn.execute(
-                    sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
-                )
-                gone_jtis = gone.scalars().all()
-                removed["links"] += len(gone_jtis)
-                if gone_jtis:
-                    removed["events"] += conn.execute(
-                        sa.delete(e).where(e.c.jti.in_(gone_jtis))
-                    ).rowcount
+
+        def links_batch(conn: Connection) -> int | None:
+            jtis = [
+                r[0]
+                for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))
+            ]
+            if not jtis:
+                return None
+            # The condition again in the DELETE: only what is past the cutoff, whatever was read.
+            gone = conn.execute(
+                sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
+            )
+            gone_jtis = gone.scalars().all()
+            removed["links"] += len(gone_jtis)
+            if gone_jtis:
+                removed["events"] += conn.execute(
+                    sa.delete(e).where(e.c.jti.in_(gone_jtis))
+                ).rowcount
+            return 0
 
         # An attempt noted in a link's history while the link was being purged leaves an event
         # behind. An event older than the cutoff minus the longest lifetime and leeway can only
         # belong to a purged link; such events are the oldest ids, found through the primary key.
         event_cutoff = cutoff - HARD_MAX_TTL - HARD_MAX_LEEWAY
-        for _ in batches():
-            with db.write(engine) as conn:
-                rows = conn.execute(
-                    sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)
-                ).all()
-                ids = [i for i, at in rows if at < event_cutoff]
-                if not ids:
-                    break
-                removed["events"] += conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
 
-    for _ in batches():
-        with db.write(engine) as conn:
-            hashes = [
-                r[0]
-                for r in conn.execute(
-                    sa.select(c.c.code_hash).where(c.c.expires_at < cutoff).limit(batch_size)
-                )
-            ]
-            if not hashes:
-                break
-            removed["codes"] += conn.execute(
-                sa.delete(c).where(c.c.code_hash.in_(hashes), c.c.expires_at < cutoff)
-            ).rowcount
+        def events_batch(conn: Connection) -> int | None:
+            rows = conn.execute(sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)).all()
+            ids = [i for i, at in rows if at < event_cutoff]
+            if not ids:
+                return None
+            return conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
+
+        removed["batches"] += db.in_batches(engine, links_batch, max_batches=max_batches)[1]
+        n, runs = db.in_batches(engine, events_batch, max_batches=max_batches)
+        removed["events"] += n
+        removed["batches"] += runs
+
+    def codes_batch(conn: Connection) -> int | None:
+        hashes = [
+            r[0]
+            for r in conn.execute(
+                sa.select(c.c.code_hash).where(c.c.expires_at < cutoff).limit(batch_size)
+            )
+        ]
+        if not hashes:
+            return None
+        return conn.execute(
+            sa.delete(c).where(c.c.code_hash.in_(hashes), c.c.expires_at < cutoff)
+        ).rowcount
+
+    removed["codes"], runs = db.in_batches(engine, codes_batch, max_batches=max_batches)
+    removed["batches"] += runs
     return removed

@@ -700,20 +700,15 @@ def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int =
     if retention_seconds < ledger.MIN_RETENTION_SECONDS:
         raise ValueError(f"retention must be at least {ledger.MIN_RETENTION_SECONDS} seconds")
     cutoff = now - retention_seconds
-    removed = 0
-    while True:
-        with db.write(engine) as conn:
-            jtis = [
-                r[0]
-                for r in conn.execute(
-                    sa.select(_t.c.jti).where(_t.c.exp < cutoff).limit(batch_size)
-                )
-            ]
-            if not jtis:
-                return removed
-            removed += conn.execute(
-                sa.delete(_t).where(_t.c.jti.in_(jtis), _t.c.exp < cutoff)
-            ).rowcount
+
+    def batch(conn: Connection) -> int | None:
+        jtis = conn.execute(sa.select(_t.c.jti).where(_t.c.exp < cutoff).limit(batch_size))
+        found = [r[0] for r in jtis]
+        if not found:
+            return None
+        return conn.execute(sa.delete(_t).where(_t.c.jti.in_(found), _t.c.exp < cutoff)).rowcount
+
+    return db.in_batches(engine, batch)[0]
 
 
 class _Ended(Exception):
