@@ -162,7 +162,7 @@ class Linksvc(Target):
             self.codes = []
             for _ in range(n):
                 minted = self._mint()
-                recorded = ledger.lookup(svc.engine, minted["jti"])
+                recorded = ledger.get(svc.engine, minted["jti"])
                 assert recorded is not None
                 rec = ledger.consume(
                     svc.engine,

@@ -168,7 +168,9 @@ def hash_code(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
-def _insert(conn: Connection, h: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
+def insert(conn: Connection, h: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:
+    """Record the code hashed ``h`` for the link ``jti``, alive ``ttl`` seconds, in ``conn``'s
+    transaction (the one that consumes the link)."""
     conn.execute(
         _INSERT,
         {
@@ -210,7 +212,7 @@ def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl:
                 sa.select(db.codes.c.code_hash).where(db.codes.c.code_hash == h)
             ).first()
             if exists is None:
-                _insert(conn, h, jti=jti, client_id=client_id, now=now, ttl=ttl)
+                insert(conn, h, jti=jti, client_id=client_id, now=now, ttl=ttl)
     except sa.exc.IntegrityError:
         pass  # the racing press inserted the same row first
 
@@ -219,7 +221,7 @@ _c, _l, _k, _cl = db.codes.c, db.links.c, db.signing_keys.c, db.clients.c
 #: Spend a code: one conditional UPDATE, which also checks — in the same statement, so no
 #: cached client or key ring can be stale — that the client is enabled and that the key
 #: that signed the code's link has not been removed.
-_EXCHANGE = (
+_EXCHANGE = db.Statement(
     sa.update(db.codes)
     .where(
         _c.code_hash == sa.bindparam("k_hash"),
@@ -237,6 +239,7 @@ _EXCHANGE = (
         ),
     )
     .values(used_at=sa.bindparam("k_now"))
+    .returning(_c.jti)
 )
 #: Spend a live code that was presented with the wrong binding (see the module).
 _BURN = (
@@ -248,7 +251,6 @@ _BURN = (
     )
     .values(voided_at=sa.bindparam("k_now"))
 )
-_EXCHANGE_SQL = db.Statement(_EXCHANGE.returning(_c.jti))
 
 
 def exchange(
@@ -286,9 +288,9 @@ def exchange(
     c = db.codes
     failure: CodeError
     with db.write(engine) as conn:
-        result = conn.execute(_EXCHANGE, params)
+        spent = db.run(conn, _EXCHANGE, params)
         row = conn.execute(sa.select(c).where(c.c.code_hash == h)).mappings().first()
-        if result.rowcount == 1 and row is not None:
+        if spent and row is not None:
             rec = ledger.get(conn, row["jti"])
             if rec is None:  # purged under us: cannot happen within a code's lifetime
                 raise InvalidCode()
@@ -372,13 +374,13 @@ def _exchange_fast(engine: Engine, params: dict[str, Any]) -> Exchanged | None:
     (``RETURNING`` the link it names) and the ``exchanged`` event in one transaction, then
     the link's row. None when nothing was spent: :func:`exchange` then says why."""
     now = params["k_now"]
-    with db.driver_transaction(engine) as conn:
-        spent = db.fetch(engine, conn, _EXCHANGE_SQL, params)
+    with db.driver_transaction(engine) as tx:
+        spent = db.run(tx, _EXCHANGE, params)
         if not spent:
             return None
         jti = spent[0][0]
-        ledger.add_event_driver(engine, conn, jti, "exchanged", now, via="code")
-    rec = ledger.lookup(engine, jti)
+        ledger.add_event(tx, jti, "exchanged", now, via="code")
+    rec = ledger.get(engine, jti)
     if rec is None:  # purged under us: cannot happen within a code's lifetime
         raise InvalidCode()
     return Exchanged.of(rec)
@@ -411,7 +413,7 @@ def complete(
         # then fails) or after this code is committed (and voids it).
         if rec.redirect_uri is not None:
             code = derive(secret, rec.jti, nonce)
-            _insert(conn, hash_code(code), jti=rec.jti, client_id=rec.client_id, now=now, ttl=ttl)
+            insert(conn, hash_code(code), jti=rec.jti, client_id=rec.client_id, now=now, ttl=ttl)
 
     try:
         rec = service.redeem(

@@ -461,6 +461,24 @@ def write(engine: Engine) -> Iterator[Connection]:
         raise _unavailable() from exc
 
 
+def in_batches(
+    engine: Engine, batch: Callable[[Connection], int | None], *, max_batches: int | None = None
+) -> tuple[int, int]:
+    """Run ``batch`` in one write transaction after another until it returns None (nothing
+    was left) or ``max_batches`` have run: a purge in bounded transactions, which can run
+    beside live traffic. Returns the sum of what the batches returned, and how many ran (the
+    last, empty one included)."""
+    total = runs = 0
+    while max_batches is None or runs < max_batches:
+        runs += 1
+        with write(engine) as conn:
+            n = batch(conn)
+        if n is None:
+            break
+        total += n
+    return total, runs
+
+
 @contextlib.contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """A read transaction; database trouble becomes 503."""
@@ -495,8 +513,11 @@ class Statement:
     bound from the compiled defaults.
     """
 
-    def __init__(self, stmt: sa.sql.expression.Executable) -> None:
+    def __init__(self, stmt: sa.sql.expression.Executable, *, writes: bool | None = None) -> None:
         self.stmt = stmt
+        #: Whether it changes the database (on SQLite it then takes the write lock): DML, or
+        #: as ``writes`` says (a SELECT over data-modifying CTEs).
+        self.writes = bool(getattr(stmt, "is_dml", False)) if writes is None else writes
         self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
         #: A SELECT, or DML with RETURNING: its rows are fetched. Known once compiled, so
         #: that the driver's ``cursor.description`` (psycopg builds a column object per
@@ -678,6 +699,9 @@ def hot_connections(engine: Engine) -> HotConnections:
 
 #: What the driver raises when the database is not answering (a 503, like UNAVAILABLE).
 _DRIVER_UNAVAILABLE = (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+#: Either, through SQLAlchemy or straight from the driver: the one error mapping of the hot
+#: statements (:func:`driver`, :func:`run`).
+_ANY_UNAVAILABLE = (*UNAVAILABLE, *_DRIVER_UNAVAILABLE)
 
 
 @contextlib.contextmanager
@@ -696,19 +720,18 @@ def driver(engine: Engine, *, writes: bool) -> Iterator[Any]:
                 hot.release(engine, slot, exc)
                 raise
             hot.release(engine, slot)
-    except UNAVAILABLE as exc:
-        raise _unavailable() from exc
-    except _DRIVER_UNAVAILABLE as exc:
+    except _ANY_UNAVAILABLE as exc:
         raise _unavailable() from exc
 
 
-def fetch(engine: Engine, conn: Any, stmt: Statement, params: Mapping[str, Any]) -> list[Any]:
-    """Run ``stmt`` on a driver connection (:func:`driver`); its rows (none for a plain write)."""
-    sql, defaults = stmt.sql(engine.dialect)
-    cur = conn.execute(sql, {**defaults, **params} if defaults else params)
-    rows = cur.fetchall() if stmt.returns_rows else []
-    cur.close()
-    return rows
+class DriverTransaction:
+    """A write transaction on this thread's hot connection (:func:`driver_transaction`)."""
+
+    __slots__ = ("conn", "engine")
+
+    def __init__(self, engine: Engine, conn: Any) -> None:
+        self.engine = engine
+        self.conn = conn
 
 
 def _in_transaction(engine: Engine, conn: Any) -> bool:
@@ -719,15 +742,16 @@ def _in_transaction(engine: Engine, conn: Any) -> bool:
 
 
 @contextlib.contextmanager
-def driver_transaction(engine: Engine) -> Iterator[Any]:
+def driver_transaction(engine: Engine) -> Iterator[DriverTransaction]:
     """A write transaction on this thread's driver connection (:func:`driver`): BEGIN
     (IMMEDIATE on SQLite: the write lock up front), COMMIT when the block ends — durable
     before it returns — or ROLLBACK when it raises. For a hot change of a few statements
-    that must commit together, without SQLAlchemy's execution machinery around each."""
+    that must commit together, without SQLAlchemy's execution machinery around each; its
+    statements run through :func:`run`."""
     with driver(engine, writes=True) as conn:
         conn.execute("BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else "BEGIN")
         try:
-            yield conn
+            yield DriverTransaction(engine, conn)
             conn.execute("COMMIT")
         except BaseException:
             if _in_transaction(engine, conn):
@@ -735,12 +759,43 @@ def driver_transaction(engine: Engine) -> Iterator[Any]:
             raise
 
 
+#: Where a statement runs, as its caller chooses: an ``Engine`` — alone, in autocommit, on
+#: this thread's hot connection (durable when it returns); a SQLAlchemy ``Connection`` — in
+#: the caller's transaction (:func:`write`, :func:`read`); a :class:`DriverTransaction` — in
+#: a transaction on the hot connection.
+On = Engine | Connection | DriverTransaction
+
+
+def run(on: On, stmt: Statement, params: Mapping[str, Any]) -> Sequence[Any]:
+    """Run ``stmt`` where ``on`` says; its rows (``RETURNING`` / ``SELECT``), none for a plain
+    write. The one executor of the statements defined once as :class:`Statement`."""
+    if isinstance(on, Engine):
+        return _autocommit(on, stmt, params, stmt.writes)
+    if isinstance(on, DriverTransaction):
+        sql, defaults = stmt.sql(on.engine.dialect)
+        cur = on.conn.execute(sql, {**defaults, **params} if defaults else params)
+        rows = cur.fetchall() if stmt.returns_rows else []
+        cur.close()
+        return rows
+    result = on.execute(stmt.stmt, params)
+    return result.all() if result.returns_rows else []
+
+
 def execute(
     engine: Engine, stmt: Statement, params: Mapping[str, Any], *, writes: bool
 ) -> Sequence[Any] | None:
-    """Run ``stmt`` alone in autocommit (see :func:`driver`); its first row (``RETURNING`` /
-    ``SELECT``) or None. Spelled out rather than through :func:`driver`: this is every
-    request's statement, and a generator context manager costs a few microseconds."""
+    """:func:`run` on ``engine`` (alone, in autocommit), taking the write lock as ``writes``
+    says; its first row (``RETURNING`` / ``SELECT``) or None."""
+    rows = _autocommit(engine, stmt, params, writes)
+    return rows[0] if rows else None
+
+
+def _autocommit(
+    engine: Engine, stmt: Statement, params: Mapping[str, Any], writes: bool
+) -> Sequence[Any]:
+    """:func:`run` on an engine: the statement alone on this thread's hot connection (see
+    :func:`driver`). Spelled out rather than through :func:`driver`: this is every request's
+    statement, and a generator context manager costs a few microseconds."""
     sql, defaults = stmt.sql(engine.dialect)
     if defaults:
         params = {**defaults, **params}
@@ -756,7 +811,7 @@ def execute(
                 # fetchall, not fetchone: SQLite commits an autocommit statement when it has
                 # run to its end, and an error of that commit must reach us, not be lost at
                 # cursor reset.
-                rows = cur.fetchall() if stmt.returns_rows else []
+                rows: Sequence[Any] = cur.fetchall() if stmt.returns_rows else []
                 cur.close()
             except BaseException as exc:
                 hot.release(engine, slot, exc)
@@ -765,8 +820,6 @@ def execute(
         finally:
             if lock is not None:
                 lock.release()
-    except UNAVAILABLE as exc:
+    except _ANY_UNAVAILABLE as exc:
         raise _unavailable() from exc
-    except _DRIVER_UNAVAILABLE as exc:
-        raise _unavailable() from exc
-    return rows[0] if rows else None
+    return rows

@@ -278,7 +278,7 @@ def _verify(
         if record and exc.jti is not None and not isinstance(exc, errors.UnknownLink):
             redemption = False
             if browser is not None and isinstance(exc, errors.Used):
-                rec = ledger.lookup(svc.engine, exc.jti)
+                rec = ledger.get(svc.engine, exc.jti)
                 # The GET of a link that confirms first only shows a page: not a redemption.
                 redemption = rec is not None and (request.method == "POST" or not rec.confirm)
             ledger.record_rejection(

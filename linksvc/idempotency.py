@@ -236,22 +236,23 @@ def release(engine: Engine, *, client_id: str, claim: Claim) -> None:
 
 def purge(engine: Engine, *, now: int, batch_size: int = 1000) -> int:
     """Delete keys older than the window, in batches. Returns how many."""
-    removed = 0
     cutoff = now - WINDOW_SECONDS - PENDING_SECONDS
-    while True:
-        with db.write(engine) as conn:
-            rows = conn.execute(
-                sa.select(_T.c.client_id, _T.c.key_hash)
-                .where(_T.c.created_at < cutoff)
-                .limit(batch_size)
-            ).all()
-            if not rows:
-                return removed
-            for client_id, khash in rows:
-                removed += conn.execute(
-                    sa.delete(_T).where(
-                        _T.c.client_id == client_id,
-                        _T.c.key_hash == khash,
-                        _T.c.created_at < cutoff,
-                    )
-                ).rowcount
+
+    def batch(conn: Connection) -> int | None:
+        rows = conn.execute(
+            sa.select(_T.c.client_id, _T.c.key_hash)
+            .where(_T.c.created_at < cutoff)
+            .limit(batch_size)
+        ).all()
+        if not rows:
+            return None
+        return sum(
+            conn.execute(
+                sa.delete(_T).where(
+                    _T.c.client_id == client_id, _T.c.key_hash == khash, _T.c.created_at < cutoff
+                )
+            ).rowcount
+            for client_id, khash in rows
+        )
+
+    return db.in_batches(engine, batch)[0]

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -113,14 +113,34 @@ def _record(row: Mapping[str, Any] | sa.RowMapping) -> LinkRecord:
     )
 
 
-# The hot-path statements, built once: constructing a Core statement per call costs more
-# CPU than running it. Parameters are bound at execution; the compiled SQL is cached.
-_INSERT_EVENT = sa.insert(db.link_events)
-_INSERT_LINK = sa.insert(db.links)
+# The statements, each defined once and built once (constructing a Core statement per call
+# costs more CPU than running it), run by :func:`linksvc.db.run` wherever the caller
+# chooses: alone in autocommit on the hot connection, or in the caller's transaction.
+_LINK_COLUMNS = tuple(c.name for c in db.links.c)
+_EVENT_COLUMNS = ("jti", "at", "event", "reason", "via", "actor")
+_INSERT_EVENT = db.Statement(
+    sa.insert(db.link_events).values({k: sa.bindparam(k) for k in _EVENT_COLUMNS})
+)
+_INSERT_LINK = db.Statement(
+    sa.insert(db.links).values(
+        {
+            c: sa.bindparam(c)
+            for c in _LINK_COLUMNS
+            if c not in ("state_at", "state_via", "completion_hash")
+        }
+    )
+)
 _LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("k", type_=sa.BigInteger())))
-_GET = sa.select(db.links).where(db.links.c.jti == sa.bindparam("k_jti"))
-_GET_AT = _GET.where(db.links.c.exp == sa.bindparam("k_exp"))
-_CONSUME = (
+_SELECT_LINK = sa.select(db.links).where(db.links.c.jti == sa.bindparam("k_jti"))
+_GET = db.Statement(_SELECT_LINK)
+_GET_AT = db.Statement(_SELECT_LINK.where(db.links.c.exp == sa.bindparam("k_exp")))
+# The condition of the partial index (migration 0010) repeated, so the planner may use it.
+_GET_BY_HANDLE = db.Statement(
+    sa.select(db.links).where(
+        db.links.c.handle_hash == sa.bindparam("k_handle"), db.links.c.handle_hash.is_not(None)
+    )
+)
+_CONSUME = db.Statement(
     sa.update(db.links)
     .where(
         db.links.c.jti == sa.bindparam("k_jti"),
@@ -139,18 +159,11 @@ _CONSUME = (
     )
     .returning(*db.links.c)
 )
-_LINK_COLUMNS = tuple(c.name for c in db.links.c)
-# The same statements for the driver (linksvc.db.Statement): one round trip, no machinery.
-_INSERT_LINK_SQL = db.Statement(
-    _INSERT_LINK.values(
-        {
-            c: sa.bindparam(c)
-            for c in _LINK_COLUMNS
-            if c not in ("state_at", "state_via", "completion_hash")
-        }
-    )
-)
-_CONSUME_SQL = db.Statement(_CONSUME)
+
+
+def _link(row: Sequence[Any]) -> LinkRecord:
+    """The record of a row of ``links`` (all its columns, in order)."""
+    return _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
 
 
 def _with_event(change: Any, *returning: Any) -> db.Statement:
@@ -162,18 +175,19 @@ def _with_event(change: Any, *returning: Any) -> db.Statement:
     return db.Statement(
         sa.select(*(changed.c[c.name] for c in returning)).add_cte(
             outbox.insert_from(changed).cte("emitted")
-        )
+        ),
+        writes=True,
     )
 
 
 # For clients with webhooks, on PostgreSQL. SQLite has no data-modifying CTE (and no
 # network round trip to save): there the event is a second statement in one transaction.
-_INSERT_LINK_EMIT_SQL = _with_event(
-    _INSERT_LINK_SQL.stmt.returning(db.links.c.jti, db.links.c.client_id),  # type: ignore[attr-defined]
+_INSERT_LINK_EMIT = _with_event(
+    _INSERT_LINK.stmt.returning(db.links.c.jti, db.links.c.client_id),  # type: ignore[attr-defined]
     db.links.c.jti,
 )
-_CONSUME_EMIT_SQL = _with_event(_CONSUME, *db.links.c)
-_EMIT_SQL = db.Statement(outbox.EMIT)
+_CONSUME_EMIT = _with_event(_CONSUME.stmt, *db.links.c)
+_EMIT = db.Statement(outbox.EMIT)
 
 
 def _change_with_event(
@@ -184,33 +198,24 @@ def _change_with_event(
     *,
     returns: bool,
 ) -> Any:
-    """Run a link change and its webhook event as one committed unit, on the driver (the
-    hot path's way, see :func:`linksvc.db.execute`): on PostgreSQL ``change[1]``, the one
-    statement that does both; on SQLite ``change[0]`` then the outbox insert, between
-    ``BEGIN IMMEDIATE`` and ``COMMIT`` (one commit, one fsync). With ``returns``, the event
-    is written only if the change returned a row (a conditional UPDATE that matched).
-    Returns the change's first row, or None."""
+    """Run a link change and its webhook event as one committed unit, on the hot
+    connection: on PostgreSQL ``change[1]``, the one statement that does both, in
+    autocommit; on SQLite ``change[0]`` then the outbox insert, between ``BEGIN IMMEDIATE``
+    and ``COMMIT`` (one commit, one fsync). With ``returns``, the event is written only if
+    the change returned a row (a conditional UPDATE that matched). Returns the change's
+    first row, or None."""
     if engine.dialect.name == "postgresql":
-        return db.execute(engine, change[1], {**params, **event}, writes=True)
-    with db.driver_transaction(engine) as conn:
-        rows = db.fetch(engine, conn, change[0], params)
+        rows = db.run(engine, change[1], {**params, **event})
+        return rows[0] if rows else None
+    with db.driver_transaction(engine) as tx:
+        rows = db.run(tx, change[0], params)
         if rows or not returns:
-            db.fetch(engine, conn, _EMIT_SQL, event)
+            db.run(tx, _EMIT, event)
     return rows[0] if rows else None
 
 
-_GET_SQL = db.Statement(_GET)
-_GET_AT_SQL = db.Statement(_GET_AT)
-# The condition of the partial index (migration 0010) repeated, so the planner may use it.
-_GET_BY_HANDLE_SQL = db.Statement(
-    sa.select(db.links).where(
-        db.links.c.handle_hash == sa.bindparam("k_handle"), db.links.c.handle_hash.is_not(None)
-    )
-)
-
-
 def add_event(
-    conn: Connection,
+    on: db.On,
     jti: str,
     event: str,
     now: int,
@@ -219,38 +224,22 @@ def add_event(
     via: str | None = None,
     actor: str | None = None,
 ) -> None:
-    conn.execute(
+    """Write an event in the link's history, where ``on`` says (:func:`linksvc.db.run`)."""
+    db.run(
+        on,
         _INSERT_EVENT,
         {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor},
     )
 
 
-_INSERT_EVENT_SQL = db.Statement(
-    _INSERT_EVENT.values(
-        {k: sa.bindparam(k) for k in ("jti", "at", "event", "reason", "via", "actor")}
+_COUNT_EVENTS = (
+    sa.select(sa.func.count())
+    .select_from(db.link_events)
+    .where(
+        db.link_events.c.jti == sa.bindparam("k_jti"),
+        db.link_events.c.event == sa.bindparam("k_event"),
     )
 )
-
-
-def add_event_driver(
-    engine: Engine,
-    conn: Any,
-    jti: str,
-    event: str,
-    now: int,
-    *,
-    reason: str | None = None,
-    via: str | None = None,
-    actor: str | None = None,
-) -> None:
-    """:func:`add_event` on a driver connection (:func:`linksvc.db.driver_transaction`)."""
-    db.fetch(
-        engine,
-        conn,
-        _INSERT_EVENT_SQL,
-        {"jti": jti, "at": now, "event": event, "reason": reason, "via": via, "actor": actor},
-    )
-
 
 #: A leaked link replayed in a loop must not grow its history without bound.
 MAX_REJECTION_EVENTS = 20
@@ -266,14 +255,91 @@ def add_rejection(
     actor: str | None = None,
 ) -> None:
     """Note a refused attempt in the link's history, up to :data:`MAX_REJECTION_EVENTS`."""
-    e = db.link_events.c
-    seen = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(db.link_events)
-        .where(e.jti == jti, e.event == "rejected")
-    ).scalar_one()
+    seen = conn.execute(_COUNT_EVENTS, {"k_jti": jti, "k_event": "rejected"}).scalar_one()
     if seen < MAX_REJECTION_EVENTS:
         add_event(conn, jti, "rejected", now, reason=reason, via=via, actor=actor)
+
+
+def note_view(
+    engine: Engine,
+    rec: LinkRecord,
+    now: int,
+    *,
+    via: str,
+    actor: str | None,
+    limit: int,
+    sinks: outbox.SinkCache,
+    facts: Callable[[int], dict[str, Any]],
+) -> None:
+    """Note that ``rec`` was shown (a ``viewed`` event, and ``link.viewed`` for a client with
+    webhooks, whose facts are ``facts(earlier_views)``), for its first ``limit`` views only.
+    Best effort: a page still shows when the history cannot be written."""
+    try:
+        with db.read(engine) as conn:
+            n = conn.execute(_COUNT_EVENTS, {"k_jti": rec.jti, "k_event": "viewed"}).scalar_one()
+        if n < limit:
+            sink = sinks.get(engine, rec.client_id)
+            with db.write(engine) as conn:
+                add_event(conn, rec.jti, "viewed", now, via=via, actor=actor)
+                if sink is not None:
+                    sink.emit(
+                        conn,
+                        "link.viewed",
+                        jti=rec.jti,
+                        purpose=rec.purpose,
+                        subject=rec.subject,
+                        now=now,
+                        facts=facts(n),
+                    )
+    except errors.ServiceUnavailable:
+        pass
+
+
+_SETTLE = (
+    sa.update(db.links)
+    .where(db.links.c.jti == sa.bindparam("k_jti"), db.links.c.state == ISSUED)
+    .values(
+        state=sa.bindparam("k_state"),
+        state_at=sa.bindparam("k_now"),
+        state_via=sa.bindparam("k_via"),
+    )
+    .returning(db.links.c.purpose, db.links.c.subject)
+)
+
+
+def settle(
+    conn: Connection,
+    jti: str,
+    state: str,
+    *,
+    now: int,
+    via: str,
+    sink: outbox.Sink | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> bool:
+    """Move the issued link ``jti`` to ``state`` (``consumed`` or ``revoked``) for a flow
+    that holds it (a sign-in step), in the caller's transaction ``conn``, with its history
+    event and its ``link.consumed`` / ``link.revoked`` webhook (facts: ``facts``, then
+    ``via``). False, and nothing written, when the link had already left ``issued``: the
+    caller then rolls its own step back."""
+    row = conn.execute(
+        _SETTLE, {"k_jti": jti, "k_state": state, "k_now": now, "k_via": via}
+    ).first()
+    if row is None:
+        return False
+    event = "consumed" if state == CONSUMED else "revoked"
+    add_event(conn, jti, event, now, via=via)
+    if sink is not None:
+        sink.emit(
+            conn,
+            "link." + event,
+            jti=jti,
+            purpose=row.purpose,
+            subject=row.subject,
+            now=now,
+            facts={**(facts or {}), "via": via},
+        )
+    return True
 
 
 def record_mint(
@@ -291,7 +357,7 @@ def record_mint(
     if supersede:
         superseded = supersede_older(conn, rec, now=now, check_self=False, sink=sink)
     # No "minted" event: the row itself says when and how (see history()).
-    conn.execute(_INSERT_LINK, _link_values(rec))
+    db.run(conn, _INSERT_LINK, _link_values(rec))
     if sink is not None:
         sink.emit(
             conn,
@@ -330,7 +396,7 @@ def insert_link(engine: Engine, rec: LinkRecord, *, sink: outbox.Sink | None = N
     returns (see :func:`linksvc.db.execute`). With a ``sink`` that has endpoints,
     ``link.minted`` is written with it (:func:`_change_with_event`)."""
     if sink is None or not sink.endpoints:
-        db.execute(engine, _INSERT_LINK_SQL, _link_values(rec), writes=True)
+        db.run(engine, _INSERT_LINK, _link_values(rec))
         return
     event = outbox.bind_params(
         "link.minted",
@@ -343,7 +409,7 @@ def insert_link(engine: Engine, rec: LinkRecord, *, sink: outbox.Sink | None = N
     )
     _change_with_event(
         engine,
-        (_INSERT_LINK_SQL, _INSERT_LINK_EMIT_SQL),
+        (_INSERT_LINK, _INSERT_LINK_EMIT),
         _link_values(rec),
         event,
         returns=False,
@@ -400,32 +466,24 @@ def supersede_older(
     )
 
 
-def lookup(engine: Engine, jti: str, exp: int | None = None) -> LinkRecord | None:
-    """The link ``jti`` as committed now: one SELECT on the driver, no transaction. With the
-    token's ``exp`` it reads one partition of the PostgreSQL ledger instead of each."""
+def get(on: db.On, jti: str, exp: int | None = None) -> LinkRecord | None:
+    """The link ``jti``, read where ``on`` says (:func:`linksvc.db.run`): given the engine,
+    as committed now, by one SELECT on the hot connection, no transaction. With the token's
+    ``exp`` (known once the token is verified) it reads one partition of the PostgreSQL
+    ledger instead of probing each."""
     if exp is not None:
-        row = db.execute(engine, _GET_AT_SQL, {"k_jti": jti, "k_exp": exp}, writes=False)
+        rows = db.run(on, _GET_AT, {"k_jti": jti, "k_exp": exp})
     else:
-        row = db.execute(engine, _GET_SQL, {"k_jti": jti}, writes=False)
-    return None if row is None else _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
+        rows = db.run(on, _GET, {"k_jti": jti})
+    return _link(rows[0]) if rows else None
 
 
-def lookup_handle(engine: Engine, handle_hash: str) -> LinkRecord | None:
-    """The link whose short-link handle hashes to ``handle_hash`` (linksvc.handles), as
-    committed now: one SELECT on the driver. On PostgreSQL it probes each day's partial
-    index (only short links are in it), as a lookup by ``jti`` alone does."""
-    row = db.execute(engine, _GET_BY_HANDLE_SQL, {"k_handle": handle_hash}, writes=False)
-    return None if row is None else _record(dict(zip(_LINK_COLUMNS, row, strict=True)))
-
-
-def get(conn: Connection, jti: str, exp: int | None = None) -> LinkRecord | None:
-    """The link ``jti``; with its token's ``exp`` (known once the token is verified) the
-    lookup reads one partition of the PostgreSQL ledger instead of probing each."""
-    if exp is not None:
-        row = conn.execute(_GET_AT, {"k_jti": jti, "k_exp": exp}).mappings().first()
-        return None if row is None else _record(row)
-    row = conn.execute(_GET, {"k_jti": jti}).mappings().first()
-    return None if row is None else _record(row)
+def get_by_handle(on: db.On, handle_hash: str) -> LinkRecord | None:
+    """The link whose short-link handle hashes to ``handle_hash`` (linksvc.handles). On
+    PostgreSQL it probes each day's partial index (only short links are in it), as a lookup
+    by ``jti`` alone does."""
+    rows = db.run(on, _GET_BY_HANDLE, {"k_handle": handle_hash})
+    return _link(rows[0]) if rows else None
 
 
 def events(conn: Connection, jti: str, limit: int = 50) -> list[Event]:
@@ -554,7 +612,8 @@ def consume(
     if actor is None and on_consumed is None:
         changed: Any = None
         if sink is None:
-            changed = db.execute(engine, _CONSUME_SQL, params, writes=True)
+            rows = db.run(engine, _CONSUME, params)
+            changed = rows[0] if rows else None
         elif sink.endpoints:
             event = outbox.bind_params(
                 "link.consumed",
@@ -566,15 +625,15 @@ def consume(
                 facts={"via": via},
             )
             changed = _change_with_event(
-                engine, (_CONSUME_SQL, _CONSUME_EMIT_SQL), params, event, returns=True
+                engine, (_CONSUME, _CONSUME_EMIT), params, event, returns=True
             )
         if changed is not None:
-            return _record(dict(zip(_LINK_COLUMNS, changed, strict=True)))
+            return _link(changed)
     failure: errors.LinkError | None = None
     with db.write(engine) as conn:
         # RETURNING hands the winner its row in the same statement: no second read.
-        row = conn.execute(_CONSUME, params).mappings().first()
-        if row is not None:
+        rows = db.run(conn, _CONSUME, params)
+        if rows:
             if actor is not None:
                 add_event(conn, jti, "consumed", now, via=via, actor=actor)
             if sink is not None:
@@ -587,7 +646,7 @@ def consume(
                     now=now,
                     facts={"via": via},
                 )
-            won = _record(row)
+            won = _link(rows[0])
             if on_consumed is not None:
                 on_consumed(conn, won)
             return won
@@ -949,13 +1008,6 @@ def purge(
         ("links", "events", "codes", "batches", "partitions_dropped", "partitions_created"), 0
     )
 
-    def batches() -> Iterator[int]:
-        n = 0
-        while max_batches is None or n < max_batches:
-            removed["batches"] += 1
-            yield n
-            n += 1
-
     with db.read(engine) as conn:
         partitioned = partitions.is_partitioned(conn)
     if partitioned:
@@ -972,52 +1024,56 @@ def purge(
             )
         )
     else:
-        for _ in batches():
-            with db.write(engine) as conn:
-                jtis = [
-                    r[0]
-                    for r in conn.execute(
-                        sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size)
-                    )
-                ]
-                if not jtis:
-                    break
-                # The condition again in the DELETE: only what is past the cutoff, whatever was read.
-                gone = conn.execute(
-                    sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
-                )
-                gone_jtis = gone.scalars().all()
-                removed["links"] += len(gone_jtis)
-                if gone_jtis:
-                    removed["events"] += conn.execute(
-                        sa.delete(e).where(e.c.jti.in_(gone_jtis))
-                    ).rowcount
+
+        def links_batch(conn: Connection) -> int | None:
+            jtis = [
+                r[0]
+                for r in conn.execute(sa.select(t.c.jti).where(t.c.exp < cutoff).limit(batch_size))
+            ]
+            if not jtis:
+                return None
+            # The condition again in the DELETE: only what is past the cutoff, whatever was read.
+            gone = conn.execute(
+                sa.delete(t).where(t.c.jti.in_(jtis), t.c.exp < cutoff).returning(t.c.jti)
+            )
+            gone_jtis = gone.scalars().all()
+            removed["links"] += len(gone_jtis)
+            if gone_jtis:
+                removed["events"] += conn.execute(
+                    sa.delete(e).where(e.c.jti.in_(gone_jtis))
+                ).rowcount
+            return 0
 
         # An attempt noted in a link's history while the link was being purged leaves an event
         # behind. An event older than the cutoff minus the longest lifetime and leeway can only
         # belong to a purged link; such events are the oldest ids, found through the primary key.
         event_cutoff = cutoff - HARD_MAX_TTL - HARD_MAX_LEEWAY
-        for _ in batches():
-            with db.write(engine) as conn:
-                rows = conn.execute(
-                    sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)
-                ).all()
-                ids = [i for i, at in rows if at < event_cutoff]
-                if not ids:
-                    break
-                removed["events"] += conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
 
-    for _ in batches():
-        with db.write(engine) as conn:
-            hashes = [
-                r[0]
-                for r in conn.execute(
-                    sa.select(c.c.code_hash).where(c.c.expires_at < cutoff).limit(batch_size)
-                )
-            ]
-            if not hashes:
-                break
-            removed["codes"] += conn.execute(
-                sa.delete(c).where(c.c.code_hash.in_(hashes), c.c.expires_at < cutoff)
-            ).rowcount
+        def events_batch(conn: Connection) -> int | None:
+            rows = conn.execute(sa.select(e.c.id, e.c.at).order_by(e.c.id).limit(batch_size)).all()
+            ids = [i for i, at in rows if at < event_cutoff]
+            if not ids:
+                return None
+            return conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount
+
+        removed["batches"] += db.in_batches(engine, links_batch, max_batches=max_batches)[1]
+        n, runs = db.in_batches(engine, events_batch, max_batches=max_batches)
+        removed["events"] += n
+        removed["batches"] += runs
+
+    def codes_batch(conn: Connection) -> int | None:
+        hashes = [
+            r[0]
+            for r in conn.execute(
+                sa.select(c.c.code_hash).where(c.c.expires_at < cutoff).limit(batch_size)
+            )
+        ]
+        if not hashes:
+            return None
+        return conn.execute(
+            sa.delete(c).where(c.c.code_hash.in_(hashes), c.c.expires_at < cutoff)
+        ).rowcount
+
+    removed["codes"], runs = db.in_batches(engine, codes_batch, max_batches=max_batches)
+    removed["batches"] += runs
     return removed

@@ -739,24 +739,25 @@ def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int =
     attempts, in batches. Pending rows are never deleted. Returns how many rows went."""
     cutoff = now - retention_seconds
     a = db.webhook_attempts
-    removed = 0
-    while True:
-        with db.write(engine) as conn:
-            ids = (
-                conn.execute(
-                    sa.select(_o.c.id)
-                    .where(_o.c.state.in_([DELIVERED, FAILED]), _o.c.created_at < cutoff)
-                    .limit(batch_size)
-                )
-                .scalars()
-                .all()
+
+    def batch(conn: Connection) -> int | None:
+        ids = (
+            conn.execute(
+                sa.select(_o.c.id)
+                .where(_o.c.state.in_([DELIVERED, FAILED]), _o.c.created_at < cutoff)
+                .limit(batch_size)
             )
-            if not ids:
-                return removed
-            conn.execute(sa.delete(a).where(a.c.outbox_id.in_(ids)))
-            removed += conn.execute(
-                sa.delete(_o).where(_o.c.id.in_(ids), _o.c.state.in_([DELIVERED, FAILED]))
-            ).rowcount
+            .scalars()
+            .all()
+        )
+        if not ids:
+            return None
+        conn.execute(sa.delete(a).where(a.c.outbox_id.in_(ids)))
+        return conn.execute(
+            sa.delete(_o).where(_o.c.id.in_(ids), _o.c.state.in_([DELIVERED, FAILED]))
+        ).rowcount
+
+    return db.in_batches(engine, batch)[0]
 
 
 def stats(conn: Connection, now: int) -> dict[str, Any]:

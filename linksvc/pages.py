@@ -24,12 +24,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, redirect, request
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
-from . import branding_pages, codes, db, errors, i18n, ledger, scanners
+from . import branding_pages, codes, errors, i18n, ledger, scanners
 from .clients import Client
 from .html import (
     clock,
@@ -173,38 +172,27 @@ def _nonce() -> tuple[str, bool]:
 
 def _note_view(svc: LinkService, rec: ledger.LinkRecord, now: int) -> None:
     """Record a "viewed" event (and ``link.viewed`` for webhooks), for the first few views
-    only. Best effort: a page still shows when the history cannot be written."""
-    jti = rec.jti
-    e = db.link_events.c
-    try:
-        with db.read(svc.engine) as conn:
-            n = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(db.link_events)
-                .where(e.jti == jti, e.event == "viewed")
-            ).scalar_one()
-        if n < MAX_VIEW_EVENTS:
-            sink = svc.sinks.get(svc.engine, rec.client_id)
-            with db.write(svc.engine) as conn:
-                ledger.add_event(conn, jti, "viewed", now, via="page", actor=_actor(svc))
-                if sink is not None:
-                    found = scanners.signals(
-                        method=request.method,
-                        headers=cast(Mapping[str, str], request.headers),
-                        has_cookie=bool(request.cookies.get(nonce_cookie(svc)[0])),
-                        earlier_views=n,
-                    )
-                    sink.emit(
-                        conn,
-                        "link.viewed",
-                        jti=jti,
-                        purpose=rec.purpose,
-                        subject=rec.subject,
-                        now=now,
-                        facts={"suspected_scanner": bool(found), "signals": found},
-                    )
-    except errors.ServiceUnavailable:
-        pass
+    only (:func:`linksvc.ledger.note_view`)."""
+
+    def facts(earlier_views: int) -> dict[str, Any]:
+        found = scanners.signals(
+            method=request.method,
+            headers=cast(Mapping[str, str], request.headers),
+            has_cookie=bool(request.cookies.get(nonce_cookie(svc)[0])),
+            earlier_views=earlier_views,
+        )
+        return {"suspected_scanner": bool(found), "signals": found}
+
+    ledger.note_view(
+        svc.engine,
+        rec,
+        now,
+        via="page",
+        actor=_actor(svc),
+        limit=MAX_VIEW_EVENTS,
+        sinks=svc.sinks,
+        facts=facts,
+    )
 
 
 def _confirmation(

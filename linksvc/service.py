@@ -376,7 +376,7 @@ class LinkService:
         if client.link_format == "short" and handle_seed is not None:
             secret = self._secret()
             raw = handles.derive(secret, client_id=client.id, seed=handle_seed, jti=jti)
-            rec = ledger.lookup(self.engine, jti, exp)
+            rec = ledger.get(self.engine, jti, exp)
             # Only if the row holds this handle: minted before the client chose short links,
             # it has none.
             if rec is not None and rec.handle_hash == handles.digest(secret, raw):
@@ -436,7 +436,7 @@ class LinkService:
         audience: str | None,
         now: int,
     ) -> tokens.Claims:
-        rec = ledger.lookup_handle(self.engine, handle.digest)
+        rec = ledger.get_by_handle(self.engine, handle.digest)
         if rec is None:
             # Nothing is known: the same page as any invalid link, no jti, no history.
             raise errors.UnknownLink()
@@ -480,7 +480,7 @@ class LinkService:
         try:
             claims = self.check_token(token, purposes=purposes, audience=audience, now=now)
             rec = ledger.check_outstanding(
-                ledger.lookup(self.engine, claims.jti, claims.exp),
+                ledger.get(self.engine, claims.jti, claims.exp),
                 jti=claims.jti,
                 client_id=claims.aud,
                 purpose=claims.pur,

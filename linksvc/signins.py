@@ -455,16 +455,11 @@ class SignIns:
     # (revoked through the API) the whole step is rolled back.
 
     def _spend_link(self, conn: Connection, signin: SignIn, state: str, via: str, now: int) -> None:
-        changed = conn.execute(
-            sa.update(_l)
-            .where(_l.c.jti == signin.jti, _l.c.state == ledger.ISSUED)
-            .values(state=state, state_at=now, state_via=via)
-        ).rowcount
-        if changed != 1:
+        sink = self.service.sinks.get(self.engine, signin.client_id)
+        if not ledger.settle(
+            conn, signin.jti, state, now=now, via=via, sink=sink, facts={"sign_in": signin.id}
+        ):
             raise _Ended()
-        event = "consumed" if state == ledger.CONSUMED else "revoked"
-        ledger.add_event(conn, signin.jti, event, now, via=via)
-        self._emit(conn, signin, "link." + event, now, {"via": via})
 
     def _step(
         self,
@@ -502,15 +497,13 @@ class SignIns:
                 ledger.add_event(conn, signin.jti, event, now, reason=detail, via=via)
                 self._emit(conn, signin, "sign_in." + event, now, {"via": via, "reason": detail})
                 if code is not None:
-                    conn.execute(
-                        sa.insert(db.codes).values(
-                            code_hash=codes.hash_code(code),
-                            jti=signin.jti,
-                            client_id=signin.client_id,
-                            created_at=now,
-                            expires_at=now + self.service.settings.code_ttl,
-                            used_at=None,
-                        )
+                    codes.insert(
+                        conn,
+                        codes.hash_code(code),
+                        jti=signin.jti,
+                        client_id=signin.client_id,
+                        now=now,
+                        ttl=self.service.settings.code_ttl,
                     )
         except _Ended:
             return False
@@ -707,20 +700,15 @@ def purge(engine: Engine, *, now: int, retention_seconds: int, batch_size: int =
     if retention_seconds < ledger.MIN_RETENTION_SECONDS:
         raise ValueError(f"retention must be at least {ledger.MIN_RETENTION_SECONDS} seconds")
     cutoff = now - retention_seconds
-    removed = 0
-    while True:
-        with db.write(engine) as conn:
-            jtis = [
-                r[0]
-                for r in conn.execute(
-                    sa.select(_t.c.jti).where(_t.c.exp < cutoff).limit(batch_size)
-                )
-            ]
-            if not jtis:
-                return removed
-            removed += conn.execute(
-                sa.delete(_t).where(_t.c.jti.in_(jtis), _t.c.exp < cutoff)
-            ).rowcount
+
+    def batch(conn: Connection) -> int | None:
+        jtis = conn.execute(sa.select(_t.c.jti).where(_t.c.exp < cutoff).limit(batch_size))
+        found = [r[0] for r in jtis]
+        if not found:
+            return None
+        return conn.execute(sa.delete(_t).where(_t.c.jti.in_(found), _t.c.exp < cutoff)).rowcount
+
+    return db.in_batches(engine, batch)[0]
 
 
 class _Ended(Exception):

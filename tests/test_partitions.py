@@ -82,7 +82,7 @@ def test_a_link_minted_into_tomorrows_partition_redeems(pg_app: Flask) -> None:
         assert rec is not None and partitions.day_of(rec.exp) == tomorrow
         plan = _explain(
             conn,
-            ledger._CONSUME,
+            ledger._CONSUME.stmt,
             {
                 "k_jti": rec.jti,
                 "k_exp": rec.exp,
