@@ -3,9 +3,9 @@
 In-process, no Flask: decoding and validating the mint request body and the redeem/verify
 body, and encoding the mint answer, ``time.process_time`` over many iterations, the median
 of rounds (µs per call). The "hand-written" column is the code ``linksvc/api.py`` ran before
-``linksvc/contract.py`` (kept here, frozen, as the reference); "msgspec" and "pydantic" are
-typed models of the same bodies, each with the checks today's answers need that the library
-does not make (duplicate members, the purpose list).
+``linksvc/contract.py`` (kept here, frozen, as the reference); "msgspec" is
+``linksvc/contract.py`` as the API runs it, "pydantic" typed models of the same bodies with
+the same guard for what the library does not judge (duplicate members, the purpose list).
 
     .venv/bin/python bench/contract.py [--n 20000] [--rounds 7]
 """
@@ -25,8 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import msgspec  # noqa: E402
 import pydantic  # noqa: E402
+
+from linksvc import contract  # noqa: E402
 
 PURPOSES = ("magic_link", "password_reset", "download")
 TOKEN = (
@@ -127,68 +128,27 @@ def hand(raw: bytes, spec: dict[str, tuple[Any, bool]]) -> dict[str, Any]:
     return f
 
 
-# -- msgspec ----------------------------------------------------------------------------
+# -- msgspec: linksvc/contract.py as the API runs it -------------------------------------
 
 
-def _duplicate_guard(names: list[str]) -> re.Pattern[bytes]:
-    return re.compile(b'"(?:' + b"|".join(re.escape(n.encode()) for n in names) + b')"')
-
-
-class MsMint(msgspec.Struct, forbid_unknown_fields=True):
-    purpose: str
-    subject: str
-    ttl: int | None = None
-    redirect_uri: str | None = None
-    download: msgspec.Raw | None = None
-    data: msgspec.Raw | None = None
-    email: str | None = None
-    confirm: bool | None = None
-    code_challenge: str | None = None
-    locale: str | None = None
-    timezone: str | None = None
-
-
-class MsToken(msgspec.Struct, forbid_unknown_fields=True):
-    token: str
-    purpose: str
-
-
-class MsMinted(msgspec.Struct):
-    url: str
-    token: str
-    jti: str
-    purpose: str
-    subject: str
-    issued_at: str | None
-    expires_at: str | None
-    superseded: int
-    emailed: bool | msgspec.UnsetType = msgspec.UNSET
-
-
-def ms_decoder(kind: type[msgspec.Struct]) -> Callable[[bytes], Any]:
-    dec = msgspec.json.Decoder(kind)
-    guard = _duplicate_guard(list(kind.__struct_fields__))
+def ms_decoder(model: type[contract.Body]) -> Callable[[bytes], Any]:
+    decoder = contract.Decoder(model)
 
     def decode(raw: bytes) -> Any:
-        found = guard.findall(raw)
-        if len(set(found)) != len(found) or b"\\" in raw:
-            raise ValueError("duplicate or escape: the reference path decides")
-        value = dec.decode(raw)
-        if value.purpose not in PURPOSES:
+        value = decoder.decode(raw)
+        if value.purpose not in PURPOSES:  # type: ignore[attr-defined]
             raise ValueError("purpose")
         return value
 
     return decode
 
 
-_MS_ENCODER = msgspec.json.Encoder()
-
-
 def ms_encode(body: dict[str, Any]) -> bytes:
-    out = _MS_ENCODER.encode(MsMinted(**body))
-    if not out.isascii():  # pragma: no cover - the reference encoder escapes non-ASCII
-        return _ENCODER.encode(body).encode()
-    return out
+    return contract.encode(contract.MintedLink(**body))
+
+
+def _duplicate_guard(names: list[str]) -> re.Pattern[bytes]:
+    return re.compile(b'"(?:' + b"|".join(re.escape(n.encode()) for n in names) + b')"')
 
 
 # -- pydantic ---------------------------------------------------------------------------
@@ -269,7 +229,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
 
-    ms_mint, ms_token = ms_decoder(MsMint), ms_decoder(MsToken)
+    ms_mint, ms_token = ms_decoder(contract.MintRequest), ms_decoder(contract.TokenRequest)
     pd_mint, pd_token = pd_decoder(PdMint), pd_decoder(PdToken)
     # The three agree on what they accept.
     assert hand(MINT_BODY, MINT_SPEC)["subject"] == ms_mint(MINT_BODY).subject

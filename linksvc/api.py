@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -37,6 +37,8 @@ from .contract import BadRequest
 from .http import KIND_STATUS, link_error_problem, problem
 from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .tokens import JTI_RE
+
+B = TypeVar("B", bound=contract.Body)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -147,7 +149,7 @@ def json_body() -> dict[str, Any]:
     return contract.parse_object(raw_body())
 
 
-def body_as(decoder: contract.Decoder, required: bool = True) -> Any:
+def body_as(decoder: contract.Decoder[B], required: bool = True) -> B:
     """The request body as ``decoder``'s model (``{}`` when optional and empty), or the
     400/413/415/422 BadRequest the API answers (linksvc.contract)."""
     raw = raw_body(required)
@@ -246,7 +248,7 @@ MailHook = Callable[[Client, Any, str], None]
 
 @bp.post("/links")
 def mint() -> Response | tuple[Response, int]:
-    f: contract.MintRequest = body_as(MINT)
+    f = body_as(MINT)
     client = current_client()
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
@@ -431,7 +433,7 @@ TOKEN = contract.Decoder(contract.TokenRequest)
 
 @bp.post("/links/verify")
 def verify() -> Response:
-    f: contract.TokenRequest = body_as(TOKEN)
+    f = body_as(TOKEN)
     purpose_field(f.purpose)
     v = service().verify(f.token, purposes=[f.purpose], audience=current_client().id)
     c = v.claims
@@ -460,7 +462,7 @@ def verify() -> Response:
 
 @bp.post("/links/redeem")
 def redeem() -> Response:
-    f: contract.TokenRequest = body_as(TOKEN)
+    f = body_as(TOKEN)
     purpose_field(f.purpose)
     v = service().redeem(f.token, purposes=[f.purpose], audience=current_client().id)
     rec = v.record
@@ -520,7 +522,7 @@ REVOKE_SUBJECT = contract.Decoder(contract.RevokeSubjectRequest)
 # before routing); merge_slashes=False so 'a//b' is not redirected to another subject.
 @bp.post("/subjects/<subject:subject>/revoke", merge_slashes=False)
 def revoke_subject(subject: str) -> Response:
-    f: contract.RevokeSubjectRequest = body_as(REVOKE_SUBJECT, required=False)
+    f = body_as(REVOKE_SUBJECT, required=False)
     purposes = f.purposes
     if purposes is not None:
         if not purposes or not all(isinstance(p, str) and p in PURPOSES for p in purposes):
@@ -673,7 +675,7 @@ def exchange_code() -> Response:
     ``code_verifier_required`` or ``code_verifier_mismatch`` (422, the code is spent) when
     the ``code_verifier`` does not agree with the flow's ``code_challenge``.
     """
-    f: contract.ExchangeRequest = body_as(EXCHANGE)
+    f = body_as(EXCHANGE)
     verifier = f.code_verifier
     if verifier is not None and not codes.VERIFIER_RE.fullmatch(verifier):
         raise BadRequest(
@@ -712,7 +714,7 @@ def start_sign_in() -> tuple[Response, int]:
 
     The address goes to the mailer and nowhere else: not to the sign-in, not to a log.
     """
-    f: contract.SignInRequest = body_as(SIGN_IN)
+    f = body_as(SIGN_IN)
     client = current_client()
     l10n = locales.link_l10n(f.locale, f.timezone, client.locale)
     mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")

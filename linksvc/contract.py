@@ -10,8 +10,8 @@ Decoding is two-tier, so that every refusal stays exactly what it was (the same 
   ordinary body and is several times cheaper than the checks it replaced (bench/contract.py);
 - **the reference path**: whenever msgspec refuses the body, or it holds what msgspec cannot
   judge as the API always has (a member twice — msgspec keeps the last —, a backslash escape
-  that might spell a member's name, ``download`` or ``data``, which are decoded by the
-  standard library for their exact numbers and duplicate members), the body is decoded by
+  that might spell a member's name, a free-form member such as ``download`` or ``data``,
+  whose numbers and duplicate members the standard library judges), the body is decoded by
   the standard library and checked member by member against the model's fields, which names
   the first fault as the API always did. A body both accept decodes to the same values.
 
@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 import re
-import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
@@ -289,7 +288,8 @@ DOWNLOAD_SCHEMA: dict[str, Any] = {
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A request body: a JSON object of exactly these members; ``null`` is absence."""
 
-    #: Members decoded by the standard library, not msgspec (exact numbers, duplicates).
+    #: Free-form members: a body that gives one is decoded by the reference path (the
+    #: standard library's numbers and its refusal of duplicate members, at any depth).
     json_members: ClassVar[frozenset[str]] = frozenset()
 
 
@@ -584,7 +584,7 @@ def _kind(t: msgspec.inspect.Type) -> Any:
     return _KINDS[type(t)]
 
 
-class Decoder:
+class Decoder(Generic[B]):
     """Decodes and validates a request body of ``model`` (see the module's docstring)."""
 
     def __init__(self, model: type[B]) -> None:
@@ -597,64 +597,36 @@ class Decoder:
         }
         self.names = tuple(self.spec)
         self.json_members = tuple(model.json_members)
-        # The fast path's own Struct: the same members, those of json_members kept raw.
-        hints = typing.get_type_hints(model)
-        wire = msgspec.defstruct(
-            f"{model.__name__}Wire",
-            [
-                (f.name, msgspec.Raw, None)
-                if f.name in model.json_members
-                else (f.name, hints[f.name])
-                if f.required
-                else (f.name, hints[f.name], f.default)
-                for f in info.fields
-            ],
-            forbid_unknown_fields=True,
-            kw_only=True,
-        )
-        self._wire = msgspec.json.Decoder(wire)
+        self._msgspec = msgspec.json.Decoder(model)
         names = b"|".join(re.escape(n.encode()) for n in self.names)
         self._member = re.compile(b'"(?:' + names + b')"')
 
-    def fast(self, raw: bytes) -> dict[str, Any] | None:
-        """The members, or None when the reference path must decide."""
+    def fast(self, raw: bytes) -> B | None:
+        """The body as the model, or None when the reference path must decide."""
         if b"\\" in raw:
             return None
         found = self._member.findall(raw)
         if len(set(found)) != len(found):
             return None
         try:
-            wire = self._wire.decode(raw)
+            body = self._msgspec.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
-        values = {name: getattr(wire, name) for name in self.names}
         for name in self.json_members:
-            value = values[name]
-            if value is None:
-                continue
-            try:
-                value = DECODER.decode(bytes(value).decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
+            if getattr(body, name) is not None:
                 return None
-            kind = self.spec[name][0]
-            if value is not None and kind is not Any and not isinstance(value, kind):
-                return None
-            values[name] = value
-        for name, (_, required) in self.spec.items():
-            if required and values[name] is None:
-                return None
-        return values
+        return body
 
-    def decode(self, raw: bytes) -> B:  # type: ignore[type-var]
+    def decode(self, raw: bytes) -> B:
         """``raw`` (a non-empty body) as the model, or the BadRequest the API answers."""
-        values = self.fast(raw)
-        if values is None:
-            values = check_fields(parse_object(raw), self.spec)
-        return self.model(**values)  # type: ignore[return-value]
+        body = self.fast(raw)
+        if body is None:
+            return self.model(**check_fields(parse_object(raw), self.spec))
+        return body
 
-    def validate(self, body: Mapping[str, Any]) -> B:  # type: ignore[type-var]
+    def validate(self, body: Mapping[str, Any]) -> B:
         """An already decoded body (``{}`` for none) as the model, or its BadRequest."""
-        return self.model(**check_fields(body, self.spec))  # type: ignore[return-value]
+        return self.model(**check_fields(body, self.spec))
 
 
 def as_dict(model: msgspec.Struct) -> dict[str, Any]:
