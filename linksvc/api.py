@@ -6,11 +6,8 @@ Errors are ``application/problem+json`` with a stable ``code``, mapped in one pl
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import hashlib
-import hmac
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -24,6 +21,7 @@ from . import (
     branding_pages,
     codes,
     contract,
+    cursors,
     db,
     errors,
     idempotency,
@@ -558,57 +556,25 @@ def _list_param(name: str, allowed: tuple[str, ...]) -> list[str] | None:
     return values
 
 
-#: The largest ``iat`` a cursor may carry: a time that fits the databases' 64-bit integers
-#: with room to spare (year 5138). A bigger number overflowed the driver's bind (a 500).
-CURSOR_MAX_IAT = 10**11
-
-
 def _cursor_key() -> bytes:
-    # Derived from the service secret (no setting of its own), under a label of its own so
-    # a cursor's tag is never a valid MAC of anything else the secret keys.
     secret = service().settings.secret_key
     if secret is None:
         raise errors.NotInitialised("LINKSVC_SECRET_KEY")
-    return hmac.new(secret, b"linksvc.api.cursor", hashlib.sha256).digest()
-
-
-def _cursor_tag(key: bytes, client_id: str, subject: str, payload: str) -> bytes:
-    # Bound to the client and subject too: a cursor is good only for the listing it came from.
-    msg = "\x00".join((client_id, subject, payload)).encode("utf-8")
-    return hmac.new(key, msg, hashlib.sha256).digest()[:16]
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return cursors.key(secret)
 
 
 def _cursor(client_id: str, subject: str, iat: int, jti: str) -> str:
-    """``next_cursor``: where the page ended, and a MAC, so that only what this API returned
-    is ever taken back."""
-    payload = f"{iat}.{jti}"
-    tag = _cursor_tag(_cursor_key(), client_id, subject, payload)
-    return f"{_b64(payload.encode('ascii'))}.{_b64(tag)}"
+    """``next_cursor`` (linksvc.cursors)."""
+    return cursors.encode(_cursor_key(), client_id, subject, iat, jti)
 
 
 def _parse_cursor(client_id: str, subject: str, raw: str) -> tuple[int, str]:
-    refused = BadRequest(
-        422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
-    )
-    if len(raw) > 96 or not raw.isascii():
-        raise refused
-    encoded, _, tag = raw.partition(".")
     try:
-        payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("ascii")
-        given = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4))
-    except (ValueError, UnicodeDecodeError):
-        raise refused from None
-    if not hmac.compare_digest(given, _cursor_tag(_cursor_key(), client_id, subject, payload)):
-        raise refused
-    iat, _, jti = payload.partition(".")
-    # Checked even behind the MAC: a cursor is parsed by rule, not by trust in the key.
-    if not (iat.isdigit() and int(iat) <= CURSOR_MAX_IAT and JTI_RE.fullmatch(jti)):
-        raise refused
-    return int(iat), jti
+        return cursors.decode(_cursor_key, client_id, subject, raw)
+    except cursors.InvalidCursor:
+        raise BadRequest(
+            422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
+        ) from None
 
 
 @bp.get("/subjects/<subject:subject>/links", merge_slashes=False)
