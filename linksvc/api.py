@@ -10,13 +10,14 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, PathConverter
 
 from . import (
+    bodies,
     branding,
     branding_pages,
     codes,
@@ -35,8 +36,6 @@ from .contract import BadRequest
 from .http import KIND_STATUS, link_error_problem, problem
 from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .tokens import JTI_RE
-
-B = TypeVar("B", bound=contract.Body)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -84,74 +83,7 @@ def _answer(body: contract.Answer, status: int = 200) -> Response:
     return Response(contract.encode(body) + b"\n", status, mimetype="application/json")
 
 
-# -- request parsing ----------------------------------------------------------------
-
-
-def _read_at_most(stream: Any, n: int) -> bytes:
-    """Up to ``n`` bytes of ``stream``, fewer only at its end (a read may return less)."""
-    parts: list[bytes] = []
-    left = n
-    while left > 0:
-        chunk = stream.read(min(left, 65536))
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _too_large(limit: int) -> BadRequest:
-    return BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
-
-
-def raw_body(required: bool = True) -> bytes:
-    """The request body's bytes, not empty (``b""`` when optional and empty), or a
-    400/413/415 BadRequest."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    environ = request.environ
-    length = request.content_length
-    if length is not None and length > limit:
-        raise _too_large(limit)
-    # A declared length is read as it is, straight from the server's stream (WSGI's
-    # contract: no more than CONTENT_LENGTH). A body without one (chunked) is read only from
-    # a server that ends the stream itself (wsgi.input_terminated, as gunicorn and werkzeug's
-    # server do; werkzeug's safe fallback otherwise), one byte past the limit: werkzeug's
-    # limited stream stopped *at* the limit and handed over a cut-off body, which then
-    # failed as invalid JSON instead of being too large.
-    if length is not None:
-        raw: bytes = environ["wsgi.input"].read(length)
-    elif environ.get("wsgi.input_terminated"):
-        raw = _read_at_most(environ["wsgi.input"], limit + 1)
-        if len(raw) > limit:
-            raise _too_large(limit)
-    else:
-        raw = b""
-    if length is not None and len(raw) < length:
-        # The stream ended early (the client went away): never act on part of a body, even
-        # one that happens to parse.
-        raise BadRequest(400, "invalid_json", "The body ended before its Content-Length.")
-    # Only JSON's own whitespace makes an empty body: bytes.strip() also removed \x0b and
-    # \x0c, so a body of a vertical tab (not JSON) passed as no body at all.
-    if not raw.strip(b" \t\n\r"):
-        if required:
-            raise BadRequest(400, "body_required", "A JSON object body is required.")
-        return b""
-    # request.mimetype, without parsing the header's parameters it would keep.
-    if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
-        raise BadRequest(415, "unsupported_media_type", "The body must be application/json.")
-    return raw
-
-
-def json_body() -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413/415 BadRequest."""
-    return contract.parse_object(raw_body())
-
-
-def body_as(decoder: contract.Decoder[B], required: bool = True) -> B:
-    """The request body as ``decoder``'s model (``{}`` when optional and empty), or the
-    400/413/415/422 BadRequest the API answers (linksvc.contract)."""
-    raw = raw_body(required)
-    return decoder.decode(raw) if raw else decoder.validate({})
+# -- request parsing (linksvc.bodies, linksvc.contract) ---------------------------------
 
 
 def purpose_field(value: str) -> str:
@@ -246,7 +178,7 @@ MailHook = Callable[[Client, Any, str], None]
 
 @bp.post("/links")
 def mint() -> Response | tuple[Response, int]:
-    f = body_as(MINT)
+    f = bodies.body_as(MINT)
     client = current_client()
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
@@ -431,7 +363,7 @@ TOKEN = contract.Decoder(contract.TokenRequest)
 
 @bp.post("/links/verify")
 def verify() -> Response:
-    f = body_as(TOKEN)
+    f = bodies.body_as(TOKEN)
     purpose_field(f.purpose)
     v = service().verify(f.token, purposes=[f.purpose], audience=current_client().id)
     c = v.claims
@@ -460,7 +392,7 @@ def verify() -> Response:
 
 @bp.post("/links/redeem")
 def redeem() -> Response:
-    f = body_as(TOKEN)
+    f = bodies.body_as(TOKEN)
     purpose_field(f.purpose)
     v = service().redeem(f.token, purposes=[f.purpose], audience=current_client().id)
     rec = v.record
@@ -520,7 +452,7 @@ REVOKE_SUBJECT = contract.Decoder(contract.RevokeSubjectRequest)
 # before routing); merge_slashes=False so 'a//b' is not redirected to another subject.
 @bp.post("/subjects/<subject:subject>/revoke", merge_slashes=False)
 def revoke_subject(subject: str) -> Response:
-    f = body_as(REVOKE_SUBJECT, required=False)
+    f = bodies.body_as(REVOKE_SUBJECT, required=False)
     purposes = f.purposes
     if purposes is not None:
         if not purposes or not all(isinstance(p, str) and p in PURPOSES for p in purposes):
@@ -641,7 +573,7 @@ def exchange_code() -> Response:
     ``code_verifier_required`` or ``code_verifier_mismatch`` (422, the code is spent) when
     the ``code_verifier`` does not agree with the flow's ``code_challenge``.
     """
-    f = body_as(EXCHANGE)
+    f = bodies.body_as(EXCHANGE)
     verifier = f.code_verifier
     if verifier is not None and not codes.VERIFIER_RE.fullmatch(verifier):
         raise BadRequest(
@@ -680,7 +612,7 @@ def start_sign_in() -> tuple[Response, int]:
 
     The address goes to the mailer and nowhere else: not to the sign-in, not to a log.
     """
-    f = body_as(SIGN_IN)
+    f = bodies.body_as(SIGN_IN)
     client = current_client()
     l10n = locales.link_l10n(f.locale, f.timezone, client.locale)
     mailer: MailHook | None = current_app.extensions.get("linksvc.mailer")
@@ -799,7 +731,7 @@ def get_branding() -> Response:
 @bp.put("/branding")
 def put_branding() -> Response:
     """Set the members present; ``null`` clears one (not ``display_name``); absent ones stay."""
-    body = json_body()
+    body = bodies.json_body()
     for name in body:
         if name not in BRAND_FIELDS:
             raise BadRequest(422, "unknown_field", f"Unknown field {name!r}.", field=name)
@@ -840,7 +772,7 @@ def _logo_body() -> bytes:
         if len(raw) < length:
             raise BadRequest(400, "bad_request", "The body ended before its Content-Length.")
     elif environ.get("wsgi.input_terminated"):
-        raw = _read_at_most(environ["wsgi.input"], limit + 1)
+        raw = bodies.read_at_most(environ["wsgi.input"], limit + 1)
     else:
         raw = b""
     if len(raw) > limit:
