@@ -1,9 +1,12 @@
 """The OpenAPI 3.1 description of the internal API, served at ``GET /api/v1/openapi.json``.
 
-The document is a plain dict kept next to the code it describes; ``tests/test_openapi.py``
-holds the two together (every routed ``/api/v1`` operation is documented and every
-documented one is routed; real responses validate against the documented schemas) and
-``tests/test_fuzz.py`` fuzzes the API from it. Operations owned by a module that may not
+The schemas of the bodies the API decodes and encodes through models are generated from
+those models (:mod:`linksvc.contract`); what is written here is the operations' prose, the
+problem catalogue, the rules across members and the answers not yet given a model.
+``tests/test_openapi.py`` holds document and code together (every routed ``/api/v1``
+operation is documented and every documented one is routed; real responses validate against
+the documented schemas), ``tests/test_contract.py`` the Python client's models and the
+answer schemas, and ``tests/test_fuzz.py`` fuzzes the API from it. Operations owned by a module that may not
 be installed (``/codes/exchange`` belongs to the pages) are listed in
 :data:`OPTIONAL_OPERATIONS` and served only when the app routes them.
 """
