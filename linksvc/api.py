@@ -6,24 +6,33 @@ Errors are ``application/problem+json`` with a stable ``code``, mapped in one pl
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, PathConverter
 
-from . import branding, branding_pages, codes, db, errors, idempotency, locales, signins
+from . import (
+    bodies,
+    branding,
+    branding_pages,
+    codes,
+    contract,
+    cursors,
+    db,
+    errors,
+    idempotency,
+    locales,
+    signins,
+)
 from .clients import BRAND_FIELDS, Client, ClientError
 from .clients import update as update_client
 from .config import PURPOSES
-from .formats import iso, strict_json_decoder
+from .contract import BadRequest
+from .formats import iso
 from .http import KIND_STATUS, link_error_problem, problem
 from .service import SUBJECT_RE, SUBJECT_RULE, LinkService
 from .services import services
@@ -59,133 +68,13 @@ def service() -> LinkService:
     return services().links
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+def _answer(body: contract.Answer, status: int = 200) -> Response:
+    """``jsonify`` for the hot calls: the same compact JSON, encoded from the answer's model
+    (linksvc.contract), and a Response, without the provider's per-call dispatch."""
+    return Response(contract.encode(body) + b"\n", status, mimetype="application/json")
 
 
-def _json(body: Mapping[str, Any], status: int = 200) -> Response:
-    """``jsonify`` for the hot calls: the same compact JSON, from one encoder built once,
-    and a Response, without the provider's per-call dispatch."""
-    return Response(_ENCODER.encode(body) + "\n", status, mimetype="application/json")
-
-
-# -- request parsing ----------------------------------------------------------------
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail, self.field = status, code, detail, field
-
-
-_DECODER = strict_json_decoder()
-
-
-def _read_at_most(stream: Any, n: int) -> bytes:
-    """Up to ``n`` bytes of ``stream``, fewer only at its end (a read may return less)."""
-    parts: list[bytes] = []
-    left = n
-    while left > 0:
-        chunk = stream.read(min(left, 65536))
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _too_large(limit: int) -> BadRequest:
-    return BadRequest(413, "body_too_large", f"The request body must be at most {limit} bytes.")
-
-
-def json_body(required: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413/415 BadRequest."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    environ = request.environ
-    length = request.content_length
-    if length is not None and length > limit:
-        raise _too_large(limit)
-    # A declared length is read as it is, straight from the server's stream (WSGI's
-    # contract: no more than CONTENT_LENGTH). A body without one (chunked) is read only from
-    # a server that ends the stream itself (wsgi.input_terminated, as gunicorn and werkzeug's
-    # server do; werkzeug's safe fallback otherwise), one byte past the limit: werkzeug's
-    # limited stream stopped *at* the limit and handed over a cut-off body, which then
-    # failed as invalid JSON instead of being too large.
-    if length is not None:
-        raw = environ["wsgi.input"].read(length)
-    elif environ.get("wsgi.input_terminated"):
-        raw = _read_at_most(environ["wsgi.input"], limit + 1)
-        if len(raw) > limit:
-            raise _too_large(limit)
-    else:
-        raw = b""
-    if length is not None and len(raw) < length:
-        # The stream ended early (the client went away): never act on part of a body, even
-        # one that happens to parse.
-        raise BadRequest(400, "invalid_json", "The body ended before its Content-Length.")
-    # Only JSON's own whitespace makes an empty body: bytes.strip() also removed \x0b and
-    # \x0c, so a body of a vertical tab (not JSON) passed as no body at all.
-    if not raw.strip(b" \t\n\r"):
-        if required:
-            raise BadRequest(400, "body_required", "A JSON object body is required.")
-        return {}
-    # request.mimetype, without parsing the header's parameters it would keep.
-    if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
-        raise BadRequest(415, "unsupported_media_type", "The body must be application/json.")
-    try:
-        body = _DECODER.decode(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest(
-            400, "invalid_json", "The body is not valid UTF-8 JSON (duplicate members are refused)."
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest(400, "invalid_body", "The body must be a JSON object.")
-    return body
-
-
-def _type_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
-    if (
-        isinstance(value, bool)
-        and kind is not bool
-        and (kind is int or (isinstance(kind, tuple) and bool not in kind))
-    ):
-        return False
-    return isinstance(value, kind)
-
-
-def fields(
-    body: Mapping[str, Any], spec: Mapping[str, tuple[type | tuple[type, ...], bool]]
-) -> dict[str, Any]:
-    """Check ``body`` against ``spec`` (name → (type, required)); unknown or mistyped → 422."""
-    for name in body:
-        if name not in spec:
-            raise BadRequest(422, "unknown_field", f"Unknown field {name!r}.", field=name)
-    out: dict[str, Any] = {}
-    for name, (kind, required) in spec.items():
-        if name not in body or body[name] is None:
-            if required:
-                raise BadRequest(422, "missing_field", f"Field {name!r} is required.", field=name)
-            out[name] = None
-            continue
-        if kind is Any:
-            out[name] = body[name]
-            continue
-        if kind is int and isinstance(body[name], float) and body[name].is_integer():
-            # JSON (and the schema's "integer") does not tell 60 from 60.0; a float with a
-            # fraction is still refused below.
-            out[name] = int(body[name])
-            continue
-        if not _type_ok(body[name], kind):
-            tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            tname = {
-                "str": "string",
-                "int": "integer",
-                "dict": "object",
-                "bool": "boolean",
-                "list": "array",
-            }.get(tname, tname)
-            raise BadRequest(422, "invalid_field", f"Field {name!r} must be a {tname}.", field=name)
-        out[name] = body[name]
-    return out
+# -- request parsing (linksvc.bodies, linksvc.contract) ---------------------------------
 
 
 def purpose_field(value: str) -> str:
@@ -272,81 +161,69 @@ def _link_json(minted_url: str | None, rec: Any) -> dict[str, Any]:
     }
 
 
-MINT_SPEC: dict[str, tuple[Any, bool]] = {
-    "purpose": (str, True),
-    "subject": (str, True),
-    "ttl": (int, False),
-    "redirect_uri": (str, False),
-    "download": (dict, False),
-    "data": (Any, False),
-    "email": (str, False),
-    "confirm": (bool, False),
-    "code_challenge": (str, False),
-    "locale": (str, False),
-    "timezone": (str, False),
-}
+MINT = contract.Decoder(contract.MintRequest)
 
 
 @bp.post("/links")
 def mint() -> Response | tuple[Response, int]:
-    f = fields(json_body(), MINT_SPEC)
+    f = bodies.body_as(MINT)
     client = current_client()
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
-        replay = _idempotency_claim(client, idem_key, f)
+        replay = _idempotency_claim(client, idem_key, contract.as_dict(f))
         if replay is not None:
             return replay, replay.status_code
-    purpose_field(f["purpose"])
-    l10n = locales.link_l10n(f["locale"], f["timezone"], client.locale)
+    purpose_field(f.purpose)
+    l10n = locales.link_l10n(f.locale, f.timezone, client.locale)
     wired = services()
     mailer = wired.mailer
-    if f["email"] is not None:
+    if f.email is not None:
         if mailer is None:
             raise BadRequest(
                 422, "mail_unavailable", "This service does not send mail.", field="email"
             )
-        mailer.check_address(f["email"])  # refuse before anything is minted
+        mailer.check_address(f.email)  # refuse before anything is minted
     # Rate limits (linksvc.ratelimit): raise RateLimited before the mint changes anything.
     guard = wired.mint_guard
     if guard is not None:
-        guard(client, f["subject"], f["purpose"], f["email"])
+        guard(client, f.subject, f.purpose, f.email)
     minted = service().mint(
         client,
-        purpose=f["purpose"],
-        subject=f["subject"],
-        ttl=f["ttl"],
-        redirect_uri=f["redirect_uri"],
-        download=f["download"],
-        data=f["data"],
+        purpose=f.purpose,
+        subject=f.subject,
+        ttl=f.ttl,
+        redirect_uri=f.redirect_uri,
+        download=f.download,
+        data=f.data,
         # A mailed download link confirms unless told not to: a mail scanner's GET must not
         # spend it. The links it supersedes stay working until its mail has been accepted.
-        confirm=(f["email"] is not None and f["purpose"] == "download")
-        if f["confirm"] is None
-        else f["confirm"],
-        defer_supersede=f["email"] is not None,
-        code_challenge=f["code_challenge"],
+        confirm=(f.email is not None and f.purpose == "download")
+        if f.confirm is None
+        else f.confirm,
+        defer_supersede=f.email is not None,
+        code_challenge=f.code_challenge,
         l10n=l10n,
         handle_seed=idem_key,
     )
-    if f["email"] is not None and mailer is not None:
-        mailer(client, minted, f["email"])
+    if f.email is not None and mailer is not None:
+        mailer(client, minted, f.email)
         minted = service().supersede(minted)
     rec = minted.record
-    body = {
-        "url": minted.url,
-        "token": minted.token,
-        "jti": rec.jti,
-        "purpose": rec.purpose,
-        "subject": rec.subject,
-        "issued_at": iso(rec.iat),
-        "expires_at": iso(rec.exp),
-        "superseded": minted.superseded,
-    }
-    if f["email"] is not None:
-        body["emailed"] = True
+    body = contract.MintedLink(
+        url=minted.url,
+        token=minted.token,
+        jti=rec.jti,
+        purpose=rec.purpose,
+        subject=rec.subject,
+        issued_at=iso(rec.iat),
+        expires_at=iso(rec.exp),
+        superseded=minted.superseded,
+    )
+    if f.email is not None:
+        body.emailed = True
     if idem_key is not None:
-        _idempotency_complete(client, minted, body)
-    return _json(body, 201)
+        _idempotency_complete(client, minted, emailed=f.email is not None)
+    return _answer(body, 201)
 
 
 # -- idempotent minting (linksvc.idempotency) -----------------------------------------
@@ -437,7 +314,7 @@ def _idempotency_replay(client: Client, link: dict[str, Any], key: str) -> Respo
     return resp
 
 
-def _idempotency_complete(client: Client, minted: Any, body: dict[str, Any]) -> None:
+def _idempotency_complete(client: Client, minted: Any, *, emailed: bool) -> None:
     c: idempotency.Claim = g.pop("idempotency_claim")
     rec = minted.record
     try:
@@ -451,7 +328,7 @@ def _idempotency_complete(client: Client, minted: Any, body: dict[str, Any]) -> 
             iat=rec.iat,
             exp=rec.exp,
             superseded=minted.superseded,
-            emailed=bool(body.get("emailed")),
+            emailed=emailed,
         )
     except errors.ServiceUnavailable:
         # The link is minted (and mailed): answer it. The claim stays pending, so a retry
@@ -472,43 +349,52 @@ def _release_idempotency_claim(exc: BaseException | None) -> None:
             idempotency.release(service().engine, client_id=current_client().id, claim=c)
 
 
-TOKEN_SPEC: dict[str, tuple[Any, bool]] = {"token": (str, True), "purpose": (str, True)}
+TOKEN = contract.Decoder(contract.TokenRequest)
 
 
 @bp.post("/links/verify")
 def verify() -> Response:
-    f = fields(json_body(), TOKEN_SPEC)
-    purpose_field(f["purpose"])
-    v = service().verify(f["token"], purposes=[f["purpose"]], audience=current_client().id)
+    f = bodies.body_as(TOKEN)
+    purpose_field(f.purpose)
+    v = service().verify(f.token, purposes=[f.purpose], audience=current_client().id)
     c = v.claims
-    return _json(
-        {
-            "valid": True,
-            "jti": c.jti,
-            "purpose": c.pur,
-            "subject": c.sub,
-            "state": v.record.state,
-            "issued_at": iso(c.iat),
-            "expires_at": iso(c.exp),
-            "claims": c.as_dict(),
-        }
+    return _answer(
+        contract.Verified(
+            valid=True,
+            jti=c.jti,
+            purpose=c.pur,
+            subject=c.sub,
+            state=v.record.state,
+            issued_at=iso(c.iat),
+            expires_at=iso(c.exp),
+            claims=contract.Claims(
+                iss=c.iss,
+                aud=c.aud,
+                sub=c.sub,
+                pur=c.pur,
+                jti=c.jti,
+                iat=c.iat,
+                nbf=c.nbf,
+                exp=c.exp,
+            ),
+        )
     )
 
 
 @bp.post("/links/redeem")
 def redeem() -> Response:
-    f = fields(json_body(), TOKEN_SPEC)
-    purpose_field(f["purpose"])
-    v = service().redeem(f["token"], purposes=[f["purpose"]], audience=current_client().id)
+    f = bodies.body_as(TOKEN)
+    purpose_field(f.purpose)
+    v = service().redeem(f.token, purposes=[f.purpose], audience=current_client().id)
     rec = v.record
-    return _json(
-        {
-            "subject": rec.subject,
-            "purpose": rec.purpose,
-            "jti": rec.jti,
-            "data": rec.data,
-            "redeemed_at": iso(rec.state_at),
-        }
+    return _answer(
+        contract.Redeemed(
+            subject=rec.subject,
+            purpose=rec.purpose,
+            jti=rec.jti,
+            data=rec.data,
+            redeemed_at=iso(rec.state_at),
+        )
     )
 
 
@@ -550,12 +436,15 @@ def revoke(jti: str) -> Response:
     return jsonify({"jti": rec.jti, "state": rec.state, "revoked": n})
 
 
+REVOKE_SUBJECT = contract.Decoder(contract.RevokeSubjectRequest)
+
+
 # <subject:…>: a subject may hold '/' (sent as '/' or '%2F', which the server decodes
 # before routing); merge_slashes=False so 'a//b' is not redirected to another subject.
 @bp.post("/subjects/<subject:subject>/revoke", merge_slashes=False)
 def revoke_subject(subject: str) -> Response:
-    f = fields(json_body(required=False), {"purposes": (list, False)})
-    purposes = f["purposes"]
+    f = bodies.body_as(REVOKE_SUBJECT, required=False)
+    purposes = f.purposes
     if purposes is not None:
         if not purposes or not all(isinstance(p, str) and p in PURPOSES for p in purposes):
             raise BadRequest(
@@ -567,7 +456,7 @@ def revoke_subject(subject: str) -> Response:
     if not SUBJECT_RE.fullmatch(subject):
         raise BadRequest(422, "invalid_field", SUBJECT_RULE, field="subject")
     n = service().revoke_subject(current_client(), subject, purposes)
-    return jsonify({"subject": subject, "revoked": n})
+    return _answer(contract.SubjectRevoked(subject=subject, revoked=n))
 
 
 # -- the inventory: a subject's links -------------------------------------------------
@@ -590,57 +479,25 @@ def _list_param(name: str, allowed: tuple[str, ...]) -> list[str] | None:
     return values
 
 
-#: The largest ``iat`` a cursor may carry: a time that fits the databases' 64-bit integers
-#: with room to spare (year 5138). A bigger number overflowed the driver's bind (a 500).
-CURSOR_MAX_IAT = 10**11
-
-
 def _cursor_key() -> bytes:
-    # Derived from the service secret (no setting of its own), under a label of its own so
-    # a cursor's tag is never a valid MAC of anything else the secret keys.
     secret = service().settings.secret_key
     if secret is None:
         raise errors.NotInitialised("LINKSVC_SECRET_KEY")
-    return hmac.new(secret, b"linksvc.api.cursor", hashlib.sha256).digest()
-
-
-def _cursor_tag(key: bytes, client_id: str, subject: str, payload: str) -> bytes:
-    # Bound to the client and subject too: a cursor is good only for the listing it came from.
-    msg = "\x00".join((client_id, subject, payload)).encode("utf-8")
-    return hmac.new(key, msg, hashlib.sha256).digest()[:16]
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return cursors.key(secret)
 
 
 def _cursor(client_id: str, subject: str, iat: int, jti: str) -> str:
-    """``next_cursor``: where the page ended, and a MAC, so that only what this API returned
-    is ever taken back."""
-    payload = f"{iat}.{jti}"
-    tag = _cursor_tag(_cursor_key(), client_id, subject, payload)
-    return f"{_b64(payload.encode('ascii'))}.{_b64(tag)}"
+    """``next_cursor`` (linksvc.cursors)."""
+    return cursors.encode(_cursor_key(), client_id, subject, iat, jti)
 
 
 def _parse_cursor(client_id: str, subject: str, raw: str) -> tuple[int, str]:
-    refused = BadRequest(
-        422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
-    )
-    if len(raw) > 96 or not raw.isascii():
-        raise refused
-    encoded, _, tag = raw.partition(".")
     try:
-        payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("ascii")
-        given = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4))
-    except (ValueError, UnicodeDecodeError):
-        raise refused from None
-    if not hmac.compare_digest(given, _cursor_tag(_cursor_key(), client_id, subject, payload)):
-        raise refused
-    iat, _, jti = payload.partition(".")
-    # Checked even behind the MAC: a cursor is parsed by rule, not by trust in the key.
-    if not (iat.isdigit() and int(iat) <= CURSOR_MAX_IAT and JTI_RE.fullmatch(jti)):
-        raise refused
-    return int(iat), jti
+        return cursors.decode(_cursor_key, client_id, subject, raw)
+    except cursors.InvalidCursor:
+        raise BadRequest(
+            422, "invalid_cursor", "cursor must be a next_cursor this API returned.", field="cursor"
+        ) from None
 
 
 @bp.get("/subjects/<subject:subject>/links", merge_slashes=False)
@@ -695,6 +552,9 @@ def links_of(subject: str) -> Response:
 # -- one-time codes from the hosted pages (linksvc.codes) -----------------------------
 
 
+EXCHANGE = contract.Decoder(contract.ExchangeRequest)
+
+
 @bp.post("/codes/exchange")
 def exchange_code() -> Response:
     """Spend the ``code`` a hosted sign-in or reset sent to the redirect URI, once.
@@ -704,8 +564,8 @@ def exchange_code() -> Response:
     ``code_verifier_required`` or ``code_verifier_mismatch`` (422, the code is spent) when
     the ``code_verifier`` does not agree with the flow's ``code_challenge``.
     """
-    f = fields(json_body(), {"code": (str, True), "code_verifier": (str, False)})
-    verifier = f["code_verifier"]
+    f = bodies.body_as(EXCHANGE)
+    verifier = f.code_verifier
     if verifier is not None and not codes.VERIFIER_RE.fullmatch(verifier):
         raise BadRequest(
             422,
@@ -718,7 +578,7 @@ def exchange_code() -> Response:
         client = current_client()
         done = codes.exchange(
             svc.engine,
-            f["code"],
+            f.code,
             client_id=client.id,
             now=svc.now(),
             sink=svc.sinks.get(svc.engine, client.id),
@@ -727,23 +587,14 @@ def exchange_code() -> Response:
     except codes.CodeError as exc:
         field = "code_verifier" if exc.status == 422 else None
         return problem(exc.status, exc.reason, exc.detail, field=field)
-    return _json(
-        {"subject": done.subject, "purpose": done.purpose, "jti": done.jti, "data": done.data}
+    return _answer(
+        contract.Exchanged(subject=done.subject, purpose=done.purpose, jti=done.jti, data=done.data)
     )
 
 
 # -- sign-ins that complete on the device that asked (linksvc.signins) ---------------
 
-SIGN_IN_SPEC: dict[str, tuple[Any, bool]] = {
-    "subject": (str, True),
-    "email": (str, True),
-    "redirect_uri": (str, False),
-    "ip": (str, True),
-    "user_agent": (str, True),
-    "code_challenge": (str, False),
-    "locale": (str, False),
-    "timezone": (str, False),
-}
+SIGN_IN = contract.Decoder(contract.SignInRequest)
 
 
 @bp.post("/sign-ins")
@@ -752,9 +603,9 @@ def start_sign_in() -> tuple[Response, int]:
 
     The address goes to the mailer and nowhere else: not to the sign-in, not to a log.
     """
-    f = fields(json_body(), SIGN_IN_SPEC)
+    f = bodies.body_as(SIGN_IN)
     client = current_client()
-    l10n = locales.link_l10n(f["locale"], f["timezone"], client.locale)
+    l10n = locales.link_l10n(f.locale, f.timezone, client.locale)
     wired = services()
     mailer, sis = wired.mailer, wired.signins
     if mailer is None:
@@ -763,15 +614,19 @@ def start_sign_in() -> tuple[Response, int]:
     if idem_key is not None:
         # The key's row keeps a hash of the request; the address enters it only as a keyed
         # hash, and the call's name keeps a key used on /links from answering here.
-        hashed = {**f, "email": sis.address_key(f["email"]), "call": "sign-ins"}
+        hashed = {
+            **contract.as_dict(f),
+            "email": sis.address_key(f.email),
+            "call": "sign-ins",
+        }
         replay = _idempotency_claim(client, idem_key, hashed, replay=_sign_in_replay)
         if replay is not None:
             return replay, replay.status_code
-    mailer.check_address(f["email"])  # refuse before anything is minted
+    mailer.check_address(f.email)  # refuse before anything is minted
     guard = wired.mint_guard
     if guard is not None:
-        guard(client, f["subject"], "magic_link", f["email"])
-    address = f["email"]
+        guard(client, f.subject, "magic_link", f.email)
+    address = f.email
 
     def send(minted: Any, code: str) -> None:
         mailer(client, minted, address, code=code)
@@ -779,17 +634,17 @@ def start_sign_in() -> tuple[Response, int]:
     svc = service()
     started = sis.start(
         client,
-        subject=f["subject"],
-        redirect_uri=f["redirect_uri"],
-        ip=f["ip"],
-        user_agent=f["user_agent"],
+        subject=f.subject,
+        redirect_uri=f.redirect_uri,
+        ip=f.ip,
+        user_agent=f.user_agent,
         send=send,
         now=svc.now(),
-        code_challenge=f["code_challenge"],
+        code_challenge=f.code_challenge,
         l10n=l10n,
     )
     if idem_key is not None:
-        _idempotency_complete(client, started.minted, {"emailed": True})
+        _idempotency_complete(client, started.minted, emailed=True)
     return jsonify(_sign_in_json(started.signin)), 201
 
 
@@ -866,7 +721,7 @@ def get_branding() -> Response:
 @bp.put("/branding")
 def put_branding() -> Response:
     """Set the members present; ``null`` clears one (not ``display_name``); absent ones stay."""
-    body = json_body()
+    body = bodies.json_body()
     for name in body:
         if name not in BRAND_FIELDS:
             raise BadRequest(422, "unknown_field", f"Unknown field {name!r}.", field=name)
@@ -907,7 +762,7 @@ def _logo_body() -> bytes:
         if len(raw) < length:
             raise BadRequest(400, "bad_request", "The body ended before its Content-Length.")
     elif environ.get("wsgi.input_terminated"):
-        raw = _read_at_most(environ["wsgi.input"], limit + 1)
+        raw = bodies.read_at_most(environ["wsgi.input"], limit + 1)
     else:
         raw = b""
     if len(raw) > limit:

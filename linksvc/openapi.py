@@ -1,9 +1,12 @@
 """The OpenAPI 3.1 description of the internal API, served at ``GET /api/v1/openapi.json``.
 
-The document is a plain dict kept next to the code it describes; ``tests/test_openapi.py``
-holds the two together (every routed ``/api/v1`` operation is documented and every
-documented one is routed; real responses validate against the documented schemas) and
-``tests/test_fuzz.py`` fuzzes the API from it. Operations owned by a module that may not
+The schemas of the bodies the API decodes and encodes through models are generated from
+those models (:mod:`linksvc.contract`); what is written here is the operations' prose, the
+problem catalogue, the rules across members and the answers not yet given a model.
+``tests/test_openapi.py`` holds document and code together (every routed ``/api/v1``
+operation is documented and every documented one is routed; real responses validate against
+the documented schemas), ``tests/test_contract.py`` the Python client's models and the
+answer schemas, and ``tests/test_fuzz.py`` fuzzes the API from it. Operations owned by a module that may not
 be installed (``/codes/exchange`` belongs to the pages) are listed in
 :data:`OPTIONAL_OPERATIONS` and served only when the app routes them.
 """
@@ -15,91 +18,27 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 
-from . import locales
+# The wire's vocabulary (patterns, enums, shared field schemas) lives with the models that
+# use it (linksvc.contract).
+from . import contract
+from .contract import (
+    _DATETIME,
+    _JTI,
+    _NULLABLE_DATETIME,
+    _PURPOSE,
+    _SPACES,
+    _STATE,
+    _STR,
+    EMAIL_PATTERN,
+    FORMAT_CHARACTERS,
+    PURPOSES,
+    STATES,
+    SUBJECT_PATH_PATTERN,
+    _list_pattern,
+)
 from .services import services
 
 PREFIX = "/api/v1"
-PURPOSES = ["magic_link", "password_reset", "download"]
-
-_STR = {"type": "string"}
-_DATETIME = {"type": "string", "format": "date-time"}
-_NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
-_JTI = {
-    "type": "string",
-    "pattern": "^[A-Za-z0-9_-]{22}$",
-    "description": "The link's id: 128 random bits, base64url.",
-}
-STATES = ["issued", "consumed", "revoked", "superseded"]
-_STATE = {"type": "string", "enum": STATES}
-
-
-def _list_pattern(values: list[str]) -> str:
-    """A comma-separated list of ``values``."""
-    one = "(" + "|".join(values) + ")"
-    return f"^{one}(,{one})*$"
-
-
-_PURPOSE = {"type": "string", "enum": PURPOSES}
-#: What end users read of a link, in which language and time zone (linksvc.locales).
-_LOCALE = {
-    "type": ["string", "null"],
-    "maxLength": locales.MAX_TAG,
-    "pattern": locales.LANGTAG_PATTERN,
-    "description": "The language of the link's pages and mail, a BCP 47 tag (`de`, `pt-BR`, "
-    "`zh-Hans`). A tag linksvc does not ship falls back to its language (`de-AT` → `de`, "
-    "`pt` → `pt-BR`, `zh-CN` → `zh-Hans`), else the client's default locale, else English; "
-    "a malformed tag answers 422 `invalid_field`. Kept on the ledger row, never in the token. "
-    "Ships: " + ", ".join(f"`{locales.to_bcp47(loc)}`" for loc in locales.LOCALES) + ".",
-    "examples": ["de"],
-}
-_TIMEZONE = {
-    "type": ["string", "null"],
-    "enum": [*locales.timezones(), None],
-    "description": "The IANA time zone in which its pages and mail show times "
-    "(`Europe/Berlin`); without one, a relative time and UTC. Kept on the ledger row.",
-    "examples": ["Europe/Berlin"],
-}
-
-# What the server accepts, as patterns, so that a body the schema allows is not refused for
-# its shape (tests/test_fuzz.py holds the two together).
-
-#: A subject (linksvc.service.SUBJECT_RE): printable ASCII without spaces, not starting with '/'.
-SUBJECT_PATTERN = "^(?!/)[\\x21-\\x7e]{1,255}$"
-#: A subject in a path: the same, and not '.' or '..', which HTTP clients remove as dot
-#: segments before sending (such a subject is reached percent-encoded, `%2E`).
-SUBJECT_PATH_PATTERN = "^(?!/)(?!\\.\\.?$)[\\x21-\\x7e]{1,255}$"
-#: An address linksvc sends to (linksvc.mail): a plain `name@example.com`, at most 254.
-EMAIL_PATTERN = "^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})+$"
-#: Unicode format characters (category Cf, Unicode 14 as Python 3.11 has it): bidi
-#: controls, zero-width characters, BOM. A file name may not hold them (they reorder or hide
-#: what the confirmation page shows); tests/test_openapi.py checks the list.
-FORMAT_CHARACTERS = (
-    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
-    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
-    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
-    "\U000e0020-\U000e007f"
-)
-_NAME_CHAR = f"[^\\x00-\\x1f\\x7f-\\x9f/\\\\{FORMAT_CHARACTERS}]"
-#: Characters Python's str.strip() removes: not at either end of a file name.
-_SPACES = "\\x09-\\x0d\\x1c-\\x20\\x85\\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_NAME_EDGE = f"[^\\x00-\\x1f\\x7f-\\x9f/\\\\{_SPACES}{FORMAT_CHARACTERS}]"
-#: A file name (linksvc.storage.check_filename): 1-255 characters, no slash, backslash,
-#: control or format character, no space at either end, not '.' or '..'.
-FILENAME_PATTERN = f"^(?!\\.\\.?$){_NAME_EDGE}(?:{_NAME_CHAR}{{0,253}}{_NAME_EDGE})?$"
-#: A storage key (linksvc.storage.check_key): a relative path of such names (its last one is
-#: the default file name), not starting with a drive letter.
-KEY_PATTERN = (
-    f"^(?![A-Za-z]:)(?:(?!\\.\\.?/){_NAME_EDGE}(?:{_NAME_CHAR}*{_NAME_EDGE})?/)*"
-    f"(?!\\.\\.?$){_NAME_EDGE}(?:{_NAME_CHAR}*{_NAME_EDGE})?$"
-)
-_MEDIA_TOKEN = "[A-Za-z0-9!#$&^_.+-]+"
-#: A media type (linksvc.storage.check_content_type), parameters allowed.
-MEDIA_TYPE_PATTERN = (
-    f"^{_MEDIA_TOKEN}/{_MEDIA_TOKEN}"
-    f'(\\s*;\\s*{_MEDIA_TOKEN}=({_MEDIA_TOKEN}|"[^"\\\\\\x00-\\x1f\\x7f]*"))*$'
-)
-#: An S3 bucket name (linksvc.downloads): 3-63 of a-z, 0-9, '.', '-', no '..'.
-BUCKET_PATTERN = "^(?!.*\\.\\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -237,6 +176,29 @@ SUPPORT_URL_PATTERN = (
 )
 BRAND_COLOR_PATTERN = "^#[0-9A-Fa-f]{6}$"
 
+#: The mint body's rules across its members, beside the schema generated from its model.
+_MINT_RULES: dict[str, Any] = {
+    # What belongs to which purpose: a download link has its file and no redirect; a
+    # sign-in or reset link has no file and always confirms (so `confirm: true` is
+    # refused as meaningless there); only a link that ends in a code binds a flow.
+    "if": {"properties": {"purpose": {"const": "download"}}},
+    "then": {
+        "required": ["download"],
+        "properties": {
+            "download": {"type": "object"},
+            "redirect_uri": {"type": "null"},
+            "code_challenge": {"type": "null"},
+        },
+    },
+    "else": {"properties": {"download": {"type": "null"}, "confirm": {"enum": [False, None]}}},
+    "examples": [{"purpose": "magic_link", "subject": "user-42"}],
+}
+
+#: Generated from the request and answer models (linksvc.contract), by name.
+_GENERATED = contract.schemas()
+_GENERATED["MintRequest"].update(_MINT_RULES)
+
+#: The component schemas: the generated ones, and the answers not (yet) given a model.
 SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -265,196 +227,12 @@ SCHEMAS: dict[str, Any] = {
             "used link; times are ISO 8601 UTC, as everywhere in this API.",
         },
     },
-    "MintRequest": {
-        "type": "object",
-        "required": ["purpose", "subject"],
-        "additionalProperties": False,
-        "properties": {
-            "purpose": _PURPOSE,
-            "subject": {
-                "type": "string",
-                "pattern": SUBJECT_PATTERN,
-                "description": "The application's opaque user id (not an e-mail address).",
-            },
-            "ttl": {
-                "type": ["integer", "null"],
-                "minimum": 1,
-                "maximum": 900,
-                "description": "Seconds; default 300, at most the purpose's ceiling.",
-            },
-            "redirect_uri": {
-                "type": ["string", "null"],
-                "description": "One of the client's registered redirect URIs (exact match).",
-            },
-            "download": {
-                "type": ["object", "null"],
-                "description": "For download links (and only for them): the stored file.",
-                "required": ["key"],
-                "additionalProperties": False,
-                "properties": {
-                    "key": {
-                        "type": "string",
-                        "maxLength": 255,
-                        "pattern": KEY_PATTERN,
-                        "description": "The object's key: a relative path whose segments are "
-                        "file names as `filename` says (no `.`, `..` or empty segment), not "
-                        "starting with a drive letter.",
-                    },
-                    "bucket": {
-                        "type": "string",
-                        "pattern": BUCKET_PATTERN,
-                        "description": "S3 storage only: another bucket than the configured one.",
-                    },
-                    "filename": {
-                        "type": "string",
-                        "pattern": FILENAME_PATTERN,
-                        "description": "The name the browser saves (default: the key's last "
-                        "segment); any Unicode, no slash or control or format character.",
-                    },
-                    "content_type": {
-                        "type": "string",
-                        "maxLength": 200,
-                        "pattern": MEDIA_TYPE_PATTERN,
-                    },
-                },
-            },
-            "data": {
-                "description": "Small JSON returned at redemption (at most `LINKSVC_MAX_DATA_BYTES`; "
-                "finite numbers and valid Unicode only)."
-            },
-            "email": {
-                "type": ["string", "null"],
-                "maxLength": 254,
-                "pattern": EMAIL_PATTERN,
-                "description": "Send the link to this address. The links it supersedes stay "
-                "valid until the mail has been accepted (a failed mail supersedes nothing).",
-            },
-            "confirm": {
-                "type": ["boolean", "null"],
-                "description": "Download links only: show a confirmation page first "
-                "(default: true when `email` is given, else false).",
-            },
-            "code_challenge": {
-                "type": ["string", "null"],
-                "pattern": "^[A-Za-z0-9_-]{43}$",
-                "description": "Bind the flow to the browser that asks, as PKCE does (RFC 7636, "
-                "S256): BASE64URL(SHA-256(code_verifier)) of a random `code_verifier` kept in that "
-                "browser's session. The one-time code is then exchanged only with that verifier. "
-                "Sign-in and reset links only; kept on the link's row, never in the token.",
-            },
-            "locale": _LOCALE,
-            "timezone": _TIMEZONE,
-        },
-        # What belongs to which purpose: a download link has its file and no redirect; a
-        # sign-in or reset link has no file and always confirms (so `confirm: true` is
-        # refused as meaningless there); only a link that ends in a code binds a flow.
-        "if": {"properties": {"purpose": {"const": "download"}}},
-        "then": {
-            "required": ["download"],
-            "properties": {
-                "download": {"type": "object"},
-                "redirect_uri": {"type": "null"},
-                "code_challenge": {"type": "null"},
-            },
-        },
-        "else": {"properties": {"download": {"type": "null"}, "confirm": {"enum": [False, None]}}},
-        "examples": [{"purpose": "magic_link", "subject": "user-42"}],
-    },
-    "MintedLink": {
-        "type": "object",
-        "required": [
-            "url",
-            "token",
-            "jti",
-            "purpose",
-            "subject",
-            "issued_at",
-            "expires_at",
-            "superseded",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "url": {
-                "type": "string",
-                "format": "uri",
-                "description": "The link to send, in the client's link format: the JWT in the "
-                "path (`<base>/l/<token>`), or a short link `<base>/l/<handle>` (26 "
-                "case-insensitive characters; `/d/` for downloads). Both name the same link.",
-            },
-            "token": {
-                "type": "string",
-                "description": "The compact JWS; shown once, never stored by linksvc.",
-            },
-            "jti": _JTI,
-            "purpose": _PURPOSE,
-            "subject": _STR,
-            "issued_at": _DATETIME,
-            "expires_at": _DATETIME,
-            "superseded": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "How many of the subject's outstanding links this one superseded.",
-            },
-            "emailed": {"type": "boolean"},
-        },
-    },
-    "TokenRequest": {
-        "type": "object",
-        "required": ["token", "purpose"],
-        "additionalProperties": False,
-        "properties": {"token": _STR, "purpose": _PURPOSE},
-    },
-    "Claims": {
-        "type": "object",
-        "required": ["iss", "aud", "sub", "pur", "jti", "iat", "nbf", "exp"],
-        "additionalProperties": False,
-        "properties": {
-            "iss": _STR,
-            "aud": _STR,
-            "sub": _STR,
-            "pur": _PURPOSE,
-            "jti": _JTI,
-            "iat": {"type": "integer"},
-            "nbf": {"type": "integer"},
-            "exp": {"type": "integer"},
-        },
-    },
-    "Verified": {
-        "type": "object",
-        "required": [
-            "valid",
-            "jti",
-            "purpose",
-            "subject",
-            "state",
-            "issued_at",
-            "expires_at",
-            "claims",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "valid": {"const": True},
-            "jti": _JTI,
-            "purpose": _PURPOSE,
-            "subject": _STR,
-            "state": _STATE,
-            "issued_at": _DATETIME,
-            "expires_at": _DATETIME,
-            "claims": _ref("Claims"),
-        },
-    },
-    "Redeemed": {
-        "type": "object",
-        "required": ["subject", "purpose", "jti", "data", "redeemed_at"],
-        "additionalProperties": False,
-        "properties": {
-            "subject": _STR,
-            "purpose": _PURPOSE,
-            "jti": _JTI,
-            "data": {"description": "The `data` given at mint time, or null."},
-            "redeemed_at": _DATETIME,
-        },
-    },
+    "MintRequest": _GENERATED["MintRequest"],
+    "MintedLink": _GENERATED["MintedLink"],
+    "TokenRequest": _GENERATED["TokenRequest"],
+    "Claims": _GENERATED["Claims"],
+    "Verified": _GENERATED["Verified"],
+    "Redeemed": _GENERATED["Redeemed"],
     "LinkStatus": {
         "type": "object",
         "required": [
@@ -517,17 +295,8 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "RevokeSubjectRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"purposes": {"type": ["array", "null"], "minItems": 1, "items": _PURPOSE}},
-    },
-    "SubjectRevoked": {
-        "type": "object",
-        "required": ["subject", "revoked"],
-        "additionalProperties": False,
-        "properties": {"subject": _STR, "revoked": {"type": "integer", "minimum": 0}},
-    },
+    "RevokeSubjectRequest": _GENERATED["RevokeSubjectRequest"],
+    "SubjectRevoked": _GENERATED["SubjectRevoked"],
     "SubjectLinks": {
         "type": "object",
         "required": ["subject", "links", "next_cursor"],
@@ -566,92 +335,10 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "ExchangeRequest": {
-        "type": "object",
-        "required": ["code"],
-        "additionalProperties": False,
-        "properties": {
-            "code": {"type": "string", "description": "The one-time code from the redirect."},
-            "code_verifier": {
-                "type": ["string", "null"],
-                "pattern": "^[A-Za-z0-9._~-]{43,128}$",
-                "description": "The verifier whose `code_challenge` started the flow, from the "
-                "session of the browser that the code came back to. Required when the flow was "
-                "bound; refused when it was not.",
-            },
-        },
-    },
-    "Exchanged": {
-        "type": "object",
-        "required": ["subject", "purpose", "jti", "data"],
-        "properties": {"subject": _STR, "purpose": _PURPOSE, "jti": _JTI, "data": {}},
-    },
-    "SignInRequest": {
-        "type": "object",
-        "required": ["subject", "email", "ip", "user_agent"],
-        "additionalProperties": False,
-        "properties": {
-            "subject": {
-                "type": "string",
-                "pattern": SUBJECT_PATTERN,
-                "description": "The application's opaque user id (not an e-mail address).",
-            },
-            "email": {
-                "type": "string",
-                "maxLength": 254,
-                "pattern": EMAIL_PATTERN,
-                "description": "Where the link and code are sent. Used to send and kept nowhere.",
-            },
-            "redirect_uri": {
-                "type": ["string", "null"],
-                "description": "One of the client's registered redirect URIs (exact match); "
-                "may be left out when the client has exactly one.",
-            },
-            "ip": {
-                "type": "string",
-                "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
-                "maxLength": 45,
-                "description": "The requesting browser's IP address (IPv4 or IPv6).",
-            },
-            "user_agent": {
-                "type": "string",
-                "maxLength": 1024,
-                "description": "The requesting browser's User-Agent; the approval page names "
-                'it in words ("Firefox on Linux").',
-            },
-            "code_challenge": {
-                "type": ["string", "null"],
-                "pattern": "^[A-Za-z0-9_-]{43}$",
-                "description": "Bind the flow to the browser that asks, as PKCE does (RFC 7636, "
-                "S256): BASE64URL(SHA-256(code_verifier)) of a random `code_verifier` kept in that "
-                "browser's session. The one-time code is then exchanged only with that verifier. "
-                "Sign-in and reset links only; kept on the link's row, never in the token.",
-            },
-            "locale": {
-                **_LOCALE,
-                "description": "The language of the waiting and approval pages and the mail: "
-                "the requesting browser's Accept-Language best match is a good choice. "
-                + str(_LOCALE["description"]).split(". ", 1)[1],
-            },
-            "timezone": _TIMEZONE,
-        },
-    },
-    "SignInStarted": {
-        "type": "object",
-        "required": ["id", "wait_url", "jti", "subject", "expires_at"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
-            "wait_url": {
-                "type": "string",
-                "format": "uri",
-                "description": "Send the requesting browser here: the waiting page.",
-            },
-            "jti": {**_JTI, "description": "The sign-in's magic link; its history has every step."},
-            "subject": _STR,
-            "expires_at": _DATETIME,
-        },
-    },
+    "ExchangeRequest": _GENERATED["ExchangeRequest"],
+    "Exchanged": _GENERATED["Exchanged"],
+    "SignInRequest": _GENERATED["SignInRequest"],
+    "SignInStarted": _GENERATED["SignInStarted"],
 }
 
 SCHEMAS["Branding"] = {

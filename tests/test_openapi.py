@@ -19,7 +19,7 @@ from flask import Flask
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from werkzeug.exceptions import HTTPException
 
-from linksvc import openapi
+from linksvc import contract, openapi
 from linksvc.services import services
 from tests.support.apps import REDIRECT, ApiUser
 
@@ -589,9 +589,9 @@ def test_download_patterns_agree_with_the_server(name, value, accepted):
     from linksvc import errors, storage
 
     pattern = {
-        "filename": openapi.FILENAME_PATTERN,
-        "key": openapi.KEY_PATTERN,
-        "content_type": openapi.MEDIA_TYPE_PATTERN,
+        "filename": contract.FILENAME_PATTERN,
+        "key": contract.KEY_PATTERN,
+        "content_type": contract.MEDIA_TYPE_PATTERN,
     }[name]
     check = {
         "filename": storage.check_filename,
