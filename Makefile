@@ -32,12 +32,12 @@ $(VENV)/.examples: examples/requirements.txt $(VENV)/.runtime
 venv: $(VENV)/.runtime catalogs
 venv-test: $(VENV)/.test catalogs
 
-# The end-user text in 12 languages (linksvc/i18n.py, linksvc/translations/GLOSSARY.md).
+# The end-user text in 12 languages (linksvc/i18n/catalogs.py, linksvc/i18n/translations/GLOSSARY.md).
 # The .po files are committed; their compiled .mo are made here, on setup (and again when a
 # .po changes), never committed. `make i18n` extracts messages.pot from the code and the
 # templates (babel.cfg), merges it into every catalog (new languages start empty) and
 # compiles them; `make lint` then says which catalog is incomplete.
-TRANSLATIONS := linksvc/translations
+TRANSLATIONS := linksvc/i18n/translations
 LOCALES := en de fr es it pt_BR nl pl tr ja zh_Hans ar
 CATALOG_MO := $(patsubst %.po,%.mo,$(wildcard $(TRANSLATIONS)/*/LC_MESSAGES/messages.po))
 

@@ -6,7 +6,7 @@ import click
 
 from linksvc import create_app
 from linksvc.config import ConfigError
-from linksvc.keys import KeyRingError
+from linksvc.links.keys import KeyRingError
 from linksvc.services import services
 
 try:

@@ -50,7 +50,7 @@ bind = _ENV.get("LINKSVC_BIND", "127.0.0.1:8000")
 # keep-alive connections can all land on one worker while the other idles. Every mint and
 # redemption waits for its durable commit, so there are more workers than cores: on
 # PostgreSQL gunicorn's 2 x cores + 1 (a worker waits for each round trip while the others
-# run); on SQLite cores + 1, since its writers take turns on one lock (linksvc.db.WriteLock,
+# run); on SQLite cores + 1, since its writers take turns on one lock (linksvc.store.db.WriteLock,
 # queued in the kernel) and more processes would only queue there. LINKSVC_WORKERS
 # overrides the count, LINKSVC_THREADS > 1 gives threaded workers. Sync workers read a
 # request whole before anything else runs: put them behind a buffering proxy (docs/deploy.md).
@@ -87,9 +87,9 @@ access_log_format = (
     '"request_id":"%({x-request-id}o)s"}'
 )
 
-# The redaction every access and error line goes through (linksvc/accesslog.py; under
+# The redaction every access and error line goes through (linksvc/ops/accesslog.py; under
 # granian, serve.py writes the same lines with the same module).
-_accesslog = _load_by_path("_linksvc_gunicorn_accesslog", "linksvc/accesslog.py")
+_accesslog = _load_by_path("_linksvc_gunicorn_accesslog", "linksvc/ops/accesslog.py")
 redact = _accesslog.redact
 _json_safe = _accesslog.json_safe
 _RedactFilter = _accesslog.RedactFilter
@@ -125,7 +125,7 @@ class RedactingLogger(Logger):
 logger_class = RedactingLogger
 
 
-# -- Prometheus metrics shared by the workers (linksvc.metrics) -----------------------------
+# -- Prometheus metrics shared by the workers (linksvc.ops.metrics) -----------------------------
 # Each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR and a scrape sums them.
 # Unless the operator names a directory, each master gets a fresh one (in memory when it can),
 # set here, before any worker imports prometheus_client, and removed when the master exits.

@@ -5,7 +5,7 @@
 - ``gunicorn`` (the default): this process becomes ``gunicorn -c gunicorn.conf.py [options]
   app:app``; every gunicorn option works (``--workers 8``, ``--bind 0.0.0.0:8000``).
 - ``granian``: granian's WSGI server with the settings below, and the same operational
-  contract: the same redacted JSON access line (linksvc/accesslog.py), ``kill -HUP`` a
+  contract: the same redacted JSON access line (linksvc/ops/accesslog.py), ``kill -HUP`` a
   graceful reload that loads new code, ``kill -TERM`` a graceful stop bounded like
   gunicorn's, a dead worker replaced, Prometheus counters summed across workers and kept
   across restarts. Options: ``--bind HOST:PORT``, ``--workers N``, ``--threads N`` (blocking
@@ -81,7 +81,7 @@ HEADER_READ_TIMEOUT_MS = 10_000
 #: Connections one worker holds at once (granian counts backpressure in connections, not
 #: requests): far above the threads, so that slow or idle keep-alive connections cannot
 #: starve a worker. At 128, 300 slowloris or idle connections made a good request wait for
-#: the header timeout (bench/README.md, "Two servers"); tests/test_servers.py holds at 512.
+#: the header timeout (bench/README.md, "Two servers"); tests/system/test_servers.py holds at 512.
 BACKPRESSURE = 512
 METRICS_PREFIX = "linksvc-metrics-"
 
@@ -161,7 +161,7 @@ def _load_app(target: str) -> Any:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     app = getattr(importlib.import_module(module), name or "app")
-    from linksvc.accesslog import AccessLog
+    from linksvc.ops.accesslog import AccessLog
 
     return AccessLog(app)
 
@@ -177,7 +177,7 @@ def serve_granian(env: dict[str, str], argv: list[str]) -> None:
     from granian.http import HTTP1Settings
     from granian.server import Server
 
-    accesslog = _load_by_path("_linksvc_serve_accesslog", "linksvc/accesslog.py")
+    accesslog = _load_by_path("_linksvc_serve_accesslog", "linksvc/ops/accesslog.py")
 
     class LinksvcGranian(Server):  # type: ignore[misc,valid-type]
         """granian's server with what linksvc needs of gunicorn's arbiter:
@@ -236,7 +236,7 @@ def serve_granian(env: dict[str, str], argv: list[str]) -> None:
             header_read_timeout=HEADER_READ_TIMEOUT_MS,
             keep_alive=True,
             # The request line and headers a client may send: above the 20,000-character
-            # link that must reach linksvc's own page (tests/test_pages.py); the body limit
+            # link that must reach linksvc's own page (tests/web/test_pages.py); the body limit
             # is linksvc's (LINKSVC_MAX_BODY_BYTES).
             max_buffer_size=64 * 1024,
         ),

@@ -2,9 +2,9 @@
 
 In-process, no Flask: decoding and validating the mint request body and the redeem/verify
 body, and encoding the mint answer, ``time.process_time`` over many iterations, the median
-of rounds (µs per call). The "hand-written" column is the code ``linksvc/api.py`` ran before
-``linksvc/contract.py`` (kept here, frozen, as the reference); "msgspec" is
-``linksvc/contract.py`` as the API runs it, "pydantic" typed models of the same bodies with
+of rounds (µs per call). The "hand-written" column is the code ``linksvc/web/api.py`` ran before
+``linksvc/web/contract.py`` (kept here, frozen, as the reference); "msgspec" is
+``linksvc/web/contract.py`` as the API runs it, "pydantic" typed models of the same bodies with
 the same guard for what the library does not judge (duplicate members, the purpose list).
 
     .venv/bin/python bench/contract.py [--n 20000] [--rounds 7]
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import pydantic  # noqa: E402
 
-from linksvc import contract  # noqa: E402
+from linksvc.web import contract  # noqa: E402
 
 PURPOSES = ("magic_link", "password_reset", "download")
 TOKEN = (
@@ -49,7 +49,7 @@ MINT_ANSWER: dict[str, Any] = {
     "superseded": 0,
 }
 
-# -- today's hand-written code (linksvc/api.py before linksvc/contract.py) ----------------
+# -- today's hand-written code (linksvc/web/api.py before linksvc/web/contract.py) ----------------
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def hand(raw: bytes, spec: dict[str, tuple[Any, bool]]) -> dict[str, Any]:
     return f
 
 
-# -- msgspec: linksvc/contract.py as the API runs it -------------------------------------
+# -- msgspec: linksvc/web/contract.py as the API runs it -------------------------------------
 
 
 def ms_decoder(model: type[contract.Body]) -> Callable[[bytes], Any]:

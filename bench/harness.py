@@ -84,8 +84,10 @@ class Instance:
 
     def premint(self, n: int) -> Path:
         """Sign ``n`` tokens and record them in the ledger in one transaction, as a mint would."""
-        from linksvc import create_app, db, ledger, tokens
+        from linksvc import create_app
+        from linksvc.links import ledger, tokens
         from linksvc.services import services
+        from linksvc.store import db
 
         app = create_app(self.env)
         svc = services(app).links

@@ -69,8 +69,11 @@ class Linksvc(Target):
         import logging
         import secrets
 
-        from linksvc import clients, create_app, db, keys, migrate
+        from linksvc import create_app
+        from linksvc.clients import registry as clients
+        from linksvc.links import keys
         from linksvc.services import services
+        from linksvc.store import db, migrate
 
         instance = workdir / "linksvc"
         instance.mkdir()
@@ -154,7 +157,7 @@ class Linksvc(Target):
         elif scenario == "redeem":
             self.pending = [self._mint()["token"] for _ in range(n)]
         elif scenario == "exchange":
-            from linksvc import codes, ledger
+            from linksvc.links import codes, ledger
             from linksvc.services import services
 
             svc = services(self.app).links
@@ -253,8 +256,10 @@ class LinksvcWebhooks(Linksvc):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        from linksvc import db, ssrf, webhooks
         from linksvc.services import services
+        from linksvc.store import db
+        from linksvc.webhooks import endpoints as webhooks
+        from linksvc.webhooks import ssrf
 
         svc = services(self.app).links
         with db.write(svc.engine) as conn:

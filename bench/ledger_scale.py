@@ -47,8 +47,9 @@ from typing import Any
 import psycopg
 
 from bench.measure import machine
-from linksvc import db, ledger, migrate, partitions, tokens
+from linksvc.links import ledger, tokens
 from linksvc.services import services
+from linksvc.store import db, migrate, partitions
 from tests.support import ledger_fill
 from tests.support.env import base_env, free_port
 from tests.support.servers import prepare_instance

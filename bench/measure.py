@@ -134,8 +134,8 @@ def crypto_floor(n: int) -> dict[str, Any]:
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-    from linksvc import tokens
-    from linksvc.tokens import SigningKey, VerificationKey
+    from linksvc.links import tokens
+    from linksvc.links.tokens import SigningKey, VerificationKey
 
     out: dict[str, Any] = {}
     now = int(time.time())

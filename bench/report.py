@@ -56,7 +56,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{f'≤ {INPROC_TARGETS[scenario]}×' if scenario in INPROC_TARGETS else '-'} |"
             )
         out.append("")
-        # What a webhook client's outbox row costs (linksvc.outbox; bench/inproc.py).
+        # What a webhook client's outbox row costs (linksvc.webhooks.outbox; bench/inproc.py).
         wh = [
             (
                 sc,

@@ -38,8 +38,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=40)
     args = parser.parse_args()
 
-    from linksvc import clients, create_app, db, keys, migrate, service
+    from linksvc import create_app
+    from linksvc.clients import registry as clients
+    from linksvc.links import keys, service
     from linksvc.services import services
+    from linksvc.store import db, migrate
 
     workdir = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     app = create_app(

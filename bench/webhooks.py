@@ -35,8 +35,13 @@ RESULTS = ROOT / "bench" / "results"
 def service(database_url: str | None, instance: Path) -> Iterator[Any]:
     import logging
 
-    from linksvc import clients, create_app, db, keys, migrate, ssrf, webhooks
+    from linksvc import create_app
+    from linksvc.clients import registry as clients
+    from linksvc.links import keys
     from linksvc.services import services
+    from linksvc.store import db, migrate
+    from linksvc.webhooks import endpoints as webhooks
+    from linksvc.webhooks import ssrf
 
     app = create_app(base_env(instance, database_url, LINKSVC_LOG_LEVEL="error"))
     logging.getLogger("linksvc").setLevel(logging.ERROR)
@@ -84,7 +89,7 @@ def measure(label: str, database_url: str | None, n: int, rounds: int) -> dict[s
                 order = [("without", plain), ("with", hooked)]
                 for name, client in order if r % 2 == 0 else reversed(order):
                     runs[name].append(one_round(svc, client, n, r + 1))
-            from linksvc import db
+            from linksvc.store import db
 
             with db.read(svc.engine) as conn:
                 rows = conn.execute(db.webhook_outbox.select()).fetchall()

@@ -11,13 +11,15 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.sansio.utils import host_is_trusted
 
-from . import config as config_mod
-from . import db, errors, logs, tracing
-from .http import problem, security_headers
-from .keys import KeyRing
-from .service import LinkService
-from .services import KEY as SERVICES_KEY
-from .services import Services
+from linksvc import config as config_mod
+from linksvc import errors
+from linksvc.links.keys import KeyRing
+from linksvc.links.service import LinkService
+from linksvc.ops import logs, tracing
+from linksvc.services import KEY as SERVICES_KEY
+from linksvc.services import Services
+from linksvc.store import db
+from linksvc.web.http import problem, security_headers
 
 #: The service's version, shown on the landing page.
 __version__ = "1.0.0"
@@ -61,26 +63,20 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
     )
     links = LinkService(settings, engine, keyring)
 
-    from . import (
-        api,
-        branding,
-        branding_pages,
-        cli,
-        devoutbox,
-        docs,
-        downloads,
-        i18n,
-        mail,
-        metrics,
-        openapi,
-        ops,
-        pages,
-        ratelimit,
-        signin_pages,
-        signins,
-        storage,
-        webhooks_cli,
-    )
+    from linksvc import cli
+    from linksvc.clients import branding
+    from linksvc.downloads import storage
+    from linksvc.downloads import views as downloads
+    from linksvc.i18n import catalogs as i18n
+    from linksvc.mail import delivery as mail
+    from linksvc.mail import devoutbox
+    from linksvc.ops import health as ops
+    from linksvc.ops import metrics
+    from linksvc.signins import flow as signins
+    from linksvc.signins import pages as signin_pages
+    from linksvc.web import api, docs, openapi, pages, ratelimit
+    from linksvc.web import branding as branding_pages
+    from linksvc.webhooks import cli as webhooks_cli
 
     # The services every configuration has; each concern's init_app below adds its own.
     services = Services(
@@ -158,7 +154,7 @@ def create_app(config: config_mod.Settings | Mapping[str, str] | None = None) ->
 
     @app.errorhandler(404)
     def _not_found(exc: Any) -> Any:
-        page = services.html_http_error  # linksvc.pages: HTML for browser paths
+        page = services.html_http_error  # linksvc.web.pages: HTML for browser paths
         if page is not None and not request.path.startswith(
             ("/api/", "/.well-known/", "/healthz", "/readyz", "/metrics")
         ):

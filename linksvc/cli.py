@@ -19,13 +19,17 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import branding, codes, db, errors, idempotency, ledger, migrate, partitions, signins
-from . import clients as clients_mod
-from . import keys as keys_mod
-from .config import PURPOSES, Settings
-from .formats import iso
-from .service import LinkService
-from .services import services
+from linksvc import errors
+from linksvc.clients import branding
+from linksvc.clients import registry as clients_mod
+from linksvc.config import PURPOSES, Settings
+from linksvc.formats import iso
+from linksvc.links import codes, idempotency, ledger
+from linksvc.links import keys as keys_mod
+from linksvc.links.service import LinkService
+from linksvc.services import services
+from linksvc.signins import flow as signins
+from linksvc.store import db, migrate, partitions
 
 
 def _svc() -> LinkService:
@@ -114,7 +118,7 @@ def _client_json(c: clients_mod.Client) -> dict[str, object]:
 
 
 def _brand_options(update: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """The branding options of ``clients create`` and ``clients update`` (linksvc.branding)."""
+    """The branding options of ``clients create`` and ``clients update`` (linksvc.clients.branding)."""
     clear = " '' removes it." if update else ""
     options = [
         click.option(
@@ -687,14 +691,14 @@ def purge_cmd(
             batch_size=batch_size,
             max_batches=max_batches,
         )
-        # Sign-ins go with their links (linksvc.signins).
+        # Sign-ins go with their links (linksvc.signins.flow).
         removed["sign_ins"] = signins.purge(
             _svc().engine,
             now=_svc().now(),
             retention_seconds=days * 86400,
             batch_size=batch_size,
         )
-        # Idempotency keys name their link for 24 h only (linksvc.idempotency).
+        # Idempotency keys name their link for 24 h only (linksvc.links.idempotency).
         removed["idempotency_keys"] = idempotency.purge(
             _svc().engine, now=_svc().now(), batch_size=batch_size
         )

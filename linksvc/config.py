@@ -80,7 +80,7 @@ _MAX_SECRET_FILE = 64 * 1024
 #: What each setting is for, as the manual's configuration reference prints it. That page is
 #: generated at build time (scripts/mkdocs_hooks.py) from SETTINGS, SECRETS, these lines and
 #: the defaults and ranges ``load`` itself applies, so it cannot drift: a setting added to
-#: SETTINGS without a line here fails the docs build and tests/test_docs_site.py.
+#: SETTINGS without a line here fails the docs build and tests/system/test_docs_site.py.
 HELP: dict[str, str] = {
     "ENV": "`production` refuses plain-HTTP base URLs and requires the secrets from the "
     "environment; `development` (`make run`) writes development secrets on `init-db` and "

@@ -20,14 +20,14 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector
     from werkzeug.exceptions import HTTPException
 
-    from .branding import LogoCache
-    from .i18n import Catalogs
-    from .mail import Mailer
-    from .ratelimit import RateLimits
-    from .service import LinkService, Verified
-    from .signins import SignIns
-    from .storage import LocalStorage, S3Storage
-    from .tokens import Claims
+    from linksvc.clients.branding import LogoCache
+    from linksvc.downloads.storage import LocalStorage, S3Storage
+    from linksvc.i18n.catalogs import Catalogs
+    from linksvc.links.service import LinkService, Verified
+    from linksvc.links.tokens import Claims
+    from linksvc.mail.delivery import Mailer
+    from linksvc.signins.flow import SignIns
+    from linksvc.web.ratelimit import RateLimits
 
 #: The one key of ``app.extensions`` that linksvc uses.
 KEY = "linksvc"
@@ -42,23 +42,23 @@ class Services:
     signins: SignIns
     logos: LogoCache
     catalogs: Catalogs
-    #: linksvc.mail: every app has one; ``None`` only before mail.init_app has run.
+    #: linksvc.mail.delivery: every app has one; ``None`` only before mail.init_app has run.
     mailer: Mailer | None = None
-    #: linksvc.ratelimit: the limits, and the check the mint views call with a parsed body.
+    #: linksvc.web.ratelimit: the limits, and the check the mint views call with a parsed body.
     ratelimit: RateLimits | None = None
     mint_guard: Callable[[Any, str, str, str | None], None] | None = None
-    #: linksvc.pages: the HTML page for an HTTP error on a browser path.
+    #: linksvc.web.pages: the HTML page for an HTTP error on a browser path.
     html_http_error: Callable[[HTTPException], Response] | None = None
-    #: linksvc.signin_pages: the hooks of ``GET``/``POST /l/<token>`` for a sign-in's link.
+    #: linksvc.signins.pages: the hooks of ``GET``/``POST /l/<token>`` for a sign-in's link.
     sign_in_view: Callable[[Verified], Response | None] | None = None
     sign_in_press: Callable[[Claims, int], Response | None] | None = None
-    #: linksvc.devoutbox: the outbox folder shown at /dev/outbox (development only).
+    #: linksvc.mail.devoutbox: the outbox folder shown at /dev/outbox (development only).
     dev_outbox: Path | None = None
-    #: linksvc.otel: records an unhandled error on the request's span (tracing on only).
+    #: linksvc.ops.otel: records an unhandled error on the request's span (tracing on only).
     trace_error: Callable[[BaseException], None] | None = None
-    #: linksvc.metrics: more collectors for a scrape (e.g. the webhook backlog).
+    #: linksvc.ops.metrics: more collectors for a scrape (e.g. the webhook backlog).
     collectors: list[Callable[[Flask], Collector]] = field(default_factory=list)
-    #: linksvc.openapi: the document, built at its first request.
+    #: linksvc.web.openapi: the document, built at its first request.
     openapi: dict[str, Any] | None = None
 
 

@@ -1,16 +1,16 @@
-"""Alembic environment: runs against the engine linksvc hands over (see linksvc/migrate.py)."""
+"""Alembic environment: runs against the engine linksvc hands over (see linksvc/store/migrate.py)."""
 
 import sqlalchemy as sa
 from alembic import context
 
-from linksvc.db import metadata
-from linksvc.migrate import SETUP_LOCK
+from linksvc.store.db import metadata
+from linksvc.store.migrate import SETUP_LOCK
 
 config = context.config
 engine = config.attributes.get("engine")
 if engine is None:  # `alembic` run by hand: build the engine from the usual settings
     from linksvc import config as settings_mod
-    from linksvc.db import make_engine
+    from linksvc.store.db import make_engine
 
     engine = make_engine(settings_mod.load().database_url)
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Check that every translation catalog is complete and safe to ship (run by `make lint`).
 
-    scripts/check_catalogs.py [--dir linksvc/translations] [--require LOCALE ...]
+    scripts/check_catalogs.py [--dir linksvc/i18n/translations] [--require LOCALE ...]
     scripts/check_catalogs.py --fill-source en     # `make i18n`: English msgstr = msgid
 
-For each required locale (the shipped ones, linksvc.locales.LOCALES) and every other locale
+For each required locale (the shipped ones, linksvc.i18n.locales.LOCALES) and every other locale
 directory that exists, ``LC_MESSAGES/messages.po`` must:
 
 - exist, and hold every message of ``messages.pot`` (a catalog not yet updated is incomplete);
@@ -36,7 +36,7 @@ from babel.messages.pofile import read_po, write_po
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from linksvc.locales import DEFAULT, LOCALES  # noqa: E402
+from linksvc.i18n.locales import DEFAULT, LOCALES  # noqa: E402
 
 PLACEHOLDER = re.compile(r"%(?:\([A-Za-z_][A-Za-z0-9_]*\))?[-#0 +]*\d*(?:\.\d+)?[sdifr%]")
 COUNT = "%(num)d"
@@ -151,7 +151,7 @@ def fill_source(directory: Path, locale: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, default=ROOT / "linksvc" / "translations")
+    parser.add_argument("--dir", type=Path, default=ROOT / "linksvc" / "i18n" / "translations")
     parser.add_argument("--require", nargs="*", default=list(LOCALES), metavar="LOCALE")
     parser.add_argument("--fill-source", metavar="LOCALE")
     args = parser.parse_args(argv)

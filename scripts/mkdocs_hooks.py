@@ -1,14 +1,14 @@
 """MkDocs hooks (mkdocs.yml, ``hooks:``): the pages of the manual that are generated from the
 code at every build, so they cannot drift from it.
 
-- ``api/openapi.json``: the OpenAPI document, from :func:`linksvc.openapi.document`;
+- ``api/openapi.json``: the OpenAPI document, from :func:`linksvc.web.openapi.document`;
 - ``api/reference.md``: that document rendered as Markdown (no JavaScript, no CDN);
 - ``configuration.md``: its ``<!-- settings -->`` line replaced by the table of every setting,
   from :data:`linksvc.config.SETTINGS`, :data:`~linksvc.config.SECRETS` and
   :data:`~linksvc.config.HELP`, with the defaults and ranges that :func:`linksvc.config.load`
   applies (read from its source) and gunicorn.conf.py's own three.
 
-Nothing is fetched: the build runs offline. ``tests/test_docs_site.py`` builds the site and
+Nothing is fetched: the build runs offline. ``tests/system/test_docs_site.py`` builds the site and
 checks these pages.
 """
 
@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # MkDocs puts sys.path back after loading a hook, so linksvc is imported now, not at build.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from linksvc import config, openapi  # noqa: E402
+from linksvc import config  # noqa: E402
+from linksvc.web import openapi  # noqa: E402
 
 SETTINGS_MARKER = "<!-- settings -->"
 

@@ -12,8 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from linksvc import create_app, db, migrate
+from linksvc import create_app
 from linksvc.services import services
+from linksvc.store import db, migrate
 from tests.support.apps import ApiUser, _prepare, make_api_user
 from tests.support.databases import pg_database
 from tests.support.env import base_env

@@ -8,7 +8,7 @@ import stat
 
 import sqlalchemy as sa
 
-from linksvc import clients as clients_mod
+from linksvc.clients import registry as clients_mod
 from linksvc.services import services
 from tests.support.env import flask_cli
 

@@ -20,7 +20,7 @@ def test_defaults(tmp_path):
 def test_multi_host_database_url_reaches_libpq_whole(tmp_path):
     """The failover shape: every data host in one URL, libpq keeping the one that accepts
     writes. The URL passes the checks and the engine hands libpq both hosts and the attribute."""
-    from linksvc import db
+    from linksvc.store import db
 
     url = (
         "postgresql://linksvc@/linksvc?host=db-a,db-b&port=5432,6432"

@@ -10,10 +10,11 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from linksvc import clients as clients_mod
-from linksvc import db, keys
+from linksvc.clients import registry as clients_mod
 from linksvc.config import PURPOSES
+from linksvc.links import keys
 from linksvc.services import services
+from linksvc.store import db
 
 REDIRECT = "http://127.0.0.1:5001/callback"
 

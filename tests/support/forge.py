@@ -8,7 +8,7 @@ import hmac
 import json
 from typing import Any
 
-from linksvc import tokens
+from linksvc.links import tokens
 from linksvc.services import services
 
 

@@ -1,5 +1,5 @@
-"""What the image tests (tests/test_image.py) and the reference deployment's test
-(tests/test_compose.py) share: podman as this machine allows it, the base image built from
+"""What the image tests (tests/system/test_image.py) and the reference deployment's test
+(tests/system/test_compose.py) share: podman as this machine allows it, the base image built from
 Debian's packages, the image itself, and the redemption load that kills a node behind HAProxy.
 
 How podman runs here (runc, explicit ulimits, host networking) is this module's own

@@ -1,6 +1,6 @@
 """``app:app`` with each response naming the worker process that served it.
 
-For tests/test_rotation.py, which must show that *every* gunicorn worker picks up a key
+For tests/links/test_rotation.py, which must show that *every* gunicorn worker picks up a key
 rotation: the header tells the test which worker minted which link.
 """
 

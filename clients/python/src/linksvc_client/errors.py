@@ -178,7 +178,7 @@ class APIError(LinksvcError):
 # -- choosing the class ---------------------------------------------------------------------
 
 #: The codes whose class is not the one of their status. Every one is documented in
-#: linksvc's OpenAPI document (``tests/test_client_openapi.py`` holds the two together).
+#: linksvc's OpenAPI document (``tests/python_client/test_client_openapi.py`` holds the two together).
 CODE_CLASSES: Mapping[str, type[LinksvcError]] = {
     "unauthorized": AuthenticationError,
     "idempotency_mismatch": IdempotencyMismatch,

@@ -1,0 +1,1 @@
+"""Tests of linksvc.clients: the registry and the clients' brands."""

@@ -1,0 +1,1 @@
+"""Tests of linksvc.downloads: the download view and its storage."""

@@ -1,0 +1,1 @@
+"""Tests of linksvc.i18n: catalogs, locales and the translated pages and mails."""

@@ -1,0 +1,1 @@
+"""Tests of linksvc.links: tokens, keys, handles, the ledger, codes and the service."""

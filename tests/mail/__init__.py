@@ -1,0 +1,1 @@
+"""Tests of linksvc.mail: building and sending mail, the development outbox."""

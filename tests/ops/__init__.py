@@ -1,0 +1,1 @@
+"""Tests of linksvc.ops: metrics, Prometheus, tracing and logs."""

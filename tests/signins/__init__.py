@@ -1,0 +1,1 @@
+"""Tests of linksvc.signins: the sign-in flow and its pages."""

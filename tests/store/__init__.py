@@ -1,0 +1,1 @@
+"""Tests of linksvc.store: the database, migrations, partitions and failover."""

@@ -1,0 +1,1 @@
+"""Tests of linksvc.web: the API, the pages, problems, headers, OpenAPI, rate limits."""

@@ -1,0 +1,1 @@
+"""Tests of linksvc.webhooks: endpoints, outbox, relay, SSRF guard, signatures."""
