@@ -218,14 +218,12 @@ def clients_create(
     locale: str | None,
     link_format: str | None,
     logo: Path | None,
-    brand_color: str | None,
-    support_url: str | None,
-    support_email: str | None,
-    mail_from_name: str | None,
     allow_pii_subject: bool,
     as_json: bool,
+    **brand: str | None,
 ) -> None:
-    """Register a client and print its API key (shown once)."""
+    """Register a client and print its API key (shown once). ``brand``: its brand colour,
+    support URL and e-mail, and mail sender name (``_brand_options``)."""
     new_logo = _read_logo(logo)
     try:
         with db.write(_svc().engine) as conn:
@@ -243,10 +241,7 @@ def clients_create(
                 restart_uri=restart_uri,
                 locale=locale,
                 link_format=link_format,
-                brand_color=brand_color,
-                support_url=support_url,
-                support_email=support_email,
-                mail_from_name=mail_from_name,
+                **brand,
                 now=_svc().now(),
             )
             if new_logo is not None:
@@ -360,13 +355,10 @@ def clients_update(
     subject_limit: str | None,
     locale: str | None,
     link_format: str | None,
-    logo: Path | None,
-    brand_color: str | None,
-    support_url: str | None,
-    support_email: str | None,
-    mail_from_name: str | None,
     clear_logo: bool,
+    logo: Path | None,
     as_json: bool,
+    **brand: str | None,
 ) -> None:
     """Change a client's registration: display name, purposes, redirect URIs, download
     prefixes, restart URI, limits, default locale, link format, and its face on pages and
@@ -387,10 +379,7 @@ def clients_update(
                     ("restart_uri", restart_uri),
                     ("locale", locale),
                     ("link_format", link_format),
-                    ("brand_color", brand_color),
-                    ("support_url", support_url),
-                    ("support_email", support_email),
-                    ("mail_from_name", mail_from_name),
+                    *brand.items(),
                 )
                 if v is not None
             }

@@ -182,6 +182,23 @@ def link_l10n(locale: Any, timezone: Any, client_locale: str | None) -> str | No
     return f"{shipped}|{timezone or ''}"
 
 
+class L10n:
+    """``locale`` and ``timezone`` of a record whose ``l10n`` holds ``link_l10n``'s
+    ``"<locale>|<zone>"`` (a ledger record, a sign-in): mixed into their dataclasses."""
+
+    l10n: str | None
+
+    @property
+    def locale(self) -> str | None:
+        """The link's BCP 47 locale (a shipped one), if it was minted with one."""
+        return (self.l10n or "").partition("|")[0] or None
+
+    @property
+    def timezone(self) -> str | None:
+        """The link's IANA time zone, if it was minted with one."""
+        return (self.l10n or "").partition("|")[2] or None
+
+
 def direction(locale: str) -> str:
     """``rtl`` or ``ltr``, from CLDR's character order for the locale."""
     return "rtl" if locale_data(locale).character_order == "right-to-left" else "ltr"

@@ -299,14 +299,7 @@ def exchange(
                 raise InvalidCode()
             ledger.add_event(conn, rec.jti, "exchanged", now, via="code")
             if sink is not None:
-                sink.emit(
-                    conn,
-                    "code.exchanged",
-                    jti=rec.jti,
-                    purpose=rec.purpose,
-                    subject=rec.subject,
-                    now=now,
-                )
+                sink.emit_link(conn, "code.exchanged", rec, now=now)
             return Exchanged.of(rec)
         if row is None or row["client_id"] != client_id:
             if row is not None:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from linksvc import errors
 from linksvc.config import HARD_MAX_CODE_TTL, HARD_MAX_LEEWAY, HARD_MAX_TTL
+from linksvc.i18n import locales
 from linksvc.store import db, partitions
 from linksvc.webhooks import outbox
 
@@ -28,7 +29,7 @@ ISSUED, CONSUMED, REVOKED, SUPERSEDED = "issued", "consumed", "revoked", "supers
 
 
 @dataclasses.dataclass(frozen=True)
-class LinkRecord:
+class LinkRecord(locales.L10n):
     jti: str
     client_id: str
     purpose: str
@@ -53,16 +54,6 @@ class LinkRecord:
     l10n: str | None = None
     #: A short link's handle, as its keyed hash (linksvc.links.handles); None for a JWT-only link.
     handle_hash: str | None = None
-
-    @property
-    def locale(self) -> str | None:
-        """The link's BCP 47 locale (a shipped one), if it was minted with one."""
-        return (self.l10n or "").partition("|")[0] or None
-
-    @property
-    def timezone(self) -> str | None:
-        """The link's IANA time zone, if it was minted with one."""
-        return (self.l10n or "").partition("|")[2] or None
 
 
 #: How ``links.state_detail`` holds a link's code challenge while it is issued or consumed.
@@ -284,15 +275,7 @@ def note_view(
             with db.write(engine) as conn:
                 add_event(conn, rec.jti, "viewed", now, via=via, actor=actor)
                 if sink is not None:
-                    sink.emit(
-                        conn,
-                        "link.viewed",
-                        jti=rec.jti,
-                        purpose=rec.purpose,
-                        subject=rec.subject,
-                        now=now,
-                        facts=facts(n),
-                    )
+                    sink.emit_link(conn, "link.viewed", rec, now=now, facts=facts(n))
     except errors.ServiceUnavailable:
         pass
 
@@ -361,12 +344,10 @@ def record_mint(
     # No "minted" event: the row itself says when and how (see history()).
     db.run(conn, _INSERT_LINK, _link_values(rec))
     if sink is not None:
-        sink.emit(
+        sink.emit_link(
             conn,
             "link.minted",
-            jti=rec.jti,
-            purpose=rec.purpose,
-            subject=rec.subject,
+            rec,
             now=now,
             facts={"expires_at": outbox.iso(rec.exp), "superseded": superseded},
         )
@@ -710,12 +691,10 @@ def _replayed(
             sink=sink,
         )
         add_event(conn, rec.jti, "replay_revoked", now, reason=f"revoked {revoked}", via="replay")
-    sink.emit(
+    sink.emit_link(
         conn,
         "link.replayed",
-        jti=rec.jti,
-        purpose=rec.purpose,
-        subject=rec.subject,
+        rec,
         now=now,
         facts={
             "via": via,

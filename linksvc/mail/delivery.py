@@ -345,14 +345,9 @@ class Mailer:
             sink = svc.sinks.get(svc.engine, client.id)
             if sink is not None:
                 with db.write(svc.engine) as conn:
-                    sink.emit(
-                        conn,
-                        "link.sent",
-                        jti=rec.jti,
-                        purpose=rec.purpose,
-                        subject=rec.subject,
-                        now=svc.now(),
-                        facts={"transport": "smtp" if self.settings.smtp_url else "outbox"},
+                    transport = "smtp" if self.settings.smtp_url else "outbox"
+                    sink.emit_link(
+                        conn, "link.sent", rec, now=svc.now(), facts={"transport": transport}
                     )
         except errors.ServiceUnavailable:
             log.warning("link.sent not recorded", extra={"jti": rec.jti, "client": client.id})

@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from linksvc import errors
 from linksvc.clients.registry import Client
+from linksvc.i18n import locales
 from linksvc.links import codes, ledger
 from linksvc.links.service import LinkService, Minted
 from linksvc.store import db
@@ -89,7 +90,7 @@ class SignInError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class SignIn:
+class SignIn(locales.L10n):
     id: str
     jti: str
     client_id: str
@@ -109,14 +110,6 @@ class SignIn:
     redirect_uri: str | None
     #: From the link's row too: the language and time zone of its pages (PRODUCT §8).
     l10n: str | None = None
-
-    @property
-    def locale(self) -> str | None:
-        return (self.l10n or "").partition("|")[0] or None
-
-    @property
-    def timezone(self) -> str | None:
-        return (self.l10n or "").partition("|")[2] or None
 
     def status(self, now: int) -> str:
         """What the waiting page shows: ``pending``, ``approved``, ``completed``, ``denied``,
@@ -537,20 +530,27 @@ class SignIns:
         if not is_bound_to(self.secret, signin, binding):
             raise SignInError("other_browser", signin)
         code = self._code_for(signin, binding)
-        if self._step(
+        if self._complete_pending(signin, binding, now, via="page", code=code):
+            return Completed(signin, code, repeated=False)
+        return self._after_lost_completion(signin, binding, now)
+
+    def _complete_pending(
+        self, signin: SignIn, binding: str, now: int, *, via: str, code: str | None
+    ) -> bool:
+        """Pending → completed in this browser (the page's button or the typed code), its link
+        consumed with it; False when another step got there first."""
+        return self._step(
             signin,
             from_states=(PENDING,),
             to_state=COMPLETED,
             now=now,
             binding=binding,
             link_to=ledger.CONSUMED,
-            via="page",
+            via=via,
             event="completed",
             code=code,
             deadline=now,
-        ):
-            return Completed(signin, code, repeated=False)
-        return self._after_lost_completion(signin, binding, now)
+        )
 
     def complete_approved(self, signin: SignIn, binding: str, now: int) -> Completed:
         """The waiting page, once the link approved the sign-in on another device."""
@@ -589,18 +589,7 @@ class SignIns:
         )
         if right:
             one_time = self._code_for(signin, binding)
-            if self._step(
-                signin,
-                from_states=(PENDING,),
-                to_state=COMPLETED,
-                now=now,
-                binding=binding,
-                link_to=ledger.CONSUMED,
-                via="code",
-                event="completed",
-                code=one_time,
-                deadline=now,
-            ):
+            if self._complete_pending(signin, binding, now, via="code", code=one_time):
                 return Completed(signin, one_time, repeated=False)
             current = by_jti(self.engine, signin.jti)
             if current is not None and current.state == APPROVED:

@@ -23,7 +23,7 @@ from linksvc.config import PURPOSES
 from linksvc.formats import iso
 from linksvc.i18n import locales
 from linksvc.links import codes, idempotency
-from linksvc.links.service import SUBJECT_RE, SUBJECT_RULE, LinkService
+from linksvc.links.service import SUBJECT_RE, SUBJECT_RULE, LinkService, Verified
 from linksvc.links.tokens import JTI_RE
 from linksvc.services import services
 from linksvc.signins import flow as signins
@@ -347,11 +347,16 @@ def _release_idempotency_claim(exc: BaseException | None) -> None:
 TOKEN = contract.Decoder(contract.TokenRequest)
 
 
-@bp.post("/links/verify")
-def verify() -> Response:
+def _token_call(call: Callable[..., Verified]) -> Verified:
+    """``call`` (the service's verify or redeem) on the body's token, for this client."""
     f = bodies.body_as(TOKEN)
     purpose_field(f.purpose)
-    v = service().verify(f.token, purposes=[f.purpose], audience=current_client().id)
+    return call(f.token, purposes=[f.purpose], audience=current_client().id)
+
+
+@bp.post("/links/verify")
+def verify() -> Response:
+    v = _token_call(service().verify)
     c = v.claims
     return _answer(
         contract.Verified(
@@ -378,9 +383,7 @@ def verify() -> Response:
 
 @bp.post("/links/redeem")
 def redeem() -> Response:
-    f = bodies.body_as(TOKEN)
-    purpose_field(f.purpose)
-    v = service().redeem(f.token, purposes=[f.purpose], audience=current_client().id)
+    v = _token_call(service().redeem)
     rec = v.record
     return _answer(
         contract.Redeemed(

@@ -95,6 +95,32 @@ _BODY_ERRORS = {
         "(`unknown_field`, `missing_field`, `invalid_field`, …); `field` names it."
     ),
 }
+# What a call that takes an `Idempotency-Key` adds to _BODY_ERRORS (its 422 says more).
+_IDEMPOTENT_ERRORS = {
+    "400": _problem(
+        "The body is missing, not UTF-8 JSON, has duplicate members, or is not an "
+        "object (`body_required`, `invalid_json`, `invalid_body`), or the "
+        "`Idempotency-Key` header is malformed (`invalid_idempotency_key`)."
+    ),
+    "409": _problem(
+        "A request with the same `Idempotency-Key` is still being processed "
+        "(`idempotency_in_progress`); retry after `Retry-After`.",
+        retry_after=True,
+    ),
+}
+
+
+def _replayed_header(note: str = "") -> dict[str, Any]:
+    """The ``Idempotent-Replayed`` header of an answer given again for the same key."""
+    return {
+        "Idempotent-Replayed": {
+            "description": "`true` when the answer is that of an earlier "
+            f"request with the same `Idempotency-Key`{note}.",
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    }
+
+
 # Answers of a call that checks a link token.
 _TOKEN_ERRORS = {
     "401": _problem(
@@ -434,27 +460,12 @@ PATHS: dict[str, Any] = {
                             "The link. Its `token` is shown only here (or, for a replayed "
                             "`Idempotency-Key`, signed afresh: the same jti and claims).",
                         ),
-                        "headers": {
-                            "Idempotent-Replayed": {
-                                "description": "`true` when the answer is that of an earlier "
-                                "request with the same `Idempotency-Key`.",
-                                "schema": {"type": "string", "enum": ["true"]},
-                            }
-                        },
+                        "headers": _replayed_header(),
                     }
                 },
                 _BODY_ERRORS,
                 {
-                    "400": _problem(
-                        "The body is missing, not UTF-8 JSON, has duplicate members, or is not an "
-                        "object (`body_required`, `invalid_json`, `invalid_body`), or the "
-                        "`Idempotency-Key` header is malformed (`invalid_idempotency_key`)."
-                    ),
-                    "409": _problem(
-                        "A request with the same `Idempotency-Key` is still being processed "
-                        "(`idempotency_in_progress`); retry after `Retry-After`.",
-                        retry_after=True,
-                    ),
+                    **_IDEMPOTENT_ERRORS,
                     "422": _problem(
                         "A field is unknown, missing, of the wrong type or out of range "
                         "(`unknown_field`, `missing_field`, `invalid_field`, …; `field` names "
@@ -636,27 +647,12 @@ PATHS: dict[str, Any] = {
                 {
                     "201": {
                         **_json(_ref("SignInStarted"), "The sign-in, waiting for its browser."),
-                        "headers": {
-                            "Idempotent-Replayed": {
-                                "description": "`true` when the answer is that of an earlier "
-                                "request with the same `Idempotency-Key` (no second mail).",
-                                "schema": {"type": "string", "enum": ["true"]},
-                            }
-                        },
+                        "headers": _replayed_header(" (no second mail)"),
                     }
                 },
                 _BODY_ERRORS,
                 {
-                    "400": _problem(
-                        "The body is missing, not UTF-8 JSON, has duplicate members, or is not an "
-                        "object (`body_required`, `invalid_json`, `invalid_body`), or the "
-                        "`Idempotency-Key` header is malformed (`invalid_idempotency_key`)."
-                    ),
-                    "409": _problem(
-                        "A request with the same `Idempotency-Key` is still being processed "
-                        "(`idempotency_in_progress`); retry after `Retry-After`.",
-                        retry_after=True,
-                    ),
+                    **_IDEMPOTENT_ERRORS,
                     "422": _problem(
                         "A field is unknown, missing, of the wrong type or out of range "
                         "(`unknown_field`, `missing_field`, `invalid_field`, …; `field` names "

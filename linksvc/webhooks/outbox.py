@@ -29,7 +29,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -255,6 +255,17 @@ def emit(
     )
 
 
+class LinkFacts(Protocol):
+    """What an event tells of its link (linksvc.links.ledger.LinkRecord has it)."""
+
+    @property
+    def jti(self) -> str: ...
+    @property
+    def purpose(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Sink:
     """A client's webhook wishes, as the ledger needs them in a transaction."""
@@ -285,6 +296,26 @@ class Sink:
                 now=now,
                 facts=facts,
             )
+
+    def emit_link(
+        self,
+        conn: Connection,
+        event_type: str,
+        link: LinkFacts,
+        *,
+        now: int,
+        facts: Mapping[str, Any] | None = None,
+    ) -> None:
+        """:meth:`emit` for ``link``'s jti, purpose and subject (a ledger record)."""
+        self.emit(
+            conn,
+            event_type,
+            jti=link.jti,
+            purpose=link.purpose,
+            subject=link.subject,
+            now=now,
+            facts=facts,
+        )
 
 
 _SINK_QUERY = sa.select(
