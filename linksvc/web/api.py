@@ -145,7 +145,8 @@ def _http_error(exc: HTTPException) -> Response:
 # -- the calls -----------------------------------------------------------------------
 
 
-def _link_json(minted_url: str | None, rec: Any) -> dict[str, Any]:
+def _link_json(rec: Any) -> dict[str, Any]:
+    """A link as its status answer names it (the status adds its state change and history)."""
     return {
         "jti": rec.jti,
         "purpose": rec.purpose,
@@ -409,12 +410,7 @@ def status(jti: str) -> Response:
     rec, events = service().status(current_client(), _check_jti(jti))
     return jsonify(
         {
-            "jti": rec.jti,
-            "purpose": rec.purpose,
-            "subject": rec.subject,
-            "state": rec.state,
-            "issued_at": iso(rec.iat),
-            "expires_at": iso(rec.exp),
+            **_link_json(rec),
             "state_changed_at": iso(rec.state_at),
             "state_via": rec.state_via,
             # The language and zone of its pages and mail (PRODUCT §8); null when not given.
