@@ -445,6 +445,14 @@ def _unavailable() -> errors.ServiceUnavailable:
     return errors.ServiceUnavailable("database", "The database is unavailable; try again shortly.")
 
 
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(:k)")
+
+
+def advisory_xact_lock(conn: Connection, key: int) -> None:
+    """Hold PostgreSQL's advisory lock ``key`` until ``conn``'s transaction ends."""
+    conn.execute(_ADVISORY_LOCK, {"k": key})
+
+
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """A write transaction, committed on success; database trouble becomes 503.

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
+
+from linksvc.store import db
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -28,7 +29,7 @@ def serialise_setup(conn: Connection) -> None:
     """Hold the set-up lock until ``conn``'s transaction ends (PostgreSQL; SQLite's write
     transaction is already exclusive)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SETUP_LOCK})
+        db.advisory_xact_lock(conn, SETUP_LOCK)
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

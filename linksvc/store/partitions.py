@@ -197,7 +197,7 @@ def _in_maintenance(
     while True:
         try:
             with db.write(engine) as conn:
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MAINTENANCE_LOCK})
+                db.advisory_xact_lock(conn, MAINTENANCE_LOCK)
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
                 # Counting or moving a big day's rows may take longer than the service's
                 # statement timeout.
