@@ -145,18 +145,6 @@ def _http_error(exc: HTTPException) -> Response:
 # -- the calls -----------------------------------------------------------------------
 
 
-def _link_json(rec: Any) -> dict[str, Any]:
-    """A link as its status answer names it (the status adds its state change and history)."""
-    return {
-        "jti": rec.jti,
-        "purpose": rec.purpose,
-        "subject": rec.subject,
-        "state": rec.state,
-        "issued_at": iso(rec.iat),
-        "expires_at": iso(rec.exp),
-    }
-
-
 MINT = contract.Decoder(contract.MintRequest)
 
 
@@ -408,26 +396,31 @@ def _check_jti(jti: str) -> str:
 @bp.get("/links/<jti:jti>")
 def status(jti: str) -> Response:
     rec, events = service().status(current_client(), _check_jti(jti))
-    return jsonify(
-        {
-            **_link_json(rec),
-            "state_changed_at": iso(rec.state_at),
-            "state_via": rec.state_via,
+    return _answer(
+        contract.LinkStatus(
+            jti=rec.jti,
+            purpose=rec.purpose,
+            subject=rec.subject,
+            state=rec.state,
+            issued_at=iso(rec.iat),
+            expires_at=iso(rec.exp),
+            state_changed_at=iso(rec.state_at),
+            state_via=rec.state_via,
             # The language and zone of its pages and mail (PRODUCT §8); null when not given.
-            "locale": rec.locale,
-            "timezone": rec.timezone,
-            "events": [
-                {"at": iso(e.at), "event": e.event, "reason": e.reason, "via": e.via}
+            locale=rec.locale,
+            timezone=rec.timezone,
+            events=[
+                contract.LinkEvent(at=iso(e.at), event=e.event, reason=e.reason, via=e.via)
                 for e in events
             ],
-        }
+        )
     )
 
 
 @bp.delete("/links/<jti:jti>")
 def revoke(jti: str) -> Response:
     rec, n = service().revoke(current_client(), _check_jti(jti))
-    return jsonify({"jti": rec.jti, "state": rec.state, "revoked": n})
+    return _answer(contract.Revoked(jti=rec.jti, state=rec.state, revoked=n))
 
 
 REVOKE_SUBJECT = contract.Decoder(contract.RevokeSubjectRequest)
@@ -523,23 +516,23 @@ def links_of(subject: str) -> Response:
         before=before,
         limit=int(raw_limit),
     )
-    return jsonify(
-        {
-            "subject": subject,
-            "links": [
-                {
-                    "jti": rec.jti,
-                    "purpose": rec.purpose,
-                    "state": rec.state,
-                    "issued_at": iso(rec.iat),
-                    "expires_at": iso(rec.exp),
-                    "state_changed_at": iso(rec.state_at),
-                    "state_via": rec.state_via,
-                }
+    return _answer(
+        contract.SubjectLinks(
+            subject=subject,
+            links=[
+                contract.LinkSummary(
+                    jti=rec.jti,
+                    purpose=rec.purpose,
+                    state=rec.state,
+                    issued_at=iso(rec.iat),
+                    expires_at=iso(rec.exp),
+                    state_changed_at=iso(rec.state_at),
+                    state_via=rec.state_via,
+                )
                 for rec in page
             ],
-            "next_cursor": _cursor(client.id, subject, *more) if more is not None else None,
-        }
+            next_cursor=_cursor(client.id, subject, *more) if more is not None else None,
+        )
     )
 
 

@@ -237,6 +237,8 @@ CodeChallenge = Annotated[
         "Sign-in and reset links only; kept on the link's row, never in the token.",
     ),
 ]
+#: A time that may not have happened yet (a link still ``issued`` has no state change).
+NullableDateTime = Annotated[str | None, doc(format="date-time")]
 Locale = Annotated[str | None, doc(**_LOCALE)]
 Timezone = Annotated[str | None, doc(**_TIMEZONE)]
 
@@ -479,6 +481,69 @@ class SubjectRevoked(Answer):
     revoked: Annotated[int, doc(minimum=0)]
 
 
+class LinkEvent(Answer):
+    """One step of a link's history."""
+
+    at: DateTime
+    event: str
+    reason: str | None
+    via: str | None
+
+
+class LinkStatus(Answer):
+    jti: Jti
+    purpose: Purpose
+    subject: str
+    state: State
+    issued_at: DateTime
+    expires_at: DateTime
+    state_changed_at: NullableDateTime
+    state_via: str | None
+    locale: Annotated[
+        str | None,
+        doc(
+            description="The shipped locale its pages and mail use (BCP 47), or null "
+            "when minted without one (then the client's default, else the browser's)."
+        ),
+    ]
+    timezone: str | None
+    events: list[LinkEvent]
+
+
+class Revoked(Answer):
+    jti: Jti
+    state: State
+    revoked: Annotated[
+        int,
+        doc(
+            minimum=0,
+            maximum=1,
+            description="1 if this call revoked it, 0 if it had already left `issued`.",
+        ),
+    ]
+
+
+class LinkSummary(Answer):
+    """A link as the subject's inventory lists it."""
+
+    jti: Jti
+    purpose: Purpose
+    state: State
+    issued_at: DateTime
+    expires_at: DateTime
+    state_changed_at: NullableDateTime
+    state_via: str | None
+
+
+class SubjectLinks(Answer):
+    subject: str
+    links: Annotated[list[LinkSummary], doc(description="Newest first (by `issued_at`).")]
+    next_cursor: Annotated[
+        str | None,
+        doc(description="Pass as `cursor` for the next page; null on the last page."),
+    ]
+
+
 class SignInStarted(Answer):
     id: Annotated[str, doc(pattern=_JTI["pattern"])]
     wait_url: Annotated[
@@ -504,8 +569,11 @@ MODELS: tuple[type[msgspec.Struct], ...] = (
     Claims,
     Verified,
     Redeemed,
+    LinkStatus,
+    Revoked,
     RevokeSubjectRequest,
     SubjectRevoked,
+    SubjectLinks,
     ExchangeRequest,
     Exchanged,
     SignInRequest,
