@@ -7,7 +7,7 @@ of rounds (µs per call). The "hand-written" column is the code ``linksvc/web/ap
 ``linksvc/web/contract.py`` as the API runs it, "pydantic" typed models of the same bodies with
 the same guard for what the library does not judge (duplicate members, the purpose list).
 
-    .venv/bin/python bench/contract.py [--n 20000] [--rounds 7]
+    .venv/bin/python -m bench.contract [--n 20000] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -16,18 +16,13 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import pydantic
 
-import pydantic  # noqa: E402
-
-from linksvc.web import contract  # noqa: E402
+from linksvc.web import contract
 
 PURPOSES = ("magic_link", "password_reset", "download")
 TOKEN = (
