@@ -54,10 +54,17 @@ class Instance:
     """A linksvc instance (settings, database, bench client) that servers are started on."""
 
     def __init__(
-        self, label: str, workdir: Path, database_url: str | None, wsgi: str = "app:app"
+        self,
+        label: str,
+        workdir: Path,
+        database_url: str | None,
+        wsgi: str = "app:app",
+        root: Path = ROOT,
     ) -> None:
         self.label = label
         self.wsgi = wsgi
+        #: The checkout served (its schema must be this one's: the database is set up here).
+        self.root = root
         instance = workdir / f"instance-{label}"
         self.env = base_env(
             instance, database_url, LINKSVC_MAX_TTL_MAGIC_LINK="900", LINKSVC_LOG_LEVEL="info"
@@ -131,11 +138,21 @@ class Instance:
 
 @contextlib.contextmanager
 def serve(
-    env: dict[str, str], wsgi: str, logdir: Path, name: str, args: tuple[str, ...] | None
+    env: dict[str, str],
+    wsgi: str,
+    logdir: Path,
+    name: str,
+    args: tuple[str, ...] | None,
+    root: Path = ROOT,
 ) -> Iterator[Any]:
     """gunicorn with gunicorn.conf.py; ``args`` None: its own defaults (LINKSVC_WORKERS…)."""
     server = start_gunicorn(
-        env, workers=None, log_path=logdir / f"{name}.log", wsgi=wsgi, extra_args=args or ()
+        {**env, "PYTHONPATH": str(root)},
+        workers=None,
+        log_path=logdir / f"{name}.log",
+        wsgi=wsgi,
+        extra_args=args or (),
+        root=root,
     )
     try:
         yield server
@@ -179,6 +196,7 @@ class Baseline:
         self.key_file.write_bytes(self.pem)
         self.api_key = f"bench-{self.label}"
         self.workdir = workdir
+        self.root = ROOT
         self.wsgi = f"bench.{kind}:app"
         self.env = {
             # What the baseline reads is BENCH_DATABASE_URL; gunicorn.conf.py reads this one
@@ -196,10 +214,9 @@ class Baseline:
 
 
 def run_hello(workdir: Path, seconds: float, warmup: float) -> dict[str, Any]:
-    env = {"PYTHONPATH": str(ROOT)}
     out: dict[str, Any] = {}
     for name, args in HELLO_CONFIGS.items():
-        with serve(env, "bench.hello:app", workdir, name, args) as server:
+        with serve({}, "bench.hello:app", workdir, name, args) as server:
             wrk(server.url, "hello.lua", warmup)
             res = wrk(server.url, "hello.lua", seconds)
             res["rss_mb"] = [rss_mb(p) for p in worker_pids(server.proc.pid)]
@@ -230,9 +247,7 @@ def run_target(
     # Enough first-use tokens for the fastest plausible redeem run, and then some.
     tokens_file = target.premint(int(max(expected_rps, 800) * 2.5 * (seconds + warmup)))
     auth = {"BENCH_API_KEY": target.api_key}
-    with serve(
-        {**target.env, "PYTHONPATH": str(ROOT)}, target.wsgi, workdir, target.label, None
-    ) as server:
+    with serve(target.env, target.wsgi, workdir, target.label, None, target.root) as server:
         wrk(server.url, "mint.lua", warmup, **auth)
         out["mint"] = wrk(server.url, "mint.lua", seconds, **auth)
         token = verify_token(server.url, target.api_key)

@@ -60,6 +60,7 @@ def start_gunicorn(
     extra_args: tuple[str, ...] = (),
     wsgi: str = "app:app",
     timeout: float = 30.0,
+    root: Path = ROOT,
 ) -> Server:
     """Serve ``wsgi`` under gunicorn with the repository's configuration; wait until it answers."""
     return start_server(
@@ -71,6 +72,7 @@ def start_gunicorn(
         extra_args=extra_args,
         wsgi=wsgi,
         timeout=timeout,
+        root=root,
     )
 
 
@@ -84,9 +86,11 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     wsgi: str = "app:app",
     timeout: float = 30.0,
+    root: Path = ROOT,
 ) -> Server:
     """Serve ``wsgi`` under ``server`` (gunicorn with gunicorn.conf.py, or granian as serve.py
-    runs it) with the repository's configuration; wait until it answers."""
+    runs it) with the repository's configuration; wait until it answers. ``root``: the
+    checkout whose configuration and code are served (another one: ``bench.compare``)."""
     port = port or free_port()
     full = {**_clean_environ(), **env, "PYTHONUNBUFFERED": "1"}
     workers_args = ("--workers", str(workers)) if workers is not None else ()
@@ -94,7 +98,7 @@ def start_server(
         args = [
             venv_bin("gunicorn"),
             "-c",
-            str(ROOT / "gunicorn.conf.py"),
+            str(root / "gunicorn.conf.py"),
             *workers_args,
             "--bind",
             f"127.0.0.1:{port}",
@@ -105,7 +109,7 @@ def start_server(
         full["LINKSVC_SERVER"] = "granian"
         args = [
             sys.executable,
-            str(ROOT / "serve.py"),
+            str(root / "serve.py"),
             *workers_args,
             "--bind",
             f"127.0.0.1:{port}",
@@ -117,7 +121,7 @@ def start_server(
         raise ValueError(f"unknown server {server!r}")
     logf = open(log_path, "ab")
     proc = subprocess.Popen(
-        args, cwd=ROOT, env=full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        args, cwd=root, env=full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
