@@ -673,13 +673,28 @@ def purge_cmd(
     s = _settings()
     days = retention_days if retention_days is not None else s.retention_days
     try:
-        removed = ledger.purge(
+        links = ledger.purge(
             _svc().engine,
             now=_svc().now(),
             retention_seconds=days * 86400,
             batch_size=batch_size,
             max_batches=max_batches,
         )
+        removed_codes, code_batches = codes.purge(
+            _svc().engine,
+            now=_svc().now(),
+            retention_seconds=days * 86400,
+            batch_size=batch_size,
+            max_batches=max_batches,
+        )
+        # The counts in the order they have always been printed in.
+        removed = {
+            "links": links["links"],
+            "events": links["events"],
+            "codes": removed_codes,
+            **links,
+            "batches": links["batches"] + code_batches,
+        }
         # Sign-ins go with their links (linksvc.signins.flow).
         removed["sign_ins"] = signins.purge(
             _svc().engine,

@@ -35,6 +35,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 PURPOSES: tuple[str, ...] = ("magic_link", "password_reset", "download")
+#: The purposes whose links open a page with a button (a download link redirects at once).
+PAGE_PURPOSES: tuple[str, ...] = ("magic_link", "password_reset")
 
 #: No purpose may ever carry a lifetime above this, whatever the configuration says.
 HARD_MAX_TTL = 900

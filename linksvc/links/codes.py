@@ -40,16 +40,20 @@ import hashlib
 import hmac
 import logging
 import re
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from linksvc import errors
+from linksvc.config import HARD_MAX_CODE_TTL, HARD_MAX_LEEWAY, PAGE_PURPOSES
 from linksvc.links import ledger
-from linksvc.links.service import PAGE_PURPOSES, LinkService
 from linksvc.store import db
 from linksvc.webhooks import outbox
+
+if TYPE_CHECKING:  # linksvc.links.service revokes through this module: no import back at run time
+    from linksvc.links.service import LinkService
 
 log = logging.getLogger("linksvc.codes")
 
@@ -190,19 +194,79 @@ def insert(conn: Connection, h: str, *, jti: str, client_id: str, now: int, ttl:
 _INSERT = sa.insert(db.codes)
 
 
-def void_client(conn: Connection, client_id: str, now: int) -> int:
-    """Void every live code of ``client_id`` (the client is being disabled). Returns how many."""
-    c = db.codes
+def _void(conn: Connection, client_id: str, now: int, *where: Any) -> int:
+    """Void the live codes of ``client_id`` that match ``where``. Returns how many."""
+    c = db.codes.c
     return conn.execute(
-        sa.update(c)
+        sa.update(db.codes)
         .where(
-            c.c.client_id == client_id,
-            c.c.used_at.is_(None),
-            c.c.voided_at.is_(None),
-            c.c.expires_at > now,
+            c.client_id == client_id,
+            c.used_at.is_(None),
+            c.voided_at.is_(None),
+            c.expires_at > now,
+            *where,
         )
         .values(voided_at=now)
     ).rowcount
+
+
+def void_client(conn: Connection, client_id: str, now: int) -> int:
+    """Void every live code of ``client_id`` (the client is being disabled). Returns how many."""
+    return _void(conn, client_id, now)
+
+
+def void_subject(
+    conn: Connection,
+    *,
+    client_id: str,
+    subject: str,
+    purposes: Collection[str] | None,
+    now: int,
+) -> int:
+    """Void the live codes of ``subject``'s consumed links (of ``purposes``), in the
+    transaction that revokes the subject (:func:`linksvc.links.ledger.revoke_subject`):
+    nobody signs in with a code made before the revocation. Returns how many."""
+    t = db.links.c
+    links = [
+        t.client_id == client_id,
+        t.subject == subject,
+        t.state == ledger.CONSUMED,
+        # A live code was made at most its lifetime ago, by a consume within the leeway
+        # past the link's exp: older links cannot have one (and their partitions are skipped).
+        t.exp >= now - HARD_MAX_CODE_TTL - HARD_MAX_LEEWAY,
+    ]
+    if purposes:
+        links.append(t.purpose.in_(list(purposes)))
+    return _void(conn, client_id, now, db.codes.c.jti.in_(sa.select(t.jti).where(*links)))
+
+
+def purge(
+    engine: Engine,
+    *,
+    now: int,
+    retention_seconds: int,
+    batch_size: int = 1000,
+    max_batches: int | None = None,
+) -> tuple[int, int]:
+    """Delete the codes expired more than ``retention_seconds`` ago, in batches (as
+    :func:`linksvc.links.ledger.purge` deletes their links). Returns how many, and how
+    many batches ran."""
+    c = db.codes.c
+    cutoff = now - retention_seconds
+
+    def batch(conn: Connection) -> int | None:
+        hashes = (
+            conn.execute(sa.select(c.code_hash).where(c.expires_at < cutoff).limit(batch_size))
+            .scalars()
+            .all()
+        )
+        if not hashes:
+            return None
+        return conn.execute(
+            sa.delete(db.codes).where(c.code_hash.in_(hashes), c.expires_at < cutoff)
+        ).rowcount
+
+    return db.in_batches(engine, batch, max_batches=max_batches)
 
 
 def store(engine: Engine, code: str, *, jti: str, client_id: str, now: int, ttl: int) -> None:

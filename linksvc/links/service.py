@@ -19,8 +19,8 @@ from sqlalchemy.engine import Connection, Engine
 from linksvc import errors
 from linksvc.clients import registry as clients
 from linksvc.clients.registry import Client
-from linksvc.config import PURPOSES, Settings
-from linksvc.links import handles, ledger, tokens
+from linksvc.config import PAGE_PURPOSES, PURPOSES, Settings
+from linksvc.links import codes, handles, ledger, tokens
 from linksvc.links.keys import KeyRing
 from linksvc.ops import logs
 from linksvc.store import db
@@ -28,7 +28,6 @@ from linksvc.webhooks import outbox
 
 log = logging.getLogger("linksvc.links")
 
-PAGE_PURPOSES = ("magic_link", "password_reset")
 #: An address anywhere in the subject: a local-part character, an at sign (or its
 #: full-width and small forms), a domain character — "victim@localhost", "x:victim@ex.com@y".
 _ADDRESS_LIKE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-][@\uff20\ufe6b][A-Za-z0-9\[]")
@@ -616,6 +615,12 @@ class LinkService:
         self, client: Client, subject: str, purposes: Collection[str] | None, now: int | None = None
     ) -> int:
         now = self.now() if now is None else now
+
+        def void_codes(conn: Connection) -> None:
+            codes.void_subject(
+                conn, client_id=client.id, subject=subject, purposes=purposes, now=now
+            )
+
         n = ledger.revoke_subject(
             self.engine,
             client_id=client.id,
@@ -623,6 +628,7 @@ class LinkService:
             purposes=purposes,
             now=now,
             sink=self.sinks.get(self.engine, client.id),
+            on_revoked=void_codes,
         )
         log.info("subject revoked", extra={"client": client.id, "outcome": "revoked", "count": n})
         return n

@@ -30,11 +30,12 @@ from werkzeug.exceptions import HTTPException
 
 from linksvc import errors
 from linksvc.clients.registry import Client
+from linksvc.config import PAGE_PURPOSES
 from linksvc.i18n import catalogs as i18n
 from linksvc.i18n.catalogs import N_
 from linksvc.i18n.catalogs import gettext as _
 from linksvc.links import codes, ledger, scanners
-from linksvc.links.service import PAGE_PURPOSES, LinkService, Verified
+from linksvc.links.service import LinkService, Verified
 from linksvc.services import services
 from linksvc.web import branding as branding_pages
 from linksvc.web.html import (

@@ -15,7 +15,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from linksvc.links import ledger
+from linksvc.links import codes, ledger
 from linksvc.services import services
 from linksvc.store import db, partitions
 from tests.support.env import ROOT, _clean_environ, base_env, venv_bin
@@ -81,9 +81,10 @@ def test_purge_removes_only_what_is_past_retention(app, api):
     events_before = _rows(app, db.link_events)
 
     removed = ledger.purge(svc.engine, now=now, retention_seconds=retention)
+    removed_codes, _ = codes.purge(svc.engine, now=now, retention_seconds=retention)
 
     states = _states(app)
-    assert removed["links"] == 3 and removed["codes"] == 1
+    assert removed["links"] == 3 and removed_codes == 1
     assert not {link["jti"] for link in old.values()} & states.keys()
     assert states[boundary["jti"]] == "issued"
     assert {states[live[n]["jti"]] for n in live} == {"issued", "consumed", "revoked"}

@@ -182,13 +182,12 @@ def test_journey_is_traced_without_secrets(traced: tuple[Stack, OtlpReceiver]) -
     redeem = otlp.wait_for(lambda s: s["name"] == "POST /api/v1/links/redeem")[0]
     sql = otlp.wait_for(lambda s: s["parent"] == redeem["id"] and s["kind"] == 3)
     assert all(s["trace"] == redeem["trace"] for s in sql)
-    assert all(
-        "?" in s["attrs"]["db.query.text"]
-        or "%(" in s["attrs"]["db.query.text"]
-        or ":" in s["attrs"]["db.query.text"]
-        for s in sql
-        if s["name"].startswith(("SELECT", "UPDATE", "INSERT"))
-    )
+    # Values are bound, never written into a statement's text (a statement without any,
+    # such as a key ring refresh falling in this request, has nothing to bind).
+    texts = [s["attrs"]["db.query.text"] for s in sql]
+    assert not any(other["jti"] in t or "user-43" in t for t in texts), texts
+    consume = [t for t in texts if "UPDATE links" in t]
+    assert consume and all("k_jti" in t for t in consume), texts
     # The relay's delivery of the mint's event is in the mint's trace, and sent traceparent.
     deliver = otlp.wait_for(
         lambda s: (

@@ -27,6 +27,7 @@ from flask import Flask
 from linksvc import create_app
 from linksvc.config import HARD_MAX_LEEWAY, HARD_MAX_TTL
 from linksvc.links import ledger
+from linksvc.links.ledger import statements
 from linksvc.services import services
 from linksvc.store import db, migrate, partitions
 from tests.support import ledger_fill
@@ -84,7 +85,7 @@ def test_a_link_minted_into_tomorrows_partition_redeems(pg_app: Flask) -> None:
         assert rec is not None and partitions.day_of(rec.exp) == tomorrow
         plan = _explain(
             conn,
-            ledger._CONSUME.stmt,
+            statements.CONSUME.stmt,
             {
                 "k_jti": rec.jti,
                 "k_exp": rec.exp,
