@@ -682,8 +682,7 @@ def purge_cmd(
         )
         removed_codes, code_batches = codes.purge(
             _svc().engine,
-            now=_svc().now(),
-            retention_seconds=days * 86400,
+            expired_before=_svc().now() - days * 86400,
             batch_size=batch_size,
             max_batches=max_batches,
         )

@@ -241,30 +241,21 @@ def void_subject(
 
 
 def purge(
-    engine: Engine,
-    *,
-    now: int,
-    retention_seconds: int,
-    batch_size: int = 1000,
-    max_batches: int | None = None,
+    engine: Engine, *, expired_before: int, batch_size: int = 1000, max_batches: int | None = None
 ) -> tuple[int, int]:
-    """Delete the codes expired more than ``retention_seconds`` ago, in batches (as
-    :func:`linksvc.links.ledger.purge` deletes their links). Returns how many, and how
-    many batches ran."""
+    """Delete the codes that expired before ``expired_before``, in batches (``flask purge``
+    passes the ledger's retention cutoff: a code goes as its link goes). Returns how many,
+    and how many batches ran."""
     c = db.codes.c
-    cutoff = now - retention_seconds
+    expired = c.expires_at < expired_before
 
     def batch(conn: Connection) -> int | None:
-        hashes = (
-            conn.execute(sa.select(c.code_hash).where(c.expires_at < cutoff).limit(batch_size))
-            .scalars()
-            .all()
-        )
-        if not hashes:
+        hashes = conn.execute(sa.select(c.code_hash).where(expired).limit(batch_size)).scalars()
+        found = list(hashes)
+        if not found:
             return None
-        return conn.execute(
-            sa.delete(db.codes).where(c.code_hash.in_(hashes), c.expires_at < cutoff)
-        ).rowcount
+        # The condition again in the DELETE: only what is expired, whatever was read.
+        return conn.execute(sa.delete(db.codes).where(c.code_hash.in_(found), expired)).rowcount
 
     return db.in_batches(engine, batch, max_batches=max_batches)
 

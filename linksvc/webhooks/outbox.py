@@ -85,26 +85,50 @@ def retry_delay(attempts: int, rand: Callable[[], float] = random.random) -> int
 iso = iso_time
 
 
-def body(
-    event_type: str,
-    *,
-    client_id: str,
-    jti: str | None,
-    purpose: str | None,
-    subject: str | None,
-    now: int,
-    facts: Mapping[str, Any] | None = None,
-) -> str:
-    """The JSON body of an event: ``type``, ``timestamp`` and ``data`` (the link's ids and
-    the facts of the event). Never a token, an address or a key: refused here."""
-    facts = dict(facts or {})
-    bad = FORBIDDEN_FACTS & set(facts)
-    if bad:
-        raise ValueError(f"webhook facts may not carry {', '.join(sorted(bad))}")
-    data = {"jti": jti, "purpose": purpose, "subject": subject, "client_id": client_id, **facts}
-    return json.dumps(
-        {"type": event_type, "timestamp": iso(now), "data": data}, separators=(",", ":")
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One webhook event: ``type`` happened at ``at`` to a link of ``client_id`` (its ids;
+    None for an event of no link), with the facts of the event."""
+
+    type: str
+    client_id: str
+    jti: str | None
+    purpose: str | None
+    subject: str | None
+    at: int
+    facts: Mapping[str, Any] | None = None
+
+    def body(self) -> str:
+        """The JSON body: ``type``, ``timestamp`` and ``data`` (the link's ids and the facts
+        of the event). Never a token, an address or a key: refused here."""
+        facts = dict(self.facts or {})
+        bad = FORBIDDEN_FACTS & set(facts)
+        if bad:
+            raise ValueError(f"webhook facts may not carry {', '.join(sorted(bad))}")
+        data = {
+            "jti": self.jti,
+            "purpose": self.purpose,
+            "subject": self.subject,
+            "client_id": self.client_id,
+            **facts,
+        }
+        return json.dumps(
+            {"type": self.type, "timestamp": iso(self.at), "data": data}, separators=(",", ":")
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of :data:`EMIT` and of :func:`insert_from` statements."""
+        return {
+            "w_msg": new_msg_id(),
+            "w_type": self.type,
+            "w_jti": self.jti,
+            "w_payload": self.body(),
+            "w_now": self.at,
+            "w_now2": self.at,
+            "w_client": self.client_id,
+            "w_like": _like(self.type),
+            "w_trace": traceparent(),
+        }
 
 
 _o, _e, _wc = db.webhook_outbox, db.webhook_endpoints, db.webhook_clients
@@ -168,46 +192,13 @@ def insert_from(source: Any) -> sa.Insert:
     data-modifying statement ``RETURNING`` the link's ``jti`` and ``client_id`` — so that on
     PostgreSQL the change and its event are one statement, one round trip
     (``WITH c AS (UPDATE links … RETURNING …) INSERT INTO webhook_outbox … SELECT … FROM c``).
-    Bound with :func:`bind_params`."""
+    Bound with :meth:`Event.params`."""
     return sa.insert(_o).from_select(
         _COLUMNS,
         _row(source.c.jti)
         .select_from(source.join(_e, _e.c.client_id == source.c.client_id))
         .where(*_subscribed()),
     )
-
-
-def bind_params(
-    event_type: str,
-    *,
-    client_id: str,
-    jti: str | None,
-    purpose: str | None,
-    subject: str | None,
-    now: int,
-    facts: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The parameters of :data:`EMIT` and of :func:`insert_from` statements."""
-    payload = body(
-        event_type,
-        client_id=client_id,
-        jti=jti,
-        purpose=purpose,
-        subject=subject,
-        now=now,
-        facts=facts,
-    )
-    return {
-        "w_msg": new_msg_id(),
-        "w_type": event_type,
-        "w_jti": jti,
-        "w_payload": payload,
-        "w_now": now,
-        "w_now2": now,
-        "w_client": client_id,
-        "w_like": _like(event_type),
-        "w_trace": traceparent(),
-    }
 
 
 def _no_trace() -> str | None:
@@ -228,31 +219,10 @@ def new_msg_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def emit(
-    conn: Connection,
-    client_id: str,
-    event_type: str,
-    *,
-    jti: str | None,
-    purpose: str | None,
-    subject: str | None,
-    now: int,
-    facts: Mapping[str, Any] | None = None,
-) -> None:
-    """Queue ``event_type`` for every endpoint of ``client_id`` that wants it, inside the
-    caller's transaction on ``conn`` (so it commits or rolls back with the change)."""
-    conn.execute(
-        EMIT,
-        bind_params(
-            event_type,
-            client_id=client_id,
-            jti=jti,
-            purpose=purpose,
-            subject=subject,
-            now=now,
-            facts=facts,
-        ),
-    )
+def emit(conn: Connection, event: Event) -> None:
+    """Queue ``event`` for every endpoint of its client that wants it, inside the caller's
+    transaction on ``conn`` (so it commits or rolls back with the change)."""
+    conn.execute(EMIT, event.params())
 
 
 class LinkFacts(Protocol):
@@ -286,16 +256,7 @@ class Sink:
         facts: Mapping[str, Any] | None = None,
     ) -> None:
         if self.endpoints:
-            emit(
-                conn,
-                self.client_id,
-                event_type,
-                jti=jti,
-                purpose=purpose,
-                subject=subject,
-                now=now,
-                facts=facts,
-            )
+            emit(conn, Event(event_type, self.client_id, jti, purpose, subject, now, facts))
 
     def emit_link(
         self,
@@ -641,13 +602,15 @@ def sweep_expired(engine: Engine, *, now: int, window: int = 60, max_windows: in
                 for jti, purpose, subject, exp in rows:
                     emit(
                         conn,
-                        client_id,
-                        "link.expired",
-                        jti=jti,
-                        purpose=purpose,
-                        subject=subject,
-                        now=now,
-                        facts={"expired_at": iso(exp)},
+                        Event(
+                            "link.expired",
+                            client_id,
+                            jti,
+                            purpose,
+                            subject,
+                            at=now,
+                            facts={"expired_at": iso(exp)},
+                        ),
                     )
                 emitted += len(rows)
     return emitted

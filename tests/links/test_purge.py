@@ -81,7 +81,7 @@ def test_purge_removes_only_what_is_past_retention(app, api):
     events_before = _rows(app, db.link_events)
 
     removed = ledger.purge(svc.engine, now=now, retention_seconds=retention)
-    removed_codes, _ = codes.purge(svc.engine, now=now, retention_seconds=retention)
+    removed_codes, _ = codes.purge(svc.engine, expired_before=now - retention)
 
     states = _states(app)
     assert removed["links"] == 3 and removed_codes == 1

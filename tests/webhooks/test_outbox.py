@@ -56,7 +56,7 @@ def setup_client(engine: Engine, n_endpoints: int = 1) -> tuple[str, list[str]]:
 
 def emit(engine: Engine, client_id: str, jti: str, event: str = "link.minted", now: int = T0):
     with db.write(engine) as conn:
-        outbox.emit(conn, client_id, event, jti=jti, purpose="magic_link", subject="s", now=now)
+        outbox.emit(conn, outbox.Event(event, client_id, jti, "magic_link", "s", at=now))
 
 
 def finish(engine: Engine, c: outbox.Claimed, status: int | None, now: int) -> outbox.Outcome:
@@ -210,9 +210,7 @@ def test_two_relays_never_claim_the_same_row(engine: Engine) -> None:
     client_id, _ = setup_client(engine, n_endpoints=2)
     with db.write(engine) as conn:
         for i in range(150):
-            outbox.emit(
-                conn, client_id, "link.minted", jti=f"j{i}", purpose="p", subject="s", now=T0
-            )
+            outbox.emit(conn, outbox.Event("link.minted", client_id, f"j{i}", "p", "s", at=T0))
     claimed: Counter[int] = Counter()
     lock = threading.Lock()
     barrier = threading.Barrier(4)
@@ -294,13 +292,7 @@ def test_a_slow_claim_makes_the_relay_refresh_the_outbox_statistics(
     with db.write(engine) as conn:
         for i in range(300):
             outbox.emit(
-                conn,
-                client_id,
-                "link.minted",
-                jti=f"j{i}",
-                purpose="magic_link",
-                subject="s",
-                now=T0,
+                conn, outbox.Event("link.minted", client_id, f"j{i}", "magic_link", "s", at=T0)
             )
     monkeypatch.setattr(relay_mod, "CLAIM_SLOW", 0.0)  # every claim counts as slow
     r = relay_mod.Relay(engine, KEK, rules=ssrf.Policy(allow_loopback=True), clock=lambda: T0)

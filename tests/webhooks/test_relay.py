@@ -310,8 +310,11 @@ def test_two_relays_on_one_postgresql_never_both_deliver(tmp_path: Path, pg_url:
             with db.write(engine) as conn:
                 for i in range(200):
                     outbox.emit(
-                        conn, stack.client_id, "link.minted", jti=f"j{i}", purpose="magic_link",
-                        subject=f"u{i}", now=int(time.time()),
+                        conn,
+                        outbox.Event(
+                            "link.minted", stack.client_id, f"j{i}", "magic_link", f"u{i}",
+                            at=int(time.time()),
+                        ),
                     )  # fmt: skip
         finally:
             engine.dispose()
@@ -471,8 +474,11 @@ def test_two_relays_a_trickled_attempt_ends_before_its_lease(tmp_path: Path, pg_
         try:
             with db.write(engine) as conn:
                 outbox.emit(
-                    conn, stack.client_id, "link.minted", jti="j1", purpose="magic_link",
-                    subject="u1", now=int(time.time()),
+                    conn,
+                    outbox.Event(
+                        "link.minted", stack.client_id, "j1", "magic_link", "u1",
+                        at=int(time.time()),
+                    ),
                 )  # fmt: skip
         finally:
             engine.dispose()

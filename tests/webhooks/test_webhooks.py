@@ -321,15 +321,7 @@ def test_event_rolls_back_with_its_change(app, api):
 
 def test_facts_may_not_carry_secrets():
     with pytest.raises(ValueError):
-        outbox.body(
-            "link.sent",
-            client_id="c",
-            jti="j",
-            purpose="p",
-            subject="s",
-            now=0,
-            facts={"email": "a@b.c"},
-        )
+        outbox.Event("link.sent", "c", "j", "p", "s", at=0, facts={"email": "a@b.c"}).body()
 
 
 # -- replay detection -------------------------------------------------------------------

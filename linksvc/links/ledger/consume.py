@@ -119,14 +119,8 @@ def consume(
             rows = db.run(engine, CONSUME, params)
             changed = rows[0] if rows else None
         elif sink.endpoints:
-            event = outbox.bind_params(
-                "link.consumed",
-                client_id=client_id,
-                jti=jti,
-                purpose=purpose,
-                subject=subject,
-                now=now,
-                facts={"via": via},
+            event = outbox.Event(
+                "link.consumed", client_id, jti, purpose, subject, at=now, facts={"via": via}
             )
             changed = change_with_event(
                 engine, (CONSUME, CONSUME_EMIT), params, event, returns=True

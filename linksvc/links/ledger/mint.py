@@ -76,13 +76,13 @@ def insert_link(engine: Engine, rec: LinkRecord, *, sink: outbox.Sink | None = N
     if sink is None or not sink.endpoints:
         db.run(engine, INSERT_LINK, _link_values(rec))
         return
-    event = outbox.bind_params(
+    event = outbox.Event(
         "link.minted",
-        client_id=rec.client_id,
-        jti=rec.jti,
-        purpose=rec.purpose,
-        subject=rec.subject,
-        now=rec.iat,
+        rec.client_id,
+        rec.jti,
+        rec.purpose,
+        rec.subject,
+        at=rec.iat,
         facts={"expires_at": outbox.iso(rec.exp), "superseded": 0},
     )
     change_with_event(

@@ -72,7 +72,7 @@ def _with_event(change: Any, *returning: Any) -> db.Statement:
     """``change`` (an INSERT or UPDATE of links ``RETURNING`` the row) and the webhook
     outbox rows of its event, as one PostgreSQL statement: ``WITH c AS (change RETURNING …),
     e AS (INSERT INTO webhook_outbox … SELECT … FROM c) SELECT … FROM c`` — the change and its
-    event in one round trip, committed together. Bound with :func:`outbox.bind_params`."""
+    event in one round trip, committed together. Bound with :meth:`outbox.Event.params`."""
     changed = change.cte("changed")
     return db.Statement(
         sa.select(*(changed.c[c.name] for c in returning)).add_cte(
@@ -98,7 +98,7 @@ def change_with_event(
     engine: Engine,
     change: tuple[db.Statement, db.Statement],
     params: Mapping[str, Any],
-    event: Mapping[str, Any],
+    event: outbox.Event,
     *,
     returns: bool,
 ) -> Any:
@@ -109,12 +109,12 @@ def change_with_event(
     the change returned a row (a conditional UPDATE that matched). Returns the change's
     first row, or None."""
     if engine.dialect.name == "postgresql":
-        rows = db.run(engine, change[1], {**params, **event})
+        rows = db.run(engine, change[1], {**params, **event.params()})
         return rows[0] if rows else None
     with db.driver_transaction(engine) as tx:
         rows = db.run(tx, change[0], params)
         if rows or not returns:
-            db.run(tx, _EMIT, event)
+            db.run(tx, _EMIT, event.params())
     return rows[0] if rows else None
 
 
